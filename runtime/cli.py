@@ -1,0 +1,52 @@
+"""The ``phasewatch`` command: one sub-command per job, each in a module of its own.
+
+A command's module is imported only when that command runs, so that ``phasewatch
+segment`` never pays for (or needs) PyTorch, which only the export commands import.
+Each command module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "segment": ("phasewatch.runtime.segment_cli", "segment micrographs: class maps, overlays, measurements"),
+    "serve": ("phasewatch.runtime.serve_cli", "run the daemon: watch a folder, segment, serve the web page"),
+    "demo": ("phasewatch.runtime.demo", "segment a built-in synthetic micrograph with a bundled model"),
+    "doctor": ("phasewatch.runtime.doctor", "print what the service would use: backends, model, folders"),
+    "train": ("phasewatch.export.train_cli", "train a segmentation model from a config file (needs torch)"),
+    "evaluate": ("phasewatch.export.evaluate_cli", "score a model bundle on labelled micrographs"),
+    "export": ("phasewatch.export.export_cli", "checkpoint -> model bundle (ONNX, FP16 ONNX, parity report)"),
+    "build-engine": ("phasewatch.export.build_engine", "build a validated FP16 TensorRT engine for a bundle"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: phasewatch COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "phasewatch COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"phasewatch: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"phasewatch {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
