@@ -1,0 +1,283 @@
+"""The daemon's configuration: one TOML file, every key optional, checked at start.
+
+A wrong key never surfaces later as a strange behaviour: :func:`load_config` checks
+every section and key against the dataclasses below (type, range, choices) and
+raises :class:`ConfigError` with one line per problem, each naming the file and
+the key, e.g. ``phasewatch.toml: unknown key 'watch.setle_s' (did you mean
+'settle_s'?)``. ``systemd/phasewatch.toml.example`` documents every key with its
+default.
+
+Relative paths in the file are taken relative to the file's folder (a service has
+no meaningful working directory); relative paths from the command line relative to
+the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/phasewatch/phasewatch.toml")
+DEFAULT_INCLUDE = ("*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg", "*.bmp")
+OBSERVERS = ("auto", "native", "polling")
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt-ep", "tensorrt")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Command-line flags of `phasewatch serve` and the key each one sets.
+FLAG_KEYS = {
+    "watch": "watch.dir",
+    "data": "data.dir",
+    "model": "model.path",
+    "backend": "model.backend",
+    "host": "server.host",
+    "port": "server.port",
+}
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; one line per wrong key in the message."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _rule(default: Any, **rule: Any) -> Any:
+    """A field with its default and its checks: ``min``, ``max`` (inclusive),
+    ``above`` (exclusive lower bound) or ``choices``."""
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata=rule)
+    return field(default=default, metadata=rule)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    dir: Path = Path("/srv/phasewatch/incoming")
+    recursive: bool = False
+    include: tuple[str, ...] = _rule(DEFAULT_INCLUDE)
+    exclude: tuple[str, ...] = _rule(())
+    observer: str = _rule("auto", choices=OBSERVERS)
+    poll_interval_s: float = _rule(2.0, above=0.0)
+    settle_s: float = _rule(1.0, min=0.0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: Path = Path("/var/lib/phasewatch")
+
+    @property
+    def database(self) -> Path:
+        return self.dir / "phasewatch.sqlite3"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.dir / "results"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = ""  # a bundled model; empty: the service's default model
+    path: str = ""  # a bundle folder; wins over name when set
+    backend: str = _rule("auto", choices=BACKENDS)
+    batch: int = _rule(8, min=1, max=1024)
+    overlap: int = _rule(0, min=0)  # pixels; 0 = the model's halo, the smallest safe overlap
+
+    @property
+    def ref(self) -> str | None:
+        """What to hand to ``load_bundle``: the folder, else the bundled name, else None."""
+        return self.path or self.name or None
+
+
+@dataclass(frozen=True)
+class SpecimenConfig:
+    per_subfolder: bool = False
+    target_relative_accuracy: float = _rule(10.0, above=0.0, max=100.0)  # percent
+
+    @property
+    def target_ra(self) -> float:
+        """The target relative accuracy as a fraction, as ``stats`` takes it."""
+        return self.target_relative_accuracy / 100.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_attempts: int = _rule(3, min=1, max=100)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = _rule(8650, min=1, max=65535)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = _rule("INFO", choices=LOG_LEVELS)
+
+
+@dataclass(frozen=True)
+class Config:
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    specimen: SpecimenConfig = field(default_factory=SpecimenConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: Path | None = None  # the file read; None when every value is a default
+
+
+SECTIONS: dict[str, type] = {
+    name: type_ for name, type_ in typing.get_type_hints(Config).items() if name != "source"
+}
+
+
+class _Invalid(ValueError):
+    """A value that does not fit its key; the message is the reason."""
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _coerce(value: Any, type_: Any, rule: Mapping[str, Any], base: Path) -> Any:
+    if type_ is bool:
+        if not isinstance(value, bool):
+            raise _Invalid(f"must be true or false, got {_type_name(value)} {value!r}")
+        return value
+    if type_ in (int, float):
+        # TOML keeps integers and booleans apart from floats; a bool is never a number here.
+        ok = int if type_ is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok):
+            want = "an integer" if type_ is int else "a number"
+            raise _Invalid(f"must be {want}, got {_type_name(value)} {value!r}")
+        value = type_(value)
+        if "min" in rule and value < rule["min"]:
+            raise _Invalid(f"must be >= {rule['min']}, got {value}")
+        if "above" in rule and value <= rule["above"]:
+            raise _Invalid(f"must be > {rule['above']}, got {value}")
+        if "max" in rule and value > rule["max"]:
+            raise _Invalid(f"must be <= {rule['max']}, got {value}")
+        return value
+    if type_ is str:
+        if not isinstance(value, str):
+            raise _Invalid(f"must be a string, got {_type_name(value)} {value!r}")
+        choices = rule.get("choices")
+        if choices is None:
+            return value
+        # Log levels are written in either case; other choices are lower-case words.
+        normal = value.upper() if choices is LOG_LEVELS else value
+        if normal not in choices:
+            raise _Invalid(f"must be one of {', '.join(choices)}, got {value!r}")
+        return normal
+    if type_ is Path:
+        if not isinstance(value, str) or not value:
+            raise _Invalid(f"must be a non-empty path string, got {_type_name(value)} {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    # The only other field type is a list of glob patterns.
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _Invalid(f"must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _suggest(word: str, known: list[str], form: str = "{}") -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f" (did you mean '{form.format(close[0])}'?)" if close else ""
+
+
+def _section_values(
+    cls: type, raw: Mapping[str, Any], section: str, where: str, base: Path, errors: list[str]
+) -> dict[str, Any]:
+    """The checked values of one section's keys; problems go to ``errors``."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            errors.append(f"{where}: unknown key '{section}.{key}'{_suggest(key, list(fields))}")
+            continue
+        try:
+            values[key] = _coerce(value, hints[key], fields[key].metadata, base)
+        except _Invalid as exc:
+            errors.append(f"{where}: '{section}.{key}' {exc}")
+    return values
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such configuration file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+def _overrides_as_tables(overrides: Mapping[str, Any], errors: list[str]) -> dict[str, dict]:
+    tables: dict[str, dict] = {}
+    for flag, value in overrides.items():
+        if value is None:  # a flag that was not given
+            continue
+        key = FLAG_KEYS.get(flag, flag)
+        section, _, name = key.partition(".")
+        if not name:
+            errors.append(f"command line: unknown option '{flag}'{_suggest(flag, list(FLAG_KEYS))}")
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        tables.setdefault(section, {})[name] = value
+    return tables
+
+
+def _merge(
+    config: Config, tables: Mapping[str, Any], where: str, base: Path, errors: list[str]
+) -> Config:
+    changes = {}
+    for section, raw in tables.items():
+        if section not in SECTIONS:
+            hint = _suggest(section, list(SECTIONS), "[{}]")
+            errors.append(f"{where}: unknown section '[{section}]'{hint}")
+            continue
+        if not isinstance(raw, dict):
+            errors.append(f"{where}: '{section}' must be a table ([{section}]), got {raw!r}")
+            continue
+        values = _section_values(SECTIONS[section], raw, section, where, base, errors)
+        changes[section] = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **changes)
+
+
+def load_config(
+    path: Path | str | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Read the TOML file (``None``: the default path if it exists, else all defaults),
+    then apply command-line ``overrides``: flag names of ``phasewatch serve`` (``watch``,
+    ``data``, ``model``, ``backend``, ``host``, ``port``) or dotted keys such as
+    ``"watch.settle_s"``; ``None`` values are ignored. Raises :class:`ConfigError`."""
+    errors: list[str] = []
+    config = Config()
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        path = Path(path)
+        config = _merge(config, _read_toml(path), str(path), path.resolve().parent, errors)
+        config = dataclasses.replace(config, source=path)
+    tables = _overrides_as_tables(overrides or {}, errors)
+    config = _merge(config, tables, "command line", Path.cwd(), errors)
+    if errors:
+        raise ConfigError(errors)
+    return config

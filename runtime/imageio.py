@@ -1,0 +1,403 @@
+"""Decode micrographs into fields: TIFF (every page a field), PNG, JPEG and BMP.
+
+A field's image is ``H x W`` (gray) or ``H x W x 3`` (RGB order), ``uint8`` or ``uint16``,
+never truncated. Conversions, so that the rest of the runtime sees only those two shapes
+and dtypes:
+
+- alpha is dropped (RGBA -> RGB, gray + alpha -> gray); palette images become RGB;
+  TIFF ``MinIsWhite`` is inverted so that 0 is always black; bilevel becomes 0/255 ``uint8``.
+- any other numeric dtype (float, signed, 32/64-bit) is rescaled linearly from its finite
+  min..max to 0..65535 ``uint16`` (NaN and infinities become 0): a float SEM or tomography
+  image keeps its contrast and the normalisation treats it like any 16-bit image.
+  Complex images are refused.
+
+Sizes are checked from the header before any pixel is decoded: a side under
+``MIN_SIDE`` pixels cannot be segmented, and a field over ``max_pixels`` pixels is
+refused so that a corrupt or hostile header cannot make the service allocate gigabytes.
+
+Pixel size (µm per pixel), first match wins: the caller's value (``user``), FEI/Thermo
+``[Scan] PixelWidth`` (``fei``), Zeiss SEM ``ap_image_pixel_size``/``ap_pixel_size``
+(``zeiss``), OME-XML ``PhysicalSizeX`` (``ome``), ImageJ ``unit`` + ``XResolution``
+(``imagej``), then the plain TIFF ``XResolution`` (``tiff-resolution``), else ``none``.
+The plain resolution tag is trusted only when its unit is metric (centimetre, or
+tifffile's millimetre/micrometre extensions), or when it is in inches and says at least
+2540 pixels per inch (a pixel of 10 µm or less): 72, 96, 300 or 2400 dpi are what
+graphics software writes by default, never a microscope calibration. Unit ``NONE`` is
+ignored. Metadata are per file: every page of a TIFF gets the same pixel size.
+
+Every failure raises :class:`ImageReadError` whose message is one line, ``FILE: reason``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import tifffile
+
+SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+MIN_SIDE = 8  # smaller images hold too little structure to segment or measure
+DEFAULT_MAX_PIXELS = 400_000_000
+PIXEL_SIZE_SOURCES = ("user", "imagej", "ome", "fei", "zeiss", "tiff-resolution", "none")
+
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_BMP_MAGIC = b"BM"
+_PNG_GRAY_ALPHA = 4  # IHDR colour type
+# JPEG start-of-frame markers carry the image size; C4, C8 and CC are other segments.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_INCH_UM = 25400.0
+_MIN_TRUSTED_PPI = 2540.0
+# Length units as microscope software spells them, in micrometres.
+_UM_PER_UNIT = {
+    "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0,
+    "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "\u00e5": 1e-4, "\u212b": 1e-4, "angstrom": 1e-4,
+    "pm": 1e-6,
+    "in": _INCH_UM, "inch": _INCH_UM,
+}  # fmt: skip
+_UM_PER_RESUNIT = {
+    tifffile.RESUNIT.CENTIMETER: 1e4,
+    tifffile.RESUNIT.MILLIMETER: 1e3,
+    tifffile.RESUNIT.MICROMETER: 1.0,
+}
+
+
+class ImageReadError(Exception):
+    """An image that cannot be used; ``str(exc)`` is one line, ``FILE: reason``."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(" ".join(f"{path}: {reason}".split()))
+
+
+@dataclass(frozen=True, eq=False)
+class Field:
+    """One image to segment: a whole file or one page of a TIFF stack."""
+
+    image: np.ndarray  # H x W or H x W x 3 (RGB), uint8 or uint16
+    page: int  # index of the page in the file; 0 for single-image formats
+    pixel_size_um: float | None
+    pixel_size_source: str  # one of PIXEL_SIZE_SOURCES
+
+
+def read_fields(
+    path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[Field]:
+    """All fields of an image file; see :func:`iter_fields`."""
+    return list(iter_fields(path, pixel_size_um, max_pixels))
+
+
+def iter_fields(
+    path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[Field]:
+    """Yield the fields of an image file one at a time (a TIFF stack is never held whole).
+
+    ``pixel_size_um``, when given, overrides any pixel size found in the file's metadata.
+    """
+    if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
+    path = Path(path)
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        supported = ", ".join(SUPPORTED_SUFFIXES)
+        raise ImageReadError(
+            path, f"unsupported file type '{path.suffix}' (supported: {supported})"
+        )
+    head = _read_head(path)
+    try:
+        if head.startswith(_TIFF_MAGICS):
+            yield from _tiff_fields(path, pixel_size_um, max_pixels)
+        else:
+            yield _codec_field(path, head, pixel_size_um, max_pixels)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a decoder's own exception type must not reach the service
+        raise ImageReadError(path, f"cannot decode: {_describe(exc)}") from None
+
+
+def _read_head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or _describe(exc)}") from None
+    if not head:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    if not head.startswith((*_TIFF_MAGICS, _PNG_MAGIC, _JPEG_MAGIC, _BMP_MAGIC)):
+        raise ImageReadError(path, f"not a TIFF, PNG, JPEG or BMP image (starts with {head[:8]!r})")
+    return head
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0][:200] if lines else "") or type(exc).__name__
+
+
+def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise ImageReadError(
+            path,
+            f"image is {width} x {height} pixels, smaller than the {MIN_SIDE} x {MIN_SIDE} "
+            "needed to segment it",
+        )
+    if height * width > max_pixels:
+        raise ImageReadError(
+            path,
+            f"image is {width} x {height} = {height * width} pixels, more than the limit of "
+            f"{max_pixels} (max_pixels)",
+        )
+
+
+# --- TIFF ----------------------------------------------------------------------------
+
+
+def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Field]:
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise ImageReadError(path, f"not a readable TIFF: {_describe(exc)}") from None
+    with tif:
+        if user_pixel_size is not None:
+            pixel_size, source = user_pixel_size, "user"
+        else:
+            pixel_size, source = _tiff_pixel_size(tif)
+        file_size = tif.filehandle.size
+        skip = tifffile.FILETYPE.REDUCEDIMAGE | tifffile.FILETYPE.MASK  # thumbnails, masks
+        for index, page in enumerate(tif.pages):
+            if page.subfiletype & skip:
+                continue
+            image = _tiff_page_image(path, page, file_size, max_pixels)
+            yield Field(image, index, pixel_size, source)
+
+
+def _tiff_page_image(path: Path, page: Any, file_size: int, max_pixels: int) -> np.ndarray:
+    where = f"page {page.index}"
+    if page.axes not in ("YX", "YXS", "SYX"):
+        raise ImageReadError(path, f"{where}: unsupported layout {page.axes} {page.shape}")
+    height, width = page.shape[page.axes.index("Y")], page.shape[page.axes.index("X")]
+    _check_size(path, height, width, max_pixels)
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+    if not ends or max(ends) > file_size:
+        raise ImageReadError(
+            path,
+            f"{where}: truncated (image data ends at byte {max(ends, default=0)}, "
+            f"file has {file_size} bytes)",
+        )
+    photometric = page.photometric
+    if photometric not in (
+        tifffile.PHOTOMETRIC.MINISWHITE,
+        tifffile.PHOTOMETRIC.MINISBLACK,
+        tifffile.PHOTOMETRIC.RGB,
+        tifffile.PHOTOMETRIC.PALETTE,
+        tifffile.PHOTOMETRIC.YCBCR,
+    ):
+        raise ImageReadError(path, f"{where}: unsupported colour model {photometric.name}")
+    image = page.asarray()
+    if page.axes == "SYX":
+        image = np.moveaxis(image, 0, -1)
+    if photometric == tifffile.PHOTOMETRIC.PALETTE:
+        return _apply_palette(image, page.colormap)
+    image = _drop_alpha(path, image)
+    image = _to_supported_dtype(path, image)
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+        image = np.iinfo(image.dtype).max - image
+    return np.ascontiguousarray(image)
+
+
+def _drop_alpha(path: Path, image: np.ndarray) -> np.ndarray:
+    samples = 1 if image.ndim == 2 else image.shape[2]
+    if samples == 1:
+        return image.reshape(image.shape[:2])
+    if samples == 2:  # gray + alpha
+        return image[..., 0]
+    if samples in (3, 4):  # RGB, RGBA
+        return image[..., :3]
+    raise ImageReadError(path, f"{samples} samples per pixel are not supported (1 to 4)")
+
+
+def _apply_palette(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    rgb = np.moveaxis(colormap[:, indices], 0, -1)
+    # TIFF colour maps are 16-bit; most writers store 8-bit colours times 257.
+    if not np.any(colormap % 257):
+        return (rgb // 257).astype(np.uint8)
+    return np.ascontiguousarray(rgb.astype(np.uint16))
+
+
+def _to_supported_dtype(path: Path, image: np.ndarray) -> np.ndarray:
+    if image.dtype in (np.uint8, np.uint16):
+        return image
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * np.uint8(255)
+    if image.dtype.kind not in "iuf":
+        raise ImageReadError(path, f"pixel type {image.dtype} is not supported")
+    values = image.astype(np.float32)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(image.shape, np.uint16)
+    low, high = float(values[finite].min()), float(values[finite].max())
+    values[~finite] = low
+    gain = 65535.0 / (high - low) if high > low else 0.0
+    values -= low
+    values *= gain
+    return np.rint(values).astype(np.uint16)
+
+
+# --- TIFF pixel size -----------------------------------------------------------------
+
+
+def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, str]:
+    readers: tuple[tuple[str, Callable[[tifffile.TiffFile], float | None]], ...] = (
+        ("fei", _fei_pixel_size),
+        ("zeiss", _zeiss_pixel_size),
+        ("ome", _ome_pixel_size),
+        ("imagej", _imagej_pixel_size),
+        ("tiff-resolution", _resolution_pixel_size),
+    )
+    for source, reader in readers:
+        try:
+            value = reader(tif)
+        except Exception:  # malformed optional metadata must not make the image unreadable
+            continue
+        if value is not None and math.isfinite(value) and value > 0:
+            return value, source
+    return None, "none"
+
+
+def _um_per_unit(unit: Any) -> float | None:
+    return _UM_PER_UNIT.get(str(unit).strip().lower())
+
+
+def _fei_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    meta = tif.fei_metadata
+    if not meta:
+        return None
+    for section in ("Scan", "EScan"):
+        width_m = meta.get(section, {}).get("PixelWidth")
+        if width_m is not None:
+            return float(width_m) * 1e6
+    return None
+
+
+def _zeiss_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    meta = tif.sem_metadata
+    if not meta:
+        return None
+    for key in ("ap_image_pixel_size", "ap_pixel_size"):
+        entry = meta.get(key)
+        if entry is None:
+            continue
+        # tifffile gives (label, value, unit), or (label, "value unit") when unparsed
+        value, unit = entry[1:3] if len(entry) >= 3 else str(entry[1]).split()
+        scale = _um_per_unit(unit)
+        if scale is not None:
+            return float(value) * scale
+    return None
+
+
+def _ome_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    xml = tif.ome_metadata
+    if not xml:
+        return None
+    for element in ElementTree.fromstring(xml).iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            size = element.get("PhysicalSizeX")
+            scale = _um_per_unit(element.get("PhysicalSizeXUnit", "µm"))  # OME's default unit
+            return float(size) * scale if size is not None and scale is not None else None
+    return None
+
+
+def _imagej_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    meta = tif.imagej_metadata
+    scale = _um_per_unit(meta.get("unit", "")) if meta else None
+    if scale is None:
+        return None
+    pixels_per_unit = tif.pages.first.resolution[0]
+    return scale / pixels_per_unit if pixels_per_unit > 0 else None
+
+
+def _resolution_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    page = tif.pages.first
+    if "XResolution" not in page.tags:
+        return None
+    pixels_per_unit = page.resolution[0]
+    if pixels_per_unit <= 0:
+        return None
+    unit = page.resolutionunit
+    if unit == tifffile.RESUNIT.INCH:
+        return _INCH_UM / pixels_per_unit if pixels_per_unit >= _MIN_TRUSTED_PPI else None
+    scale = _UM_PER_RESUNIT.get(unit)
+    return scale / pixels_per_unit if scale is not None else None
+
+
+# --- PNG, JPEG, BMP ------------------------------------------------------------------
+
+
+def _codec_field(path: Path, head: bytes, user_pixel_size: float | None, max_pixels: int) -> Field:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or _describe(exc)}") from None
+    if head.startswith(_PNG_MAGIC):
+        kind, (height, width) = "PNG", _png_size(path, data)
+    elif head.startswith(_JPEG_MAGIC):
+        kind, (height, width) = "JPEG", _jpeg_size(path, data)
+    else:
+        kind, (height, width) = "BMP", _bmp_size(path, data)
+    gray_alpha = kind == "PNG" and data[25] == _PNG_GRAY_ALPHA
+    _check_size(path, height, width, max_pixels)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageReadError(path, f"cannot decode the {kind} data (corrupt or truncated)")
+    if image.ndim == 3:
+        # OpenCV expands gray + alpha to BGRA with B = G = R
+        image = image[..., 0] if gray_alpha else cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+    source = "none" if user_pixel_size is None else "user"
+    return Field(np.ascontiguousarray(image), 0, user_pixel_size, source)
+
+
+def _png_size(path: Path, data: bytes) -> tuple[int, int]:
+    if len(data) < 26 or data[12:16] != b"IHDR":
+        raise ImageReadError(path, "PNG header is truncated or lacks IHDR")
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+def _jpeg_size(path: Path, data: bytes) -> tuple[int, int]:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if marker in _JPEG_SOF and pos + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return height, width
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    raise ImageReadError(path, "JPEG has no readable frame header (truncated or corrupt)")
+
+
+def _bmp_size(path: Path, data: bytes) -> tuple[int, int]:
+    if len(data) < 26:
+        raise ImageReadError(path, "BMP header is truncated")
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sides
+        width, height = struct.unpack("<HH", data[18:22])
+    else:
+        width, height = struct.unpack("<ii", data[18:26])
+    return abs(height), abs(width)  # negative height means rows stored top-down

@@ -1,0 +1,124 @@
+"""Turn a decoded image into model input, with statistics computed once per image.
+
+:func:`prepare` looks at the whole image once (resizing it to the model's scale and,
+for 16-bit images under the ``percentile`` rule, measuring its percentiles on a strided
+subsample). :meth:`ModelInput.region` then converts any crop to ``float32 C x h x w``
+with those same numbers, so that neighbouring tiles of one image always agree and only
+a tile's worth of float memory exists at a time, however large the image.
+
+Per pixel, in order: channel conversion to the model's channels (gray -> repeated;
+RGB -> luminance with OpenCV's RGB2GRAY weights), mapping to [0, 1] (8-bit: /255;
+16-bit: /65535 or the percentile stretch, clipped), then ``(x - mean) / std`` per
+channel. A flat 16-bit image under the percentile rule maps to 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from phasewatch.runtime.bundle import Normalisation
+
+# cv2.COLOR_RGB2GRAY weights (ITU-R BT.601)
+LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+# Enough pixels for stable percentiles; more would make a 20k x 20k image slow to prepare.
+PERCENTILE_SAMPLE_PIXELS = 1_000_000
+
+
+@dataclass(frozen=True, eq=False)
+class ModelInput:
+    """An image ready to be cut into model inputs: ``region`` converts one crop at a time."""
+
+    image: np.ndarray  # H x W or H x W x 3, uint8 or uint16, already at the model's scale
+    channels: int  # the model's input channels, 1 or 3
+    low: float  # raw value that maps to 0
+    high: float  # raw value that maps to 1
+    clip: bool  # clip to [0, 1] (percentile stretch) or not
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """``float32 channels x (y1 - y0) x (x1 - x0)`` for an in-bounds crop."""
+        if not (0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width):
+            raise ValueError(
+                f"region [{y0}:{y1}, {x0}:{x1}] is outside the {self.height} x {self.width} image"
+            )
+        values = _to_model_channels(self.image[y0:y1, x0:x1], self.channels)
+        values -= np.float32(self.low)
+        values *= np.float32(1.0 / (self.high - self.low))
+        if self.clip:
+            np.clip(values, 0.0, 1.0, out=values)
+        if values.shape[0] != self.channels:  # gray image, 3-channel model
+            values = np.repeat(values, self.channels, axis=0)
+        values -= np.asarray(self.mean, np.float32)[:, None, None]
+        values /= np.asarray(self.std, np.float32)[:, None, None]
+        return values
+
+
+def prepare(
+    image: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0
+) -> ModelInput:
+    """Resize ``image`` by ``scale`` once and fix its normalisation statistics."""
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"image must be H x W or H x W x 3, got shape {image.shape}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if len(normalisation.mean) != channels or len(normalisation.std) != channels:
+        raise ValueError(f"normalisation mean/std must have {channels} values")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    image = _resize(image, scale)
+    low, high, clip = _value_range(image, channels, normalisation)
+    return ModelInput(
+        image=image,
+        channels=channels,
+        low=low,
+        high=high,
+        clip=clip,
+        mean=tuple(normalisation.mean),
+        std=tuple(normalisation.std),
+    )
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+def _value_range(
+    image: np.ndarray, channels: int, normalisation: Normalisation
+) -> tuple[float, float, bool]:
+    if image.dtype == np.uint8:
+        return 0.0, 255.0, False
+    if normalisation.sixteen_bit == "full_range":
+        return 0.0, 65535.0, False
+    stride = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / PERCENTILE_SAMPLE_PIXELS)))
+    sample = _to_model_channels(image[::stride, ::stride], channels)
+    low, high = (float(v) for v in np.percentile(sample, normalisation.percentiles))
+    return low, (high if high > low else low + 1.0), True
+
+
+def _to_model_channels(crop: np.ndarray, channels: int) -> np.ndarray:
+    """``float32 C x h x w``; a gray crop stays one channel (repeated after the stretch)."""
+    if crop.ndim == 2:
+        return crop.astype(np.float32)[None]
+    if channels == 1:
+        return np.tensordot(crop, LUMINANCE_WEIGHTS, axes=([2], [0])).astype(np.float32)[None]
+    return np.ascontiguousarray(np.moveaxis(crop, 2, 0), dtype=np.float32)

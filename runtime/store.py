@@ -1,0 +1,419 @@
+"""The durable queue and results store: one SQLite file.
+
+Every file that arrives is a row of ``files`` whose ``state`` moves
+``pending -> processing -> done | failed``; a file is never dropped, it ends ``done``
+or ``failed`` with a reason, through crashes and restarts
+(:meth:`Store.recover_after_crash`).
+
+Durability. The database runs in WAL mode (readers - the web page - never block the
+worker, and the worker never blocks them) with ``synchronous=NORMAL``: a crash of the
+process loses nothing, and a power cut can lose at most the last few commits but
+never corrupts the file. That is enough here because nothing is lost for good: at
+start the daemon rescans the watch folder, so a lost ``enqueue`` is redone, and a lost
+``mark_done`` only means the file is segmented again (outputs are written atomically).
+``FULL`` would cost an fsync per commit on the appliance's flash for no such gain.
+``busy_timeout`` makes a writer wait for another writer instead of failing.
+
+Threads. Each thread gets its own connection (``threading.local``), as SQLite
+connections must not be shared by concurrent threads; writers are serialised by
+SQLite itself: every change runs in ``BEGIN IMMEDIATE``, so a read-then-update such as
+:meth:`Store.claim_next` is atomic and two workers never claim the same row.
+
+Duplicates. The same content (same sha256) is one result, whatever its path: a
+second arrival becomes a ``done`` row with ``duplicate_of`` pointing at the first,
+and shares its result (exclusion acts on the first). A file rewritten with new content
+(same path, new sha256) is a new field. An arrival whose content matches only a
+``failed`` row is queued anew: copying a file again is how an operator retries it.
+
+Specimens. There is always a current specimen (a first one, ``default``, is created
+with the database); a new field belongs to it unless ``enqueue`` names another, e.g.
+the sub-folder specimen of :meth:`Store.specimen_for_path`.
+
+Results. ``results`` keeps per field what the statistics need (``fractions``,
+``particles``, ``valid_area_px``, ``valid_area_um2``, ``pixel_size_um``, as
+``measure.measure`` returns them) and the whole measurement JSON; ``outputs`` maps
+an output kind to its file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+STATES = ("pending", "processing", "done", "failed")
+DEFAULT_SPECIMEN = "default"
+BUSY_TIMEOUT_MS = 10_000
+
+# MIGRATIONS[v] takes a database from user_version v to v + 1.
+MIGRATIONS = [
+    """
+    CREATE TABLE specimens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        notes TEXT NOT NULL DEFAULT '',
+        folder TEXT UNIQUE,             -- set for sub-folder specimens
+        created REAL NOT NULL,
+        is_current INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX specimens_one_current ON specimens(is_current) WHERE is_current = 1;
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'processing', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        specimen_id INTEGER REFERENCES specimens(id),
+        created REAL NOT NULL,
+        processed REAL,
+        duplicate_of INTEGER REFERENCES files(id),
+        excluded INTEGER NOT NULL DEFAULT 0,
+        exclude_reason TEXT
+    );
+    CREATE UNIQUE INDEX files_version ON files(path, size, mtime_ns, sha256);
+    CREATE INDEX files_state ON files(state, id);
+    CREATE INDEX files_sha256 ON files(sha256);
+    CREATE INDEX files_specimen ON files(specimen_id, id);
+    CREATE TABLE results (
+        file_id INTEGER PRIMARY KEY REFERENCES files(id),
+        fractions TEXT NOT NULL,
+        particles TEXT NOT NULL,
+        valid_area_px INTEGER,
+        valid_area_um2 REAL,
+        pixel_size_um REAL,
+        measurement TEXT NOT NULL,
+        outputs TEXT NOT NULL
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """A database that cannot be used or a request that does not fit it; one line."""
+
+
+def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    return dict(row) if row is not None else None
+
+
+def _image(row: sqlite3.Row) -> dict[str, Any]:
+    """A files row joined with its (or its original's) result, JSON decoded."""
+    image = dict(row)
+    for key in ("fractions", "particles", "measurement", "outputs"):
+        if image.get(key) is not None:
+            image[key] = json.loads(image[key])
+    return image
+
+
+# The result of a duplicate is its original's: join on COALESCE(duplicate_of, id).
+_IMAGE_SELECT = """
+    SELECT f.*, s.name AS specimen, r.fractions, r.particles, r.valid_area_px,
+           r.valid_area_um2, r.pixel_size_um, r.measurement, r.outputs
+    FROM files f
+    LEFT JOIN specimens s ON s.id = f.specimen_id
+    LEFT JOIN results r ON r.file_id = COALESCE(f.duplicate_of, f.id)
+"""
+
+
+class Store:
+    """The SQLite store at ``path`` (created with its folder when missing)."""
+
+    def __init__(self, path: Path | str, max_attempts: int = 3) -> None:
+        self.path = Path(path)
+        self.max_attempts = max_attempts
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    # -- connections -------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE).
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                )
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the write lock from its first statement."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every thread's connection (a later call opens a new one)."""
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        try:
+            with self._write() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path}: database schema version {version} is newer than this "
+                        f"phasewatch understands ({SCHEMA_VERSION}); upgrade phasewatch"
+                    )
+                for step in range(version, SCHEMA_VERSION):
+                    # executescript would commit our transaction; run statements one by one.
+                    for statement in MIGRATIONS[step].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                if version == 0:
+                    conn.execute(
+                        "INSERT INTO specimens (name, created, is_current) VALUES (?, ?, 1)",
+                        (DEFAULT_SPECIMEN, time.time()),
+                    )
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable phasewatch database: {exc}") from None
+
+    # -- specimens ---------------------------------------------------------------
+
+    def start_specimen(self, name: str, notes: str = "") -> int:
+        """A new specimen that becomes the current one; returns its id."""
+        if not name.strip():
+            raise StoreError(f"{self.path}: a specimen needs a name")
+        with self._write() as conn:
+            conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
+            return conn.execute(
+                "INSERT INTO specimens (name, notes, created, is_current) VALUES (?, ?, ?, 1)",
+                (name.strip(), notes, time.time()),
+            ).lastrowid
+
+    def current_specimen(self) -> dict[str, Any]:
+        return _row(self._conn().execute("SELECT * FROM specimens WHERE is_current = 1").fetchone())
+
+    def get_specimen(self, specimen_id: int) -> dict[str, Any] | None:
+        return _row(
+            self._conn().execute("SELECT * FROM specimens WHERE id = ?", (specimen_id,)).fetchone()
+        )
+
+    def list_specimens(self) -> list[dict[str, Any]]:
+        """Newest first, each with its number of files."""
+        rows = self._conn().execute(
+            """SELECT s.*, COUNT(f.id) AS files FROM specimens s
+               LEFT JOIN files f ON f.specimen_id = s.id GROUP BY s.id ORDER BY s.id DESC"""
+        )
+        return [dict(r) for r in rows]
+
+    def specimen_for_path(self, path: Path | str, watch_root: Path | str) -> int:
+        """The specimen of a file when every sub-folder is a specimen: the one named after
+        the first folder below ``watch_root`` (created on first use); a file directly in
+        the root belongs to the current specimen."""
+        try:
+            parts = PurePath(path).relative_to(watch_root).parts
+        except ValueError:
+            raise StoreError(f"{path}: not inside the watch folder {watch_root}") from None
+        if len(parts) < 2:
+            return self.current_specimen()["id"]
+        folder = parts[0]
+        with self._write() as conn:
+            row = conn.execute("SELECT id FROM specimens WHERE folder = ?", (folder,)).fetchone()
+            if row is not None:
+                return row["id"]
+            return conn.execute(
+                "INSERT INTO specimens (name, folder, created) VALUES (?, ?, ?)",
+                (folder, folder, time.time()),
+            ).lastrowid
+
+    # -- the queue ---------------------------------------------------------------
+
+    def enqueue(
+        self, path: Path | str, size: int, mtime_ns: int, sha256: str, specimen_id: int | None = None
+    ) -> dict[str, Any]:
+        """The row for this version of the file, created ``pending`` (or ``done`` as a
+        duplicate) when new; the same path, size, mtime and sha256 again is the same row."""
+        path = str(path)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT * FROM files WHERE path = ? AND size = ? AND mtime_ns = ? AND sha256 = ?",
+                (path, size, mtime_ns, sha256),
+            ).fetchone()
+            if row is not None:
+                return dict(row)
+            if specimen_id is None:
+                specimen_id = conn.execute(
+                    "SELECT id FROM specimens WHERE is_current = 1"
+                ).fetchone()["id"]
+            original = conn.execute(
+                """SELECT id FROM files WHERE sha256 = ? AND duplicate_of IS NULL
+                   AND state != 'failed' ORDER BY id LIMIT 1""",
+                (sha256,),
+            ).fetchone()
+            now = time.time()
+            if original is None:
+                values = ("pending", None, None, None)
+            else:
+                note = f"same content as file {original['id']}"
+                values = ("done", note, now, original["id"])
+            file_id = conn.execute(
+                """INSERT INTO files (path, size, mtime_ns, sha256, specimen_id, created,
+                                      state, error, processed, duplicate_of)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (path, size, mtime_ns, sha256, specimen_id, now, *values),
+            ).lastrowid
+            return dict(conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
+
+    def claim_next(self, batch: int = 1) -> list[dict[str, Any]]:
+        """Up to ``batch`` oldest pending rows, moved to ``processing`` with one more
+        attempt, atomically: no two callers get the same row."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT id FROM files WHERE state = 'pending' ORDER BY id LIMIT ?", (batch,)
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            marks = ",".join("?" * len(ids))
+            if not ids:
+                return []
+            conn.execute(
+                f"UPDATE files SET state = 'processing', attempts = attempts + 1 "
+                f"WHERE id IN ({marks})",
+                ids,
+            )
+            claimed = conn.execute(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", ids)
+            return [dict(r) for r in claimed]
+
+    def _finish(self, conn: sqlite3.Connection, file_id: int, state: str, error: str | None) -> None:
+        updated = conn.execute(
+            """UPDATE files SET state = ?, error = ?, processed = ?
+               WHERE id = ? AND state = 'processing'""",
+            (state, error, time.time(), file_id),
+        ).rowcount
+        if not updated:
+            raise StoreError(f"{self.path}: file {file_id} is not being processed")
+
+    def mark_done(
+        self, file_id: int, result: Mapping[str, Any], outputs: Mapping[str, str] | None = None
+    ) -> None:
+        """Store a claimed file's measurement (``measure.measure``'s dict) and outputs."""
+        with self._write() as conn:
+            self._finish(conn, file_id, "done", None)
+            conn.execute(
+                """INSERT OR REPLACE INTO results (file_id, fractions, particles, valid_area_px,
+                       valid_area_um2, pixel_size_um, measurement, outputs)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    file_id,
+                    json.dumps(result.get("fractions", {})),
+                    json.dumps(result.get("particles", {})),
+                    result.get("valid_area_px"),
+                    result.get("valid_area_um2"),
+                    result.get("pixel_size_um"),
+                    json.dumps(result),
+                    json.dumps({k: str(v) for k, v in (outputs or {}).items()}),
+                ),
+            )
+
+    def mark_failed(self, file_id: int, error: str) -> None:
+        """A claimed file that cannot be processed; ``error`` is its one-line reason."""
+        with self._write() as conn:
+            self._finish(conn, file_id, "failed", " ".join(error.split()))
+
+    def recover_after_crash(self, max_attempts: int | None = None) -> dict[str, int]:
+        """At start: rows a dead worker left ``processing`` go back to ``pending``, or to
+        ``failed`` once they have had ``max_attempts`` tries (the file probably crashes
+        the worker). Returns how many were requeued and failed."""
+        limit = self.max_attempts if max_attempts is None else max_attempts
+        with self._write() as conn:
+            failed = conn.execute(
+                """UPDATE files SET state = 'failed', processed = ?,
+                       error = 'crashed the worker ' || attempts || ' times'
+                   WHERE state = 'processing' AND attempts >= ?""",
+                (time.time(), limit),
+            ).rowcount
+            requeued = conn.execute(
+                "UPDATE files SET state = 'pending' WHERE state = 'processing'"
+            ).rowcount
+        return {"requeued": requeued, "failed": failed}
+
+    def counts_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        rows = self._conn().execute("SELECT state, COUNT(*) AS n FROM files GROUP BY state")
+        counts.update({r["state"]: r["n"] for r in rows})
+        return counts
+
+    # -- images and results ------------------------------------------------------
+
+    def list_images(
+        self, limit: int = 100, specimen: int | None = None, before_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first, with results; ``before_id`` pages back through older ones."""
+        where, args = [], []
+        if specimen is not None:
+            where.append("f.specimen_id = ?")
+            args.append(specimen)
+        if before_id is not None:
+            where.append("f.id < ?")
+            args.append(before_id)
+        sql = _IMAGE_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._conn().execute(sql + " ORDER BY f.id DESC LIMIT ?", (*args, limit))
+        return [_image(r) for r in rows]
+
+    def get_image(self, file_id: int) -> dict[str, Any] | None:
+        row = self._conn().execute(_IMAGE_SELECT + " WHERE f.id = ?", (file_id,)).fetchone()
+        return _image(row) if row is not None else None
+
+    def field_results(self, specimen_id: int) -> list[dict[str, Any]]:
+        """The measured, not excluded fields of a specimen, oldest first: what its
+        statistics are made of (duplicates are left out: their content counts once)."""
+        rows = self._conn().execute(
+            _IMAGE_SELECT + """ WHERE f.specimen_id = ? AND f.state = 'done'
+                AND f.duplicate_of IS NULL AND f.excluded = 0 ORDER BY f.id""",
+            (specimen_id,),
+        )
+        return [_image(r) for r in rows]
+
+    def exclude_field(self, file_id: int, reason: str) -> None:
+        """Leave a field out of its specimen's statistics (a duplicate's original)."""
+        self._set_excluded(file_id, 1, " ".join(reason.split()) or "excluded by the operator")
+
+    def include_field(self, file_id: int) -> None:
+        self._set_excluded(file_id, 0, None)
+
+    def _set_excluded(self, file_id: int, excluded: int, reason: str | None) -> None:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(duplicate_of, id) AS target FROM files WHERE id = ?", (file_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"{self.path}: no file {file_id}")
+            conn.execute(
+                "UPDATE files SET excluded = ?, exclude_reason = ? WHERE id = ?",
+                (excluded, reason, row["target"]),
+            )

@@ -1,0 +1,187 @@
+"""Sliding window: tiled == whole-image pass, mixed batches, bounded memory, geometry."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx_graphs import conv_net_halo, make_conv_net
+
+from phasewatch.runtime.backends import OrtBackend
+from phasewatch.runtime.engine import (
+    STAGES,
+    default_overlap,
+    gaussian_window,
+    mirror_indices,
+    segment,
+    segment_many,
+    tile_starts,
+)
+
+TILE = 64
+LAYERS = (1, 2, 3)  # halo 6
+HALO = conv_net_halo(LAYERS)
+OVERLAP = default_overlap(TILE, HALO)
+
+
+class ArrayInput:
+    """The ModelInput protocol over an in-memory C x H x W float32 array."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.channels, self.height, self.width = array.shape
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        assert 0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width, "out of bounds"
+        return self.array[:, y0:y1, x0:x1]
+
+
+def random_image(height: int, width: int, channels: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(channels, height, width)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return make_conv_net(
+        tmp_path_factory.mktemp("net") / "net.onnx", in_channels=2, num_classes=4, layers=LAYERS
+    )
+
+
+@pytest.fixture(scope="module")
+def backend(net):
+    return OrtBackend(net, "cpu", max_batch=4)
+
+
+def whole_image_classes(net, image: np.ndarray) -> np.ndarray:
+    """The same network on the whole image, mirror padded by more than its halo."""
+    pad = HALO + 2
+    padded = np.pad(image, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    session = ort.InferenceSession(str(net), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": padded[None]})[0][0]
+    return np.argmax(logits[:, pad:-pad, pad:-pad], axis=0).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "height, width",
+    [(40, 50), (257, 131), (1, 300), (300, 1), (128, 192), (64, 64), (1, 1)],
+)
+def test_tiled_equals_whole_image_pass(net, backend, height, width):
+    image = random_image(height, width, seed=height * 1000 + width)
+    tiled = segment(ArrayInput(image), backend, TILE, OVERLAP)
+    whole = whole_image_classes(net, image)
+    assert tiled.shape == (height, width) and tiled.dtype == np.uint8
+    agreement = np.mean(tiled == whole)
+    assert agreement >= 0.999, f"{agreement:.5f} of pixels agree"
+
+
+def test_small_overlap_breaks_agreement(net, backend):
+    # Guards the test above: with no overlap the seams and borders see zero padding.
+    image = random_image(257, 131, seed=5)
+    tiled = segment(ArrayInput(image), backend, TILE, overlap=0)
+    assert np.mean(tiled == whole_image_classes(net, image)) < 0.999
+
+
+def test_mixed_batches_equal_one_by_one(backend):
+    images = [random_image(h, w, seed=i) for i, (h, w) in enumerate([(70, 90), (30, 20), (150, 61)])]
+    one_by_one = [segment(ArrayInput(im), backend, TILE, OVERLAP, batch=5) for im in images]
+
+    sizes = []
+
+    class Recording:
+        name, max_batch = "recording", 5
+
+        def run(self, batch):
+            sizes.append(len(batch))
+            return backend.run(batch)
+
+        def close(self):
+            pass
+
+    mixed = list(segment_many((ArrayInput(im) for im in images), Recording(), TILE, OVERLAP))
+
+    assert len(mixed) == 3
+    for got, want in zip(mixed, one_by_one):
+        np.testing.assert_array_equal(got, want)
+    # 6 + 1 + 9 tiles in batches of 5: every batch but the last is full, so they mix images.
+    assert sizes == [5, 5, 5, 1]
+
+
+class NearestCentre:
+    """A pointwise fake model: class k scores -(x - k)^2, so argmax = nearest integer."""
+
+    name, max_batch = "nearest-centre", 16
+
+    def __init__(self, classes: int) -> None:
+        self.centres = np.arange(classes, dtype=np.float32)[None, :, None, None]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return -((batch[:, :1] - self.centres) ** 2)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("height, width", [(4000, 300), (1000, 3000)])
+def test_memory_is_bounded_by_a_band(height, width):
+    classes = 4
+    image = np.random.default_rng(3).uniform(-0.5, classes - 0.5, (1, height, width))
+    image = image.astype(np.float32)
+    inp = ArrayInput(image)
+
+    tracemalloc.start()
+    result = segment(inp, NearestCentre(classes), TILE, overlap=16)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    np.testing.assert_array_equal(result, np.rint(image[0]).astype(np.uint8))
+    full_accumulator = height * width * classes * 4
+    assert peak < full_accumulator / 4, f"peak {peak} bytes vs full accumulator {full_accumulator}"
+
+
+def test_timings_accumulate_per_stage(backend):
+    timings: dict[str, float] = {}
+    segment(ArrayInput(random_image(100, 100)), backend, TILE, OVERLAP, timings=timings)
+    assert set(timings) == set(STAGES) and all(v > 0 for v in timings.values())
+
+
+def test_wrong_backend_output_is_one_line_error():
+    class Broken(NearestCentre):
+        def run(self, batch):
+            return super().run(batch)[:, :, :-1]
+
+    with pytest.raises(ValueError, match="returned logits of shape") as err:
+        segment(ArrayInput(random_image(20, 20, channels=1)), Broken(3), TILE)
+    assert "\n" not in str(err.value)
+
+
+def test_mirror_indices_match_numpy_reflect():
+    for length in (1, 2, 5, 17):
+        values = np.arange(length)
+        padded = np.pad(values, (40, 40), mode="reflect")
+        np.testing.assert_array_equal(mirror_indices(-40, length + 40, length), padded)
+
+
+def test_tile_starts_cover_the_image_with_margin():
+    # Hand-computed: 2048 px, tile 256, overlap 64 -> stride 192, margin 32, padded 2112:
+    # ceil((2112 - 256) / 192) + 1 = 11 tiles, the last pulled back to end at 2048 + 32.
+    starts = tile_starts(2048, 256, 64)
+    assert len(starts) == 11 and starts[0] == -32 and starts[-1] + 256 == 2080
+    assert list(tile_starts(10, 64, 16)) == [-8]
+
+
+def test_gaussian_window_shape():
+    window = gaussian_window(64)
+    centre, edge = window[31, 31], window[0, 31]
+    # sigma = 8: 31.5 px from the centre is exp(-0.5 * (31.5 / 8) ** 2) of the peak row value.
+    assert edge / centre == pytest.approx(np.exp(-0.5 * (31.5 / 8) ** 2 + 0.5 * (0.5 / 8) ** 2))
+    np.testing.assert_allclose(window, window.T)
+
+
+def test_default_overlap_covers_twice_the_halo():
+    assert default_overlap(256, 10) == 64
+    assert default_overlap(256, 45) == 90
+    assert default_overlap(64, 7) == 16
+    with pytest.raises(ValueError):
+        default_overlap(32, 20)

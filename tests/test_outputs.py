@@ -1,0 +1,149 @@
+"""Output writers: exact class maps, overlays, previews, atomic files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from phasewatch.runtime import outputs
+from phasewatch.runtime.outputs import (
+    OutputError,
+    overlay,
+    preview,
+    to_display_8bit,
+    write_json_atomic,
+    write_outputs,
+    write_png_atomic,
+)
+
+PALETTE = [(0, 0, 0), (255, 0, 0), (0, 200, 255)]
+
+
+def _classes(height: int = 40, width: int = 60) -> np.ndarray:
+    classes = np.zeros((height, width), np.uint8)
+    classes[5:15, 5:25] = 1
+    classes[20:35, 30:55] = 2
+    return classes
+
+
+def test_classes_png_round_trips_exactly(tmp_path):
+    classes = np.random.default_rng(1).integers(0, 3, size=(37, 53), dtype=np.uint8)
+    image = np.full((37, 53), 100, np.uint8)
+    paths = write_outputs(tmp_path / "out", "field_01", image, classes, PALETTE, {"n": 1})
+
+    assert paths == {
+        "classes": tmp_path / "out" / "field_01.classes.png",
+        "overlay": tmp_path / "out" / "field_01.overlay.png",
+        "json": tmp_path / "out" / "field_01.json",
+    }
+    back = cv2.imread(str(paths["classes"]), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint8 and back.shape == (37, 53)
+    np.testing.assert_array_equal(back, classes)
+    # The overlay file is RGB on disk in the right orientation: class 1 reads back reddish.
+    written = cv2.cvtColor(cv2.imread(str(paths["overlay"])), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(written, overlay(image, classes, PALETTE))
+    assert json.loads(paths["json"].read_text()) == {"n": 1}
+
+
+def test_overlay_moves_class_pixels_towards_the_palette_colour():
+    image = np.full((40, 60), 128, np.uint8)
+    classes = _classes()
+    out = overlay(image, classes, PALETTE, alpha=0.5)
+    assert out.shape == (40, 60, 3) and out.dtype == np.uint8
+    # (128 * 0.5 + 255 * 0.5) = 191.5, (128 * 0.5 + 0) = 64 -> class 1 pixel (192|191, 64, 64).
+    r, g, b = (int(v) for v in out[10, 10])
+    assert r in (191, 192) and g == 64 and b == 64
+    # Class 0 blends towards black as well, since nothing is skipped.
+    assert tuple(out[0, 0]) == (64, 64, 64)
+
+
+def test_overlay_skip_leaves_those_classes_as_the_micrograph():
+    image = np.full((40, 60), 128, np.uint8)
+    out = overlay(image, _classes(), PALETTE, alpha=0.5, skip={0})
+    assert tuple(out[0, 0]) == (128, 128, 128)
+    assert tuple(out[25, 40]) != (128, 128, 128)
+
+
+def test_overlay_of_rgb_image_keeps_channels_in_order():
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[..., 2] = 200  # blue micrograph
+    out = overlay(image, np.zeros((40, 60), np.uint8), [(0, 0, 0)], alpha=0.0)
+    np.testing.assert_array_equal(out, image)
+
+
+def test_sixteen_bit_is_stretched_for_display():
+    image = np.linspace(1000, 3000, 200 * 100).reshape(200, 100).astype(np.uint16)
+    shown = to_display_8bit(image)
+    assert shown.dtype == np.uint8
+    # The 0.5 / 99.5 percentiles map near 0 and 255: the narrow 16-bit range fills the display.
+    assert shown.min() == 0 and shown.max() == 255
+    assert 120 <= shown[100, 50] <= 135
+    out = overlay(image, np.zeros((200, 100), np.uint8), PALETTE, alpha=0.0)
+    np.testing.assert_array_equal(out[..., 0], shown)
+
+
+def test_flat_sixteen_bit_image_does_not_divide_by_zero():
+    shown = to_display_8bit(np.full((10, 10), 500, np.uint16))
+    assert shown.dtype == np.uint8 and len(np.unique(shown)) == 1
+
+
+def test_preview_downscales_the_longer_side_and_keeps_small_images():
+    big = np.zeros((300, 2000), np.uint16)
+    big[:, 1000:] = 4000
+    small = preview(big, max_side=500)
+    assert small.shape == (75, 500) and small.dtype == np.uint8
+    assert small[0, 0] < small[0, -1]
+    rgb = np.zeros((100, 80, 3), np.uint8)
+    assert preview(rgb, max_side=1024).shape == (100, 80, 3)
+
+
+def test_json_round_trip_with_numpy_values(tmp_path):
+    record = {"fraction": np.float64(0.25), "count": np.int64(3), "edges": np.arange(3), "x": None}
+    path = tmp_path / "r.json"
+    write_json_atomic(path, record)
+    expected = {"fraction": 0.25, "count": 3, "edges": [0, 1, 2], "x": None}
+    assert json.loads(path.read_text()) == expected
+
+
+def test_json_with_nan_is_refused_and_nothing_written(tmp_path):
+    path = tmp_path / "r.json"
+    with pytest.raises(ValueError, match="r.json"):
+        write_json_atomic(path, {"mean": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_into_missing_folder_raises_and_leaves_nothing(tmp_path):
+    path = tmp_path / "missing" / "x.png"
+    with pytest.raises(OutputError, match="x.png"):
+        write_png_atomic(path, np.zeros((4, 4), np.uint8))
+    assert not path.parent.exists()
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "field.json"
+    write_json_atomic(path, {"version": 1})
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", broken_fsync)
+    with pytest.raises(OutputError, match="field.json: cannot write: No space left"):
+        write_json_atomic(path, {"version": 2})
+    assert json.loads(path.read_text()) == {"version": 1}
+    assert os.listdir(tmp_path) == ["field.json"]
+
+
+def test_write_outputs_refuses_a_class_map_of_another_size(tmp_path):
+    with pytest.raises(ValueError, match="image's size"):
+        write_outputs(tmp_path, "a", np.zeros((10, 10), np.uint8), _classes(), PALETTE, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overlay_refuses_ids_beyond_the_palette():
+    classes = _classes()
+    classes[0, 0] = 7
+    with pytest.raises(ValueError, match="palette"):
+        overlay(np.zeros((40, 60), np.uint8), classes, PALETTE)
