@@ -48,7 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1
+) -> nn.Sequential:
     padding = dilation * (kernel - 1) // 2
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
@@ -85,9 +87,11 @@ class UNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList()
         self.fuse = nn.ModuleList()
-        for c_low, c_high in zip(reversed(chans[:-1]), reversed(chans[1:])):
+        for c_low, c_high in zip(reversed(chans[:-1]), reversed(chans[1:]), strict=True):
             self.up.append(nn.ConvTranspose2d(c_high, c_low, kernel_size=2, stride=2))
-            self.fuse.append(nn.Sequential(conv_bn_relu(2 * c_low, c_low), conv_bn_relu(c_low, c_low)))
+            self.fuse.append(
+                nn.Sequential(conv_bn_relu(2 * c_low, c_low), conv_bn_relu(c_low, c_low))
+            )
         self.classifier = nn.Conv2d(chans[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,14 +100,16 @@ class UNet(nn.Module):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         x = skips.pop()
-        for up, fuse in zip(self.up, self.fuse):
+        for up, fuse in zip(self.up, self.fuse, strict=True):
             x = fuse(torch.cat([skips.pop(), up(x)], dim=1))
         return self.classifier(x)
 
 
 def _unet25d(in_channels: int, num_classes: int, slices: int = 3, **kwargs) -> UNet:
     if slices < 1 or slices % 2 == 0:
-        raise ValueError(f"unet25d: slices must be odd and >= 1 (the centre slice is predicted), got {slices}")
+        raise ValueError(
+            f"unet25d: slices must be odd and >= 1 (the centre slice is predicted), got {slices}"
+        )
     return UNet(in_channels * slices, num_classes, **kwargs)
 
 
@@ -113,7 +119,9 @@ def _unet25d(in_channels: int, num_classes: int, slices: int = 3, **kwargs) -> U
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1, first_dilation: int = 1):
+    def __init__(
+        self, cin: int, planes: int, stride: int = 1, dilation: int = 1, first_dilation: int = 1
+    ):
         super().__init__()
         cout = planes * self.expansion
         self.body = nn.Sequential(
@@ -130,7 +138,9 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1, first_dilation: int = 1):
+    def __init__(
+        self, cin: int, planes: int, stride: int = 1, dilation: int = 1, first_dilation: int = 1
+    ):
         super().__init__()
         cout = planes * self.expansion
         self.body = nn.Sequential(
@@ -177,7 +187,9 @@ class ResNetEncoder(nn.Module):
         )
         # Stages 2..4 halve the size; from the stride where output_stride is reached on,
         # they dilate instead.
-        dilate = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}[output_stride]
+        dilate = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}[
+            output_stride
+        ]
         self._cin, self._dilation = 64, 1
         self.layer1 = self._stage(block, 64, counts[0], 1, False)
         self.layer2 = self._stage(block, 128, counts[1], 2, dilate[0])
@@ -193,7 +205,9 @@ class ResNetEncoder(nn.Module):
             stride = 1
         layers = [block(self._cin, planes, stride, self._dilation, first_dilation)]
         self._cin = planes * block.expansion
-        layers += [block(self._cin, planes, 1, self._dilation, self._dilation) for _ in range(count - 1)]
+        layers += [
+            block(self._cin, planes, 1, self._dilation, self._dilation) for _ in range(count - 1)
+        ]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,9 +224,22 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         layers: list[nn.Module] = []
         if expand != 1:
-            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, hidden, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU6(inplace=True),
+            ]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, padding=dilation, dilation=dilation, groups=hidden, bias=False),
+            nn.Conv2d(
+                hidden,
+                hidden,
+                3,
+                stride,
+                padding=dilation,
+                dilation=dilation,
+                groups=hidden,
+                bias=False,
+            ),
             nn.BatchNorm2d(hidden),
             nn.ReLU6(inplace=True),
             nn.Conv2d(hidden, cout, 1, bias=False),
@@ -227,8 +254,15 @@ class InvertedResidual(nn.Module):
 
 # (expansion, channels, repeats, stride) of MobileNetV2 (Sandler et al. 2018), without the
 # final 1280-channel conv that classification needs and segmentation does not.
-MOBILENETV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                      (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENETV2_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 class MobileNetV2Encoder(nn.Module):
@@ -239,7 +273,9 @@ class MobileNetV2Encoder(nn.Module):
         if output_stride not in (16, 32):
             raise ValueError(f"mobilenetv2: output_stride must be 16 or 32, got {output_stride}")
         stem = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)
+            nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU6(inplace=True),
         )
         blocks: list[nn.Module] = [stem]
         cin, stride_now, dilation = 32, 2, 1
@@ -250,7 +286,9 @@ class MobileNetV2Encoder(nn.Module):
                 stride = 1
             stride_now *= stride
             for i in range(repeats):
-                blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand, dilation))
+                blocks.append(
+                    InvertedResidual(cin, cout, stride if i == 0 else 1, expand, dilation)
+                )
                 cin = cout
             if stride_now == 4:
                 self.low_index = len(blocks)
@@ -284,7 +322,9 @@ class ASPP(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList([conv_bn_relu(cin, cout, 1)])
         self.branches.extend(conv_bn_relu(cin, cout, 3, dilation=r) for r in rates)
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
+        self.image_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)
+        )
         self.project = nn.Sequential(conv_bn_relu(5 * cout, cout, 1), nn.Dropout(0.1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,8 +338,13 @@ def _aspp_rates(output_stride: int) -> tuple[int, int, int]:
 
 
 class DeepLabV3Plus(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, encoder: str = "mobilenetv2",
-                 decoder_channels: int = 256):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        encoder: str = "mobilenetv2",
+        decoder_channels: int = 256,
+    ):
         super().__init__()
         self.encoder = build_encoder(encoder, in_channels, 16)
         self.aspp = ASPP(self.encoder.high_channels, decoder_channels, _aspp_rates(16))
@@ -320,14 +365,23 @@ class DeepLabV3Plus(nn.Module):
 class DilatedResNetSeg(nn.Module):
     """A dilated ResNet with a head and a final 1x1 classifier: DeepLabV3 or FCN."""
 
-    def __init__(self, in_channels: int, num_classes: int, head: str, backbone: str = "resnet50",
-                 output_stride: int = 8, head_channels: int = 256):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        head: str,
+        backbone: str = "resnet50",
+        output_stride: int = 8,
+        head_channels: int = 256,
+    ):
         super().__init__()
         self.encoder = ResNetEncoder(backbone, in_channels, output_stride)
         cin = self.encoder.high_channels
         if head == "aspp":
-            self.head = nn.Sequential(ASPP(cin, head_channels, _aspp_rates(output_stride)),
-                                      conv_bn_relu(head_channels, head_channels))
+            self.head = nn.Sequential(
+                ASPP(cin, head_channels, _aspp_rates(output_stride)),
+                conv_bn_relu(head_channels, head_channels),
+            )
         else:
             self.head = nn.Sequential(conv_bn_relu(cin, head_channels), nn.Dropout(0.1))
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
@@ -345,17 +399,28 @@ def fixed_avg_pool(size: int, bins: int) -> nn.AvgPool2d:
     export-friendly stand-in.
     """
     if size < bins:
-        raise ValueError(f"pspnet: feature map {size} px is smaller than pyramid bin {bins}; use a larger tile")
+        raise ValueError(
+            f"pspnet: feature map {size} px is smaller than pyramid bin {bins}; use a larger tile"
+        )
     stride = size // bins
     return nn.AvgPool2d(kernel_size=size - (bins - 1) * stride, stride=stride)
 
 
 class PSPNet(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, tile: int, backbone: str = "resnet18",
-                 bins: tuple[int, ...] = (1, 2, 3, 6), output_stride: int = 8):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        tile: int,
+        backbone: str = "resnet18",
+        bins: tuple[int, ...] = (1, 2, 3, 6),
+        output_stride: int = 8,
+    ):
         super().__init__()
         if tile % output_stride:
-            raise ValueError(f"pspnet: tile {tile} must be divisible by output_stride {output_stride}")
+            raise ValueError(
+                f"pspnet: tile {tile} must be divisible by output_stride {output_stride}"
+            )
         self.tile = tile
         self.encoder = ResNetEncoder(backbone, in_channels, output_stride)
         cin = self.encoder.high_channels
@@ -364,12 +429,16 @@ class PSPNet(nn.Module):
         self.pyramid = nn.ModuleList(
             nn.Sequential(fixed_avg_pool(size, b), conv_bn_relu(cin, branch, 1)) for b in bins
         )
-        self.bottleneck = nn.Sequential(conv_bn_relu(cin + branch * len(bins), 256), nn.Dropout(0.1))
+        self.bottleneck = nn.Sequential(
+            conv_bn_relu(cin + branch * len(bins), 256), nn.Dropout(0.1)
+        )
         self.classifier = nn.Conv2d(256, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.tile, self.tile):
-            raise ValueError(f"pspnet was built for {self.tile}x{self.tile} tiles, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"pspnet was built for {self.tile}x{self.tile} tiles, got {tuple(x.shape[-2:])}"
+            )
         _, high = self.encoder(x)
         pooled = [_upsample_to(level(high), high) for level in self.pyramid]
         y = self.bottleneck(torch.cat([high, *pooled], dim=1))

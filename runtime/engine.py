@@ -4,10 +4,15 @@ window on the logits, stitching band by band into a uint8 class map.
 Geometry along each axis: tiles of ``tile`` pixels advance by ``tile - overlap``; the
 first starts ``overlap // 2`` pixels before the image (mirror padding), the last is
 pulled back to end ``overlap // 2`` past it (or at ``tile``, for images smaller than a
-tile). A pixel's dominant tile (the one whose centre is nearest, which carries most of
-the Gaussian weight) then has at least ``overlap // 2`` pixels of true context on every
-side, so ``overlap >= 2 * halo`` makes tiling agree with a whole-image pass;
-:func:`default_overlap` picks that.
+tile).
+
+Window: a Gaussian (sigma = tile / 8) with the outer ``halo`` pixels of every tile set
+to zero. A plain Gaussian still gives the zero-padded, context-starved tile edge a few
+percent of the weight where two tiles meet (measured: ~0.3 % of pixels flipped for a
+net with halo 6 on 64-pixel tiles); trimming the halo removes that, and with
+``overlap >= 2 * halo`` every pixel still lies in some tile with its full context, so
+the tiled result equals a whole-image pass up to float rounding. :func:`default_overlap`
+picks such an overlap.
 
 Memory: tiles are produced row band by row band. A band's logits accumulator covers the
 ``tile`` rows that band touches across the (padded) width; once a band's last tile is in,
@@ -47,9 +52,8 @@ class ModelInput(Protocol):
 
 
 def default_overlap(tile: int, halo: int) -> int:
-    """2 * halo (see the module docstring), at least tile / 4 so that seams fall where
-    both neighbours' Gaussian weights are still well resolved; even, so that the
-    border margin is exactly half of it."""
+    """2 * halo (see the module docstring), at least tile / 4 so that the Gaussian has
+    room to blend neighbours; even, so that the border margin is exactly half of it."""
     overlap = max(2 * halo, tile // 4)
     overlap += overlap % 2
     if overlap >= tile:
@@ -58,11 +62,13 @@ def default_overlap(tile: int, halo: int) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def gaussian_window(tile: int) -> np.ndarray:
+def gaussian_window(tile: int, trim: int = 0) -> np.ndarray:
     """tile x tile importance weights, sigma = tile / 8 (MONAI's 'gaussian', sigma_scale
-    0.125); read-only because it is shared between calls."""
+    0.125), zero within ``trim`` pixels of the edge; read-only as it is shared."""
     offsets = np.arange(tile, dtype=np.float64) - (tile - 1) / 2
     profile = np.exp(-0.5 * (offsets / (tile / 8)) ** 2)
+    profile[:trim] = 0
+    profile[tile - trim :] = 0
     window = np.outer(profile, profile).astype(np.float32)
     window.flags.writeable = False
     return window
@@ -201,14 +207,17 @@ def segment_many(
     overlap: int | None = None,
     batch: int | None = None,
     timings: dict[str, float] | None = None,
+    halo: int = 0,
 ) -> Iterator[np.ndarray]:
     """Yield a uint8 class map per input, in input order.
 
     A batch is filled with the next image's tiles when the current image runs out, so
     the next input is pulled from ``inputs`` before the current map is yielded: pass an
     iterable of images that are ready now. ``overlap`` defaults to tile / 4; pass
-    :func:`default_overlap` of the model's halo. ``batch`` defaults to the backend's
-    ``max_batch``. ``timings`` (if given) accumulates milliseconds per stage (STAGES).
+    :func:`default_overlap` of the model's ``halo``, the tile-edge strip whose logits
+    are discarded (at most overlap / 2 of it, so that every pixel keeps some weight).
+    ``batch`` defaults to the backend's ``max_batch``. ``timings`` (if given)
+    accumulates milliseconds per stage (STAGES).
     """
     overlap = tile // 4 if overlap is None else int(overlap)
     if not 0 <= overlap < tile:
@@ -219,7 +228,9 @@ def segment_many(
     stats = timings if timings is not None else {}
     for key in STAGES:
         stats.setdefault(key, 0.0)
-    window = gaussian_window(tile)
+    if halo < 0:
+        raise ValueError(f"halo must be >= 0, got {halo}")
+    window = gaussian_window(tile, min(halo, overlap // 2))
     buffer: np.ndarray | None = None
     slots: list[tuple[_Job, int, int]] = []
     start = time.perf_counter()
@@ -246,6 +257,7 @@ def segment(
     overlap: int | None = None,
     batch: int | None = None,
     timings: dict[str, float] | None = None,
+    halo: int = 0,
 ) -> np.ndarray:
     """uint8 H x W class map of one image (see :func:`segment_many`)."""
-    return next(segment_many([inp], backend, tile, overlap, batch, timings))
+    return next(segment_many([inp], backend, tile, overlap, batch, timings, halo))

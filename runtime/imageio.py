@@ -56,7 +56,8 @@ _PNG_GRAY_ALPHA = 4  # IHDR colour type
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _INCH_UM = 25400.0
 _MIN_TRUSTED_PPI = 2540.0
-# Length units as microscope software spells them, in micrometres.
+# Length units as microscope software spells them, in micrometres. Inches are left out on
+# purpose: ImageJ and friends report a graphics file's dpi as "inch", never a calibration.
 _UM_PER_UNIT = {
     "m": 1e6, "meter": 1e6, "metre": 1e6,
     "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
@@ -66,7 +67,6 @@ _UM_PER_UNIT = {
     "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
     "\u00e5": 1e-4, "\u212b": 1e-4, "angstrom": 1e-4,
     "pm": 1e-6,
-    "in": _INCH_UM, "inch": _INCH_UM,
 }  # fmt: skip
 _UM_PER_RESUNIT = {
     tifffile.RESUNIT.CENTIMETER: 1e4,

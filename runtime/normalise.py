@@ -109,7 +109,9 @@ def _value_range(
         return 0.0, 255.0, False
     if normalisation.sixteen_bit == "full_range":
         return 0.0, 65535.0, False
-    stride = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / PERCENTILE_SAMPLE_PIXELS)))
+    stride = max(
+        1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / PERCENTILE_SAMPLE_PIXELS))
+    )
     sample = _to_model_channels(image[::stride, ::stride], channels)
     low, high = (float(v) for v in np.percentile(sample, normalisation.percentiles))
     return low, (high if high > low else low + 1.0), True

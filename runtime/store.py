@@ -255,7 +255,12 @@ class Store:
     # -- the queue ---------------------------------------------------------------
 
     def enqueue(
-        self, path: Path | str, size: int, mtime_ns: int, sha256: str, specimen_id: int | None = None
+        self,
+        path: Path | str,
+        size: int,
+        mtime_ns: int,
+        sha256: str,
+        specimen_id: int | None = None,
     ) -> dict[str, Any]:
         """The row for this version of the file, created ``pending`` (or ``done`` as a
         duplicate) when new; the same path, size, mtime and sha256 again is the same row."""
@@ -309,7 +314,9 @@ class Store:
             claimed = conn.execute(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", ids)
             return [dict(r) for r in claimed]
 
-    def _finish(self, conn: sqlite3.Connection, file_id: int, state: str, error: str | None) -> None:
+    def _finish(
+        self, conn: sqlite3.Connection, file_id: int, state: str, error: str | None
+    ) -> None:
         updated = conn.execute(
             """UPDATE files SET state = ?, error = ?, processed = ?
                WHERE id = ? AND state = 'processing'""",

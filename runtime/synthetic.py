@@ -33,7 +33,7 @@ def superalloy_micrograph(
     room = cv2.distanceTransform((~secondary).astype(np.uint8), cv2.DIST_L2, 5)
     ys, xs = np.nonzero(room > 9)
     picks = rng.choice(len(ys), size=min(len(ys), height * width // 2500), replace=False)
-    for y, x in zip(ys[picks], xs[picks]):
+    for y, x in zip(ys[picks], xs[picks], strict=True):
         cv2.circle(labels, (int(x), int(y)), int(rng.integers(3, 7)), TERTIARY, -1)
 
     grey = np.select([labels == SECONDARY, labels == TERTIARY], [122.0, 98.0], 150.0).astype(np.float32)

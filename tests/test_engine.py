@@ -69,23 +69,25 @@ def whole_image_classes(net, image: np.ndarray) -> np.ndarray:
 )
 def test_tiled_equals_whole_image_pass(net, backend, height, width):
     image = random_image(height, width, seed=height * 1000 + width)
-    tiled = segment(ArrayInput(image), backend, TILE, OVERLAP)
+    tiled = segment(ArrayInput(image), backend, TILE, OVERLAP, halo=HALO)
     whole = whole_image_classes(net, image)
     assert tiled.shape == (height, width) and tiled.dtype == np.uint8
     agreement = np.mean(tiled == whole)
     assert agreement >= 0.999, f"{agreement:.5f} of pixels agree"
 
 
-def test_small_overlap_breaks_agreement(net, backend):
-    # Guards the test above: with no overlap the seams and borders see zero padding.
+@pytest.mark.parametrize("overlap, halo", [(0, 0), (OVERLAP, 0)])
+def test_context_starved_tile_edges_break_agreement(net, backend, overlap, halo):
+    # Guards the test above: without overlap, or with the tile edges' logits kept in
+    # the blend, zero-padded context leaks into the result.
     image = random_image(257, 131, seed=5)
-    tiled = segment(ArrayInput(image), backend, TILE, overlap=0)
+    tiled = segment(ArrayInput(image), backend, TILE, overlap, halo=halo)
     assert np.mean(tiled == whole_image_classes(net, image)) < 0.999
 
 
 def test_mixed_batches_equal_one_by_one(backend):
     images = [random_image(h, w, seed=i) for i, (h, w) in enumerate([(70, 90), (30, 20), (150, 61)])]
-    one_by_one = [segment(ArrayInput(im), backend, TILE, OVERLAP, batch=5) for im in images]
+    one_by_one = [segment(ArrayInput(im), backend, TILE, OVERLAP, batch=5, halo=HALO) for im in images]
 
     sizes = []
 
@@ -99,13 +101,16 @@ def test_mixed_batches_equal_one_by_one(backend):
         def close(self):
             pass
 
-    mixed = list(segment_many((ArrayInput(im) for im in images), Recording(), TILE, OVERLAP))
+    mixed = list(
+        segment_many((ArrayInput(im) for im in images), Recording(), TILE, OVERLAP, halo=HALO)
+    )
 
     assert len(mixed) == 3
     for got, want in zip(mixed, one_by_one):
         np.testing.assert_array_equal(got, want)
-    # 6 + 1 + 9 tiles in batches of 5: every batch but the last is full, so they mix images.
-    assert sizes == [5, 5, 5, 1]
+    # Hand-computed: 2x2 + 1 + 4x2 = 13 tiles (stride 48, margin 8) in batches of 5:
+    # every batch but the last is full, so batches mix images.
+    assert sizes == [5, 5, 3]
 
 
 class NearestCentre:
@@ -174,9 +179,12 @@ def test_tile_starts_cover_the_image_with_margin():
 def test_gaussian_window_shape():
     window = gaussian_window(64)
     centre, edge = window[31, 31], window[0, 31]
-    # sigma = 8: 31.5 px from the centre is exp(-0.5 * (31.5 / 8) ** 2) of the peak row value.
+    # sigma = 8; row 0 is 31.5 px from the centre, row 31 is 0.5 px from it.
     assert edge / centre == pytest.approx(np.exp(-0.5 * (31.5 / 8) ** 2 + 0.5 * (0.5 / 8) ** 2))
     np.testing.assert_allclose(window, window.T)
+    trimmed = gaussian_window(64, 3)
+    assert not trimmed[:3].any() and not trimmed[:, -3:].any()
+    np.testing.assert_array_equal(trimmed[3:-3, 3:-3], window[3:-3, 3:-3])
 
 
 def test_default_overlap_covers_twice_the_halo():

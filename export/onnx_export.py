@@ -1,0 +1,440 @@
+"""Checkpoint -> model bundle: ONNX, FP16 ONNX, parity report, manifest.
+
+The bundle is assembled in a hidden temporary folder beside ``out_dir`` and renamed
+into place only when every gate passed, so a refused export leaves nothing behind.
+
+Gates, on real (normalised) tiles:
+
+- FP32 ONNX vs PyTorch: argmax agreement >= 99.99 % and max |logit difference| <=
+  ``1e-3 * max(1, max |logit|)`` (both run float32; anything larger is a broken
+  export, not rounding).
+- FP16 ONNX vs FP32 ONNX: argmax agreement >= 99.9 % (the DESIGN quality bar).
+
+The ONNX graph is opset 18 from the dynamo exporter: input ``input`` [batch, C, T, T]
+and output ``logits`` [batch, K, T, T] with only the batch dynamic. (Opset 17 would need
+the exporter's down-conversion, which fails on ReduceMean; TensorRT 10 reads 18.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phasewatch.runtime.bundle import (
+    MANIFEST_FORMAT,
+    BundleError,
+    Normalisation,
+    sha256_file,
+    write_manifest,
+)
+
+OPSET = 18
+ARGMAX_AGREEMENT_MIN = 0.9999
+FP16_ARGMAX_AGREEMENT_MIN = 0.999
+LOGIT_TOLERANCE = 1e-3
+REFERENCE_TILES_FILE = "reference_tiles.npy"
+REFERENCE_TILES_MAX_BYTES = 1_500_000
+CONFIG_KEYS = ("architecture", "model_kwargs", "in_channels", "classes", "tile", "normalisation")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+class ExportError(Exception):
+    """An export that cannot proceed or was refused; the message is one line."""
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a training checkpoint and check it has what the export needs."""
+    import torch
+
+    try:
+        # weights_only: a checkpoint is data; never run pickled code from it.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ExportError(f"{path}: checkpoint not found") from None
+    except Exception as exc:  # torch raises many types for a bad file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExportError(f"{path}: cannot read checkpoint: {reason}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ExportError(
+            f"{path}: not a phasewatch checkpoint (needs the keys 'model' and 'config')"
+        )
+    missing = [key for key in CONFIG_KEYS if key not in ckpt["config"]]
+    if missing:
+        raise ExportError(f"{path}: checkpoint config lacks {', '.join(missing)}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], where: Path):
+    """The trained model in eval mode."""
+    from phasewatch.export.models import build_model
+
+    config = ckpt["config"]
+    try:
+        model = build_model(
+            config["architecture"],
+            int(config["in_channels"]),
+            len(config["classes"]),
+            **config["model_kwargs"],
+        )
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, RuntimeError) as exc:
+        raise ExportError(
+            f"{where}: cannot rebuild the model: {' '.join(str(exc).split())}"
+        ) from None
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(model, in_channels: int, tile: int, path: Path) -> None:
+    """Write ``model`` as ONNX with a dynamic batch and a fixed ``tile`` x ``tile`` input."""
+    import torch
+
+    example = torch.zeros(1, in_channels, tile, tile)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    # The exporter prints progress and warns about absent torchvision ops: noise here.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+        )
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """FP16 weights and compute with float32 input and output."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    _float32_outputs(model)
+    onnx.save(model, str(dst))
+
+
+def _float32_outputs(model) -> None:
+    """Cast any float16 graph output back to float32.
+
+    onnxconverter-common leaves an output float16 when the op producing it is one it
+    keeps in float32 (e.g. the final Resize), despite ``keep_io_types``.
+    """
+    from onnx import TensorProto, helper
+
+    for output in model.graph.output:
+        tensor_type = output.type.tensor_type
+        if tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        inner = f"{output.name}_fp16"
+        for node in model.graph.node:
+            node.output[:] = [inner if name == output.name else name for name in node.output]
+        model.graph.node.append(
+            helper.make_node("Cast", [inner], [output.name], to=TensorProto.FLOAT)
+        )
+        tensor_type.elem_type = TensorProto.FLOAT
+
+
+def onnx_logits(path: Path, tiles: np.ndarray) -> np.ndarray:
+    """Logits of an ONNX model on the CPU, one tile per run (any batch size must work)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(["logits"], {"input": tile[None]})[0] for tile in tiles])
+
+
+def torch_logits(model, tiles: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(tile[None])).numpy() for tile in tiles])
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max |logit difference| and the fraction of pixels whose argmax class agrees."""
+    return {
+        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
+        "argmax_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
+    }
+
+
+# --------------------------------------------------------------------------- tiles
+
+
+def cut_reference_tiles(
+    images: Sequence[Path], config: dict[str, Any], count: int = 4
+) -> np.ndarray:
+    """``count`` normalised tiles (float32 N x C x T x T) cut from micrographs, as the runtime
+    sees them.
+
+    Tiles go round-robin over the images, at the centre first, then the corners, and
+    each image is normalised once, whole, exactly like the runtime does.
+    """
+    from phasewatch.runtime.imageio import read_fields
+    from phasewatch.runtime.normalise import prepare
+
+    tile, channels = int(config["tile"]), int(config["in_channels"])
+    normalisation = normalisation_from_config(config["normalisation"], channels)
+    scale = float(config.get("scale", 1.0))
+    inputs = []
+    for path in images:
+        try:
+            inputs.append(prepare(read_fields(path)[0].image, channels, normalisation, scale))
+        except ValueError as exc:
+            raise ExportError(f"{path}: cannot normalise: {exc}") from None
+    if not inputs:
+        raise ExportError("no micrographs given to cut reference tiles from")
+    tiles = []
+    for i in range(count):
+        inp = inputs[i % len(inputs)]
+        tiles.append(_tile_at(inp, tile, i // len(inputs)))
+    return np.stack(tiles).astype(np.float32)
+
+
+def _tile_at(inp, tile: int, which: int) -> np.ndarray:
+    """Tile number ``which`` of an image: centre, then the four corners, cycling."""
+    h, w = inp.height, inp.width
+    spots = [(0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0)]
+    fy, fx = spots[which % len(spots)]
+    y0 = int(round(fy * max(h - tile, 0)))
+    x0 = int(round(fx * max(w - tile, 0)))
+    region = inp.region(y0, min(y0 + tile, h), x0, min(x0 + tile, w))
+    pad_y, pad_x = tile - region.shape[1], tile - region.shape[2]
+    # An image smaller than a tile is mirrored out to it, as the runtime pads its borders.
+    return np.pad(region, ((0, 0), (0, pad_y), (0, pad_x)), mode="symmetric")
+
+
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """Files named directly, plus the image files inside named folders (sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ExportError(f"{path}: no such file or folder")
+    return found
+
+
+def synthetic_tiles(channels: int, tile: int, count: int = 4, seed: int = 0) -> np.ndarray:
+    """Smooth random tiles for when no micrographs are given (recorded as such)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((count * channels, tile, tile)).astype(np.float32)
+    smooth = np.stack([cv2.GaussianBlur(plane, (0, 0), tile / 32) for plane in noise])
+    smooth /= smooth.std() + 1e-6
+    return smooth.reshape(count, channels, tile, tile)
+
+
+def normalisation_from_config(raw: dict[str, Any], channels: int) -> Normalisation:
+    return Normalisation(
+        mean=tuple(float(v) for v in raw.get("mean", [0.5] * channels)),
+        std=tuple(float(v) for v in raw.get("std", [0.25] * channels)),
+        sixteen_bit=str(raw.get("sixteen_bit", "percentile")),
+        percentiles=tuple(float(v) for v in raw.get("percentiles", (0.5, 99.5))),
+    )
+
+
+def _reference_subset(tiles: np.ndarray) -> np.ndarray:
+    """At most as many tiles as fit REFERENCE_TILES_MAX_BYTES, but at least one."""
+    per_tile = tiles[0].nbytes
+    return np.ascontiguousarray(
+        tiles[: max(1, REFERENCE_TILES_MAX_BYTES // per_tile)], dtype=np.float32
+    )
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in (
+        "phasewatch",
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "onnxconverter-common",
+        "numpy",
+    ):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return versions
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy (checkpoint info may hold paths or numpy scalars)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_tiles(tiles: np.ndarray, channels: int, tile: int) -> np.ndarray:
+    if tiles.ndim != 4 or tiles.shape[1:] != (channels, tile, tile) or len(tiles) == 0:
+        raise ExportError(
+            f"reference tiles must be N x {channels} x {tile} x {tile}, got {tiles.shape}"
+        )
+    if not np.isfinite(tiles).all():
+        raise ExportError("reference tiles contain NaN or infinite values")
+    return np.ascontiguousarray(tiles, dtype=np.float32)
+
+
+def export_bundle(
+    checkpoint_path: str | Path,
+    out_dir: str | Path,
+    tiles: np.ndarray | None,
+    name: str | None = None,
+    tiles_source: str | None = None,
+) -> Path:
+    """Export a checkpoint to a bundle folder ``out_dir``; returns its path.
+
+    ``tiles``: normalised real tiles (N x C x T x T) for the parity gates, e.g. from
+    :func:`cut_reference_tiles`; ``None`` uses synthetic tiles and says so in the
+    manifest. ``tiles_source`` describes where the tiles came from, for the manifest.
+    Raises :class:`ExportError` (and leaves nothing at ``out_dir``) on any failure.
+    """
+    from tqdm import tqdm
+
+    from phasewatch.export.receptive_field import DEFAULT_THRESHOLD, measure_halo
+
+    checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
+    if out_dir.exists():
+        raise ExportError(f"{out_dir}: already exists; remove it or choose another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    steps = ["checkpoint", "halo", "onnx", "parity", "fp16", "manifest"]
+    try:
+        with tqdm(total=len(steps), desc="export", unit="step", file=sys.stderr) as bar:
+            bar.set_postfix_str(steps[0])
+            ckpt = load_checkpoint(checkpoint_path)
+            config = ckpt["config"]
+            channels, tile = int(config["in_channels"]), int(config["tile"])
+            model = model_from_checkpoint(ckpt, checkpoint_path)
+            if tiles is None:
+                tiles, tiles_source = (
+                    synthetic_tiles(channels, tile),
+                    "synthetic (no micrographs given)",
+                )
+            tiles = _check_tiles(tiles, channels, tile)
+            bar.update()
+
+            bar.set_postfix_str(steps[1])
+            halo = measure_halo(model, channels, tile, DEFAULT_THRESHOLD)
+            bar.update()
+
+            bar.set_postfix_str(steps[2])
+            onnx_path = work / "model.onnx"
+            export_onnx(model, channels, tile, onnx_path)
+            bar.update()
+
+            bar.set_postfix_str(steps[3])
+            reference = torch_logits(model, tiles)
+            fp32 = onnx_logits(onnx_path, tiles)
+            parity = compare_logits(reference, fp32)
+            tolerance = LOGIT_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+            if (
+                parity["argmax_agreement"] < ARGMAX_AGREEMENT_MIN
+                or parity["max_abs_logit_diff"] > tolerance
+            ):
+                raise ExportError(
+                    f"{checkpoint_path}: ONNX differs from PyTorch (argmax agreement "
+                    f"{parity['argmax_agreement']:.6f}, need {ARGMAX_AGREEMENT_MIN}; max |logit "
+                    f"diff| {parity['max_abs_logit_diff']:.3g}, allowed {tolerance:.3g}); "
+                    "export refused"
+                )
+            parity |= {
+                "tolerance": tolerance,
+                "tiles": len(tiles),
+                "tiles_source": tiles_source or "given",
+            }
+            bar.update()
+
+            bar.set_postfix_str(steps[4])
+            fp16_path = work / "model.fp16.onnx"
+            convert_fp16(onnx_path, fp16_path)
+            fp16_parity = compare_logits(fp32, onnx_logits(fp16_path, tiles))
+            if fp16_parity["argmax_agreement"] < FP16_ARGMAX_AGREEMENT_MIN:
+                raise ExportError(
+                    f"{checkpoint_path}: FP16 ONNX argmax agreement with FP32 "
+                    f"{fp16_parity['argmax_agreement']:.6f} < {FP16_ARGMAX_AGREEMENT_MIN}; "
+                    "export refused"
+                )
+            bar.update()
+
+            bar.set_postfix_str(steps[5])
+            np.save(work / REFERENCE_TILES_FILE, _reference_subset(tiles))
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "name": name or out_dir.name,
+                "architecture": config["architecture"],
+                "model_kwargs": _plain(config["model_kwargs"]),
+                "classes": _plain(config["classes"]),
+                "input": {
+                    "name": "input",
+                    "channels": channels,
+                    "dtype": "float32",
+                    "layout": "NCHW",
+                    "shape": ["batch", channels, tile, tile],
+                },
+                "normalisation": _plain(config["normalisation"]),
+                "tile": tile,
+                "halo": halo,
+                "halo_threshold": DEFAULT_THRESHOLD,
+                "scale": float(config.get("scale", 1.0)),
+                "pixel_size_um": config.get("pixel_size_um"),
+                "output": {
+                    "name": "logits",
+                    "kind": "logits",
+                    "layout": "NKHW",
+                    "shape": ["batch", len(config["classes"]), tile, tile],
+                },
+                "onnx_opset": OPSET,
+                "onnx_sha256": sha256_file(onnx_path),
+                "fp16": {
+                    "file": fp16_path.name,
+                    "sha256": sha256_file(fp16_path),
+                    "parity": fp16_parity | {"min_argmax_agreement": FP16_ARGMAX_AGREEMENT_MIN},
+                },
+                "parity": parity,
+                "reference_tiles": REFERENCE_TILES_FILE,
+                "training": _plain(ckpt.get("training", {})),
+                "metrics": _plain(ckpt.get("metrics", {})),
+                "data": _plain(ckpt.get("data", ckpt.get("training", {}).get("data"))),
+                "checkpoint": {
+                    "file": checkpoint_path.name,
+                    "sha256": sha256_file(checkpoint_path),
+                },
+                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "versions": _versions(),
+            }
+            try:
+                write_manifest(work, manifest)
+            except BundleError as exc:  # the checkpoint config does not make a valid bundle
+                raise ExportError(str(exc)) from None
+            bar.update()
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out_dir
