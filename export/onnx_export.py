@@ -130,7 +130,10 @@ def convert_fp16(src: Path, dst: Path) -> None:
     import onnx
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    with warnings.catch_warnings():
+        # It warns for every tiny weight it rounds to the float16 minimum: expected.
+        warnings.simplefilter("ignore", UserWarning)
+        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     _float32_outputs(model)
     onnx.save(model, str(dst))
 

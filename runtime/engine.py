@@ -190,7 +190,7 @@ def _infer_and_stitch(
         )
     scratch = np.empty(logits.shape[1:], np.float32)
     finished = []
-    for (job, r, c), tile_logits in zip(slots, logits):
+    for (job, r, c), tile_logits in zip(slots, logits, strict=True):
         job.add(c, tile_logits, window, scratch)
         if c + 1 == len(job.cols):
             job.finish_band(r)

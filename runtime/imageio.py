@@ -23,7 +23,8 @@ The plain resolution tag is trusted only when its unit is metric (centimetre, or
 tifffile's millimetre/micrometre extensions), or when it is in inches and says at least
 2540 pixels per inch (a pixel of 10 µm or less): 72, 96, 300 or 2400 dpi are what
 graphics software writes by default, never a microscope calibration. Unit ``NONE`` is
-ignored. Metadata are per file: every page of a TIFF gets the same pixel size.
+ignored, and so is a length in inches in ImageJ or OME metadata (ImageJ's way of passing
+on such a dpi). Metadata are per file: every page of a TIFF gets the same pixel size.
 
 Every failure raises :class:`ImageReadError` whose message is one line, ``FILE: reason``.
 """
@@ -51,6 +52,13 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _BMP_MAGIC = b"BM"
+_SUPPORTED_PHOTOMETRIC = (
+    tifffile.PHOTOMETRIC.MINISWHITE,
+    tifffile.PHOTOMETRIC.MINISBLACK,
+    tifffile.PHOTOMETRIC.RGB,
+    tifffile.PHOTOMETRIC.PALETTE,
+    tifffile.PHOTOMETRIC.YCBCR,  # tifffile decodes JPEG-compressed YCbCr to RGB
+)
 _PNG_GRAY_ALPHA = 4  # IHDR colour type
 # JPEG start-of-frame markers carry the image size; C4, C8 and CC are other segments.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -111,9 +119,7 @@ def iter_fields(
     path = Path(path)
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         supported = ", ".join(SUPPORTED_SUFFIXES)
-        raise ImageReadError(
-            path, f"unsupported file type '{path.suffix}' (supported: {supported})"
-        )
+        raise ImageReadError(path, f"unsupported file type '{path.suffix}' (supported: {supported})")
     head = _read_head(path)
     try:
         if head.startswith(_TIFF_MAGICS):
@@ -148,14 +154,12 @@ def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
     if height < MIN_SIDE or width < MIN_SIDE:
         raise ImageReadError(
             path,
-            f"image is {width} x {height} pixels, smaller than the {MIN_SIDE} x {MIN_SIDE} "
-            "needed to segment it",
+            f"image is {width} x {height} pixels, smaller than the {MIN_SIDE} x {MIN_SIDE} needed to segment it",
         )
     if height * width > max_pixels:
         raise ImageReadError(
             path,
-            f"image is {width} x {height} = {height * width} pixels, more than the limit of "
-            f"{max_pixels} (max_pixels)",
+            f"image is {width} x {height} = {height * width} pixels, more than the limit of {max_pixels} (max_pixels)",
         )
 
 
@@ -188,20 +192,14 @@ def _tiff_page_image(path: Path, page: Any, file_size: int, max_pixels: int) -> 
     height, width = page.shape[page.axes.index("Y")], page.shape[page.axes.index("X")]
     _check_size(path, height, width, max_pixels)
     ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
-    if not ends or max(ends) > file_size:
+    if not ends:
+        raise ImageReadError(path, f"{where}: holds no image data")
+    if max(ends) > file_size:
         raise ImageReadError(
-            path,
-            f"{where}: truncated (image data ends at byte {max(ends, default=0)}, "
-            f"file has {file_size} bytes)",
+            path, f"{where}: truncated (image data ends at byte {max(ends)}, file has {file_size} bytes)"
         )
     photometric = page.photometric
-    if photometric not in (
-        tifffile.PHOTOMETRIC.MINISWHITE,
-        tifffile.PHOTOMETRIC.MINISBLACK,
-        tifffile.PHOTOMETRIC.RGB,
-        tifffile.PHOTOMETRIC.PALETTE,
-        tifffile.PHOTOMETRIC.YCBCR,
-    ):
+    if photometric not in _SUPPORTED_PHOTOMETRIC:
         raise ImageReadError(path, f"{where}: unsupported colour model {photometric.name}")
     image = page.asarray()
     if page.axes == "SYX":

@@ -51,9 +51,7 @@ class ModelInput:
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """``float32 channels x (y1 - y0) x (x1 - x0)`` for an in-bounds crop."""
         if not (0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width):
-            raise ValueError(
-                f"region [{y0}:{y1}, {x0}:{x1}] is outside the {self.height} x {self.width} image"
-            )
+            raise ValueError(f"region [{y0}:{y1}, {x0}:{x1}] is outside the {self.height} x {self.width} image")
         values = _to_model_channels(self.image[y0:y1, x0:x1], self.channels)
         values -= np.float32(self.low)
         values *= np.float32(1.0 / (self.high - self.low))
@@ -66,9 +64,7 @@ class ModelInput:
         return values
 
 
-def prepare(
-    image: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0
-) -> ModelInput:
+def prepare(image: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0) -> ModelInput:
     """Resize ``image`` by ``scale`` once and fix its normalisation statistics."""
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
@@ -102,16 +98,12 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=interpolation)
 
 
-def _value_range(
-    image: np.ndarray, channels: int, normalisation: Normalisation
-) -> tuple[float, float, bool]:
+def _value_range(image: np.ndarray, channels: int, normalisation: Normalisation) -> tuple[float, float, bool]:
     if image.dtype == np.uint8:
         return 0.0, 255.0, False
     if normalisation.sixteen_bit == "full_range":
         return 0.0, 65535.0, False
-    stride = max(
-        1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / PERCENTILE_SAMPLE_PIXELS))
-    )
+    stride = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / PERCENTILE_SAMPLE_PIXELS)))
     sample = _to_model_channels(image[::stride, ::stride], channels)
     low, high = (float(v) for v in np.percentile(sample, normalisation.percentiles))
     return low, (high if high > low else low + 1.0), True

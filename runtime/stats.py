@@ -95,7 +95,7 @@ def field_statistics(
     if areas is not None and n:
         if any(a < 0 for a in areas) or math.fsum(areas) <= 0:
             raise ValueError("field areas must be >= 0 with a positive sum")
-        weighted = math.fsum(a * v for a, v in zip(areas, values)) / math.fsum(areas)
+        weighted = math.fsum(a * v for a, v in zip(areas, values, strict=True)) / math.fsum(areas)
     return {
         "n": n,
         "mean": mean,
@@ -120,7 +120,8 @@ def _per_class(
 
 
 def specimen_statistics(store: Any, specimen_id: int, target_ra: float = 0.10) -> dict[str, Any]:
-    """Per class over a specimen's measured, not excluded fields (``store.field_results``):
+    """Per class over a specimen's measured, not excluded fields (``store.field_results``,
+    results as ``measure.measure`` writes them):
 
     * ``fractions``: area percent, weighted by the fields' valid area;
     * ``number_density``: particles per mm² (per million pixels unless every field has
@@ -130,7 +131,8 @@ def specimen_statistics(store: Any, specimen_id: int, target_ra: float = 0.10) -
       size), weighted by the number of whole particles; fields without a whole
       particle of the class do not count.
     """
-    fields = store.field_results(specimen_id)
+    # A field without valid area (all data bar) carries no information.
+    fields = [f for f in store.field_results(specimen_id) if f["valid_area_px"]]
     physical = bool(fields) and all(f["pixel_size_um"] for f in fields)
     fractions: dict[str, tuple[list[float], list[float]]] = {}
     density: dict[str, tuple[list[float], list[float]]] = {}

@@ -82,8 +82,9 @@ def test_unavailable_provider_is_one_line_error(bundle):
 
 def test_native_tensorrt_missing_is_one_line_error(bundle):
     try:
-        import phasewatch.runtime.tensorrt_backend  # noqa: F401
         import tensorrt  # noqa: F401
+
+        import phasewatch.runtime.tensorrt_backend  # noqa: F401
     except ImportError:
         pass
     else:

@@ -106,7 +106,7 @@ def test_mixed_batches_equal_one_by_one(backend):
     )
 
     assert len(mixed) == 3
-    for got, want in zip(mixed, one_by_one):
+    for got, want in zip(mixed, one_by_one, strict=True):
         np.testing.assert_array_equal(got, want)
     # Hand-computed: 2x2 + 1 + 4x2 = 13 tiles (stride 48, margin 8) in batches of 5:
     # every batch but the last is full, so batches mix images.

@@ -35,9 +35,7 @@ def write_png(path: Path, width: int, height: int, colour_type: int, rows: list[
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     idat = zlib.compress(b"".join(b"\x00" + row for row in rows))  # filter type 0 per row
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def assert_one_line_error(path: Path, match: str, **kwargs) -> None:
@@ -96,6 +94,16 @@ def test_tiff_miniswhite_is_inverted(tmp_path):
     path = tmp_path / "white.tif"
     tifffile.imwrite(path, image, photometric="miniswhite")
     np.testing.assert_array_equal(only_field(path).image, 255 - image)
+
+
+@pytest.mark.parametrize(("photometric", "true_value"), [("minisblack", 255), ("miniswhite", 0)])
+def test_tiff_bilevel_becomes_0_255(tmp_path, photometric, true_value):
+    image = random_image((16, 24)) > 127
+    path = tmp_path / "bilevel.tif"
+    tifffile.imwrite(path, image, photometric=photometric)
+    out = only_field(path).image
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.where(image, true_value, 255 - true_value))
 
 
 def test_tiff_palette_becomes_rgb(tmp_path):
@@ -218,12 +226,24 @@ def pixel_size(path: Path, **kwargs) -> tuple[float | None, str]:
 def test_pixel_size_imagej(tmp_path):
     path = tmp_path / "ij.tif"
     image = random_image((16, 16))
-    tifffile.imwrite(
-        path, image, imagej=True, resolution=(1 / 0.05, 1 / 0.05), metadata={"unit": "um"}
-    )
+    tifffile.imwrite(path, image, imagej=True, resolution=(1 / 0.05, 1 / 0.05), metadata={"unit": "um"})
     size, source = pixel_size(path)
     assert source == "imagej"
     assert size == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [("micron", 0.05), ("\\u00B5m", 0.05), ("nm", 0.00005), ("inch", None), ("pixel", None)],
+)
+def test_pixel_size_imagej_units(tmp_path, unit, expected):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, random_image((16, 16)), imagej=True, resolution=(20, 20), metadata={"unit": unit})
+    size, source = pixel_size(path)
+    if expected is None:  # ImageJ's "inch" is a graphics dpi, "pixel" means uncalibrated
+        assert (size, source) == (None, "none")
+    else:
+        assert (size, source) == (pytest.approx(expected), "imagej")
 
 
 def test_pixel_size_ome(tmp_path):
@@ -255,9 +275,7 @@ def test_pixel_size_fei(tmp_path):
 
 
 def test_pixel_size_zeiss(tmp_path):
-    header = "\r\n".join(
-        ["0", "AP_IMAGE_PIXEL_SIZE", "Image Pixel Size = 3.5 nm", "AP_WD", "WD = 5 mm"]
-    )
+    header = "\r\n".join(["0", "AP_IMAGE_PIXEL_SIZE", "Image Pixel Size = 3.5 nm", "AP_WD", "WD = 5 mm"])
     path = tmp_path / "zeiss.tif"
     tifffile.imwrite(path, random_image((16, 16)), extratags=[(34118, "s", 0, header, True)])
     assert pixel_size(path) == (pytest.approx(0.0035), "zeiss")
@@ -265,17 +283,13 @@ def test_pixel_size_zeiss(tmp_path):
 
 def test_pixel_size_tiff_resolution_centimetre(tmp_path):
     path = tmp_path / "cm.tif"
-    tifffile.imwrite(
-        path, random_image((16, 16)), resolution=(1e4 / 0.2, 1e4 / 0.2), resolutionunit="CENTIMETER"
-    )
+    tifffile.imwrite(path, random_image((16, 16)), resolution=(1e4 / 0.2, 1e4 / 0.2), resolutionunit="CENTIMETER")
     assert pixel_size(path) == (pytest.approx(0.2), "tiff-resolution")
 
 
 def test_pixel_size_tiff_resolution_fine_inch_is_trusted(tmp_path):
     path = tmp_path / "inch.tif"
-    tifffile.imwrite(
-        path, random_image((16, 16)), resolution=(25400.0, 25400.0), resolutionunit="INCH"
-    )
+    tifffile.imwrite(path, random_image((16, 16)), resolution=(25400.0, 25400.0), resolutionunit="INCH")
     assert pixel_size(path) == (pytest.approx(1.0), "tiff-resolution")
 
 

@@ -35,9 +35,7 @@ def test_eight_bit_ignores_the_sixteen_bit_rule():
 
 def test_sixteen_bit_full_range():
     image = np.array([[0, 13107, 65535]], np.uint16)
-    np.testing.assert_allclose(
-        whole(prepare(image, 1, IDENTITY_GRAY))[0, 0], [0.0, 0.2, 1.0], atol=1e-6
-    )
+    np.testing.assert_allclose(whole(prepare(image, 1, IDENTITY_GRAY))[0, 0], [0.0, 0.2, 1.0], atol=1e-6)
 
 
 def test_sixteen_bit_percentile_stretch_and_clip():
@@ -59,9 +57,7 @@ def test_flat_sixteen_bit_image_maps_to_zero():
 def test_percentile_statistics_come_from_the_whole_image():
     rng = np.random.default_rng(3)
     image = rng.integers(1000, 2000, size=(300, 400), dtype=np.uint16)
-    image[:, 200:] += (
-        30000  # bright right half: a crop of the left half alone would stretch otherwise
-    )
+    image[:, 200:] += 30000  # bright right half: a crop of the left half alone would stretch otherwise
     norm = Normalisation(mean=(0.4,), std=(0.2,), sixteen_bit="percentile", percentiles=(1, 99))
     model_input = prepare(image, 1, norm)
     full = whole(model_input)

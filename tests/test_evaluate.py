@@ -1,0 +1,192 @@
+"""`phasewatch evaluate` end to end: a bundle whose network is a known intensity threshold,
+synthetic images and labels, every reported number worked out by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from onnx_graphs import make_bundle
+
+from phasewatch.export import metrics
+from phasewatch.runtime.bundle import sha256_file, write_manifest
+from phasewatch.runtime.cli import main
+
+H, W = 40, 60
+NAMES = ["class0", "class1", "class2"]
+
+
+def threshold_bundle(directory: Path, training_data: dict | None = None) -> Path:
+    """A 1x1 conv whose argmax is class 0 below 1/3, class 1 up to 2/3, class 2 above.
+
+    Input x = pixel / 255 (mean 0, std 1); logits 0, 10x - 10/3 and 20x - 10 cross at
+    x = 1/3 and x = 2/3, so pixel values 0, 128 and 255 give classes 0, 1 and 2.
+    """
+    make_bundle(directory, in_channels=1, num_classes=3, layers=())
+    model = onnx.load(str(directory / "model.onnx"))
+    known = {
+        "w0": np.array([0.0, 10.0, 20.0], np.float32).reshape(3, 1, 1, 1),
+        "b0": np.array([0.0, -10 / 3, -10.0], np.float32),
+    }
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(known[init.name], init.name))
+    onnx.save(model, str(directory / "model.onnx"))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["normalisation"] = {"mean": [0.0], "std": [1.0]}
+    manifest["onnx_sha256"] = sha256_file(directory / "model.onnx")
+    if training_data is not None:
+        manifest["training"] = {"data": training_data}
+    write_manifest(directory, manifest)
+    return directory
+
+
+def make_data(root: Path) -> tuple[Path, Path]:
+    """Two images and labels; predictions follow from the threshold net.
+
+    a: columns 0-19 = 0, 20-39 = 128, 40-59 = 255 -> predicted classes 0 | 1 | 2;
+       truth: columns 0-24 class 0, 25-39 class 1, 40-59 class 2.
+       confusion [[800, 200, 0], [0, 600, 0], [0, 0, 800]]
+    b: all 255 -> predicted class 2; truth rows 0-9 class 1, rows 10-39 class 2.
+       confusion [[0, 0, 0], [0, 0, 600], [0, 0, 1800]]
+    """
+    images, labels = root / "images", root / "labels"
+    images.mkdir()
+    labels.mkdir()
+    a = np.zeros((H, W), np.uint8)
+    a[:, 20:40], a[:, 40:] = 128, 255
+    truth_a = np.zeros((H, W), np.uint8)
+    truth_a[:, 25:40], truth_a[:, 40:] = 1, 2
+    b = np.full((H, W), 255, np.uint8)
+    truth_b = np.full((H, W), 2, np.uint8)
+    truth_b[:10] = 1
+    cv2.imwrite(str(images / "a.png"), a)
+    cv2.imwrite(str(images / "b.png"), b)
+    cv2.imwrite(str(labels / "a_mask.png"), truth_a)
+    np.save(labels / "b.npy", truth_b.astype(np.int8))
+    return images, labels
+
+
+def evaluate(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["evaluate", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    bundle = threshold_bundle(tmp_path / "bundle")
+    images, labels = make_data(tmp_path)
+    return bundle, images, labels
+
+
+def test_json_report_equals_hand_computed_metrics(setup, capsys):
+    bundle, images, labels = setup
+    code, out, _ = evaluate(
+        capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels), "--json"
+    )
+    assert code == 0
+    result = json.loads(out)
+    # total confusion [[800, 200, 0], [0, 600, 600], [0, 0, 2600]], 4800 pixels
+    iou = [800 / 1000, 600 / 1400, 2600 / 3200]
+    assert result["mean_iou"] == pytest.approx(sum(iou) / 3)
+    assert result["pixel_accuracy"] == pytest.approx(4000 / 4800)
+    assert result["mean_accuracy"] == pytest.approx((0.8 + 0.5 + 1.0) / 3)
+    assert result["weighted_iou"] == pytest.approx((1000 * 0.8 + 1200 * 3 / 7 + 2600 * 13 / 16) / 4800)
+    np.testing.assert_allclose(result["confusion"], [[0.8, 0.2, 0], [0, 0.5, 0.5], [0, 0, 1]])
+    true_fraction = [1000 / 4800, 1200 / 4800, 2600 / 4800]
+    predicted_fraction = [800 / 4800, 800 / 4800, 3200 / 4800]
+    accuracy = [0.8, 0.5, 1.0]
+    assert list(result["per_class"]) == NAMES
+    for k, name in enumerate(NAMES):
+        row = result["per_class"][name]
+        assert row["iou"] == pytest.approx(iou[k])
+        assert row["accuracy"] == pytest.approx(accuracy[k])
+        assert row["true_fraction"] == pytest.approx(true_fraction[k])
+        assert row["predicted_fraction"] == pytest.approx(predicted_fraction[k])
+    # BF at 2 px. a: class 0 boundaries at columns 24 (truth) and 19 (pred), 5 px apart -> 0;
+    # class 1 truth columns 25 + 39, pred 20 + 39 -> P = R = 1/2; class 2 column 40 both -> 1.
+    # b: class 0 nowhere -> undefined; class 1 only in truth -> 0; class 2 has a boundary
+    # (row 10) in truth only, the prediction fills the image -> 0.
+    # Per class over images: 0, (0.5 + 0) / 2, (1 + 0) / 2 -> mean 0.25.
+    assert result["bf_tolerance_px"] == 2.0
+    assert result["bf_score"] == pytest.approx(0.25)
+    assert [result["per_class"][n]["bf_score"] for n in NAMES] == pytest.approx([0, 0.25, 0.5])
+    a, b = result["images"]
+    assert (a["image"], b["image"]) == ("a.png", "b.png")
+    assert list(a["true_fractions"].values()) == pytest.approx([1000 / 2400, 600 / 2400, 800 / 2400])
+    assert list(a["predicted_fractions"].values()) == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert a["pixel_accuracy"] == pytest.approx(2200 / 2400)
+    assert list(b["true_fractions"].values()) == pytest.approx([0, 0.25, 0.75])
+    assert list(b["predicted_fractions"].values()) == pytest.approx([0, 0, 1])
+    assert b["pixel_accuracy"] == pytest.approx(0.75)
+    assert result["model"] == "tiny"
+    assert result["backend"]
+
+
+def test_human_report_and_error_maps(setup, tmp_path, capsys):
+    bundle, images, labels = setup
+    maps = tmp_path / "maps"
+    code, out, _ = evaluate(
+        capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels),
+        "--error-maps", str(maps), "--error-class", "1",
+    )
+    assert code == 0
+    assert "mean IoU             68.05 %" in out  # (0.8 + 3/7 + 13/16) / 3
+    assert "pixel accuracy       83.33 %" in out
+    class1 = next(line for line in out.splitlines() if line.startswith("class1"))
+    assert class1.split() == ["class1", "42.86", "50.00", "25.00", "25.00", "16.67"]
+    picture = cv2.cvtColor(cv2.imread(str(maps / "a.errors.png")), cv2.COLOR_BGR2RGB)
+    # image a, one-vs-rest for class 1, along a row: TN, FP (cols 20-24), TP, TN
+    along_row = [picture[5, col] for col in (0, 22, 30, 50)]
+    expected = [metrics.TRUE_NEGATIVE, metrics.FALSE_POSITIVE, metrics.TRUE_POSITIVE,
+                metrics.TRUE_NEGATIVE]
+    np.testing.assert_array_equal(along_row, expected)
+    picture_b = cv2.cvtColor(cv2.imread(str(maps / "b.errors.png")), cv2.COLOR_BGR2RGB)
+    assert tuple(picture_b[0, 0]) == metrics.FALSE_NEGATIVE
+
+
+def test_rgb_labels_through_palette_from_manifest_or_command_line(tmp_path, capsys):
+    images, labels = make_data(tmp_path)
+    # Replace the index label of a by a colour mask: blue = class 1, red = class 2.
+    truth_a = cv2.imread(str(labels / "a_mask.png"), cv2.IMREAD_UNCHANGED)
+    colours = np.array([[10, 20, 30], [0, 0, 255], [255, 0, 0]], np.uint8)  # RGB
+    (labels / "a_mask.png").unlink()
+    cv2.imwrite(str(labels / "a_mask.png"), cv2.cvtColor(colours[truth_a], cv2.COLOR_RGB2BGR))
+    palette = {"0,0,255": 1, "255,0,0": 2}
+    from_manifest = threshold_bundle(tmp_path / "m", {"label_format": "palette", "palette": palette})
+    plain = threshold_bundle(tmp_path / "p")
+    for bundle, extra in [(from_manifest, []), (plain, ["--palette", json.dumps(palette)])]:
+        code, out, _ = evaluate(
+            capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels),
+            "--json", *extra,
+        )
+        assert code == 0
+        assert json.loads(out)["pixel_accuracy"] == pytest.approx(4000 / 4800)
+
+
+def test_unreadable_image_is_one_line_and_exit_1(setup, capsys):
+    bundle, images, labels = setup
+    (images / "c.png").write_bytes(b"not a png at all")
+    np.save(labels / "c.npy", np.zeros((H, W), np.int8))
+    code, out, err = evaluate(
+        capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels), "--json"
+    )
+    assert code == 1
+    assert [r["image"] for r in json.loads(out)["images"]] == ["a.png", "b.png"]
+    named = [line for line in err.splitlines() if "c.png" in line]
+    assert len(named) == 1
+
+
+def test_label_of_wrong_size_names_the_label(setup, capsys):
+    bundle, images, labels = setup
+    np.save(labels / "b.npy", np.zeros((H, W + 1), np.int8))
+    code, _, err = evaluate(
+        capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels), "--json"
+    )
+    assert code == 1
+    assert any("b.npy" in line for line in err.splitlines())
