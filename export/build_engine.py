@@ -20,6 +20,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from phasewatch.export.engine_gate import (
     GateError,
@@ -30,7 +33,7 @@ from phasewatch.export.engine_gate import (
 )
 from phasewatch.runtime.backends import BackendError
 from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle, sha256_file
-from phasewatch.runtime.outputs import OutputError, _write_bytes_atomic, write_json_atomic
+from phasewatch.runtime.outputs import OutputError, write_bytes_atomic, write_json_atomic
 from phasewatch.runtime.tensorrt_backend import (
     SIDECAR_FORMAT,
     EngineStamp,
@@ -158,11 +161,11 @@ def build_plan(bundle: Bundle, opt_batch: int, max_batch: int, workspace_mb: int
     if plan is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT could not build an engine (its log above "
                                "says why)")
-    _write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 
-def load_timing_cache(config, cache_path: Path):
+def load_timing_cache(config: Any, cache_path: Path) -> Any:
     """The saved timing cache, or an empty one when there is none or it cannot be read."""
     blob = b""
     if cache_path.is_file():
@@ -177,7 +180,7 @@ def load_timing_cache(config, cache_path: Path):
     return cache
 
 
-def run_gate(engine_path: Path, bundle: Bundle, tiles, max_batch: int) -> GateResult:
+def run_gate(engine_path: Path, bundle: Bundle, tiles: np.ndarray, max_batch: int) -> GateResult:
     """Engine vs FP32 ONNX on the same tiles."""
     backend = TensorRTBackend(engine_path, max_batch)
     try:
@@ -188,7 +191,7 @@ def run_gate(engine_path: Path, bundle: Bundle, tiles, max_batch: int) -> GateRe
 
 
 def sidecar_record(bundle: Bundle, stamp: EngineStamp, engine_path: Path,
-                   batches: tuple[int, int, int], workspace_mb: int, gate: GateResult) -> dict:
+                   batches: tuple[int, int, int], workspace_mb: int, gate: GateResult) -> dict[str, Any]:
     return {
         "format": SIDECAR_FORMAT,
         "engine": engine_path.name,

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, type=Path, help="folder of labels (same stems)")
     parser.add_argument("--palette", help='JSON {"R,G,B": class id} inline or a .json file')
     parser.add_argument("--label-format", choices=LABEL_FORMATS, help="default: from the manifest")
-    parser.add_argument("--backend", default="cpu", help="auto|cpu|cuda|tensorrt-ep|tensorrt")
+    parser.add_argument("--backend", default="auto", help="auto|cpu|cuda|tensorrt-ep|tensorrt")
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
     parser.add_argument("--ignore", type=int, help="label value left out of every metric")
     parser.add_argument(
@@ -216,13 +216,15 @@ def format_report(result: dict[str, Any]) -> str:
         cells = [row["iou"], row["accuracy"], row["bf_score"]]
         cells += [row["true_fraction"], row["predicted_fraction"]]
         lines.append(f"{name:<{width}}  " + "  ".join(_percent(v) for v in cells))
+    summary = [
+        ("mean IoU", result["mean_iou"]),
+        ("pixel accuracy", result["pixel_accuracy"]),
+        ("mean class accuracy", result["mean_accuracy"]),
+        ("frequency-weighted IoU", result["weighted_iou"]),
+        (f"BF score ({result['bf_tolerance_px']:g} px)", result["bf_score"]),
+    ]
+    lines += ["", *(f"{label:<24}{_percent(value)} %" for label, value in summary)]
     lines += [
-        "",
-        f"mean IoU            {_percent(result['mean_iou'])} %",
-        f"pixel accuracy      {_percent(result['pixel_accuracy'])} %",
-        f"mean class accuracy {_percent(result['mean_accuracy'])} %",
-        f"frequency-weighted  {_percent(result['weighted_iou'])} % IoU",
-        f"BF score ({result['bf_tolerance_px']:g} px)   {_percent(result['bf_score'])} %",
         "",
         "confusion, % of each true class (rows = truth, columns = prediction):",
         f"{'':<{width}}  " + "  ".join(f"{n[:6]:>6}" for n in names),

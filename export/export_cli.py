@@ -8,12 +8,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", required=True, type=Path, help="checkpoint written by `phasewatch train`"
-    )
-    parser.add_argument(
-        "--out", required=True, type=Path, help="bundle folder to create (must not exist)"
-    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by `phasewatch train`")
+    parser.add_argument("--out", required=True, type=Path, help="bundle folder to create (must not exist)")
     parser.add_argument("--name", help="model name in the manifest (default: the folder name)")
     parser.add_argument(
         "--tiles",
@@ -23,9 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="micrographs (or folders of them) to cut the parity tiles from; "
         "without them parity runs on synthetic tiles",
     )
-    parser.add_argument(
-        "--tile-count", type=int, default=4, help="number of parity tiles (default 4)"
-    )
+    parser.add_argument("--tile-count", type=int, default=4, help="number of parity tiles (default 4)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
                 "phasewatch export: no --tiles given; parity is checked on synthetic tiles only",
                 file=sys.stderr,
             )
-        bundle = export_bundle(
-            args.checkpoint, args.out, tiles, name=args.name, tiles_source=source
-        )
+        bundle = export_bundle(args.checkpoint, args.out, tiles, name=args.name, tiles_source=source)
     except (ExportError, ImageReadError) as exc:
         print(f"phasewatch export: {exc}", file=sys.stderr)
         return 1

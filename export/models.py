@@ -48,9 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv_bn_relu(
-    cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1
-) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     padding = dilation * (kernel - 1) // 2
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
@@ -89,9 +87,7 @@ class UNet(nn.Module):
         self.fuse = nn.ModuleList()
         for c_low, c_high in zip(reversed(chans[:-1]), reversed(chans[1:]), strict=True):
             self.up.append(nn.ConvTranspose2d(c_high, c_low, kernel_size=2, stride=2))
-            self.fuse.append(
-                nn.Sequential(conv_bn_relu(2 * c_low, c_low), conv_bn_relu(c_low, c_low))
-            )
+            self.fuse.append(nn.Sequential(conv_bn_relu(2 * c_low, c_low), conv_bn_relu(c_low, c_low)))
         self.classifier = nn.Conv2d(chans[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,9 +103,7 @@ class UNet(nn.Module):
 
 def _unet25d(in_channels: int, num_classes: int, slices: int = 3, **kwargs) -> UNet:
     if slices < 1 or slices % 2 == 0:
-        raise ValueError(
-            f"unet25d: slices must be odd and >= 1 (the centre slice is predicted), got {slices}"
-        )
+        raise ValueError(f"unet25d: slices must be odd and >= 1 (the centre slice is predicted), got {slices}")
     return UNet(in_channels * slices, num_classes, **kwargs)
 
 
@@ -119,9 +113,7 @@ def _unet25d(in_channels: int, num_classes: int, slices: int = 3, **kwargs) -> U
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(
-        self, cin: int, planes: int, stride: int = 1, dilation: int = 1, first_dilation: int = 1
-    ):
+    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1, first_dilation: int = 1):
         super().__init__()
         cout = planes * self.expansion
         self.body = nn.Sequential(
@@ -138,9 +130,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(
-        self, cin: int, planes: int, stride: int = 1, dilation: int = 1, first_dilation: int = 1
-    ):
+    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1, first_dilation: int = 1):
         super().__init__()
         cout = planes * self.expansion
         self.body = nn.Sequential(
@@ -182,14 +172,10 @@ class ResNetEncoder(nn.Module):
         if output_stride not in (8, 16, 32):
             raise ValueError(f"{name}: output_stride must be 8, 16 or 32, got {output_stride}")
         block, counts = RESNETS[name]
-        self.stem = nn.Sequential(
-            conv_bn_relu(in_channels, 64, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1)
-        )
+        self.stem = nn.Sequential(conv_bn_relu(in_channels, 64, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1))
         # Stages 2..4 halve the size; from the stride where output_stride is reached on,
         # they dilate instead.
-        dilate = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}[
-            output_stride
-        ]
+        dilate = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}[output_stride]
         self._cin, self._dilation = 64, 1
         self.layer1 = self._stage(block, 64, counts[0], 1, False)
         self.layer2 = self._stage(block, 128, counts[1], 2, dilate[0])
@@ -205,9 +191,7 @@ class ResNetEncoder(nn.Module):
             stride = 1
         layers = [block(self._cin, planes, stride, self._dilation, first_dilation)]
         self._cin = planes * block.expansion
-        layers += [
-            block(self._cin, planes, 1, self._dilation, self._dilation) for _ in range(count - 1)
-        ]
+        layers += [block(self._cin, planes, 1, self._dilation, self._dilation) for _ in range(count - 1)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,9 +270,7 @@ class MobileNetV2Encoder(nn.Module):
                 stride = 1
             stride_now *= stride
             for i in range(repeats):
-                blocks.append(
-                    InvertedResidual(cin, cout, stride if i == 0 else 1, expand, dilation)
-                )
+                blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand, dilation))
                 cin = cout
             if stride_now == 4:
                 self.low_index = len(blocks)
@@ -322,9 +304,7 @@ class ASPP(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList([conv_bn_relu(cin, cout, 1)])
         self.branches.extend(conv_bn_relu(cin, cout, 3, dilation=r) for r in rates)
-        self.image_pool = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True)
-        )
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
         self.project = nn.Sequential(conv_bn_relu(5 * cout, cout, 1), nn.Dropout(0.1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -399,9 +379,7 @@ def fixed_avg_pool(size: int, bins: int) -> nn.AvgPool2d:
     export-friendly stand-in.
     """
     if size < bins:
-        raise ValueError(
-            f"pspnet: feature map {size} px is smaller than pyramid bin {bins}; use a larger tile"
-        )
+        raise ValueError(f"pspnet: feature map {size} px is smaller than pyramid bin {bins}; use a larger tile")
     stride = size // bins
     return nn.AvgPool2d(kernel_size=size - (bins - 1) * stride, stride=stride)
 
@@ -418,27 +396,19 @@ class PSPNet(nn.Module):
     ):
         super().__init__()
         if tile % output_stride:
-            raise ValueError(
-                f"pspnet: tile {tile} must be divisible by output_stride {output_stride}"
-            )
+            raise ValueError(f"pspnet: tile {tile} must be divisible by output_stride {output_stride}")
         self.tile = tile
         self.encoder = ResNetEncoder(backbone, in_channels, output_stride)
         cin = self.encoder.high_channels
         size = tile // output_stride
         branch = cin // len(bins)
-        self.pyramid = nn.ModuleList(
-            nn.Sequential(fixed_avg_pool(size, b), conv_bn_relu(cin, branch, 1)) for b in bins
-        )
-        self.bottleneck = nn.Sequential(
-            conv_bn_relu(cin + branch * len(bins), 256), nn.Dropout(0.1)
-        )
+        self.pyramid = nn.ModuleList(nn.Sequential(fixed_avg_pool(size, b), conv_bn_relu(cin, branch, 1)) for b in bins)
+        self.bottleneck = nn.Sequential(conv_bn_relu(cin + branch * len(bins), 256), nn.Dropout(0.1))
         self.classifier = nn.Conv2d(256, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != (self.tile, self.tile):
-            raise ValueError(
-                f"pspnet was built for {self.tile}x{self.tile} tiles, got {tuple(x.shape[-2:])}"
-            )
+            raise ValueError(f"pspnet was built for {self.tile}x{self.tile} tiles, got {tuple(x.shape[-2:])}")
         _, high = self.encoder(x)
         pooled = [_upsample_to(level(high), high) for level in self.pyramid]
         y = self.bottleneck(torch.cat([high, *pooled], dim=1))

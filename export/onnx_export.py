@@ -21,6 +21,7 @@ import contextlib
 import importlib.metadata
 import io
 import json
+import logging
 import platform
 import shutil
 import sys
@@ -55,6 +56,11 @@ class ExportError(Exception):
     """An export that cannot proceed or was refused; the message is one line."""
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 # --------------------------------------------------------------------------- checkpoint
 
 
@@ -68,12 +74,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ExportError(f"{path}: checkpoint not found") from None
     except Exception as exc:  # torch raises many types for a bad file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ExportError(f"{path}: cannot read checkpoint: {reason}") from None
+        raise ExportError(f"{path}: cannot read checkpoint: {_first_line(exc)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ExportError(
-            f"{path}: not a phasewatch checkpoint (needs the keys 'model' and 'config')"
-        )
+        raise ExportError(f"{path}: not a phasewatch checkpoint (needs the keys 'model' and 'config')")
     missing = [key for key in CONFIG_KEYS if key not in ckpt["config"]]
     if missing:
         raise ExportError(f"{path}: checkpoint config lacks {', '.join(missing)}")
@@ -94,9 +97,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], where: Path):
         )
         model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError) as exc:
-        raise ExportError(
-            f"{where}: cannot rebuild the model: {' '.join(str(exc).split())}"
-        ) from None
+        raise ExportError(f"{where}: cannot rebuild the model: {' '.join(str(exc).split())}") from None
     return model.eval()
 
 
@@ -109,20 +110,28 @@ def export_onnx(model, in_channels: int, tile: int, path: Path) -> None:
 
     example = torch.zeros(1, in_channels, tile, tile)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    # The exporter prints progress and warns about absent torchvision ops: noise here.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=OPSET,
-            dynamo=True,
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-        )
+    # The exporter prints progress, warns, and logs about absent torchvision ops: noise here.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean the same here
+        raise ExportError(f"{path}: ONNX export failed: {_first_line(exc)}") from None
+    finally:
+        exporter_log.setLevel(level)
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -153,9 +162,7 @@ def _float32_outputs(model) -> None:
         inner = f"{output.name}_fp16"
         for node in model.graph.node:
             node.output[:] = [inner if name == output.name else name for name in node.output]
-        model.graph.node.append(
-            helper.make_node("Cast", [inner], [output.name], to=TensorProto.FLOAT)
-        )
+        model.graph.node.append(helper.make_node("Cast", [inner], [output.name], to=TensorProto.FLOAT))
         tensor_type.elem_type = TensorProto.FLOAT
 
 
@@ -185,9 +192,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
 # --------------------------------------------------------------------------- tiles
 
 
-def cut_reference_tiles(
-    images: Sequence[Path], config: dict[str, Any], count: int = 4
-) -> np.ndarray:
+def cut_reference_tiles(images: Sequence[Path], config: dict[str, Any], count: int = 4) -> np.ndarray:
     """``count`` normalised tiles (float32 N x C x T x T) cut from micrographs, as the runtime
     sees them.
 
@@ -233,7 +238,10 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise ExportError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            found += inside
         elif path.is_file():
             found.append(path)
         else:
@@ -264,9 +272,7 @@ def normalisation_from_config(raw: dict[str, Any], channels: int) -> Normalisati
 def _reference_subset(tiles: np.ndarray) -> np.ndarray:
     """At most as many tiles as fit REFERENCE_TILES_MAX_BYTES, but at least one."""
     per_tile = tiles[0].nbytes
-    return np.ascontiguousarray(
-        tiles[: max(1, REFERENCE_TILES_MAX_BYTES // per_tile)], dtype=np.float32
-    )
+    return np.ascontiguousarray(tiles[: max(1, REFERENCE_TILES_MAX_BYTES // per_tile)], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- bundle
@@ -295,9 +301,7 @@ def _plain(value: Any) -> Any:
 
 def _check_tiles(tiles: np.ndarray, channels: int, tile: int) -> np.ndarray:
     if tiles.ndim != 4 or tiles.shape[1:] != (channels, tile, tile) or len(tiles) == 0:
-        raise ExportError(
-            f"reference tiles must be N x {channels} x {tile} x {tile}, got {tiles.shape}"
-        )
+        raise ExportError(f"reference tiles must be N x {channels} x {tile} x {tile}, got {tiles.shape}")
     if not np.isfinite(tiles).all():
         raise ExportError("reference tiles contain NaN or infinite values")
     return np.ascontiguousarray(tiles, dtype=np.float32)
@@ -356,10 +360,7 @@ def export_bundle(
             fp32 = onnx_logits(onnx_path, tiles)
             parity = compare_logits(reference, fp32)
             tolerance = LOGIT_TOLERANCE * max(1.0, float(np.abs(reference).max()))
-            if (
-                parity["argmax_agreement"] < ARGMAX_AGREEMENT_MIN
-                or parity["max_abs_logit_diff"] > tolerance
-            ):
+            if parity["argmax_agreement"] < ARGMAX_AGREEMENT_MIN or parity["max_abs_logit_diff"] > tolerance:
                 raise ExportError(
                     f"{checkpoint_path}: ONNX differs from PyTorch (argmax agreement "
                     f"{parity['argmax_agreement']:.6f}, need {ARGMAX_AGREEMENT_MIN}; max |logit "
@@ -423,7 +424,6 @@ def export_bundle(
                 "reference_tiles": REFERENCE_TILES_FILE,
                 "training": _plain(ckpt.get("training", {})),
                 "metrics": _plain(ckpt.get("metrics", {})),
-                "data": _plain(ckpt.get("data", ckpt.get("training", {}).get("data"))),
                 "checkpoint": {
                     "file": checkpoint_path.name,
                     "sha256": sha256_file(checkpoint_path),
@@ -431,6 +431,8 @@ def export_bundle(
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "versions": _versions(),
             }
+            if "data" in ckpt:
+                manifest["data"] = _plain(ckpt["data"])
             try:
                 write_manifest(work, manifest)
             except BundleError as exc:  # the checkpoint config does not make a valid bundle

@@ -21,9 +21,7 @@ from torch import nn
 DEFAULT_THRESHOLD = 0.99
 
 
-def gradient_map(
-    model: nn.Module, in_channels: int, tile: int, samples: int = 2, seed: int = 0
-) -> np.ndarray:
+def gradient_map(model: nn.Module, in_channels: int, tile: int, samples: int = 2, seed: int = 0) -> np.ndarray:
     """Summed |d logit_k(centre) / d input| over classes, channels and samples: ``tile x tile``."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(samples, in_channels, tile, tile, generator=generator, requires_grad=True)
@@ -58,9 +56,7 @@ def mass_radius(grad: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> int:
     return int(np.searchsorted(cumulative, threshold - 1e-9))
 
 
-def measure_halo(
-    model: nn.Module, in_channels: int, tile: int, threshold: float = DEFAULT_THRESHOLD
-) -> int:
+def measure_halo(model: nn.Module, in_channels: int, tile: int, threshold: float = DEFAULT_THRESHOLD) -> int:
     """The halo in pixels: the measured radius rounded up to a multiple of 8, capped at
     ``tile//2 - 1`` (a tile must keep a core the halo does not eat)."""
     radius = mass_radius(gradient_map(model, in_channels, tile), threshold)

@@ -92,7 +92,7 @@ def preview(image: np.ndarray, max_side: int = 1024) -> np.ndarray:
     return to_display_8bit(image)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp_name = None
     try:
@@ -125,7 +125,7 @@ def write_png_atomic(path: Path, array: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise OutputError(f"{path}: PNG encoding failed for {array.dtype} {array.shape}")
-    _write_bytes_atomic(path, encoded.tobytes())
+    write_bytes_atomic(path, encoded.tobytes())
 
 
 def _json_default(value: Any) -> Any:
@@ -144,7 +144,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         text = json.dumps(obj, indent=2, allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: record is not valid JSON: {exc}") from None
-    _write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
 
 
 def write_outputs(

@@ -26,6 +26,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from phasewatch.runtime.store import Store
+
 # t(0.975, df): two-sided 95 % quantiles of Student's t (checked against an
 # arbitrary-precision inverse of the t distribution to 10 digits).
 T_975 = {
@@ -119,7 +121,9 @@ def _per_class(
     }
 
 
-def specimen_statistics(store: Any, specimen_id: int, target_ra: float = 0.10) -> dict[str, Any]:
+def specimen_statistics(
+    store: Store, specimen_id: int, target_ra: float = 0.10
+) -> dict[str, Any]:
     """Per class over a specimen's measured, not excluded fields (``store.field_results``,
     results as ``measure.measure`` writes them):
 

@@ -144,7 +144,7 @@ class TensorRTBackend:
         trt, cuda = import_tensorrt()
         self._trt, self._cuda = trt, cuda
         self._lock = threading.Lock()
-        self._engine = self._context = self._stream = None
+        self._runtime = self._engine = self._context = self._stream = None
         self._device_buffers: list[Any] = []
         cuda.init()
         self._cuda_context = cuda.Device(0).retain_primary_context()
@@ -161,8 +161,9 @@ class TensorRTBackend:
     def _open(self, engine_path: Path, batch: int) -> None:
         trt, cuda = self._trt, self._cuda
         where = engine_path
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
+        # the runtime (and its logger) must outlive the engine deserialized from it
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self._engine is None:
             raise BackendError(f"{where}: TensorRT cannot load this engine (other TensorRT version "
                                "or GPU?); rebuild it with phasewatch build-engine")
@@ -245,5 +246,5 @@ class TensorRTBackend:
         for buffer in self._device_buffers:
             buffer.free()
         self._device_buffers = []
-        # TensorRT objects must go while the context is current, context before engine
-        self._context = self._stream = self._engine = None
+        # TensorRT objects go while the CUDA context is current: context, engine, then runtime
+        self._context = self._stream = self._engine = self._runtime = None

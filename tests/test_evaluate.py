@@ -136,8 +136,10 @@ def test_human_report_and_error_maps(setup, tmp_path, capsys):
         "--error-maps", str(maps), "--error-class", "1",
     )
     assert code == 0
-    assert "mean IoU             68.05 %" in out  # (0.8 + 3/7 + 13/16) / 3
-    assert "pixel accuracy       83.33 %" in out
+    summary = {line[:24].strip(): line[24:-2].strip() for line in out.splitlines()}
+    assert summary["mean IoU"] == "68.04"  # (0.8 + 3/7 + 13/16) / 3
+    assert summary["pixel accuracy"] == "83.33"
+    assert summary["BF score (2 px)"] == "25.00"
     class1 = next(line for line in out.splitlines() if line.startswith("class1"))
     assert class1.split() == ["class1", "42.86", "50.00", "25.00", "25.00", "16.67"]
     picture = cv2.cvtColor(cv2.imread(str(maps / "a.errors.png")), cv2.COLOR_BGR2RGB)

@@ -78,8 +78,7 @@ def _round_trip(tmp_path, name, kwargs, channels):
 
 # deeplabv3plus-resnet18 adds nothing the other exports do not cover but time: slow.
 EXPORTED = [
-    pytest.param(*case, marks=pytest.mark.slow) if case[1].get("encoder") == "resnet18" else case
-    for case in FAST
+    pytest.param(*case, marks=pytest.mark.slow) if case[1].get("encoder") == "resnet18" else case for case in FAST
 ]
 
 
@@ -99,9 +98,7 @@ def test_onnx_export_matches_pytorch_resnet50(tmp_path, name, kwargs, channels):
     _round_trip(tmp_path, name, kwargs, channels)
 
 
-@pytest.mark.parametrize(
-    ("encoder", "low_channels"), [("mobilenetv2", 24), ("resnet18", 64), ("resnet50", 256)]
-)
+@pytest.mark.parametrize(("encoder", "low_channels"), [("mobilenetv2", 24), ("resnet18", 64), ("resnet50", 256)])
 def test_encoders_have_stride_4_skip_and_output_stride_16(encoder, low_channels):
     enc = build_encoder(encoder, 1, 16).eval()
     with torch.no_grad():

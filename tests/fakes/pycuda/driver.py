@@ -83,12 +83,6 @@ class Context:
         stack = _context_stack()
         return stack[-1] if stack else None
 
-    @staticmethod
-    def synchronize() -> None:
-        _require_context("cuCtxSynchronize")
-        for stream in list(_streams.values()):
-            stream.synchronize()
-
     def detach(self) -> None:
         stack = _context_stack()
         if self in stack:
@@ -118,16 +112,8 @@ class Device:
     def compute_capability(self) -> tuple[int, int]:
         return tuple(FAKE_COMPUTE_CAPABILITY)
 
-    def total_memory(self) -> int:
-        return 4 << 30
-
     def retain_primary_context(self) -> Context:
         return Device._primary.setdefault(self.ordinal, Context(self))
-
-    def make_context(self, flags: int = 0) -> Context:
-        context = Context(self)
-        context.push()
-        return context
 
 
 class DeviceAllocation:
@@ -187,9 +173,6 @@ class Stream:
 
     def enqueue(self, work: Callable[[], None]) -> None:
         self._pending.append(work)
-
-    def is_done(self) -> bool:
-        return not self._pending
 
     def synchronize(self) -> None:
         pending, self._pending = self._pending, []

@@ -199,9 +199,6 @@ class OnnxParser:
     def get_error(self, index: int) -> ParserError:
         return self._errors[index]
 
-    def clear_errors(self) -> None:
-        self._errors = []
-
     def parse(self, model: bytes, path: str | None = None) -> bool:
         try:
             proto = onnx.load_from_string(bytes(model))
@@ -260,13 +257,6 @@ class ITimingCache:
         body = json.dumps({"tensorrt": __version__, "entries": self.entries}).encode()
         return IHostMemory(_CACHE_MAGIC + body)
 
-    def combine(self, input_cache: ITimingCache, ignore_mismatch: bool) -> bool:
-        self.entries.update({k: v for k, v in input_cache.entries.items() if k not in self.entries})
-        return True
-
-    def reset(self) -> bool:
-        self.entries.clear()
-        return True
 
 
 class IBuilderConfig:
@@ -513,9 +503,6 @@ class IExecutionContext:
             return False
         self._addresses[name] = int(memory)
         return True
-
-    def get_tensor_address(self, name: str) -> int:
-        return self._addresses.get(name, 0)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         if not self.all_binding_shapes_specified:

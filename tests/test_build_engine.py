@@ -1,0 +1,176 @@
+"""`phasewatch build-engine` against the fake TensorRT 10 / pycuda in tests/fakes (no GPU here).
+
+The fake engine runs the bundle's FP16 ONNX with onnxruntime, so the gate numbers are real
+FP16-vs-FP32 numbers; what is fake is everything TensorRT- and CUDA-specific.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx_graphs import make_bundle
+
+from phasewatch.export.build_engine import EngineBuildError, build_engine
+from phasewatch.export.engine_gate import GateError, compare_logits
+from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file
+from phasewatch.runtime.cli import main
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+FAKE_MODULES = ("tensorrt", "pycuda", "pycuda.driver")
+TILE = 64
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Fresh fake tensorrt + pycuda.driver importable for one test, gone afterwards."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    for name in FAKE_MODULES:
+        sys.modules.pop(name, None)
+    import pycuda.driver
+    import tensorrt
+
+    yield SimpleNamespace(trt=tensorrt, cuda=pycuda.driver)
+    for name in FAKE_MODULES:
+        sys.modules.pop(name, None)
+
+
+def smooth_tiles(count: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Micrograph-like tiles: blurred noise, so that regions are wider than a pixel."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 1, (count * channels, TILE, TILE)).astype(np.float32)
+    blurred = np.stack([cv2.GaussianBlur(t, (0, 0), 2) * 4 for t in noise])
+    return blurred.reshape(count, channels, TILE, TILE).astype(np.float32)
+
+
+@pytest.fixture
+def fp16_bundle(tmp_path) -> Bundle:
+    pytest.importorskip("onnxconverter_common", reason="the export stage's FP16 converter")
+    from phasewatch.export.onnx_export import convert_fp16
+
+    path = make_bundle(tmp_path / "bundle", in_channels=1, num_classes=3, tile=TILE)
+    convert_fp16(path / "model.onnx", path / "model.fp16.onnx")
+    np.save(path / "reference_tiles.npy", smooth_tiles(4))
+    return load_bundle(path)
+
+
+def engines_dir_files(bundle: Bundle) -> list[str]:
+    return sorted(p.name for p in bundle.engines_dir.iterdir()) if bundle.engines_dir.exists() else []
+
+
+def test_compare_logits_hand_computed():
+    reference = np.zeros((1, 2, 2, 5), np.float32)
+    reference[0, 1, 1, :] = 1  # row 0 class 0, row 1 class 1: fractions 0.5 / 0.5
+    same = compare_logits(reference, reference.copy())
+    assert (same.argmax_agreement, same.max_fraction_diff_pp, same.passed) == (1.0, 0.0, True)
+
+    candidate = reference.copy()
+    candidate[0, 1, 0, 0] = 1  # one of 10 pixels 0 -> 1: fractions 0.4 / 0.6
+    drift = compare_logits(reference, candidate)
+    assert drift.argmax_agreement == pytest.approx(0.9)
+    assert drift.fraction_diff_pp == pytest.approx((10.0, 10.0))
+    assert drift.pixels == 10 and drift.tiles == 1 and not drift.passed
+
+
+def test_gate_bars_on_many_pixels():
+    reference = np.zeros((1, 2, 40, 50), np.float32)  # 2000 pixels, all class 0
+    one_flip = reference.copy()
+    one_flip[0, 1, 0, 0] = 1  # 1 / 2000: 99.95 % agree, 0.05 pp
+    assert compare_logits(reference, one_flip).passed
+    four_flips = reference.copy()
+    four_flips[0, 1, 0, :4] = 1  # 4 / 2000: 99.8 % agree, 0.2 pp
+    result = compare_logits(reference, four_flips)
+    assert result.argmax_agreement == pytest.approx(0.998)
+    assert result.max_fraction_diff_pp == pytest.approx(0.2)
+    assert not result.passed
+
+
+def test_build_stamps_name_and_sidecar_and_passes_gate(fake_gpu, fp16_bundle, monkeypatch):
+    monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_NAME", "NVIDIA GeForce RTX 3090 Ti/PCIe")
+    monkeypatch.setattr(fake_gpu.cuda, "FAKE_COMPUTE_CAPABILITY", (8, 6))
+    network_flags = []
+    create_network = fake_gpu.trt.Builder.create_network
+    monkeypatch.setattr(fake_gpu.trt.Builder, "create_network",
+                        lambda self, flags=0: network_flags.append(flags) or create_network(self, flags))
+
+    path = build_engine(fp16_bundle, max_batch=4, opt_batch=2)
+
+    onnx_sha = sha256_file(fp16_bundle.onnx_fp16_path)
+    assert path.name == f"nvidia-geforce-rtx-3090-ti-pcie.sm86.trt10.3.0.{onnx_sha[:12]}.engine"
+    assert network_flags == [1 << 1]  # STRONGLY_TYPED is bit 1 in TensorRT 10
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["gpu"] == "NVIDIA GeForce RTX 3090 Ti/PCIe"
+    assert sidecar["compute_capability"] == "sm86"
+    assert sidecar["tensorrt"] == "10.3.0"
+    assert sidecar["onnx_sha256"] == onnx_sha
+    assert sidecar["engine_sha256"] == sha256_file(path)
+    assert sidecar["batch"] == {"min": 1, "opt": 2, "max": 4}
+    gate = sidecar["gate"]
+    assert gate["passed"] and gate["argmax_agreement"] >= 0.999 and gate["tiles"] == 4
+    assert gate["pixels"] == 4 * TILE * TILE
+    assert engines_dir_files(fp16_bundle) == sorted([path.name, path.name + ".json", "timing.cache"])
+    config = fake_gpu.trt.Builder(fake_gpu.trt.Logger()).create_builder_config()
+    cache = config.create_timing_cache((fp16_bundle.engines_dir / "timing.cache").read_bytes())
+    assert len(cache.entries) == 7  # one per node: 2 casts, 3 convs, 2 relus
+
+
+def test_existing_engine_is_kept_unless_forced(fake_gpu, fp16_bundle, monkeypatch):
+    first = build_engine(fp16_bundle, max_batch=2)
+    builds = []
+    build = fake_gpu.trt.Builder.build_serialized_network
+    monkeypatch.setattr(fake_gpu.trt.Builder, "build_serialized_network",
+                        lambda self, n, c: builds.append(1) or build(self, n, c))
+    assert build_engine(fp16_bundle, max_batch=2) == first and builds == []
+    assert build_engine(fp16_bundle, max_batch=2, force=True) == first and builds == [1]
+
+
+def test_gate_refuses_drifting_engine_and_leaves_no_engine(fake_gpu, fp16_bundle, monkeypatch,
+                                                           capsys):
+    def drift(logits: np.ndarray) -> np.ndarray:
+        logits = logits.copy()
+        logits[:, 0, :16, :16] += 100  # a 16x16 corner of every tile turns class 0
+        return logits
+
+    monkeypatch.setattr(fake_gpu.trt, "OUTPUT_PERTURBATION", drift)
+    assert main(["build-engine", str(fp16_bundle.path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "FP16 engine refused: argmax agreement" in err[-1]
+    assert not any(name.endswith((".engine", ".json", ".tmp")) for name in engines_dir_files(fp16_bundle))
+
+
+def test_parser_errors_are_reported_one_line_each(fake_gpu, fp16_bundle, capsys):
+    model = onnx.load(str(fp16_bundle.onnx_fp16_path))
+    for node in model.graph.node:
+        if node.op_type == "Relu":
+            node.domain = "com.example"
+    onnx.save(model, str(fp16_bundle.onnx_fp16_path))
+
+    assert main(["build-engine", str(fp16_bundle.path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    parser_lines = [line for line in err if "No importer registered for op: Relu" in line]
+    assert len(parser_lines) == 2
+    assert all(line.startswith(str(fp16_bundle.onnx_fp16_path)) for line in parser_lines)
+    assert "cannot parse the FP16 ONNX (2 error(s))" in err[-1]
+
+
+def test_cli_builds_and_prints_the_engine_path(fake_gpu, fp16_bundle, capsys):
+    assert main(["build-engine", str(fp16_bundle.path), "--max-batch", "2", "--workspace-mb", "64"]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed.parent == fp16_bundle.engines_dir and printed.is_file()
+
+
+def test_bad_requests_are_one_line_errors(fake_gpu, fp16_bundle):
+    with pytest.raises(EngineBuildError, match="opt batch"):
+        build_engine(fp16_bundle, max_batch=2, opt_batch=3)
+    (fp16_bundle.path / "reference_tiles.npy").unlink()
+    with pytest.raises(GateError, match="reference_tiles.npy: no reference tiles"):
+        build_engine(fp16_bundle, max_batch=2)
+    np.save(fp16_bundle.path / "reference_tiles.npy", smooth_tiles(2, channels=3))
+    with pytest.raises(GateError, match="expected N x 1 x 64 x 64"):
+        build_engine(fp16_bundle, max_batch=2)
