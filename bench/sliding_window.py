@@ -132,8 +132,8 @@ def naive(inp, session_backend, tile: int, overlap: int, classes: int) -> np.nda
             out = session_backend.run(image[None, :, y : y + tile, x : x + tile])[0]
             logits[:, y : y + tile, x : x + tile] += out * window
             weights[y : y + tile, x : x + tile] += window
-    logits /= weights
-    return np.argmax(logits[:, margin : margin + inp.height, margin : margin + inp.width], axis=0)
+    inside = (slice(margin, margin + inp.height), slice(margin, margin + inp.width))
+    return np.argmax(logits[:, inside[0], inside[1]] / weights[inside], axis=0)
 
 
 def export_unet(args, threads: int, folder: Path):

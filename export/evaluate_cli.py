@@ -8,8 +8,8 @@ BF score is averaged per class over the images where it is defined, then over cl
 How labels are read, first match wins:
 
 1. ``--label-format`` / ``--palette`` on the command line;
-2. the training data info in the bundle's manifest (``training.data.label_format`` and
-   ``training.data.palette``), when the bundle was trained by ``phasewatch train``;
+2. the training data info in the bundle's manifest (``label_format`` and ``palette`` in
+   ``data``, else in ``training.data``), when the bundle was trained by ``phasewatch train``;
 3. inferred per file by ``datasets.read_label``: ``.npy`` -> class-id array, single
    channel -> pixel value = class id, RGB(A) -> colour via the palette (needed then).
 
@@ -82,7 +82,8 @@ def parse_palette(text: str) -> Palette:
 def label_palette(args: argparse.Namespace, bundle: Bundle) -> Palette | None:
     """The palette for RGB labels, from the command line, else the manifest's training data;
     None when labels are class ids (formats ``index`` and ``npy``)."""
-    data = bundle.manifest.get("training", {}).get("data", {})
+    manifest = bundle.manifest
+    data = manifest.get("data") or manifest.get("training", {}).get("data")
     data = data if isinstance(data, dict) else {}
     fmt = args.label_format or data.get("label_format") or "auto"
     if args.palette:
@@ -171,9 +172,7 @@ def report(
     iou = metrics.per_class_iou(cm)
     accuracy = metrics.per_class_accuracy(cm)
     true_f, pred_f = metrics.class_fractions(cm)
-    bf_per_class, bf_mean = metrics.mean_bf_score(bf_per_image)
-    if not bf_per_image:
-        bf_per_class = np.full(len(names), np.nan)
+    bf_per_class, bf_mean = metrics.mean_bf_score(bf_per_image, len(names))
     per_class = {
         name: {
             "iou": _finite(iou[i]),

@@ -173,11 +173,9 @@ def boundary_f1(
     return scores
 
 
-def mean_bf_score(per_image: list[np.ndarray]) -> tuple[np.ndarray, float]:
+def mean_bf_score(per_image: list[np.ndarray], num_classes: int) -> tuple[np.ndarray, float]:
     """Per-class BF averaged over the images where it is defined, and the mean over classes."""
-    if not per_image:
-        return np.zeros(0), float("nan")
-    stacked = np.vstack(per_image)
+    stacked = np.vstack([np.full(num_classes, np.nan), *per_image])
     defined = ~np.isnan(stacked)
     counts = defined.sum(0)
     sums = np.where(defined, stacked, 0.0).sum(0)

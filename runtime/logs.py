@@ -108,7 +108,8 @@ class _JournalPriorityFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{syslog_priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in self._inner.format(record).splitlines())
+        lines = self._inner.format(record).splitlines() or [""]
+        return "\n".join(prefix + line for line in lines)
 
 
 class _PhasewatchHandler(logging.StreamHandler):

@@ -352,6 +352,18 @@ class Store:
         with self._write() as conn:
             self._finish(conn, file_id, "failed", " ".join(error.split()))
 
+    def release(self, file_id: int, reason: str) -> None:
+        """Put a claimed file back in the queue without spending an attempt: the worker
+        could not finish it for a reason outside the file (full disk, backend error)."""
+        with self._write() as conn:
+            updated = conn.execute(
+                """UPDATE files SET state = 'pending', attempts = MAX(attempts - 1, 0), error = ?
+                   WHERE id = ? AND state = 'processing'""",
+                (" ".join(reason.split()), file_id),
+            ).rowcount
+            if not updated:
+                raise StoreError(f"{self.path}: file {file_id} is not being processed")
+
     def recover_after_crash(self, max_attempts: int | None = None) -> dict[str, int]:
         """At start: rows a dead worker left ``processing`` go back to ``pending``, or to
         ``failed`` once they have had ``max_attempts`` tries (the file probably crashes

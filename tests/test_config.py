@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from phasewatch.runtime import config as cfg
 from phasewatch.runtime.config import Config, ConfigError, load_config
 

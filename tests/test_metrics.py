@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from phasewatch.export import metrics
 
 # 2 x 3 maps, 3 classes. Pixel pairs (truth, pred): (0,0) (0,0) (0,1) / (1,1) (1,2) (2,2)
@@ -104,9 +105,11 @@ def test_bf_score_undefined_and_one_sided_classes():
 
 
 def test_mean_bf_score_skips_undefined():
-    per_class, mean = metrics.mean_bf_score([np.array([1.0, np.nan]), np.array([0.5, 0.25])])
+    per_class, mean = metrics.mean_bf_score([np.array([1.0, np.nan]), np.array([0.5, 0.25])], 2)
     np.testing.assert_allclose(per_class, [0.75, 0.25])
     assert mean == pytest.approx(0.5)
+    per_class, mean = metrics.mean_bf_score([], 2)
+    assert np.isnan(per_class).all() and per_class.shape == (2,) and np.isnan(mean)
 
 
 def test_error_maps():

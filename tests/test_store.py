@@ -202,3 +202,15 @@ def test_list_images_newest_first_by_specimen_and_page(store):
     assert [i["id"] for i in store.list_images(limit=1, before_id=c["id"])] == [b["id"]]
     assert store.list_images(limit=1)[0]["specimen"] == "other"
     assert store.get_image(12345) is None
+
+
+def test_release_requeues_without_spending_an_attempt(store):
+    a = add(store, "a.tif")
+    store.claim_next()
+    store.release(a["id"], "results: disk\nfull")
+    row = store.get_image(a["id"])
+    assert (row["state"], row["attempts"], row["error"]) == ("pending", 0, "results: disk full")
+    assert [r["id"] for r in store.claim_next()] == [a["id"]]
+    store.mark_done(a["id"], RESULT)
+    with pytest.raises(StoreError, match="not being processed"):
+        store.release(a["id"], "late")

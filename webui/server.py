@@ -84,6 +84,9 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 
         asyncore_use_poll=True,
         ident="phasewatch",
     )
+    if not hasattr(server, "effective_port"):  # waitress listens on each address of a name
+        server.close()
+        raise ValueError(f"{host}: resolves to several addresses; give one address, e.g. 0.0.0.0")
     stopping = threading.Event()
     thread = threading.Thread(target=_serve, args=(server, stopping), name="phasewatch-web", daemon=True)
     thread.start()
