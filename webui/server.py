@@ -56,6 +56,8 @@ class ServerHandle:
 
     def stop(self) -> None:
         """Stop accepting, close every connection, and wait for the worker threads."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self._server.pull_trigger()  # wakes the serving loop at once
         self._thread.join(STOP_TIMEOUT_S + LOOP_TIMEOUT_S)

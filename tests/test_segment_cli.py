@@ -1,0 +1,103 @@
+"""`phasewatch segment` end to end: files in, class maps, overlays and JSON out."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from onnx_graphs import make_bundle
+
+from phasewatch.runtime.bundle import bundled_model_names
+from phasewatch.runtime.cli import main
+
+JSON_KEYS = {"image", "model", "backend", "width", "height", "pixel_size_um", "pixel_size_source",
+             "fractions", "particles", "timing_ms"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny", in_channels=1, num_classes=3, tile=64)
+
+
+def micrograph(height: int, width: int, seed: int, dtype=np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 255 if dtype == np.uint8 else 65535
+    smooth = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 4)
+    smooth = (smooth - smooth.min()) / (np.ptp(smooth) + 1e-9)
+    return (smooth * top).astype(dtype)
+
+
+def test_good_files_written_bad_file_reported_exit_1(tmp_path, bundle, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "a.png"), micrograph(130, 201, 0))
+    tifffile.imwrite(inputs / "stack.tif", np.stack([micrograph(96, 80, s, np.uint16) for s in (1, 2)]))
+    (inputs / "broken.tif").write_text("not an image")
+    out = tmp_path / "out"
+
+    code = main(["segment", str(inputs / "a.png"), str(inputs / "broken.tif"), str(inputs / "stack.tif"),
+                 "--model", str(bundle), "--out", str(out), "--backend", "cpu", "--pixel-size", "0.25"])
+
+    assert code == 1
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if "broken.tif" in line]
+    assert len(error_lines) == 1 and "error:" in error_lines[0]
+    expected = {"a": (130, 201), "stack.p0000": (96, 80), "stack.p0001": (96, 80)}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}.{kind}" for stem in expected for kind in ("classes.png", "overlay.png", "json"))
+    for stem, (height, width) in expected.items():
+        classes = cv2.imread(str(out / f"{stem}.classes.png"), cv2.IMREAD_UNCHANGED)
+        assert classes.shape == (height, width) and classes.dtype == np.uint8
+        overlay = cv2.imread(str(out / f"{stem}.overlay.png"))
+        assert overlay.shape == (height, width, 3)
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert JSON_KEYS <= record.keys()
+        assert (record["width"], record["height"]) == (width, height)
+        assert (record["pixel_size_um"], record["pixel_size_source"]) == (0.25, "user")
+        assert sum(record["fractions"].values()) == pytest.approx(1.0)
+        # The JSON's fractions are those of the class map written beside it.
+        counts = np.bincount(classes.ravel(), minlength=3) / classes.size
+        assert [record["fractions"][f"class{k}"] for k in range(3)] == pytest.approx(counts.tolist())
+
+
+def test_unknown_model_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["segment", str(tmp_path / "x.png"), "--model", "no-such-model", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no-such-model" in err
+
+
+def test_folder_input_segments_every_image_in_it(tmp_path, bundle):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(inputs / f"f{k}.png"), micrograph(40 + 7 * k, 64, k))
+    (inputs / "notes.txt").write_text("ignored: not an image suffix")
+    assert main(["segment", str(inputs), "--model", str(bundle), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == ["f0.json", "f1.json", "f2.json"]
+
+
+# Which bundled model segments each data set's held-out images; tomography has no model of
+# its own, and the point there is that the engine runs on those files, not their accuracy.
+REAL_SETS = {
+    "superalloy/test/images": "superalloy",
+    "ebc/test/images": "ebc",
+    "uhcs/validate/images": "uhcs-microconstituent",
+    "tomography/validate/images": "superalloy",
+}
+
+
+@pytest.mark.parametrize("subdir", sorted(REAL_SETS))
+def test_segment_runs_on_every_test_image_of_every_data_set(shared_data, tmp_path, subdir):
+    model = REAL_SETS[subdir]
+    assert model in bundled_model_names(), f"bundled model {model} missing from runtime/models"
+    images = sorted((shared_data / subdir).iterdir())
+    out = tmp_path / "out"
+    assert main(["segment", str(shared_data / subdir), "--model", model, "--out", str(out)]) == 0
+    for image in images:
+        record = json.loads((out / f"{image.stem}.json").read_text())
+        assert record["model"] == model
+        assert sum(record["fractions"].values()) == pytest.approx(1.0)
