@@ -229,6 +229,8 @@ class Daemon:
         work = _Work(row=row, path=Path(row["path"]))
         try:
             work.fields = read_fields(work.path)
+            if not work.fields:  # e.g. a TIFF header whose first page offset points nowhere
+                raise ImageReadError(work.path, "no image in the file")
         except ImageReadError as exc:
             work.fields = []
             work.row = {**row, "error": str(exc)}

@@ -7,12 +7,12 @@ pulled back to end ``overlap // 2`` past it (or at ``tile``, for images smaller 
 tile).
 
 Window: a Gaussian (sigma = tile / 8) with the outer ``halo`` pixels of every tile set
-to zero. A plain Gaussian still gives the zero-padded, context-starved tile edge a few
-percent of the weight where two tiles meet (measured: ~0.3 % of pixels flipped for a
-net with halo 6 on 64-pixel tiles); trimming the halo removes that, and with
-``overlap >= 2 * halo`` every pixel still lies in some tile with its full context, so
-the tiled result equals a whole-image pass up to float rounding. :func:`default_overlap`
-picks such an overlap.
+to zero (``halo`` argument; 0, a plain Gaussian as in MONAI, by default). A plain
+Gaussian still gives the zero-padded, context-starved tile edge a few percent of the
+weight where two tiles meet (measured: ~0.3 % of pixels flipped for a net with halo 6
+on 64-pixel tiles); trimming the halo removes that, and with ``overlap >= 2 * halo``
+every pixel still lies in some tile with its full context, so the tiled result equals
+a whole-image pass up to float rounding. :func:`default_overlap` picks such an overlap.
 
 Memory: tiles are produced row band by row band. A band's logits accumulator covers the
 ``tile`` rows that band touches across the (padded) width; once a band's last tile is in,

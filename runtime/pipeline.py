@@ -44,7 +44,7 @@ def segment_images(
             shapes.append(image.shape[:2])
             yield prepare(image, bundle.channels, bundle.normalisation, bundle.scale)
 
-    for classes in segment_many(inputs(), backend, bundle.tile, overlap, batch, timings):
+    for classes in segment_many(inputs(), backend, bundle.tile, overlap, batch, timings, halo=bundle.halo):
         height, width = shapes.popleft()
         if classes.shape != (height, width):
             classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)

@@ -77,7 +77,8 @@ class Daemon:
         self.second = finish(self.store, "b.tif", measurement(0.30, 3000),
                              {"overlay": write_png(out / "b.overlay.png", 50)})
         self.failed = finish(self.store, "c.tif", None, error="c.tif: truncated TIFF")
-        self.pending = self.store.enqueue("/watch/d.tif", 100, 1, "sha-d")["id"]
+        self.processing = self.store.enqueue("/watch/d.tif", 100, 1, "sha-d")["id"]
+        self.store.claim_next()
         self.ctx = AppContext(
             store=self.store, events=self.events, status=self.status, health=self.health,
             metrics=self.metrics.render, target_ra=0.10, data_dir=self.data,
@@ -117,8 +118,9 @@ def server(daemon):
 
 
 def test_status_has_counts_backend_and_health(client, daemon):
+    daemon.store.enqueue("/watch/queued.tif", 100, 1, "sha-queued")
     body = client.get("/api/status").get_json()
-    assert body == {"queued": 1, "processing": 0, "done": 2, "failed": 1, "backend": "cpu", "model": "toy",
+    assert body == {"queued": 1, "processing": 1, "done": 2, "failed": 1, "backend": "cpu", "model": "toy",
                     "uptime_s": 12.5, "health": {"ok": True, "reasons": []}}
     daemon.healthy = False
     assert client.get("/api/status").get_json()["health"] == {"ok": False, "reasons": ["worker stalled for 120 s"]}
@@ -144,7 +146,7 @@ def test_metrics_are_the_prometheus_exposition(client):
 
 def test_images_newest_first_with_their_fields(client, daemon):
     images = client.get("/api/images").get_json()
-    assert [i["id"] for i in images] == [daemon.pending, daemon.failed, daemon.second, daemon.first]
+    assert [i["id"] for i in images] == [daemon.processing, daemon.failed, daemon.second, daemon.first]
     first = images[-1]
     assert first["file"] == "a.tif" and first["path"] == "/watch/a.tif"
     assert (first["state"], first["error"], first["specimen"]) == ("done", None, "default")
@@ -155,11 +157,11 @@ def test_images_newest_first_with_their_fields(client, daemon):
     assert images[-2]["pictures"] == {"overlay": f"/api/images/{daemon.second}/overlay.png"}
     failed = images[1]
     assert (failed["state"], failed["error"], failed["fractions"]) == ("failed", "c.tif: truncated TIFF", None)
-    assert images[0]["state"] == "pending" and images[0]["processed"] is None
+    assert images[0]["state"] == "processing" and images[0]["processed"] is None
 
 
 def test_images_limit_and_specimen_filter(client, daemon):
-    assert [i["id"] for i in client.get("/api/images?limit=2").get_json()] == [daemon.pending, daemon.failed]
+    assert [i["id"] for i in client.get("/api/images?limit=2").get_json()] == [daemon.processing, daemon.failed]
     assert [i["id"] for i in client.get(f"/api/images?before={daemon.second}").get_json()] == [daemon.first]
     other = daemon.store.start_specimen("S-2")
     newest = finish(daemon.store, "e.tif", measurement(0.5, 500))
@@ -259,7 +261,7 @@ def test_exclude_and_include_change_the_statistics(client, daemon):
 
 
 def test_exclude_refuses_what_is_not_a_measured_field(client, daemon):
-    for file_id, state in ((daemon.failed, "failed"), (daemon.pending, "pending")):
+    for file_id, state in ((daemon.failed, "failed"), (daemon.processing, "processing")):
         response = client.post(f"/api/images/{file_id}/exclude", json={"reason": "x"})
         assert (response.status_code, response.get_json()) == (
             409, {"error": f"image {file_id} is {state}: only a measured field counts"})
@@ -309,14 +311,14 @@ def test_export_csv_has_one_row_per_field(client, daemon):
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert list(rows[0]) == ["id", "file", "specimen", "state", "processed", "matrix_area_pct",
                              "carbide_area_pct", "excluded", "reason", "error", "path"]
-    assert [int(r["id"]) for r in rows] == [daemon.first, daemon.second, daemon.failed, daemon.pending]
-    first, second, failed, pending = rows
+    assert [int(r["id"]) for r in rows] == [daemon.first, daemon.second, daemon.failed, daemon.processing]
+    first, second, failed, processing = rows
     assert (first["file"], first["state"], first["carbide_area_pct"], first["matrix_area_pct"]) == (
         "a.tif", "done", "20.0000", "80.0000")
     assert first["processed"].endswith("Z") and first["excluded"] == "0"
     assert (second["excluded"], second["reason"], second["carbide_area_pct"]) == ("1", "scratch", "30.0000")
     assert (failed["state"], failed["error"], failed["carbide_area_pct"]) == ("failed", "c.tif: truncated TIFF", "")
-    assert (pending["processed"], pending["path"]) == ("", "/watch/d.tif")
+    assert (processing["processed"], processing["path"]) == ("", "/watch/d.tif")
 
 
 def test_page_and_its_vendored_assets(client):

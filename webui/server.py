@@ -29,7 +29,7 @@ API_THREADS = 2
 THREADS = MAX_SUBSCRIBERS + API_THREADS
 CHANNEL_TIMEOUT_S = 60
 CONNECTION_LIMIT = 100
-LOOP_TIMEOUT_S = 0.5  # how often the serving loop checks for stop() at the latest
+LOOP_TIMEOUT_S = 0.25  # how soon the serving loop notices stop()
 STOP_TIMEOUT_S = 5.0
 
 
@@ -58,8 +58,9 @@ class ServerHandle:
         """Stop accepting, close every connection, and wait for the worker threads."""
         if self._stopping.is_set():
             return
+        # No pull_trigger() to wake the loop: the loop thread may have closed the trigger's
+        # descriptor already, and a write to a reused descriptor would go elsewhere.
         self._stopping.set()
-        self._server.pull_trigger()  # wakes the serving loop at once
         self._thread.join(STOP_TIMEOUT_S + LOOP_TIMEOUT_S)
 
 
