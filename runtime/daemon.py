@@ -304,6 +304,7 @@ class Daemon:
             try:
                 if not work.fields:
                     self.store.mark_failed(file_id, work.row["error"])
+                    self._settled_at.pop(work.row["sha256"], None)  # only done results read it
                     self.metrics.result_failed()
                     log.warning("%s", work.row["error"], extra=log_fields(file_id=file_id))
                 else:

@@ -322,6 +322,9 @@ def test_slow_write_duplicate_rewrite_events_metrics(serve: ServeProcess, shared
         serve.wait_idle(2)
         (copy,) = [r for r in serve.rows() if r["path"] == str(serve.watch / "copy-of-slow.tif")]
         assert copy["state"] == "done" and copy["duplicate_of"] == first["id"]
+        assert copy["outputs"] is None  # one result: the original's, shown for both
+        copy_image, first_image = (serve.get_json(f"/api/images/{r['id']}") for r in (copy, first))
+        assert copy_image["fractions"] == first_image["fractions"] is not None
 
         slow.write_bytes(one_pixel_changed(source))
         (serve.watch / "broken.tif").write_bytes(b"lab note")
