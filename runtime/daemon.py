@@ -229,11 +229,11 @@ class Daemon:
         work = _Work(row=row, path=Path(row["path"]))
         try:
             work.fields = read_fields(work.path)
-            if not work.fields:  # e.g. a TIFF header whose first page offset points nowhere
-                raise ImageReadError(work.path, "no image in the file")
         except ImageReadError as exc:
-            work.fields = []
             work.row = {**row, "error": str(exc)}
+        except Exception as exc:  # one odd file must not stop the decode stage
+            log.exception("%s: unexpected error while decoding", work.path)
+            work.row = {**row, "error": f"{work.path}: unexpected error while decoding: {exc}".splitlines()[0]}
         return work
 
     # -- inference ----------------------------------------------------------------------
@@ -322,6 +322,10 @@ class Daemon:
                     self._work_ready.set()
                     continue
                 self.store.mark_failed(file_id, str(exc))
+                self.metrics.result_failed()
+            except Exception as exc:  # one odd field must not stop the write stage
+                log.exception("%s: unexpected error while measuring or writing", work.path)
+                self.store.mark_failed(file_id, f"{work.path}: unexpected error while writing: {exc}")
                 self.metrics.result_failed()
             self._finished()
             self._announce(file_id)

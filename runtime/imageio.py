@@ -178,11 +178,15 @@ def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> 
             pixel_size, source = _tiff_pixel_size(tif)
         file_size = tif.filehandle.size
         skip = tifffile.FILETYPE.REDUCEDIMAGE | tifffile.FILETYPE.MASK  # thumbnails, masks
+        fields = 0
         for index, page in enumerate(tif.pages):
             if page.subfiletype & skip:
                 continue
             image = _tiff_page_image(path, page, file_size, max_pixels)
+            fields += 1
             yield Field(image, index, pixel_size, source)
+        if not fields:  # e.g. a header whose first page offset points nowhere, or thumbnails only
+            raise ImageReadError(path, "no image in the file")
 
 
 def _tiff_page_image(path: Path, page: Any, file_size: int, max_pixels: int) -> np.ndarray:

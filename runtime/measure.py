@@ -38,6 +38,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from phasewatch.runtime.bundle import ClassInfo
 
 CONNECTIVITY = 8

@@ -357,6 +357,12 @@ def test_truncated_tiff_header(tmp_path):
     assert_one_line_error(path, "not a readable TIFF")
 
 
+def test_tiff_header_without_pages(tmp_path):
+    path = tmp_path / "header-only.tif"
+    path.write_bytes(b"II*\x00" + b"garbage!" * 4)
+    assert_one_line_error(path, "no image in the file")
+
+
 def test_truncated_png(tmp_path):
     path = tmp_path / "cut.png"
     cv2.imwrite(str(path), random_image((64, 64)))

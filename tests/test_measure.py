@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from phasewatch.runtime.bundle import ClassInfo
 from phasewatch.runtime.measure import measure
 

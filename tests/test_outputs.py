@@ -8,6 +8,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+
 from phasewatch.runtime import outputs
 from phasewatch.runtime.outputs import (
     OutputError,

@@ -54,7 +54,7 @@ def test_good_files_written_bad_file_reported_exit_1(tmp_path, bundle, capsys):
         overlay = cv2.imread(str(out / f"{stem}.overlay.png"))
         assert overlay.shape == (height, width, 3)
         record = json.loads((out / f"{stem}.json").read_text())
-        assert JSON_KEYS <= record.keys()
+        assert record.keys() >= JSON_KEYS
         assert (record["width"], record["height"]) == (width, height)
         assert (record["pixel_size_um"], record["pixel_size_source"]) == (0.25, "user")
         assert sum(record["fractions"].values()) == pytest.approx(1.0)
