@@ -1,0 +1,138 @@
+"""Labelled micrographs: pairing images with labels and reading every label format in use.
+
+Label formats (``../shared/data/README.md``):
+
+- ``index``: single-channel TIFF/PNG, pixel value = class id;
+- ``palette``: RGB(A) colour masks; a palette maps colours to class ids and every other
+  colour is the ``default`` class (the superalloy masks: blue = secondary γ′, red =
+  tertiary γ′, anything else = matrix);
+- ``npy``: NumPy arrays of class ids.
+
+Images and labels pair by file stem, a ``_mask`` suffix on the label ignored. Images are
+read with the runtime's own decoder and normalised with the runtime's own
+``normalise.prepare``, so training sees exactly what inference will.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from phasewatch.runtime.bundle import Normalisation
+from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, read_fields
+from phasewatch.runtime.normalise import prepare
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".npy")
+Palette = Mapping[tuple[int, int, int], int]
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be used; the message is one line naming the file."""
+
+
+def label_stem(path: Path) -> str:
+    stem = path.stem
+    return stem[: -len("_mask")] if stem.endswith("_mask") else stem
+
+
+def find_pairs(images_dir: Path | str, labels_dir: Path | str) -> list[tuple[Path, Path]]:
+    """(image, label) pairs matched by stem, sorted by image name; an image without a
+    label (or a label without an image) is an error naming it."""
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for folder in (images_dir, labels_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: not a folder")
+    images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES}
+    labels = {label_stem(p): p for p in labels_dir.iterdir() if p.suffix.lower() in LABEL_SUFFIXES}
+    if missing := sorted(images.keys() - labels.keys()):
+        raise DatasetError(f"{images[missing[0]]}: no label for it in {labels_dir} ({len(missing)} unpaired)")
+    if orphans := sorted(labels.keys() - images.keys()):
+        raise DatasetError(f"{labels[orphans[0]]}: no image for it in {images_dir} ({len(orphans)} unpaired)")
+    if not images:
+        raise DatasetError(f"{images_dir}: no images")
+    return [(images[s], labels[s]) for s in sorted(images)]
+
+
+def read_label(path: Path | str, palette: Palette | None = None, default: int = 0) -> np.ndarray:
+    """uint8 H x W class ids from an index mask, an RGB(A) palette mask or a ``.npy`` array."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            raw = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            raw = tifffile.imread(path)
+        else:
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                raise OSError("not a readable image")
+            if raw.ndim == 3:
+                raw = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA if raw.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read label: {exc}".splitlines()[0]) from None
+    if raw.ndim == 3 and raw.shape[2] in (3, 4):
+        if palette is None:
+            raise DatasetError(f"{path}: colour label needs a palette (colour -> class id)")
+        return colours_to_ids(raw[..., :3], palette, default)
+    if raw.ndim != 2:
+        raise DatasetError(f"{path}: label must be H x W or H x W x 3/4, got shape {raw.shape}")
+    if raw.min() < 0 or raw.max() > 255:
+        raise DatasetError(f"{path}: class ids must be 0..255, found {raw.min()}..{raw.max()}")
+    return raw.astype(np.uint8)
+
+
+def colours_to_ids(rgb: np.ndarray, palette: Palette, default: int = 0) -> np.ndarray:
+    ids = np.full(rgb.shape[:2], default, np.uint8)
+    for colour, class_id in palette.items():
+        ids[np.all(rgb == np.asarray(colour, rgb.dtype), axis=-1)] = class_id
+    return ids
+
+
+def parse_palette(raw: Mapping[str, int]) -> dict[tuple[int, int, int], int]:
+    """``{"R,G,B": id}`` (as configs and manifests store it) -> ``{(R, G, B): id}``."""
+    palette = {}
+    for key, class_id in raw.items():
+        colour = tuple(int(v) for v in str(key).split(","))
+        if len(colour) != 3:
+            raise DatasetError(f"palette key {key!r}: expected 'R,G,B'")
+        palette[colour] = int(class_id)  # type: ignore[index]
+    return palette  # type: ignore[return-value]
+
+
+@dataclass
+class Sample:
+    """A whole labelled micrograph, normalised for the model."""
+
+    name: str
+    image: np.ndarray  # float32 C x H x W
+    label: np.ndarray  # uint8 H x W (255 = ignore)
+
+
+def load_samples(
+    images_dir: Path,
+    labels_dir: Path,
+    channels: int,
+    normalisation: Normalisation,
+    scale: float = 1.0,
+    palette: Palette | None = None,
+    default: int = 0,
+    num_classes: int | None = None,
+) -> list[Sample]:
+    """Every pair of a split, normalised exactly as the runtime does (``prepare``)."""
+    samples = []
+    for image_path, label_path in find_pairs(images_dir, labels_dir):
+        field = read_fields(image_path)[0]
+        label = read_label(label_path, palette, default)
+        if label.shape != field.image.shape[:2]:
+            raise DatasetError(f"{label_path}: label {label.shape} does not match image {field.image.shape[:2]}")
+        if num_classes is not None and (bad := label[label != 255].max(initial=0)) >= num_classes:
+            raise DatasetError(f"{label_path}: class id {bad} but the config has {num_classes} classes")
+        inp = prepare(field.image, channels, normalisation, scale)
+        if scale != 1.0:
+            label = cv2.resize(label, (inp.width, inp.height), interpolation=cv2.INTER_NEAREST)
+        samples.append(Sample(image_path.stem, inp.region(0, inp.height, 0, inp.width), label))
+    return samples

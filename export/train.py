@@ -1,0 +1,333 @@
+"""Training a segmentation model from a TOML config, on the real labelled micrographs.
+
+The config names the data splits, the classes, the model, normalisation, augmentation,
+losses, optimiser and schedule (see ``export/configs/*.toml``). Training samples random
+augmented crops (``augment.sample``); validation segments the whole validation images
+through the runtime's own sliding-window engine (the PyTorch model wrapped as a backend),
+so the mIoU that picks the checkpoint is measured the way the appliance will predict.
+The checkpoint with the best validation mean IoU is kept; the validation split is never
+the test split (a config without a validation folder holds out part of the training set).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from phasewatch.export import augment, losses, metrics
+from phasewatch.export.datasets import Sample, load_samples, parse_palette
+from phasewatch.export.models import build_model
+from phasewatch.export.onnx_export import normalisation_from_config
+from phasewatch.runtime.config import tomllib
+from phasewatch.runtime.engine import default_overlap, segment_many
+
+CONFIG_SECTIONS = {"name", "seed", "data", "classes", "model", "normalisation", "augment", "train", "export"}
+
+
+class TrainError(ValueError):
+    """A config or data problem; the message is one line."""
+
+
+def default_data_root() -> Path:
+    """$PHASEWATCH_DATA, else ../shared/data beside the project checkout."""
+    env = os.environ.get("PHASEWATCH_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    try:
+        config = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TrainError(f"{path}: {exc}") from None
+    if unknown := sorted(config.keys() - CONFIG_SECTIONS):
+        raise TrainError(f"{path}: unknown top-level key(s) {unknown} (known: {sorted(CONFIG_SECTIONS)})")
+    for section in ("data", "classes", "model", "train"):
+        if section not in config:
+            raise TrainError(f"{path}: missing section [{section}]")
+    config["config_file"] = str(path)
+    return config
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+@dataclass
+class Splits:
+    train: list[Sample]
+    val: list[Sample]
+    description: dict[str, Any]
+
+
+def load_splits(config: dict[str, Any], data_root: Path) -> Splits:
+    data, model = config["data"], config["model"]
+    channels = int(model.get("in_channels", 1))
+    normalisation = normalisation_from_config(config.get("normalisation", {}), channels)
+    palette = parse_palette(data["palette"]) if "palette" in data else None
+    common = dict(channels=channels, normalisation=normalisation, scale=float(model.get("scale", 1.0)),
+                  palette=palette, default=int(data.get("default_class", 0)), num_classes=len(config["classes"]))
+
+    def split(name: str) -> list[Sample]:
+        entry = data[name]
+        return load_samples(data_root / entry["images"], data_root / entry["labels"], **common)
+
+    train = split("train")
+    holdout = int(data.get("holdout", 0))
+    if "val" in data:
+        val = split("val")
+    elif holdout > 0:
+        # Deterministic hold-out: every k-th training image, so that each kind of image stays represented.
+        step = max(1, len(train) // holdout)
+        picks = set(range(step - 1, len(train), step)[:holdout])
+        val = [s for i, s in enumerate(train) if i in picks]
+        train = [s for i, s in enumerate(train) if i not in picks]
+    else:
+        raise TrainError(f"{config['config_file']}: [data] needs a 'val' split or 'holdout' > 0")
+    description = {
+        "root": str(data_root),
+        "train": data["train"],
+        "val": data.get("val", f"held out of train: {[s.name for s in val]}"),
+        "test": data.get("test"),
+        "train_images": [s.name for s in train],
+        "val_images": [s.name for s in val],
+        "label_format": data.get("label_format", "index"),
+    }
+    if "palette" in data:
+        description["palette"] = dict(data["palette"])
+        description["default_class"] = int(data.get("default_class", 0))
+    return Splits(train, val, description)
+
+
+class ArrayInput:
+    """A normalised C x H x W array as the engine's ModelInput."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.channels, self.height, self.width = array.shape
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self.array[:, y0:y1, x0:x1]
+
+
+class TorchBackend:
+    """A PyTorch model as a runtime backend, so validation uses the runtime's engine."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, max_batch: int) -> None:
+        self.model, self.device, self.max_batch = model, device, max_batch
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), autocast(self.device):
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        return logits.float().cpu().numpy()
+
+    def close(self) -> None:
+        pass
+
+
+def autocast(device: torch.device):
+    """Mixed precision on the GPU; plain float32 on the CPU, where autocast only slows convs."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def validate(model: torch.nn.Module, samples: list[Sample], tile: int, num_classes: int,
+             device: torch.device, batch: int) -> dict[str, Any]:
+    model.eval()
+    backend = TorchBackend(model, device, batch)
+    halo = tile // 8
+    maps = segment_many((ArrayInput(s.image) for s in samples), backend, tile,
+                        default_overlap(tile, halo), batch, halo=halo)
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for sample, predicted in zip(samples, maps, strict=True):
+        cm += metrics.confusion_matrix(sample.label, predicted, num_classes, ignore=255)
+    model.train()
+    return {"mean_iou": float(metrics.mean_iou(cm)), "pixel_accuracy": float(metrics.pixel_accuracy(cm)),
+            "per_class_iou": [None if math.isnan(v) else float(v) for v in metrics.per_class_iou(cm)]}
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def learning_rate(step: int, total: int, base: float, schedule: str, warmup: int, power: float = 0.9) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "poly":
+        return base * (1 - progress) ** power
+    raise TrainError(f"unknown schedule '{schedule}' (cosine or poly)")
+
+
+def make_optimiser(model: torch.nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    name, lr = train_cfg.get("optimizer", "adamw"), float(train_cfg.get("lr", 1e-3))
+    decay = float(train_cfg.get("weight_decay", 1e-4))
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay, nesterov=True)
+    raise TrainError(f"unknown optimizer '{name}' (adamw or sgd)")
+
+
+def checkpoint_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of the config the export stage needs to rebuild and describe the model."""
+    model = config["model"]
+    return {
+        "architecture": model["architecture"],
+        "model_kwargs": dict(model.get("kwargs", {})),
+        "in_channels": int(model.get("in_channels", 1)),
+        "classes": [dict(c) for c in config["classes"]],
+        "tile": int(model["tile"]),
+        "normalisation": dict(config.get("normalisation", {})),
+        "scale": float(model.get("scale", 1.0)),
+        "pixel_size_um": model.get("pixel_size_um"),
+    }
+
+
+def batch_of(samples: list[Sample], weights: np.ndarray, size: int, tile: int, aug: augment.AugmentConfig,
+             rng: np.random.Generator, weight_map: dict[str, Any] | None) -> tuple:
+    images, labels, pixel_weights = [], [], []
+    for index in rng.choice(len(samples), size=size, p=weights):
+        image, label = augment.sample(samples[index].image, samples[index].label, tile, aug, rng)
+        images.append(image)
+        labels.append(label)
+        if weight_map is not None:
+            pixel_weights.append(losses.interface_weight_map(label, **weight_map))
+    pw = torch.from_numpy(np.stack(pixel_weights)) if pixel_weights else None
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels).astype(np.int64)), pw
+
+
+def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, device: str = "auto",
+          seed: int | None = None, epochs: int | None = None, max_steps: int | None = None) -> Path:
+    """Train, keep the best checkpoint in ``out_dir/checkpoint.pt``, log to ``out_dir/log.jsonl``;
+    export a bundle to ``out_dir/bundle`` when the config's [export] asks. Returns the checkpoint."""
+    started = time.time()
+    seed = int(config.get("seed", 0) if seed is None else seed)
+    rng = seed_everything(seed)
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    data_root = data_root or Path(config["data"].get("root") or default_data_root())
+    splits = load_splits(config, data_root)
+    ckpt_config = checkpoint_config(config)
+    tile, num_classes = ckpt_config["tile"], len(ckpt_config["classes"])
+    train_cfg = config["train"]
+    model = build_model(ckpt_config["architecture"], ckpt_config["in_channels"], num_classes,
+                        **ckpt_config["model_kwargs"]).to(dev)
+    optimiser = make_optimiser(model, train_cfg)
+    loss_fn = losses.build_loss(train_cfg.get("losses", [{"name": "ce"}]), num_classes)
+    weight_map = train_cfg.get("weight_map")
+    aug = augment.AugmentConfig.from_dict(config.get("augment", {}))
+    batch = int(train_cfg.get("batch", 8))
+    steps_per_epoch = int(train_cfg.get("steps_per_epoch", 100))
+    epochs = int(epochs or train_cfg.get("epochs", 10))
+    total = min(epochs * steps_per_epoch, max_steps or 10**9)
+    time_limit = float(train_cfg.get("time_limit_min", 0)) * 60 or math.inf
+    areas = np.array([s.label.size for s in splits.train], float)
+    weights = areas / areas.sum()
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 autocast needs no loss scaling
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "log.jsonl"
+    log_path.write_text("")
+    best, step, epoch, stopped_early = -1.0, 0, 0, False
+    model.train()
+    while step < total and not stopped_early:
+        epoch += 1
+        epoch_started, running = time.time(), 0.0
+        bar = tqdm(range(min(steps_per_epoch, total - step)), desc=f"epoch {epoch}", unit="step",
+                   leave=False, file=sys.stderr, disable=None)
+        for _ in bar:
+            lr = learning_rate(step, total, float(train_cfg.get("lr", 1e-3)), train_cfg.get("schedule", "cosine"),
+                               int(train_cfg.get("warmup_steps", 0)))
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            images, labels, pixel_weights = batch_of(splits.train, weights, batch, tile, aug, rng, weight_map)
+            images, labels = images.to(dev), labels.to(dev)
+            with autocast(dev):
+                logits = model(images)
+            loss = loss_fn(logits.float(), labels, pixel_weights.to(dev) if pixel_weights is not None else None)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            running += loss.item()
+            step += 1
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            if time.time() - started > time_limit:
+                stopped_early = True
+                break
+        val = validate(model, splits.val, tile, num_classes, dev, batch)
+        record = {"epoch": epoch, "step": step, "loss": running / max(1, bar.n), "lr": lr,
+                  "val_mean_iou": val["mean_iou"], "val_pixel_accuracy": val["pixel_accuracy"],
+                  "val_per_class_iou": val["per_class_iou"], "seconds": round(time.time() - epoch_started, 1)}
+        improved = val["mean_iou"] > best
+        if improved:
+            best = val["mean_iou"]
+            torch.save({
+                "model": model.state_dict(),
+                "config": ckpt_config,
+                "data": splits.description,
+                "metrics": {"val_mean_iou": val["mean_iou"], "val_pixel_accuracy": val["pixel_accuracy"],
+                            "val_per_class_iou": val["per_class_iou"], "epoch": epoch, "step": step},
+                "training": {"config_file": config["config_file"], "epochs": epoch, "steps": step, "seed": seed,
+                             "device": str(dev), "batch": batch, "losses": train_cfg.get("losses"),
+                             "optimizer": train_cfg.get("optimizer", "adamw"), "seconds": 0.0},
+            }, checkpoint_path)
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(f"epoch {epoch:3d} step {step:5d} loss {record['loss']:.4f} val mIoU {val['mean_iou']:.4f} "
+              f"acc {val['pixel_accuracy']:.4f} lr {lr:.2e} {record['seconds']:.0f}s" + (" *" if improved else ""),
+              file=sys.stderr)
+    finish_checkpoint(checkpoint_path, time.time() - started, step, stopped_early)
+    export = config.get("export", {})
+    if export.get("enabled", False):
+        export_trained(checkpoint_path, out_dir / "bundle", config, splits, data_root, int(export.get("tiles", 4)))
+    return checkpoint_path
+
+
+def finish_checkpoint(path: Path, seconds: float, steps: int, stopped_early: bool) -> None:
+    """Record the whole run's time in the best checkpoint (saved before the run ended)."""
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["training"].update(seconds=round(seconds, 1), total_steps=steps, stopped_at_time_limit=stopped_early)
+    torch.save(ckpt, path)
+
+
+def export_trained(checkpoint: Path, bundle_dir: Path, config: dict[str, Any], splits: Splits,
+                   data_root: Path, count: int) -> Path:
+    from phasewatch.export.onnx_export import cut_reference_tiles, export_bundle
+
+    val_dir = data_root / config["data"].get("val", config["data"]["train"])["images"]
+    images = sorted(p for p in val_dir.iterdir() if p.stem in set(splits.description["val_images"]))
+    tiles = cut_reference_tiles(images, checkpoint_config(config), count)
+    if bundle_dir.exists():
+        shutil.rmtree(bundle_dir)
+    return export_bundle(checkpoint, bundle_dir, tiles, name=config.get("name"),
+                         tiles_source=f"validation images: {[p.name for p in images]}")

@@ -1,0 +1,36 @@
+"""``phasewatch train --config FILE``: train a model on labelled micrographs (needs torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path,
+                        help="TOML training config (see export/configs/ for the bundled models')")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/NAME)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder the config's data paths are relative to (default $PHASEWATCH_DATA or "
+                             "../shared/data)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from phasewatch.export.datasets import DatasetError
+    from phasewatch.export.onnx_export import ExportError
+    from phasewatch.export.train import TrainError, load_config, train
+
+    try:
+        config = load_config(args.config)
+        out = args.out or Path("runs") / config.get("name", args.config.stem)
+        checkpoint = train(config, out, args.data_root, args.device, args.seed, args.epochs, args.max_steps)
+    except (TrainError, DatasetError, ExportError) as exc:
+        print(f"phasewatch train: {exc}", file=sys.stderr)
+        return 1
+    print(f"best checkpoint: {checkpoint}", file=sys.stderr)
+    return 0
