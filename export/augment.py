@@ -1,8 +1,9 @@
 """Paired augmentation of a normalised image (float32 C x H x W) and its class mask (uint8 H x W).
 
 Every random choice comes from the caller's ``numpy.random.Generator``, so a seed reproduces a sample.
-Geometric operations move image and mask together (image resized linearly, mask by nearest
-neighbour so no class id is invented); photometric operations touch the image only. Padding that
+Geometric operations move image and mask together (image resized linearly, mask by centre-aligned
+nearest neighbour, INTER_NEAREST_EXACT: no class id is invented and, unlike INTER_NEAREST, the mask is
+not shifted half a pixel against the image); photometric operations touch the image only. Padding that
 the image lacks is mirrored; the mask marks it 255 so the losses ignore it.
 """
 
@@ -106,7 +107,7 @@ def _resize(image: np.ndarray, mask: np.ndarray, height: int, width: int) -> tup
         return image, mask
     hwc = np.ascontiguousarray(image.transpose(1, 2, 0))
     resized = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
-    mask = cv2.resize(np.ascontiguousarray(mask), (width, height), interpolation=cv2.INTER_NEAREST)
+    mask = cv2.resize(np.ascontiguousarray(mask), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
     return resized.transpose(2, 0, 1), mask
 
 
@@ -126,11 +127,11 @@ def _flip_rotate(
 
 def _photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Optics first (blur), then exposure (contrast, brightness), then sensor noise."""
-    image = image.astype(np.float32, copy=True)
+    image = np.array(image, dtype=np.float32, order="C")
     if cfg.blur and rng.random() < cfg.blur:
         sigma = float(rng.uniform(*BLUR_SIGMA))
         for channel in image:
-            cv2.GaussianBlur(channel, (0, 0), sigma, dst=channel)
+            channel[:] = cv2.GaussianBlur(channel, (0, 0), sigma)
     if cfg.contrast:
         mean = image.mean(axis=(1, 2), keepdims=True)
         image = (image - mean) * np.float32(1 + rng.uniform(-cfg.contrast, cfg.contrast)) + mean

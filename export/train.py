@@ -278,9 +278,10 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
-            running += loss.item()
+            value = loss.item()
+            running += value
             step += 1
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{value:.3f}")
             if time.time() - started > time_limit:
                 stopped_early = True
                 break

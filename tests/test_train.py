@@ -1,0 +1,83 @@
+"""The whole offline path on real micrographs: train a tiny model, export it, evaluate it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from phasewatch.export.train import TrainError, learning_rate, load_config, load_splits, train
+from phasewatch.runtime.bundle import load_bundle
+from phasewatch.runtime.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "export" / "configs"
+
+
+def tiny_config(tmp_path: Path, steps: int = 3) -> dict:
+    """The bundled superalloy recipe, shrunk to seconds: a tiny U-Net, a few steps."""
+    config = load_config(CONFIGS / "superalloy.toml")
+    config["model"].update(kwargs={"width": 4, "depth": 2}, tile=64)
+    config["train"].update(batch=4, epochs=1, steps_per_epoch=steps, warmup_steps=1, time_limit_min=0)
+    return config
+
+
+def test_train_export_evaluate_on_real_tiles(shared_data, tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    checkpoint = train(config, tmp_path / "run", data_root=shared_data, device="cpu")
+    assert checkpoint.is_file()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3]
+    assert 0.0 <= log[0]["val_mean_iou"] <= 1.0 and math.isfinite(log[0]["loss"])
+
+    bundle = load_bundle(tmp_path / "run" / "bundle")
+    parity = bundle.manifest["parity"]
+    assert parity["argmax_agreement"] >= 0.9999 and parity["max_abs_logit_diff"] <= parity["tolerance"]
+    assert bundle.manifest["fp16"]["parity"]["argmax_agreement"] >= 0.999
+    assert "validation images" in parity["tiles_source"]
+    assert bundle.manifest["data"]["val_images"] == sorted(p.stem for p in (shared_data / "superalloy/val/images")
+                                                           .iterdir())
+    assert bundle.manifest["training"]["steps"] == 3 and bundle.manifest["training"]["seconds"] > 0
+
+    capsys.readouterr()
+    code = main(["evaluate", "--model", str(bundle.path), "--images", str(shared_data / "superalloy/test/images"),
+                 "--labels", str(shared_data / "superalloy/test/masks"), "--backend", "cpu", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["images"]) == 4
+    assert set(report["per_class"]) == {c.name for c in bundle.classes}
+    assert 0.0 <= report["pixel_accuracy"] <= 1.0
+
+
+def test_same_seed_same_training(shared_data, tmp_path):
+    losses = []
+    for run in ("a", "b"):
+        train(tiny_config(tmp_path, steps=2), tmp_path / run, data_root=shared_data, device="cpu")
+        losses.append(json.loads((tmp_path / run / "log.jsonl").read_text())["loss"])
+    assert losses[0] == losses[1]
+
+
+def test_holdout_validation_never_uses_the_test_split(shared_data):
+    config = load_config(CONFIGS / "uhcs-microconstituent.toml")
+    splits = load_splits(config, shared_data)
+    val, train_names = {s.name for s in splits.val}, {s.name for s in splits.train}
+    test_names = {p.stem for p in (shared_data / "uhcs/validate/images").iterdir()}
+    assert len(val) == 3 and not val & train_names and not (val | train_names) & test_names
+
+
+def test_learning_rate_schedules_by_hand():
+    assert learning_rate(0, 100, 1.0, "cosine", warmup=10) == pytest.approx(0.1)
+    assert learning_rate(10, 110, 1.0, "cosine", warmup=10) == pytest.approx(1.0)
+    assert learning_rate(60, 110, 1.0, "cosine", warmup=10) == pytest.approx(0.5)  # half way: (1 + cos(pi/2)) / 2
+    assert learning_rate(60, 110, 1.0, "poly", warmup=10, power=1.0) == pytest.approx(0.5)
+    with pytest.raises(TrainError, match="unknown schedule"):
+        learning_rate(0, 10, 1.0, "step", warmup=0)
+
+
+def test_config_errors_are_one_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\nmodle = {}\n')
+    with pytest.raises(TrainError, match="unknown top-level key") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
