@@ -14,6 +14,7 @@ the working directory.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import sys
@@ -23,15 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phasewatch.runtime.backends import KINDS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = Path("/etc/phasewatch/phasewatch.toml")
+SERVICE_FLAGS = ("watch", "data", "model", "backend", "host", "port")
 DEFAULT_INCLUDE = ("*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg", "*.bmp")
 OBSERVERS = ("auto", "native", "polling")
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt-ep", "tensorrt")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Command-line flags of `phasewatch serve` and the key each one sets.
@@ -89,7 +92,7 @@ class DataConfig:
 class ModelConfig:
     name: str = ""  # a bundled model; empty: the service's default model
     path: str = ""  # a bundle folder; wins over name when set
-    backend: str = _rule("auto", choices=BACKENDS)
+    backend: str = _rule("auto", choices=KINDS)
     batch: int = _rule(8, min=1, max=1024)
     overlap: int = _rule(0, min=0)  # pixels; 0 = the model's halo, the smallest safe overlap
 
@@ -281,3 +284,20 @@ def load_config(
     if errors:
         raise ConfigError(errors)
     return config
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags ``serve`` and ``doctor`` share: a config file and the common overrides."""
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"TOML file (default {DEFAULT_CONFIG_PATH} when it exists)")
+    parser.add_argument("--watch", type=Path, help="folder the microscope writes into (only read)")
+    parser.add_argument("--data", type=Path, help="folder for the database and results")
+    parser.add_argument("--model", help="bundle folder or bundled model name")
+    parser.add_argument("--backend", choices=KINDS)
+    parser.add_argument("--host", help="address the web page listens on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port of the web page (default 8650)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The configuration ``add_service_arguments``' flags describe; raises :class:`ConfigError`."""
+    return load_config(args.config, {flag: getattr(args, flag) for flag in SERVICE_FLAGS})

@@ -23,7 +23,6 @@ pages, which is what one field of a specimen contributes.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import queue
 import shutil
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from phasewatch.runtime.backends import Backend, open_backend
-from phasewatch.runtime.bundle import Bundle, load_bundle
+from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file
 from phasewatch.runtime.config import Config
 from phasewatch.runtime.imageio import Field, ImageReadError, read_fields
 from phasewatch.runtime.logs import fields as log_fields
@@ -68,14 +67,6 @@ class _Work:
     fields: list[Field] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)
     infer_s: float = 0.0
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def combine_pages(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,7 +189,7 @@ class Daemon:
         while (item := self._arrivals.get()) is not _STOP:
             path, st, settled = item
             try:
-                digest = sha256_of(path)
+                digest = sha256_file(path)
             except OSError as exc:  # vanished between settling and hashing: nothing to queue
                 log.warning("%s: cannot read to hash it: %s", path, exc.strerror or exc)
                 continue

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import tifffile
 
-from phasewatch.runtime.backends import BackendError, open_backend
+from phasewatch.runtime.backends import KINDS, BackendError, open_backend
 from phasewatch.runtime.bundle import BundleError, load_bundle
-from phasewatch.runtime.segment_cli import BACKENDS, segment_file
+from phasewatch.runtime.segment_cli import segment_file
 from phasewatch.runtime.synthetic import superalloy_micrograph
 
 DEMO_PIXEL_SIZE_UM = 0.02  # a typical field-emission SEM pixel for γ′ imaging
@@ -27,7 +27,7 @@ DEMO_PIXEL_SIZE_UM = 0.02  # a typical field-emission SEM pixel for γ′ imagin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="superalloy", help="bundle folder or bundled model name")
     parser.add_argument("--out", type=Path, default=Path("phasewatch-demo"), help="folder for the outputs")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--backend", choices=KINDS, default="auto")
     parser.add_argument("--seed", type=int, default=0, help="which synthetic micrograph to draw")
 
 

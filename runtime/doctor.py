@@ -28,9 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from phasewatch.runtime.backends import KINDS, BackendError, open_backend, physical_cores
+from phasewatch.runtime.backends import BackendError, open_backend, physical_cores
 from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle
-from phasewatch.runtime.config import Config, ConfigError, load_config
+from phasewatch.runtime.config import Config, ConfigError, add_service_arguments, config_from_args
 from phasewatch.runtime.daemon import DEFAULT_MODEL, MIN_FREE_DISK_BYTES
 from phasewatch.runtime.watcher import choose_observer, filesystem_type
 
@@ -49,19 +49,13 @@ class Check(NamedTuple):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None,
-                        help="TOML file (default /etc/phasewatch/phasewatch.toml when it exists)")
-    parser.add_argument("--watch", type=Path, help="folder the microscope writes into")
-    parser.add_argument("--data", type=Path, help="folder for the database and results")
-    parser.add_argument("--model", help="bundle folder or bundled model name")
-    parser.add_argument("--backend", choices=KINDS)
+    add_service_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     checks: list[Check] = []
-    overrides = {k: getattr(args, k) for k in ("watch", "data", "model", "backend")}
     try:
-        config = load_config(args.config, overrides)
+        config = config_from_args(args)
     except ConfigError as exc:
         checks += [Check(FAIL, "config", line) for line in exc.errors]
         config = None

@@ -9,13 +9,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from phasewatch.runtime.backends import Backend, BackendError, open_backend
+from phasewatch.runtime.backends import KINDS, Backend, BackendError, open_backend
 from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle
 from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, ImageReadError, read_fields
 from phasewatch.runtime.outputs import OutputError
 from phasewatch.runtime.pipeline import field_record, field_stem, segment_images, write_field
-
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt-ep", "tensorrt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="micrograph files, or folders whose images are all segmented")
     parser.add_argument("--model", required=True, help="bundle folder or bundled model name")
     parser.add_argument("--out", required=True, type=Path, help="folder for the outputs")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--backend", choices=KINDS, default="auto")
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
     parser.add_argument("--overlap", type=int, default=None,
                         help="tile overlap in pixels (default: from the model's halo)")

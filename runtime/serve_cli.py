@@ -12,16 +12,14 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from phasewatch.runtime import sdnotify
 from phasewatch.runtime.backends import BackendError
 from phasewatch.runtime.bundle import BundleError
-from phasewatch.runtime.config import ConfigError, load_config
+from phasewatch.runtime.config import ConfigError, add_service_arguments, config_from_args
 from phasewatch.runtime.daemon import Daemon
 from phasewatch.runtime.logs import fields as log_fields
 from phasewatch.runtime.logs import setup_logging
-from phasewatch.runtime.segment_cli import BACKENDS
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker
 from phasewatch.webui.server import serve_in_thread
@@ -30,20 +28,12 @@ log = logging.getLogger("phasewatch.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None,
-                        help="TOML file (default /etc/phasewatch/phasewatch.toml when it exists)")
-    parser.add_argument("--watch", type=Path, help="folder the microscope writes into (only read)")
-    parser.add_argument("--data", type=Path, help="folder for the database and results")
-    parser.add_argument("--model", help="bundle folder or bundled model name")
-    parser.add_argument("--backend", choices=BACKENDS)
-    parser.add_argument("--host", help="address the web page listens on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port of the web page (default 8650)")
+    add_service_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("watch", "data", "model", "backend", "host", "port")}
     try:
-        config = load_config(args.config, overrides)
+        config = config_from_args(args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
