@@ -65,7 +65,8 @@ def read_label(path: Path | str, palette: Palette | None = None, default: int = 
         if path.suffix.lower() == ".npy":
             raw = np.load(path, allow_pickle=False)
         elif path.suffix.lower() in (".tif", ".tiff"):
-            raw = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:  # first page only: some masks carry odd series metadata
+                raw = tif.pages.first.asarray()
         else:
             raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if raw is None:

@@ -261,7 +261,7 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
     model.train()
     while step < total and not stopped_early:
         epoch += 1
-        epoch_started, running = time.time(), 0.0
+        epoch_started, running, epoch_steps = time.time(), 0.0, 0
         bar = tqdm(range(min(steps_per_epoch, total - step)), desc=f"epoch {epoch}", unit="step",
                    leave=False, file=sys.stderr, disable=None)
         for _ in bar:
@@ -280,13 +280,14 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
             scaler.update()
             value = loss.item()
             running += value
+            epoch_steps += 1
             step += 1
             bar.set_postfix(loss=f"{value:.3f}")
             if time.time() - started > time_limit:
                 stopped_early = True
                 break
         val = validate(model, splits.val, tile, num_classes, dev, batch)
-        record = {"epoch": epoch, "step": step, "loss": running / max(1, bar.n), "lr": lr,
+        record = {"epoch": epoch, "step": step, "loss": running / max(1, epoch_steps), "lr": lr,
                   "val_mean_iou": val["mean_iou"], "val_pixel_accuracy": val["pixel_accuracy"],
                   "val_per_class_iou": val["per_class_iou"], "seconds": round(time.time() - epoch_started, 1)}
         improved = val["mean_iou"] > best

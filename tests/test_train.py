@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,9 @@ def test_train_export_evaluate_on_real_tiles(shared_data, tmp_path, capsys):
     assert checkpoint.is_file()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [3]
-    assert 0.0 <= log[0]["val_mean_iou"] <= 1.0 and math.isfinite(log[0]["loss"])
+    assert 0.0 <= log[0]["val_mean_iou"] <= 1.0
+    # The logged loss is the epoch's mean per step: CE of 3 classes near log(3) plus half a Dice term, not a sum.
+    assert 0.0 < log[0]["loss"] < 2.5
 
     bundle = load_bundle(tmp_path / "run" / "bundle")
     parity = bundle.manifest["parity"]
