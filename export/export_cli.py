@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "without them parity runs on synthetic tiles",
     )
     parser.add_argument("--tile-count", type=int, default=4, help="number of parity tiles (default 4)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile the bundle runs at (default: the checkpoint's export tile, else its training tile)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,14 +39,15 @@ def run(args: argparse.Namespace) -> int:
         if args.tiles:
             images = image_files(args.tiles)
             config = load_checkpoint(args.checkpoint)["config"]
-            tiles = cut_reference_tiles(images, config, args.tile_count)
+            tiles = cut_reference_tiles(images, config, args.tile_count, args.tile)
             source = ", ".join(p.name for p in images[: args.tile_count])
         else:
             print(
                 "phasewatch export: no --tiles given; parity is checked on synthetic tiles only",
                 file=sys.stderr,
             )
-        bundle = export_bundle(args.checkpoint, args.out, tiles, name=args.name, tiles_source=source)
+        bundle = export_bundle(args.checkpoint, args.out, tiles, name=args.name, tiles_source=source,
+                               tile=args.tile)
     except (ExportError, ImageReadError) as exc:
         print(f"phasewatch export: {exc}", file=sys.stderr)
         return 1

@@ -192,7 +192,9 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
 # --------------------------------------------------------------------------- tiles
 
 
-def cut_reference_tiles(images: Sequence[Path], config: dict[str, Any], count: int = 4) -> np.ndarray:
+def cut_reference_tiles(
+    images: Sequence[Path], config: dict[str, Any], count: int = 4, tile: int | None = None
+) -> np.ndarray:
     """``count`` normalised tiles (float32 N x C x T x T) cut from micrographs, as the runtime
     sees them.
 
@@ -202,7 +204,7 @@ def cut_reference_tiles(images: Sequence[Path], config: dict[str, Any], count: i
     from phasewatch.runtime.imageio import read_fields
     from phasewatch.runtime.normalise import prepare
 
-    tile, channels = int(config["tile"]), int(config["in_channels"])
+    tile, channels = export_tile(config, tile), int(config["in_channels"])
     normalisation = normalisation_from_config(config["normalisation"], channels)
     scale = float(config.get("scale", 1.0))
     inputs = []
@@ -307,18 +309,27 @@ def _check_tiles(tiles: np.ndarray, channels: int, tile: int) -> np.ndarray:
     return np.ascontiguousarray(tiles, dtype=np.float32)
 
 
+def export_tile(config: dict[str, Any], override: int | None = None) -> int:
+    """The tile the bundle runs at: ``override``, else the config's ``export_tile``, else the
+    training tile. A fully convolutional net may run at a larger tile than it was trained on,
+    which keeps its halo (the context a pixel needs) a small part of every tile."""
+    return int(override or config.get("export_tile") or config["tile"])
+
+
 def export_bundle(
     checkpoint_path: str | Path,
     out_dir: str | Path,
     tiles: np.ndarray | None,
     name: str | None = None,
     tiles_source: str | None = None,
+    tile: int | None = None,
 ) -> Path:
     """Export a checkpoint to a bundle folder ``out_dir``; returns its path.
 
     ``tiles``: normalised real tiles (N x C x T x T) for the parity gates, e.g. from
     :func:`cut_reference_tiles`; ``None`` uses synthetic tiles and says so in the
     manifest. ``tiles_source`` describes where the tiles came from, for the manifest.
+    ``tile`` overrides the tile the bundle runs at (see :func:`export_tile`).
     Raises :class:`ExportError` (and leaves nothing at ``out_dir``) on any failure.
     """
     from tqdm import tqdm
@@ -336,7 +347,10 @@ def export_bundle(
             bar.set_postfix_str(steps[0])
             ckpt = load_checkpoint(checkpoint_path)
             config = ckpt["config"]
-            channels, tile = int(config["in_channels"]), int(config["tile"])
+            channels, tile = int(config["in_channels"]), export_tile(config, tile)
+            if config["architecture"] == "pspnet" and tile != int(config["tile"]):
+                raise ExportError(f"{checkpoint_path}: PSPNet's pooling is fixed to its training tile "
+                                  f"{config['tile']}; it cannot be exported at tile {tile}")
             model = model_from_checkpoint(ckpt, checkpoint_path)
             if tiles is None:
                 tiles, tiles_source = (
@@ -403,6 +417,7 @@ def export_bundle(
                 },
                 "normalisation": _plain(config["normalisation"]),
                 "tile": tile,
+                "training_tile": int(config["tile"]),
                 "halo": halo,
                 "halo_threshold": DEFAULT_THRESHOLD,
                 "scale": float(config.get("scale", 1.0)),

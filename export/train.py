@@ -4,7 +4,10 @@ The config names the data splits, the classes, the model, normalisation, augment
 losses, optimiser and schedule (see ``export/configs/*.toml``). Training samples random
 augmented crops (``augment.sample``); validation segments the whole validation images
 through the runtime's own sliding-window engine (the PyTorch model wrapped as a backend),
-so the mIoU that picks the checkpoint is measured the way the appliance will predict.
+so the mIoU that picks the checkpoint is measured the way the appliance will predict
+(at the training tile). The bundle is exported at ``[model] export_tile``: a fully
+convolutional net runs on larger tiles than it was trained on, and its measured halo is
+then a small part of each tile.
 The checkpoint with the best validation mean IoU is kept; the validation split is never
 the test split (a config without a validation folder holds out part of the training set).
 """
@@ -205,6 +208,7 @@ def checkpoint_config(config: dict[str, Any]) -> dict[str, Any]:
         "in_channels": int(model.get("in_channels", 1)),
         "classes": [dict(c) for c in config["classes"]],
         "tile": int(model["tile"]),
+        "export_tile": int(model.get("export_tile", model["tile"])),
         "normalisation": dict(config.get("normalisation", {})),
         "scale": float(model.get("scale", 1.0)),
         "pixel_size_um": model.get("pixel_size_um"),
@@ -328,8 +332,10 @@ def export_trained(checkpoint: Path, bundle_dir: Path, config: dict[str, Any], s
 
     val_dir = data_root / config["data"].get("val", config["data"]["train"])["images"]
     images = sorted(p for p in val_dir.iterdir() if p.stem in set(splits.description["val_images"]))
-    tiles = cut_reference_tiles(images, checkpoint_config(config), count)
+    ckpt_config = checkpoint_config(config)
+    tiles = cut_reference_tiles(images, ckpt_config, count)
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
     return export_bundle(checkpoint, bundle_dir, tiles, name=config.get("name"),
-                         tiles_source=f"validation images: {[p.name for p in images]}")
+                         tiles_source=f"validation images: {[p.name for p in images]}",
+                         tile=ckpt_config["export_tile"])
