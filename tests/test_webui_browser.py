@@ -8,7 +8,6 @@ browser (Playwright is pointed at /usr/bin/chromium).
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from phasewatch.webui.server import serve_in_thread
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "webui.png"
 CLASSES = (
     ClassInfo(0, "gamma", (0, 0, 0), "background"),
     ClassInfo(1, "secondary", (30, 144, 255), "phase"),
@@ -102,5 +100,3 @@ def test_a_finished_field_appears_live(served, tmp_path):
         finally:
             browser.close()
     assert shot.stat().st_size > 0
-    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, README_SCREENSHOT)
