@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {bundle.name} on {backend.name}: {source} "
           f"({record['width']}x{record['height']}, {record['pixel_size_um']} µm/px from "
           f"{record['pixel_size_source']})")
-    print(f"{'class':<16}{'true':>8}{'measured':>10}")
+    print(f"{'class':<24}{'true':>8}{'measured':>10}")
     for info in bundle.classes:
         if info.role == "excluded":
             continue
-        print(f"{info.name:<16}{np.mean(truth == info.id):>8.3f}{record['fractions'][info.name]:>10.3f}")
+        print(f"{info.name:<24}{np.mean(truth == info.id):>8.3f}{record['fractions'][info.name]:>10.3f}")
     print(f"pixels agreeing with the truth: {np.mean(predicted == truth):.3f}")
     print(f"outputs: {args.out}/synthetic-superalloy.{{classes.png,overlay.png,json}}")
     return 0
