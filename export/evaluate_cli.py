@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from phasewatch.export import metrics
 from phasewatch.export.datasets import find_pairs, read_label
 from phasewatch.runtime.backends import Backend, BackendError, open_backend
-from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle
+from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle, write_manifest
 from phasewatch.runtime.imageio import ImageReadError, read_fields
 from phasewatch.runtime.outputs import OutputError, write_png_atomic
 from phasewatch.runtime.pipeline import segment_array
@@ -61,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--error-class", type=int, help="error maps one-vs-rest for this class id (default: all)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--record", metavar="NAME",
+                        help="also store the summary in the bundle's manifest under evaluations.NAME")
 
 
 def parse_palette(text: str) -> Palette:
@@ -233,6 +236,18 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def record_evaluation(bundle: Bundle, name: str, result: dict[str, Any]) -> None:
+    """Keep the headline numbers with the model they describe (the ONNX files are untouched)."""
+    summary = {key: result[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy", "weighted_iou",
+                                            "bf_score", "bf_tolerance_px")}
+    summary["per_class_iou"] = {name_: c["iou"] for name_, c in result["per_class"].items()}
+    summary |= {"images": len(result["images"]), "backend": result["backend"],
+                "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    manifest = bundle.manifest
+    manifest.setdefault("evaluations", {})[name] = summary
+    write_manifest(bundle.path, manifest)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.model)
@@ -253,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
         backend.close()
     result = report(bundle, backend.name, cm, bf_per_image, records, args.bf_tolerance)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
+    if args.record and records and not failures:
+        record_evaluation(bundle, args.record, result)
     if failures:
         print(f"phasewatch evaluate: {failures} of {len(pairs)} pairs failed", file=sys.stderr)
     return 1 if failures or not records else 0

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from onnx_graphs import make_bundle
 
 from phasewatch.export import metrics
-from phasewatch.runtime.bundle import sha256_file, write_manifest
+from phasewatch.runtime.bundle import load_bundle, sha256_file, write_manifest
 from phasewatch.runtime.cli import main
 
 H, W = 40, 60
@@ -192,3 +192,14 @@ def test_label_of_wrong_size_names_the_label(setup, capsys):
     )
     assert code == 1
     assert any("b.npy" in line for line in err.splitlines())
+
+
+def test_record_keeps_the_summary_in_the_manifest(setup, capsys):
+    bundle, images, labels = setup
+    code, _, _ = evaluate(capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels),
+                          "--record", "synthetic")
+    assert code == 0
+    recorded = load_bundle(bundle).manifest["evaluations"]["synthetic"]
+    assert recorded["pixel_accuracy"] == pytest.approx(4000 / 4800)
+    assert recorded["per_class_iou"] == pytest.approx(dict(zip(NAMES, [0.8, 600 / 1400, 2600 / 3200], strict=True)))
+    assert recorded["images"] == 2
