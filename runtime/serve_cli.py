@@ -20,7 +20,7 @@ from phasewatch.runtime.config import ConfigError, add_service_arguments, config
 from phasewatch.runtime.daemon import Daemon
 from phasewatch.runtime.logs import fields as log_fields
 from phasewatch.runtime.logs import setup_logging
-from phasewatch.webui.app import AppContext, create_app
+from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
 from phasewatch.webui.server import serve_in_thread
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level)
     events = EventBroker()
     try:
-        daemon = Daemon(config, publish=events.publish)
+        daemon = Daemon(config, publish=lambda event, image: events.publish(event, image_json(image)))
     except (BundleError, BackendError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -340,6 +340,11 @@ def test_slow_write_duplicate_rewrite_events_metrics(serve: ServeProcess, shared
         wait_for(lambda: len(events.fields()) >= len(rows), "a field event per finished field")
         assert sorted(e["id"] for e in events.fields()) == [r["id"] for r in rows]
         assert {e["id"]: e["state"] for e in events.fields()} == {r["id"]: r["state"] for r in rows}
+        # Events carry what /api/images shows, so the page can use them as they come.
+        by_id = {i["id"]: i for i in images}
+        assert all(e["file"] == by_id[e["id"]]["file"] for e in events.fields())
+        assert all("overlay" in e["pictures"] for e in events.fields() if e["state"] == "done"
+                   and e["duplicate_of"] is None)
 
         status, metrics = serve.request("/metrics")
         assert status == 200

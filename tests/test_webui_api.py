@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import math
+import time
 from pathlib import Path
 
 import cv2
@@ -416,7 +417,13 @@ def test_sse_over_the_real_server_delivers_a_finished_field(server, daemon):
         assert message["event"] == "field" and message["id"] == "1"
         assert json.loads(message["data"]) == payload
     finally:
+        response.close()  # conn.close() alone leaves the streaming response's socket open
         conn.close()
+    # The server notices the closed browser at the next keep-alive and frees the stream.
+    deadline = time.monotonic() + TIMEOUT_S
+    while daemon.events.subscriber_count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert daemon.events.subscriber_count == 0
 
 
 def test_sse_reconnect_replays_missed_events(server, daemon):
@@ -428,6 +435,7 @@ def test_sse_reconnect_replays_missed_events(server, daemon):
         assert [m["id"] for m in messages] == ["2", "3"]
         assert [json.loads(m["data"])["id"] for m in messages] == [daemon.second, daemon.failed]
     finally:
+        response.close()  # conn.close() alone leaves the streaming response's socket open
         conn.close()
 
 

@@ -10,6 +10,9 @@ refused with 503 and its page retries. Raise both numbers together for more view
 Channel options. ``channel_timeout`` closes idle keep-alive connections after a minute
 (a live stream is never idle: it writes a keep-alive comment every 15 s);
 ``connection_limit`` bounds the sockets a misbehaving client can hold;
+``channel_request_lookahead`` = 1 keeps reading a connection while its request runs,
+so waitress sees a closed page's end of stream at once and the stream's next write
+(at most a keep-alive period later) ends it, instead of only after a write fails;
 ``asyncore_use_poll`` avoids ``select``'s 1024-descriptor limit in a long-running
 daemon; ``ident`` names the product in the ``Server`` header.
 
@@ -85,6 +88,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 
         channel_timeout=CHANNEL_TIMEOUT_S,
         connection_limit=CONNECTION_LIMIT,
         asyncore_use_poll=True,
+        channel_request_lookahead=1,
         ident="phasewatch",
     )
     if not hasattr(server, "effective_port"):  # waitress listens on each address of a name

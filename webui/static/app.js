@@ -160,12 +160,22 @@ function renderTrend(trend) {
     $("trend-caption").textContent = "";
     return;
   }
-  const [width, height, pad] = [400, 140, 8];
+  const [width, height, pad, axis] = [400, 140, 8, 50];
   const n = trend.values.length;
+  // The y range fits the data and the CI band, so that field-to-field scatter stays visible.
   const highs = trend.mean.map((m, i) => m + (trend.ci95[i] || 0));
-  const top = Math.max(...trend.values, ...highs) * 1.1 || 1;
-  const x = (i) => pad + (n === 1 ? (width - 2 * pad) / 2 : (i * (width - 2 * pad)) / (n - 1));
-  const y = (v) => height - pad - (Math.max(v, 0) * (height - 2 * pad)) / top;
+  const lows = trend.mean.map((m, i) => m - (trend.ci95[i] || 0));
+  let top = Math.max(...trend.values, ...highs);
+  let bottom = Math.max(0, Math.min(...trend.values, ...lows));
+  const margin = (top - bottom) * 0.1 || 1;
+  [top, bottom] = [top + margin, Math.max(0, bottom - margin)];
+  const x = (i) => axis + (n === 1 ? (width - axis - pad) / 2 : (i * (width - axis - pad)) / (n - 1));
+  const y = (v) => height - pad - ((Math.min(Math.max(v, bottom), top) - bottom) * (height - 2 * pad)) / (top - bottom);
+  for (const v of [bottom, top]) {
+    const label = svg("text", { x: axis - 4, y: y(v) + 4, class: "axis" });
+    label.textContent = `${fixed(v, 1)} %`;
+    plot.append(label);
+  }
   const withCi = trend.ci95.map((ci, i) => [i, ci]).filter(([, ci]) => ci != null);
   if (withCi.length > 1) {
     const upper = withCi.map(([i, ci]) => `${x(i)},${y(trend.mean[i] + ci)}`);
