@@ -22,8 +22,10 @@ pages, which is what one field of a specimen contributes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -51,6 +53,7 @@ log = logging.getLogger("phasewatch.daemon")
 DEFAULT_MODEL = "superalloy"
 DECODED_IMAGES_AHEAD = 16  # decoded images waiting for inference: bounds memory, keeps batches full
 MIN_FREE_DISK_BYTES = 200 * 1024 * 1024
+BACKGROUND_NICENESS = 10
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
 _STOP = object()
@@ -80,6 +83,17 @@ def combine_pages(records: list[dict[str, Any]]) -> dict[str, Any]:
                  for n in names}
     return {**records[0], "page": None, "fractions": fractions,
             "valid_area_px": int(areas.sum()), "pages": records}
+
+
+def lower_priority() -> None:
+    """Run the calling thread at a lower CPU priority than inference.
+
+    On a CPU backend the inference threads work in lock-step: a core taken by hashing,
+    decoding or PNG writing stalls every operator. Nice threads run in inference's gaps
+    instead, which keeps a burst's throughput close to the bare engine's (bench/daemon_burst.py).
+    """
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: same priority, still correct
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
 
 
 class Backoff:
@@ -186,6 +200,7 @@ class Daemon:
         self._arrivals.put((path, st, time.time()))
 
     def _intake_loop(self) -> None:
+        lower_priority()
         while (item := self._arrivals.get()) is not _STOP:
             path, st, settled = item
             try:
@@ -206,6 +221,7 @@ class Daemon:
     # -- decode ------------------------------------------------------------------------
 
     def _decode_loop(self) -> None:
+        lower_priority()
         while not self._stopping.is_set():
             self._work_ready.wait(timeout=1.0)
             self._work_ready.clear()
@@ -289,6 +305,7 @@ class Daemon:
     # -- measure, write, announce ---------------------------------------------------------
 
     def _write_loop(self) -> None:
+        lower_priority()
         backoff = Backoff()
         while (work := self._measured.get()) is not _STOP:
             file_id = work.row["id"]
