@@ -186,9 +186,13 @@ class Daemon:
         problems = dict(self.problems)
         if not self.watcher.healthy:
             problems["watch"] = self.watcher.last_error or "watch folder not being watched"
-        free = shutil.disk_usage(self.config.data.dir).free
-        if free < MIN_FREE_DISK_BYTES:
-            problems["disk"] = f"{self.config.data.dir}: only {free // 2**20} MiB free"
+        try:
+            free = shutil.disk_usage(self.config.data.dir).free
+        except OSError as exc:  # the data folder itself vanished or was unmounted
+            problems["disk"] = f"{self.config.data.dir}: {exc.strerror or exc}"
+        else:
+            if free < MIN_FREE_DISK_BYTES:
+                problems["disk"] = f"{self.config.data.dir}: only {free // 2**20} MiB free"
         dead = [t.name for t in self._threads if t.ident is not None and not t.is_alive()]
         if dead and not self._stopping.is_set():
             problems["worker"] = f"worker threads stopped: {', '.join(dead)}"

@@ -189,3 +189,16 @@ def test_full_disk_requeues_and_recovers(make_daemon, monkeypatch: pytest.Monkey
     assert image["state"] == "done" and image["attempts"] == 1
     assert calls == ["a", "a"]
     assert "disk" not in daemon.problems
+
+
+def test_vanished_data_folder_is_a_health_problem_not_a_crash(make_daemon) -> None:
+    daemon = make_daemon()
+    data = daemon.config.data.dir
+    moved = data.with_name("data-unmounted")
+    data.rename(moved)
+    try:
+        healthy, problems = daemon.health()
+        assert not healthy and problems["disk"].startswith(f"{data}: ")
+    finally:
+        moved.rename(data)
+    assert daemon.health() == (True, {})
