@@ -175,6 +175,9 @@ def seed_everything(seed: int) -> np.random.Generator:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # cuDNN's autotuner picks kernels by timing, so runs with one seed could differ on a GPU.
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
     return np.random.default_rng(seed)
 
 
