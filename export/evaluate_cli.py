@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from phasewatch.export import metrics
+from phasewatch.export import datasets, metrics
 from phasewatch.export.datasets import find_pairs, read_label
 from phasewatch.runtime.backends import Backend, BackendError, open_backend
 from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle, write_manifest
@@ -71,15 +71,9 @@ def parse_palette(text: str) -> Palette:
     source = Path(text)
     raw_text = source.read_text() if source.suffix == ".json" and source.is_file() else text
     try:
-        raw = json.loads(raw_text)
-        palette = {
-            tuple(int(v) for v in key.split(",")): int(value) for key, value in raw.items()
-        }
+        return datasets.parse_palette(json.loads(raw_text))
     except (json.JSONDecodeError, AttributeError, ValueError) as exc:
         raise ValueError(f'palette {text!r}: expected {{"R,G,B": class id}}: {exc}') from None
-    if any(len(colour) != 3 for colour in palette):
-        raise ValueError(f"palette {text!r}: every key must be three values R,G,B")
-    return palette  # type: ignore[return-value]
 
 
 def label_palette(args: argparse.Namespace, bundle: Bundle) -> Palette | None:
@@ -92,7 +86,7 @@ def label_palette(args: argparse.Namespace, bundle: Bundle) -> Palette | None:
     if args.palette:
         palette = parse_palette(args.palette)
     elif isinstance(data.get("palette"), dict):
-        palette = parse_palette(json.dumps(data["palette"]))
+        palette = datasets.parse_palette(data["palette"])
     else:
         palette = None
     if fmt == "palette" and palette is None:

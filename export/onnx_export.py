@@ -41,6 +41,7 @@ from phasewatch.runtime.bundle import (
     sha256_file,
     write_manifest,
 )
+from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, images_in
 
 OPSET = 18
 ARGMAX_AGREEMENT_MIN = 0.9999
@@ -49,7 +50,6 @@ LOGIT_TOLERANCE = 1e-3
 REFERENCE_TILES_FILE = "reference_tiles.npy"
 REFERENCE_TILES_MAX_BYTES = 1_500_000
 CONFIG_KEYS = ("architecture", "model_kwargs", "in_channels", "classes", "tile", "normalisation")
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
 class ExportError(Exception):
@@ -240,9 +240,9 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            inside = images_in(path)
             if not inside:
-                raise ExportError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                raise ExportError(f"{path}: no image files ({', '.join(SUPPORTED_SUFFIXES)}) in this folder")
             found += inside
         elif path.is_file():
             found.append(path)

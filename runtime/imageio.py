@@ -132,6 +132,11 @@ def iter_fields(
         raise ImageReadError(path, f"cannot decode: {_describe(exc)}") from None
 
 
+def images_in(folder: Path) -> list[Path]:
+    """The files of ``folder`` with a supported image suffix, sorted (not recursive)."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+
+
 def _read_head(path: Path) -> bytes:
     try:
         with open(path, "rb") as fh:

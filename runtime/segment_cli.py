@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from phasewatch.runtime.backends import KINDS, Backend, BackendError, open_backend
 from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle
-from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, ImageReadError, read_fields
+from phasewatch.runtime.imageio import ImageReadError, images_in, read_fields
 from phasewatch.runtime.outputs import OutputError
 from phasewatch.runtime.pipeline import field_record, field_stem, segment_images, write_field
 
@@ -34,7 +34,7 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+            files += images_in(path)
         else:
             files.append(path)
     return files
