@@ -133,7 +133,7 @@ def start_daemon(root: Path, model: str, backend: str, batch: int, settle: float
     config = root / "phasewatch.toml"
     config.write_text(f"[watch]\nsettle_s = {settle}\n\n[model]\nbatch = {batch}\n")
     log = root / "serve.log"
-    command = [sys.executable, "-m", "phasewatch.runtime.cli", "serve", "--config", str(config),
+    command = [sys.executable, "-m", "phasewatch.runtime.commands.cli", "serve", "--config", str(config),
                "--watch", str(root / "watch"), "--data", str(root / "data"), "--model", model,
                "--backend", backend, "--port", str(_free_port())]
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}

@@ -33,7 +33,7 @@ from phasewatch.export import augment, losses, metrics
 from phasewatch.export.datasets import Sample, load_samples, parse_palette
 from phasewatch.export.models import build_model
 from phasewatch.export.onnx_export import normalisation_from_config
-from phasewatch.runtime.config import tomllib
+from phasewatch.runtime.service.config import tomllib
 from phasewatch.runtime.engine import default_overlap, segment_many
 
 CONFIG_SECTIONS = {"name", "seed", "data", "classes", "model", "normalisation", "augment", "train", "export"}

@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from phasewatch.runtime.store import Store
+from phasewatch.runtime.service.store import Store
 
 # t(0.975, df): two-sided 95 % quantiles of Student's t (checked against an
 # arbitrary-precision inverse of the t distribution to 10 digits).

@@ -20,7 +20,7 @@ from onnx_graphs import make_bundle
 from phasewatch.export.build_engine import EngineBuildError, build_engine
 from phasewatch.export.engine_gate import GateError, compare_logits
 from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file
-from phasewatch.runtime.cli import main
+from phasewatch.runtime.commands.cli import main
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 FAKE_MODULES = ("tensorrt", "pycuda", "pycuda.driver")

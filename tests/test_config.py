@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from phasewatch.runtime import config as cfg
-from phasewatch.runtime.config import Config, ConfigError, load_config
+from phasewatch.runtime.service import config as cfg
+from phasewatch.runtime.service.config import Config, ConfigError, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "phasewatch.toml.example"
 

@@ -19,9 +19,9 @@ import pytest
 import tifffile
 from onnx_graphs import make_bundle
 
-import phasewatch.runtime.daemon as daemon_module
-from phasewatch.runtime.config import load_config
-from phasewatch.runtime.daemon import BACKOFF_MAX_S, Backoff, Daemon, combine_pages
+import phasewatch.runtime.service.daemon as daemon_module
+from phasewatch.runtime.service.config import load_config
+from phasewatch.runtime.service.daemon import BACKOFF_MAX_S, Backoff, Daemon, combine_pages
 from phasewatch.runtime.outputs import OutputError
 
 DEADLINE_S = 30.0

@@ -81,7 +81,7 @@ class ServeProcess:
         self.runs += 1
         self.log = self.root / f"serve.{self.runs}.log"
         env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
-        command = [sys.executable, "-m", "phasewatch.runtime.cli", "serve", "--config", str(self.config),
+        command = [sys.executable, "-m", "phasewatch.runtime.commands.cli", "serve", "--config", str(self.config),
                    "--watch", str(self.watch), "--data", str(self.data), "--model", str(self.bundle),
                    "--backend", "cpu", "--port", str(self.port)]
         with open(self.log, "wb") as log:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from onnx_graphs import make_bundle
 
-from phasewatch.runtime.cli import main
+from phasewatch.runtime.commands.cli import main
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from onnx_graphs import make_bundle
 
 from phasewatch.export import metrics
 from phasewatch.runtime.bundle import load_bundle, sha256_file, write_manifest
-from phasewatch.runtime.cli import main
+from phasewatch.runtime.commands.cli import main
 
 H, W = 40, 60
 NAMES = ["class0", "class1", "class2"]

@@ -11,7 +11,7 @@ import tifffile
 from onnx_graphs import make_bundle
 
 from phasewatch.runtime.bundle import bundled_model_names
-from phasewatch.runtime.cli import main
+from phasewatch.runtime.commands.cli import main
 
 JSON_KEYS = {"image", "model", "backend", "width", "height", "pixel_size_um", "pixel_size_source",
              "fractions", "particles", "timing_ms"}

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from phasewatch.runtime.stats import field_statistics, specimen_statistics, t_975
-from phasewatch.runtime.store import Store
+from phasewatch.runtime.service.store import Store
 
 
 @pytest.mark.parametrize(

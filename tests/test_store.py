@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from phasewatch.runtime.store import SCHEMA_VERSION, Store, StoreError
+from phasewatch.runtime.service.store import SCHEMA_VERSION, Store, StoreError
 
 RESULT = {
     "fractions": {"matrix": 0.75, "carbide": 0.25},

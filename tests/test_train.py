@@ -9,7 +9,7 @@ import pytest
 
 from phasewatch.export.train import TrainError, learning_rate, load_config, load_splits, train
 from phasewatch.runtime.bundle import load_bundle
-from phasewatch.runtime.cli import main
+from phasewatch.runtime.commands.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "export" / "configs"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from phasewatch.runtime.config import WatchConfig
-from phasewatch.runtime.watcher import (
+from phasewatch.runtime.service.config import WatchConfig
+from phasewatch.runtime.service.watcher import (
     FolderWatcher,
     choose_observer,
     filesystem_type,

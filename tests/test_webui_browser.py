@@ -15,7 +15,7 @@ import pytest
 from phasewatch.runtime.bundle import ClassInfo
 from phasewatch.runtime.measure import measure
 from phasewatch.runtime.outputs import preview, write_outputs, write_png_atomic
-from phasewatch.runtime.store import Store
+from phasewatch.runtime.service.store import Store
 from phasewatch.runtime.synthetic import superalloy_micrograph
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker

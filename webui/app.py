@@ -29,7 +29,7 @@ from flask import Flask, Response, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from phasewatch.runtime.stats import specimen_statistics, t_975
-from phasewatch.runtime.store import Store, StoreError
+from phasewatch.runtime.service.store import Store, StoreError
 from phasewatch.webui.events import EventBroker, StreamRefused
 
 log = logging.getLogger(__name__)

@@ -39,14 +39,14 @@ import numpy as np
 
 from phasewatch.runtime.backends import Backend, open_backend
 from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file
-from phasewatch.runtime.config import Config
+from phasewatch.runtime.service.config import Config
 from phasewatch.runtime.imageio import Field, ImageReadError, read_fields
-from phasewatch.runtime.logs import fields as log_fields
-from phasewatch.runtime.metrics import DaemonMetrics
+from phasewatch.runtime.service.logs import fields as log_fields
+from phasewatch.runtime.service.metrics import DaemonMetrics
 from phasewatch.runtime.outputs import OutputError, preview, write_png_atomic
 from phasewatch.runtime.pipeline import field_record, field_stem, segment_images, write_field
-from phasewatch.runtime.store import Store
-from phasewatch.runtime.watcher import FolderWatcher
+from phasewatch.runtime.service.store import Store
+from phasewatch.runtime.service.watcher import FolderWatcher
 
 log = logging.getLogger("phasewatch.daemon")
 

@@ -13,13 +13,13 @@ import signal
 import sys
 import threading
 
-from phasewatch.runtime import sdnotify
+from phasewatch.runtime.service import sdnotify
 from phasewatch.runtime.backends import BackendError
 from phasewatch.runtime.bundle import BundleError
-from phasewatch.runtime.config import ConfigError, add_service_arguments, config_from_args
-from phasewatch.runtime.daemon import Daemon
-from phasewatch.runtime.logs import fields as log_fields
-from phasewatch.runtime.logs import setup_logging
+from phasewatch.runtime.service.config import ConfigError, add_service_arguments, config_from_args
+from phasewatch.runtime.service.daemon import Daemon
+from phasewatch.runtime.service.logs import fields as log_fields
+from phasewatch.runtime.service.logs import setup_logging
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
 from phasewatch.webui.server import serve_in_thread

@@ -30,9 +30,9 @@ from typing import NamedTuple
 
 from phasewatch.runtime.backends import BackendError, open_backend, physical_cores
 from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle
-from phasewatch.runtime.config import Config, ConfigError, add_service_arguments, config_from_args
-from phasewatch.runtime.daemon import DEFAULT_MODEL, MIN_FREE_DISK_BYTES
-from phasewatch.runtime.watcher import choose_observer, filesystem_type
+from phasewatch.runtime.service.config import Config, ConfigError, add_service_arguments, config_from_args
+from phasewatch.runtime.service.daemon import DEFAULT_MODEL, MIN_FREE_DISK_BYTES
+from phasewatch.runtime.service.watcher import choose_observer, filesystem_type
 
 PACKAGES = ("phasewatch", "numpy", "opencv-python-headless", "tifffile", "imagecodecs", "onnxruntime",
             "onnxruntime-gpu", "watchdog", "flask", "waitress", "prometheus-client", "tensorrt", "pycuda")

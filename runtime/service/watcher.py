@@ -43,7 +43,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from phasewatch.runtime.config import WatchConfig
+from phasewatch.runtime.service.config import WatchConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import tifffile
 
 from phasewatch.runtime.backends import KINDS, BackendError, open_backend
 from phasewatch.runtime.bundle import BundleError, load_bundle
-from phasewatch.runtime.segment_cli import segment_file
+from phasewatch.runtime.commands.segment import segment_file
 from phasewatch.runtime.synthetic import superalloy_micrograph
 
 DEMO_PIXEL_SIZE_UM = 0.02  # a typical field-emission SEM pixel for γ′ imaging

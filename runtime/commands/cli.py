@@ -12,13 +12,13 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "segment": ("phasewatch.runtime.segment_cli", "segment micrographs: class maps, overlays, measurements"),
-    "serve": ("phasewatch.runtime.serve_cli", "run the daemon: watch a folder, segment, serve the web page"),
-    "demo": ("phasewatch.runtime.demo", "segment a built-in synthetic micrograph with a bundled model"),
-    "doctor": ("phasewatch.runtime.doctor", "print what the service would use: backends, model, folders"),
-    "train": ("phasewatch.export.train_cli", "train a segmentation model from a config file (needs torch)"),
+    "segment": ("phasewatch.runtime.commands.segment", "segment micrographs: class maps, overlays, measurements"),
+    "serve": ("phasewatch.runtime.commands.serve", "run the daemon: watch a folder, segment, serve the web page"),
+    "demo": ("phasewatch.runtime.commands.demo", "segment a built-in synthetic micrograph with a bundled model"),
+    "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
+    "train": ("phasewatch.export.commands.train", "train a segmentation model from a config file (needs torch)"),
     "evaluate": ("phasewatch.export.evaluate_cli", "score a model bundle on labelled micrographs"),
-    "export": ("phasewatch.export.export_cli", "checkpoint -> model bundle (ONNX, FP16 ONNX, parity report)"),
+    "export": ("phasewatch.export.commands.export", "checkpoint -> model bundle (ONNX, FP16 ONNX, parity report)"),
     "build-engine": ("phasewatch.export.build_engine", "build a validated FP16 TensorRT engine for a bundle"),
 }
 
