@@ -25,15 +25,14 @@ from typing import Any
 import numpy as np
 
 from phasewatch.export.engine_gate import (
-    GateError,
     GateResult,
     compare_logits,
     fp32_logits,
     load_reference_tiles,
 )
-from phasewatch.runtime.backends import BackendError
-from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle, sha256_file
-from phasewatch.runtime.outputs import OutputError, write_bytes_atomic, write_json_atomic
+from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file
+from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.outputs import write_bytes_atomic, write_json_atomic
 from phasewatch.runtime.tensorrt_backend import (
     SIDECAR_FORMAT,
     EngineStamp,
@@ -48,7 +47,7 @@ DEFAULT_WORKSPACE_MB = 1024
 TIMING_CACHE_NAME = "timing.cache"
 
 
-class EngineBuildError(Exception):
+class EngineBuildError(PhasewatchError):
     """A build that failed or was refused; ``details`` are extra lines (e.g. parser errors)."""
 
     def __init__(self, message: str, details: Sequence[str] = ()) -> None:
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.bundle)
         path = build_engine(bundle, args.max_batch, args.opt_batch, args.workspace_mb,
                             args.timing_cache, args.force, progress)
-    except (BundleError, BackendError, GateError, EngineBuildError, OutputError) as exc:
+    except PhasewatchError as exc:
         for line in getattr(exc, "details", []):
             print(line, file=sys.stderr)
         print(f"phasewatch build-engine: {exc}", file=sys.stderr)

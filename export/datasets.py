@@ -24,6 +24,7 @@ import numpy as np
 import tifffile
 
 from phasewatch.runtime.bundle import Normalisation
+from phasewatch.runtime.errors import PhasewatchError, one_line
 from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, read_fields
 from phasewatch.runtime.normalise import prepare
 
@@ -31,7 +32,7 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".npy")
 Palette = Mapping[tuple[int, int, int], int]
 
 
-class DatasetError(ValueError):
+class DatasetError(PhasewatchError, ValueError):
     """A data set that cannot be used; the message is one line naming the file."""
 
 
@@ -74,7 +75,7 @@ def read_label(path: Path | str, palette: Palette | None = None, default: int = 
             if raw.ndim == 3:
                 raw = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA if raw.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot read label: {exc}".splitlines()[0]) from None
+        raise DatasetError(f"{path}: cannot read label: {one_line(exc)}") from exc
     if raw.ndim == 3 and raw.shape[2] in (3, 4):
         if palette is None:
             raise DatasetError(f"{path}: colour label needs a palette (colour -> class id)")

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 
 from phasewatch.runtime.bundle import Bundle
+from phasewatch.runtime.errors import PhasewatchError
 
 MIN_ARGMAX_AGREEMENT = 0.999
 MAX_FRACTION_DIFF_PP = 0.1
 DEFAULT_TILES_FILE = "reference_tiles.npy"
 
 
-class GateError(Exception):
+class GateError(PhasewatchError):
     """Reference tiles missing or unusable; the message is one line naming the file."""
 
 
@@ -84,7 +85,7 @@ def load_reference_tiles(bundle: Bundle) -> np.ndarray:
     try:
         tiles = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise GateError(f"{path}: cannot read reference tiles: {exc}") from None
+        raise GateError(f"{path}: cannot read reference tiles: {exc}") from exc
     expected = (bundle.channels, bundle.tile, bundle.tile)
     if tiles.ndim != 4 or tiles.shape[1:] != expected or len(tiles) == 0:
         raise GateError(f"{path}: reference tiles have shape {tiles.shape}, expected N x "

@@ -73,7 +73,7 @@ def parse_palette(text: str) -> Palette:
     try:
         return datasets.parse_palette(json.loads(raw_text))
     except (json.JSONDecodeError, AttributeError, ValueError) as exc:
-        raise ValueError(f'palette {text!r}: expected {{"R,G,B": class id}}: {exc}') from None
+        raise ValueError(f'palette {text!r}: expected {{"R,G,B": class id}}: {exc}') from exc
 
 
 def label_palette(args: argparse.Namespace, bundle: Bundle) -> Palette | None:

@@ -437,7 +437,7 @@ def build_model(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.M
     try:
         return _BUILDERS[name](in_channels, num_classes, **kwargs)
     except TypeError as exc:
-        raise ValueError(f"{name}: bad model arguments {kwargs}: {exc}") from None
+        raise ValueError(f"{name}: bad model arguments {kwargs}: {exc}") from exc
 
 
 def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:

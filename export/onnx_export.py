@@ -41,6 +41,7 @@ from phasewatch.runtime.bundle import (
     sha256_file,
     write_manifest,
 )
+from phasewatch.runtime.errors import PhasewatchError, one_line
 from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, images_in
 
 OPSET = 18
@@ -52,13 +53,8 @@ REFERENCE_TILES_MAX_BYTES = 1_500_000
 CONFIG_KEYS = ("architecture", "model_kwargs", "in_channels", "classes", "tile", "normalisation")
 
 
-class ExportError(Exception):
+class ExportError(PhasewatchError):
     """An export that cannot proceed or was refused; the message is one line."""
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -71,10 +67,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         # weights_only: a checkpoint is data; never run pickled code from it.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ExportError(f"{path}: checkpoint not found") from None
+    except FileNotFoundError as exc:
+        raise ExportError(f"{path}: checkpoint not found") from exc
     except Exception as exc:  # torch raises many types for a bad file
-        raise ExportError(f"{path}: cannot read checkpoint: {_first_line(exc)}") from None
+        raise ExportError(f"{path}: cannot read checkpoint: {one_line(exc)}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ExportError(f"{path}: not a phasewatch checkpoint (needs the keys 'model' and 'config')")
     missing = [key for key in CONFIG_KEYS if key not in ckpt["config"]]
@@ -97,7 +93,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], where: Path):
         )
         model.load_state_dict(ckpt["model"])
     except (ValueError, RuntimeError) as exc:
-        raise ExportError(f"{where}: cannot rebuild the model: {' '.join(str(exc).split())}") from None
+        raise ExportError(f"{where}: cannot rebuild the model: {' '.join(str(exc).split())}") from exc
     return model.eval()
 
 
@@ -129,7 +125,7 @@ def export_onnx(model, in_channels: int, tile: int, path: Path) -> None:
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean the same here
-        raise ExportError(f"{path}: ONNX export failed: {_first_line(exc)}") from None
+        raise ExportError(f"{path}: ONNX export failed: {one_line(exc)}") from exc
     finally:
         exporter_log.setLevel(level)
 
@@ -212,7 +208,7 @@ def cut_reference_tiles(
         try:
             inputs.append(prepare(read_fields(path)[0].image, channels, normalisation, scale))
         except ValueError as exc:
-            raise ExportError(f"{path}: cannot normalise: {exc}") from None
+            raise ExportError(f"{path}: cannot normalise: {exc}") from exc
     if not inputs:
         raise ExportError("no micrographs given to cut reference tiles from")
     tiles = []
@@ -451,7 +447,7 @@ def export_bundle(
             try:
                 write_manifest(work, manifest)
             except BundleError as exc:  # the checkpoint config does not make a valid bundle
-                raise ExportError(str(exc)) from None
+                raise ExportError(str(exc)) from exc
             bar.update()
         work.rename(out_dir)
     except BaseException:

@@ -33,13 +33,14 @@ from phasewatch.export import augment, losses, metrics
 from phasewatch.export.datasets import Sample, load_samples, parse_palette
 from phasewatch.export.models import build_model
 from phasewatch.export.onnx_export import normalisation_from_config
-from phasewatch.runtime.service.config import tomllib
 from phasewatch.runtime.engine import default_overlap, segment_many
+from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.service.config import tomllib
 
 CONFIG_SECTIONS = {"name", "seed", "data", "classes", "model", "normalisation", "augment", "train", "export"}
 
 
-class TrainError(ValueError):
+class TrainError(PhasewatchError, ValueError):
     """A config or data problem; the message is one line."""
 
 
@@ -53,7 +54,7 @@ def load_config(path: Path) -> dict[str, Any]:
     try:
         config = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise TrainError(f"{path}: {exc}") from None
+        raise TrainError(f"{path}: {exc}") from exc
     if unknown := sorted(config.keys() - CONFIG_SECTIONS):
         raise TrainError(f"{path}: unknown top-level key(s) {unknown} (known: {sorted(CONFIG_SECTIONS)})")
     for section in ("data", "classes", "model", "train"):

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from phasewatch.runtime.bundle import Bundle
+from phasewatch.runtime.errors import PhasewatchError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ ORT_PROVIDERS = {
 AUTO_ORDER = ("tensorrt", "tensorrt-ep", "cuda", "cpu")
 
 
-class BackendError(Exception):
+class BackendError(PhasewatchError):
     """A backend that cannot be opened or run; the message is one line."""
 
 
@@ -97,8 +98,7 @@ class OrtBackend:
                 str(onnx_path), sess_options=session_options(threads), providers=providers
             )
         except Exception as exc:  # ORT raises its own, mostly multi-line, exception types
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"{onnx_path}: cannot open with {provider}: {first_line}") from None
+            raise BackendError(f"{onnx_path}: cannot open with {provider}: {one_line(exc)}") from exc
         if self.session.get_providers()[0] != provider:
             # ORT falls back to CPU silently when a GPU provider fails to initialise.
             raise BackendError(f"{onnx_path}: {provider} failed to initialise (CUDA libraries?)")
@@ -127,7 +127,7 @@ def tensorrt_ep_options(bundle: Bundle, batch: int) -> dict[str, str]:
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BackendError(f"{cache}: cannot create the TensorRT engine cache: {exc}") from None
+        raise BackendError(f"{cache}: cannot create the TensorRT engine cache: {exc}") from exc
     return {
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(cache),
@@ -150,7 +150,7 @@ def _open_native_tensorrt(bundle: Bundle, batch: int) -> Backend:
     try:
         module = importlib.import_module("phasewatch.runtime.tensorrt_backend")
     except ImportError as exc:
-        raise BackendError(f"{bundle.path}: native TensorRT backend unavailable: {exc}") from None
+        raise BackendError(f"{bundle.path}: native TensorRT backend unavailable: {exc}") from exc
     return module.open_tensorrt_backend(bundle, batch)
 
 

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phasewatch.runtime.errors import PhasewatchError
+
 MANIFEST_FORMAT = 1
 ROLES = ("phase", "background", "excluded")
 SIXTEEN_BIT_RULES = ("full_range", "percentile")
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
-class BundleError(Exception):
+class BundleError(PhasewatchError):
     """A model bundle that cannot be used; the message is one line naming the bundle."""
 
 
@@ -131,7 +133,7 @@ def _parse_classes(raw: Any, where: Path) -> tuple[ClassInfo, ...]:
                 role=str(entry.get("role", "phase")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{where}: bad class entry {entry!r}: {exc}") from None
+            raise BundleError(f"{where}: bad class entry {entry!r}: {exc}") from exc
         if info.role not in ROLES:
             raise BundleError(f"{where}: class '{info.name}' has role '{info.role}', not one of {ROLES}")
         if len(info.colour) != 3 or not all(0 <= v <= 255 for v in info.colour):
@@ -194,7 +196,7 @@ def load_bundle(model: str | Path, verify_hash: bool = True) -> Bundle:
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path / 'manifest.json'}: cannot read manifest: {exc}") from None
+        raise BundleError(f"{path / 'manifest.json'}: cannot read manifest: {exc}") from exc
     bundle = parse_manifest(manifest, path)
     if not bundle.onnx_path.is_file():
         raise BundleError(f"{path}: model.onnx is missing")

@@ -43,6 +43,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from phasewatch.runtime.errors import PhasewatchError, one_line
+
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MIN_SIDE = 8  # smaller images hold too little structure to segment or measure
 DEFAULT_MAX_PIXELS = 400_000_000
@@ -83,7 +85,7 @@ _UM_PER_RESUNIT = {
 }
 
 
-class ImageReadError(Exception):
+class ImageReadError(PhasewatchError):
     """An image that cannot be used; ``str(exc)`` is one line, ``FILE: reason``."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
@@ -129,7 +131,7 @@ def iter_fields(
     except ImageReadError:
         raise
     except Exception as exc:  # a decoder's own exception type must not reach the service
-        raise ImageReadError(path, f"cannot decode: {_describe(exc)}") from None
+        raise ImageReadError(path, f"cannot decode: {one_line(exc)}") from exc
 
 
 def images_in(folder: Path) -> list[Path]:
@@ -142,17 +144,12 @@ def _read_head(path: Path) -> bytes:
         with open(path, "rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        raise ImageReadError(path, f"cannot read: {exc.strerror or _describe(exc)}") from None
+        raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
     if not head:
         raise ImageReadError(path, "empty file (0 bytes)")
     if not head.startswith((*_TIFF_MAGICS, _PNG_MAGIC, _JPEG_MAGIC, _BMP_MAGIC)):
         raise ImageReadError(path, f"not a TIFF, PNG, JPEG or BMP image (starts with {head[:8]!r})")
     return head
-
-
-def _describe(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0][:200] if lines else "") or type(exc).__name__
 
 
 def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
@@ -175,7 +172,7 @@ def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> 
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:
-        raise ImageReadError(path, f"not a readable TIFF: {_describe(exc)}") from None
+        raise ImageReadError(path, f"not a readable TIFF: {one_line(exc)}") from exc
     with tif:
         if user_pixel_size is not None:
             pixel_size, source = user_pixel_size, "user"
@@ -354,7 +351,7 @@ def _codec_field(path: Path, head: bytes, user_pixel_size: float | None, max_pix
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ImageReadError(path, f"cannot read: {exc.strerror or _describe(exc)}") from None
+        raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
     if head.startswith(_PNG_MAGIC):
         kind, (height, width) = "PNG", _png_size(path, data)
     elif head.startswith(_JPEG_MAGIC):

@@ -21,11 +21,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from phasewatch.runtime.errors import PhasewatchError
+
 DISPLAY_PERCENTILES = (0.5, 99.5)
 _STRETCH_SAMPLES = 1 << 20  # percentiles from at most about this many pixels
 
 
-class OutputError(OSError):
+class OutputError(PhasewatchError, OSError):
     """An output file that could not be written; the message is one line naming it."""
 
 
@@ -143,7 +145,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     try:
         text = json.dumps(obj, indent=2, allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: record is not valid JSON: {exc}") from None
+        raise ValueError(f"{path}: record is not valid JSON: {exc}") from exc
     write_bytes_atomic(path, (text + "\n").encode("utf-8"))
 
 

@@ -63,7 +63,7 @@ def import_tensorrt() -> tuple[Any, Any]:
         raise BackendError(
             f"the native TensorRT backend needs tensorrt and pycuda "
             f"(pip install 'phasewatch[tensorrt]'): {exc}"
-        ) from None
+        ) from exc
     return trt, cuda
 
 
@@ -78,7 +78,7 @@ def current_stamp(bundle: Bundle) -> EngineStamp:
         major, minor = device.compute_capability()
         name = device.name()
     except cuda.Error as exc:
-        raise BackendError(f"{bundle.path}: no usable CUDA device: {exc}") from None
+        raise BackendError(f"{bundle.path}: no usable CUDA device: {exc}") from exc
     return EngineStamp(
         gpu=name,
         compute_capability=f"sm{major}{minor}",

@@ -20,9 +20,9 @@ import tifffile
 from onnx_graphs import make_bundle
 
 import phasewatch.runtime.service.daemon as daemon_module
+from phasewatch.runtime.outputs import OutputError
 from phasewatch.runtime.service.config import load_config
 from phasewatch.runtime.service.daemon import BACKOFF_MAX_S, Backoff, Daemon, combine_pages
-from phasewatch.runtime.outputs import OutputError
 
 DEADLINE_S = 30.0
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from phasewatch.runtime.stats import field_statistics, specimen_statistics, t_975
 from phasewatch.runtime.service.store import Store
+from phasewatch.runtime.stats import field_statistics, specimen_statistics, t_975
 
 
 @pytest.mark.parametrize(

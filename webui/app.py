@@ -28,8 +28,9 @@ from typing import Any
 from flask import Flask, Response, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from phasewatch.runtime.stats import specimen_statistics, t_975
+from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.service.store import Store, StoreError
+from phasewatch.runtime.stats import specimen_statistics, t_975
 from phasewatch.webui.events import EventBroker, StreamRefused
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class AppContext:
     data_dir: Path
 
 
-class ApiError(Exception):
+class ApiError(PhasewatchError):
     """A request the API refuses: ``status`` and a one-line message for the client."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -129,8 +130,8 @@ def _query_int(name: str, default: int | None, low: int, high: int | None = None
         return default
     try:
         value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer, got {raw!r}") from None
+    except ValueError as exc:
+        raise ApiError(400, f"{name} must be an integer, got {raw!r}") from exc
     if value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise ApiError(400, f"{name} must be {bound}, got {value}")

@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from phasewatch.runtime.errors import PhasewatchError
+
 KEEPALIVE_S = 15.0
 # Stream threads kept below the server's thread count, so the API always has some left.
 MAX_SUBSCRIBERS = 6
@@ -33,7 +35,7 @@ HISTORY = 256
 RETRY_MS = 3000  # how soon a browser reconnects after a stream ends
 
 
-class StreamRefused(RuntimeError):
+class StreamRefused(PhasewatchError):
     """No stream now: every slot is taken, or the broker is closed."""
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from phasewatch.runtime.errors import PhasewatchError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by `phasewatch train`")
@@ -26,13 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from phasewatch.export.onnx_export import (
-        ExportError,
         cut_reference_tiles,
         export_bundle,
         image_files,
         load_checkpoint,
     )
-    from phasewatch.runtime.imageio import ImageReadError
 
     try:
         tiles, source = None, None
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             )
         bundle = export_bundle(args.checkpoint, args.out, tiles, name=args.name, tiles_source=source,
                                tile=args.tile)
-    except (ExportError, ImageReadError) as exc:
+    except PhasewatchError as exc:
         print(f"phasewatch export: {exc}", file=sys.stderr)
         return 1
     print(bundle)

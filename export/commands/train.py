@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from phasewatch.runtime.errors import PhasewatchError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path,
@@ -21,15 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from phasewatch.export.datasets import DatasetError
-    from phasewatch.export.onnx_export import ExportError
-    from phasewatch.export.train import TrainError, load_config, train
+    from phasewatch.export.train import load_config, train
 
     try:
         config = load_config(args.config)
         out = args.out or Path("runs") / config.get("name", args.config.stem)
         checkpoint = train(config, out, args.data_root, args.device, args.seed, args.epochs, args.max_steps)
-    except (TrainError, DatasetError, ExportError) as exc:
+    except PhasewatchError as exc:
         print(f"phasewatch train: {exc}", file=sys.stderr)
         return 1
     print(f"best checkpoint: {checkpoint}", file=sys.stderr)

@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 import tifffile
 
-from phasewatch.runtime.backends import KINDS, BackendError, open_backend
-from phasewatch.runtime.bundle import BundleError, load_bundle
+from phasewatch.runtime.backends import KINDS, open_backend
+from phasewatch.runtime.bundle import load_bundle
 from phasewatch.runtime.commands.segment import segment_file
+from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.synthetic import superalloy_micrograph
 
 DEMO_PIXEL_SIZE_UM = 0.02  # a typical field-emission SEM pixel for γ′ imaging
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.model)
         backend = open_backend(bundle, args.backend)
-    except (BundleError, BackendError) as exc:
+    except PhasewatchError as exc:
         print(f"phasewatch demo: {exc}", file=sys.stderr)
         return 2
     if bundle.num_classes != 3:

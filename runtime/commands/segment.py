@@ -9,10 +9,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from phasewatch.runtime.backends import KINDS, Backend, BackendError, open_backend
-from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle
-from phasewatch.runtime.imageio import ImageReadError, images_in, read_fields
-from phasewatch.runtime.outputs import OutputError
+from phasewatch.runtime.backends import KINDS, Backend, open_backend
+from phasewatch.runtime.bundle import Bundle, load_bundle
+from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.imageio import images_in, read_fields
 from phasewatch.runtime.pipeline import field_record, field_stem, segment_images, write_field
 
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.model)
         backend = open_backend(bundle, args.backend, args.batch)
-    except (BundleError, BackendError) as exc:
+    except PhasewatchError as exc:
         print(f"phasewatch segment: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         for path in tqdm(files, unit="file", disable=len(files) < 2, file=sys.stderr):
             try:
                 segment_file(path, args.out, bundle, backend, args.pixel_size, args.overlap, args.batch)
-            except (ImageReadError, OutputError) as exc:
+            except PhasewatchError as exc:
                 failures += 1
                 tqdm.write(f"error: {exc}", file=sys.stderr)
     finally:

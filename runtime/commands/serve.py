@@ -13,10 +13,9 @@ import signal
 import sys
 import threading
 
+from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.service import sdnotify
-from phasewatch.runtime.backends import BackendError
-from phasewatch.runtime.bundle import BundleError
-from phasewatch.runtime.service.config import ConfigError, add_service_arguments, config_from_args
+from phasewatch.runtime.service.config import add_service_arguments, config_from_args
 from phasewatch.runtime.service.daemon import Daemon
 from phasewatch.runtime.service.logs import fields as log_fields
 from phasewatch.runtime.service.logs import setup_logging
@@ -34,14 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
-    except ConfigError as exc:
+    except PhasewatchError as exc:
         print(str(exc), file=sys.stderr)
         return 2
     setup_logging(config.logging.level)
     events = EventBroker()
     try:
         daemon = Daemon(config, publish=lambda event, image: events.publish(event, image_json(image)))
-    except (BundleError, BackendError, OSError) as exc:
+    except (PhasewatchError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     app = create_app(AppContext(store=daemon.store, events=events, status=daemon.status,

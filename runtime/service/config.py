@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from phasewatch.runtime.backends import KINDS
+from phasewatch.runtime.errors import PhasewatchError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,7 +49,7 @@ FLAG_KEYS = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(PhasewatchError):
     """A configuration that cannot be used; one line per wrong key in the message."""
 
     def __init__(self, errors: list[str]) -> None:
@@ -223,12 +224,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such configuration file"]) from None
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{path}: no such configuration file"]) from exc
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
 
 
 def _overrides_as_tables(overrides: Mapping[str, Any], errors: list[str]) -> dict[str, dict]:

@@ -39,12 +39,13 @@ import numpy as np
 
 from phasewatch.runtime.backends import Backend, open_backend
 from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file
-from phasewatch.runtime.service.config import Config
+from phasewatch.runtime.errors import one_line
 from phasewatch.runtime.imageio import Field, ImageReadError, read_fields
-from phasewatch.runtime.service.logs import fields as log_fields
-from phasewatch.runtime.service.metrics import DaemonMetrics
 from phasewatch.runtime.outputs import OutputError, preview, write_png_atomic
 from phasewatch.runtime.pipeline import field_record, field_stem, segment_images, write_field
+from phasewatch.runtime.service.config import Config
+from phasewatch.runtime.service.logs import fields as log_fields
+from phasewatch.runtime.service.metrics import DaemonMetrics
 from phasewatch.runtime.service.store import Store
 from phasewatch.runtime.service.watcher import FolderWatcher
 
@@ -244,7 +245,7 @@ class Daemon:
             work.row = {**row, "error": str(exc)}
         except Exception as exc:  # one odd file must not stop the decode stage
             log.exception("%s: unexpected error while decoding", work.path)
-            work.row = {**row, "error": f"{work.path}: unexpected error while decoding: {exc}".splitlines()[0]}
+            work.row = {**row, "error": f"{work.path}: unexpected error while decoding: {one_line(exc)}"}
         return work
 
     # -- inference ----------------------------------------------------------------------
@@ -270,7 +271,7 @@ class Daemon:
                 self.problems.pop("backend", None)
             except Exception as exc:  # a backend error must not take the service down
                 delay = backoff.failed()
-                self.problems["backend"] = f"{self.backend.name}: {exc}".splitlines()[0]
+                self.problems["backend"] = f"{self.backend.name}: {one_line(exc)}"
                 log.error("inference failed, retrying in %.0f s: %s", delay, exc)
                 for w in ready:
                     self.store.release(w.row["id"], self.problems["backend"])

@@ -46,6 +46,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
+from phasewatch.runtime.errors import PhasewatchError
+
 STATES = ("pending", "processing", "done", "failed")
 DEFAULT_SPECIMEN = "default"
 BUSY_TIMEOUT_MS = 10_000
@@ -98,7 +100,7 @@ MIGRATIONS = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class StoreError(Exception):
+class StoreError(PhasewatchError):
     """A database that cannot be used or a request that does not fit it; one line."""
 
 
@@ -154,7 +156,7 @@ class Store:
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
             except sqlite3.DatabaseError as exc:
-                raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+                raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -201,7 +203,7 @@ class Store:
                     )
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable phasewatch database: {exc}") from None
+            raise StoreError(f"{self.path}: not a usable phasewatch database: {exc}") from exc
 
     # -- specimens ---------------------------------------------------------------
 
@@ -238,8 +240,8 @@ class Store:
         the root belongs to the current specimen."""
         try:
             parts = PurePath(path).relative_to(watch_root).parts
-        except ValueError:
-            raise StoreError(f"{path}: not inside the watch folder {watch_root}") from None
+        except ValueError as exc:
+            raise StoreError(f"{path}: not inside the watch folder {watch_root}") from exc
         if len(parts) < 2:
             return self.current_specimen()["id"]
         folder = parts[0]
