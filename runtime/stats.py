@@ -18,12 +18,16 @@ mean))^2``; as ``t`` itself depends on ``m``, it is found by stepping ``m`` up f
 lower bound that uses the normal quantile (t > z always). ``s`` and the mean are the
 current estimates, so the answer is an estimate too; ``fields_needed`` is ``m - n``,
 never negative.
+
+Trend. :func:`specimen_statistics` also follows the specimen's main phase field by
+field: its area % per field and :func:`field_statistics` after each one (the running
+mean and CI), so that an operator sees the estimate settle as fields come in.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from phasewatch.runtime.service.store import Store
@@ -86,7 +90,7 @@ def field_statistics(
         raise ValueError(f"{n} values but {len(areas)} areas")
     mean = math.fsum(values) / n if n else None
     std = t = ci = ra = required = needed = weighted = None
-    if n >= 2:
+    if mean is not None and n >= 2:
         std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
         t = t_975(n - 1)
         ci = t * std / math.sqrt(n)
@@ -121,6 +125,36 @@ def _per_class(
     }
 
 
+def main_phase(fields: Iterable[dict[str, Any]]) -> str | None:
+    """The phase class (a class with particle statistics) with the largest summed
+    fraction over ``fields``; None when no field has a phase."""
+    totals: dict[str, float] = {}
+    for f in fields:
+        for name in f.get("particles") or {}:
+            totals[name] = totals.get(name, 0.0) + f["fractions"].get(name, 0.0)
+    return max(totals, key=totals.__getitem__) if totals else None
+
+
+def running_statistics(values: Sequence[float], target_ra: float = 0.10) -> list[dict[str, Any]]:
+    """:func:`field_statistics` of the first 1, 2, ..., n ``values``."""
+    return [field_statistics(values[:n], target_ra=target_ra) for n in range(1, len(values) + 1)]
+
+
+def phase_trend(fields: Sequence[dict[str, Any]], name: str, target_ra: float = 0.10) -> dict[str, Any]:
+    """Area % of class ``name`` per field (``class``, field ``ids`` and ``values``, in
+    the order of ``fields``), with the running ``mean`` and its 95 % half-width
+    ``ci95`` after each field (None below two fields)."""
+    values = [100.0 * f["fractions"].get(name, 0.0) for f in fields]
+    running = running_statistics(values, target_ra)
+    return {
+        "class": name,
+        "ids": [f["id"] for f in fields],
+        "values": values,
+        "mean": [s["mean"] for s in running],
+        "ci95": [s["ci95"] for s in running],
+    }
+
+
 def specimen_statistics(
     store: Store, specimen_id: int, target_ra: float = 0.10
 ) -> dict[str, Any]:
@@ -133,7 +167,9 @@ def specimen_statistics(
       estimator total count / total area;
     * ``mean_ecd``: the fields' mean ECD in µm (pixels unless every field has a pixel
       size), weighted by the number of whole particles; fields without a whole
-      particle of the class do not count.
+      particle of the class do not count;
+    * ``main_phase`` (:func:`main_phase`) and its ``trend`` (:func:`phase_trend`; None
+      without a main phase).
     """
     # A field without valid area (all data bar) carries no information.
     fields = [f for f in store.field_results(specimen_id) if f["valid_area_px"]]
@@ -159,6 +195,7 @@ def specimen_statistics(
             values, weights = ecd.setdefault(name, ([], []))
             values.append(size)
             weights.append(p["count"])
+    phase = main_phase(fields)
     return {
         "specimen_id": specimen_id,
         "fields": len(fields),
@@ -166,4 +203,6 @@ def specimen_statistics(
         "fractions": _per_class(fractions, target_ra, "area %"),
         "number_density": _per_class(density, target_ra, "1/mm2" if physical else "1/Mpx"),
         "mean_ecd": _per_class(ecd, target_ra, "um" if physical else "px"),
+        "main_phase": phase,
+        "trend": phase_trend(fields, phase, target_ra) if phase else None,
     }

@@ -7,7 +7,14 @@ import math
 import pytest
 
 from phasewatch.runtime.service.store import Store
-from phasewatch.runtime.stats import field_statistics, specimen_statistics, t_975
+from phasewatch.runtime.stats import (
+    field_statistics,
+    main_phase,
+    phase_trend,
+    running_statistics,
+    specimen_statistics,
+    t_975,
+)
 
 
 @pytest.mark.parametrize(
@@ -86,6 +93,43 @@ def test_area_weighted_ratio_estimator():
         field_statistics([10.0, 20.0], areas=[1.0])
 
 
+def test_running_statistics_after_each_field_by_hand():
+    # 12: mean 12, no CI; 12, 15: mean 13.5, s = 3 / sqrt(2), CI = 12.7062 * 3 / 2 = 19.0593;
+    # 12, 15, 10: mean 37 / 3, s^2 = (1/9 + 64/9 + 49/9) / 2 = 19 / 3, CI = 4.3027 * sqrt(19 / 9) = 6.2516.
+    running = running_statistics([12.0, 15.0, 10.0])
+    assert [r["n"] for r in running] == [1, 2, 3]
+    assert [r["mean"] for r in running] == pytest.approx([12.0, 13.5, 37 / 3])
+    assert running[0]["ci95"] is None
+    assert [r["ci95"] for r in running[1:]] == pytest.approx([19.0593, 6.2516], abs=5e-5)
+    assert running_statistics([]) == []
+
+
+def test_main_phase_is_the_phase_with_the_largest_summed_fraction():
+    fields = [
+        {"fractions": {"matrix": 0.7, "carbide": 0.1, "boride": 0.2}, "particles": {"carbide": {}, "boride": {}}},
+        {"fractions": {"matrix": 0.6, "carbide": 0.3, "boride": 0.1}, "particles": {"carbide": {}}},
+    ]
+    # The matrix has no particle statistics: not a phase however large. Carbide 0.4 > boride 0.3.
+    assert main_phase(fields) == "carbide"
+    assert main_phase([{"fractions": {"matrix": 1.0}, "particles": {}}]) is None
+    assert main_phase([]) is None
+
+
+def test_phase_trend_follows_one_class_field_by_field():
+    fields = [
+        {"id": 4, "fractions": {"carbide": 0.20}},
+        {"id": 9, "fractions": {"matrix": 1.0}},  # no carbide: 0 %
+        {"id": 11, "fractions": {"carbide": 0.40}},
+    ]
+    trend = phase_trend(fields, "carbide")
+    assert (trend["class"], trend["ids"]) == ("carbide", [4, 9, 11])
+    assert trend["values"] == pytest.approx([20.0, 0.0, 40.0])
+    assert trend["mean"] == pytest.approx([20.0, 10.0, 20.0])
+    # Values 20, 0, 40: s = 20, CI = 4.3027 * 20 / sqrt(3) = 49.683.
+    assert trend["ci95"][0] is None and trend["ci95"][2] == pytest.approx(t_975(2) * 20 / math.sqrt(3))
+    assert phase_trend([], "carbide") == {"class": "carbide", "ids": [], "values": [], "mean": [], "ci95": []}
+
+
 def _result(carbide: float, area_px: int, count: int, ecd: float | None, px: float | None):
     area_um2 = area_px * px * px if px else None
     per_mpx = count / area_px * 1e6
@@ -139,6 +183,11 @@ def test_specimen_statistics_in_physical_units_skip_excluded_fields(tmp_path):
     ecd = stats["mean_ecd"]["carbide"]
     assert ecd["unit"] == "um"
     assert ecd["weighted_mean"] == pytest.approx(1.4)  # (10 * 2.0 + 15 * 1.0) / 25
+    assert stats["main_phase"] == "carbide"
+    trend = stats["trend"]  # the excluded field is left out here too
+    assert trend["ids"] == ids[:2] and trend["values"] == pytest.approx([20.0, 30.0])
+    assert trend["mean"] == pytest.approx([20.0, 25.0])
+    assert trend["ci95"] == [None, pytest.approx(carbide["ci95"])]
 
 
 def test_specimen_statistics_fall_back_to_pixels_when_a_pixel_size_is_missing(tmp_path):
@@ -158,3 +207,4 @@ def test_empty_specimen(tmp_path):
     stats = specimen_statistics(store, store.current_specimen()["id"])
     store.close()
     assert stats["fields"] == 0 and stats["fractions"] == {}
+    assert stats["main_phase"] is None and stats["trend"] is None

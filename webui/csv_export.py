@@ -1,0 +1,36 @@
+"""``/export.csv``'s table: one row per field, oldest first, one area % column per class."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _iso(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def fields_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The CSV of store image ``rows`` (in the order given); the class columns are
+    every class any row has, in the order they first appear."""
+    classes: dict[str, None] = {}
+    for row in rows:
+        classes.update(dict.fromkeys(row.get("fractions") or {}))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["id", "file", "specimen", "state", "processed",
+                     *(f"{name}_area_pct" for name in classes), "excluded", "reason", "error", "path"])
+    for row in rows:
+        fractions = row.get("fractions") or {}
+        writer.writerow([
+            row["id"], Path(row["path"]).name, row["specimen"], row["state"], _iso(row["processed"]),
+            *(f"{100.0 * fractions[c]:.4f}" if c in fractions else "" for c in classes),
+            int(bool(row["excluded"])), row["exclude_reason"] or "", row["error"] or "", row["path"],
+        ])
+    return out.getvalue()

@@ -1,0 +1,32 @@
+"""How the API and the ``field`` event show a store image row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PICTURES = ("overlay", "classes", "preview")
+
+
+def image_json(image: dict[str, Any]) -> dict[str, Any]:
+    """A store image row as the API and the ``field`` event show it."""
+    outputs = image.get("outputs") or {}
+    return {
+        "id": image["id"],
+        "file": Path(image["path"]).name,
+        "path": image["path"],
+        "state": image["state"],
+        "error": image["error"],
+        "specimen": image["specimen"],
+        "specimen_id": image["specimen_id"],
+        "fractions": image.get("fractions"),
+        "phases": sorted(image.get("particles") or {}),
+        "created": image["created"],
+        "processed": image["processed"],
+        "duplicate_of": image["duplicate_of"],
+        "excluded": bool(image["excluded"]),
+        "exclude_reason": image["exclude_reason"],
+        "pictures": {
+            kind: f"/api/images/{image['id']}/{kind}.png" for kind in PICTURES if kind in outputs
+        },
+    }

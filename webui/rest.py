@@ -1,0 +1,77 @@
+"""What the routes share: :class:`ApiError` (a refused request), the request parsing
+that raises it, and the JSON answers for every error (the app registers the handlers).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.service.store import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(PhasewatchError):
+    """A request the API refuses: ``status`` and a one-line message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def query_int(name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+    """Query argument ``name`` as an int within ``low``..``high``; ``default`` when absent or empty."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"{name} must be an integer, got {raw!r}") from exc
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ApiError(400, f"{name} must be {bound}, got {value}")
+    return value
+
+
+def json_body(optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object; ``{}`` for an empty body when ``optional``."""
+    if optional and not request.get_data():
+        return {}
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def text_field(body: dict[str, Any], name: str, limit: int, required: bool = False) -> str:
+    """String ``name`` of ``body``, stripped, at most ``limit`` characters; "" when absent."""
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string")
+    value = value.strip()
+    if required and not value:
+        raise ApiError(400, f"{name} is required")
+    if len(value) > limit:
+        raise ApiError(400, f"{name} is longer than {limit} characters")
+    return value
+
+
+def api_error(exc: ApiError) -> tuple[Response, int]:
+    return jsonify(error=exc.message), exc.status
+
+
+def http_error(exc: HTTPException) -> tuple[Response, int]:
+    # Flask hands only exceptions with a code to a handler; the fallback is for the type.
+    return jsonify(error=exc.description), exc.code or 500
+
+
+def store_error(exc: StoreError) -> tuple[Response, int]:
+    log.error("web: %s", exc)
+    return jsonify(error=str(exc)), 500
