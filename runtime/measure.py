@@ -52,7 +52,8 @@ BORDER_RULE = (
 _GUARD_KERNEL = np.ones((3, 3), np.uint8)  # 8-adjacency
 
 
-def _ecd(area: np.ndarray | float) -> np.ndarray | float:
+def _ecd(area: np.ndarray | float) -> np.ndarray:
+    """Equivalent circle diameter of an area (element-wise)."""
     return np.sqrt(4.0 * np.asarray(area, np.float64) / np.pi)
 
 
@@ -169,3 +170,20 @@ def measure(
         "min_particle_area_px": MIN_PARTICLE_AREA_PX,
         "border_rule": BORDER_RULE,
     }
+
+
+def combine_pages(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One field's measurement from the pages of a stack: fractions weighted by valid area.
+
+    A multi-page file is one field of a specimen, so its fractions are those of all its
+    valid pixels together; the per-page records are kept under ``pages``.
+    """
+    if len(records) == 1:
+        return records[0]
+    areas = np.array([r["valid_area_px"] for r in records], float)
+    weights = areas / areas.sum() if areas.sum() > 0 else np.full(len(records), 1 / len(records))
+    names = records[0]["fractions"].keys()
+    fractions = {n: float(sum(w * r["fractions"][n] for w, r in zip(weights, records, strict=True)))
+                 for n in names}
+    return {**records[0], "page": None, "fractions": fractions,
+            "valid_area_px": int(areas.sum()), "pages": records}

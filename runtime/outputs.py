@@ -28,7 +28,15 @@ _STRETCH_SAMPLES = 1 << 20  # percentiles from at most about this many pixels
 
 
 class OutputError(PhasewatchError, OSError):
-    """An output file that could not be written; the message is one line naming it."""
+    """An output file that could not be written; the message is one line naming it.
+
+    Built as ``OutputError(errno, message)`` where the cause has an errno, so that the
+    daemon can tell a full or read-only disk (retried) from a bad output (failed).
+    """
+
+    def __str__(self) -> str:
+        # OSError would print "[Errno 28] ..."; the user reads the message alone.
+        return self.strerror if self.errno is not None and self.strerror else super().__str__()
 
 
 def to_display_8bit(image: np.ndarray) -> np.ndarray:
@@ -112,7 +120,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+        raise OutputError(exc.errno, f"{path}: cannot write: {exc.strerror or exc}") from exc
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
@@ -172,7 +180,7 @@ def write_outputs(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create output folder: {exc.strerror or exc}") from exc
+        raise OutputError(exc.errno, f"{out_dir}: cannot create output folder: {exc.strerror or exc}") from exc
     paths = {
         "classes": out_dir / f"{stem}.classes.png",
         "overlay": out_dir / f"{stem}.overlay.png",

@@ -1,26 +1,160 @@
-"""From decoded micrographs to class maps, measurements and the per-field record.
+"""The one path a file takes: decode -> prepare -> segment -> measure -> record -> write.
 
-`phasewatch segment`, `demo`, `evaluate` and the daemon share this path, so that a
-fraction means the same thing wherever it is shown.
+`phasewatch segment`, `demo`, `evaluate` and the daemon all go through here, so that a
+fraction means the same thing, under the same record keys, wherever it is shown. The
+path is three steps so that the daemon can run each in its own stage (and share the
+backend's batches between files) while the one-off commands chain them in
+:func:`process_file`:
+
+``decode_file``    read every field (page) of a file: :class:`Decoded`;
+``segment_files``  class maps for the fields of several files, tiles sharing batches,
+                   each result carrying the :class:`Model` that produced it;
+``record_file``    measure each field, build its record, combine the pages, and write
+                   the outputs when given a folder: :class:`FileResult`.
 """
 
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from phasewatch.runtime.backends import Backend
-from phasewatch.runtime.bundle import Bundle
+from phasewatch.runtime.backends import Backend, open_backend
+from phasewatch.runtime.bundle import Bundle, load_bundle
 from phasewatch.runtime.engine import default_overlap, segment_many
-from phasewatch.runtime.imageio import Field
-from phasewatch.runtime.measure import measure
-from phasewatch.runtime.normalise import prepare
-from phasewatch.runtime.outputs import write_outputs
+from phasewatch.runtime.imageio import Field, read_fields
+from phasewatch.runtime.measure import combine_pages, measure
+from phasewatch.runtime.normalise import ModelInput, prepare
+from phasewatch.runtime.outputs import preview, write_outputs, write_png_atomic
+
+
+@dataclass(frozen=True)
+class Model:
+    """A bundle and the backend running it: what a result records as its producer."""
+
+    bundle: Bundle
+    backend: Backend
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def open_model(ref: str | Path, kind: str = "auto", batch: int = 8, threads: int | None = None) -> Model:
+    """Load a bundle (folder or bundled name) and open a backend for it."""
+    bundle = load_bundle(ref)
+    return Model(bundle, open_backend(bundle, kind, batch, threads))
+
+
+@dataclass
+class Decoded:
+    """The fields of one file, decoded."""
+
+    path: Path
+    fields: list[Field]
+    decode_ms: float
+
+
+@dataclass
+class Segmented:
+    """The class maps of one file's fields and the model that produced them."""
+
+    decoded: Decoded
+    model: Model
+    maps: list[np.ndarray]
+    segment_ms: float
+
+
+@dataclass
+class FieldResult:
+    field: Field
+    classes: np.ndarray
+    record: dict[str, Any]
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FileResult:
+    """One file's outcome: per-field results and the file's record (pages combined)."""
+
+    path: Path
+    model: Model
+    fields: list[FieldResult]
+    record: dict[str, Any]
+    outputs: dict[str, str]
+
+
+def decode_file(path: Path, pixel_size_um: float | None = None) -> Decoded:
+    """Every field of ``path``; raises ``ImageReadError`` (one line) for a bad file."""
+    started = time.perf_counter()
+    fields = read_fields(path, pixel_size_um=pixel_size_um)
+    return Decoded(Path(path), fields, (time.perf_counter() - started) * 1000)
+
+
+def segment_files(
+    decoded: list[Decoded],
+    model: Model,
+    overlap: int | None = None,
+    batch: int | None = None,
+) -> list[Segmented]:
+    """Class maps for every field of every file; tiles of all of them share batches.
+
+    The time is shared out per field, since one batch holds tiles of several fields.
+    """
+    started = time.perf_counter()
+    maps = segment_images((f.image for d in decoded for f in d.fields), model.bundle, model.backend, overlap, batch)
+    per_file = [[next(maps) for _ in d.fields] for d in decoded]
+    fields = sum(len(d.fields) for d in decoded)
+    per_field_ms = (time.perf_counter() - started) * 1000 / max(1, fields)
+    return [Segmented(d, model, m, per_field_ms * len(m)) for d, m in zip(decoded, per_file, strict=True)]
+
+
+def record_file(segmented: Segmented, out_dir: Path | None) -> FileResult:
+    """Measure, record and (when ``out_dir`` is given) write every field of one file.
+
+    Outputs are ``STEM.classes.png``, ``STEM.overlay.png``, ``STEM.json`` per field and
+    ``NAME.preview.png`` (the first field, downscaled) per file; the file's record
+    combines the pages (:func:`measure.combine_pages`).
+    """
+    decoded, model = segmented.decoded, segmented.model
+    count = len(decoded.fields)
+    results: list[FieldResult] = []
+    outputs: dict[str, str] = {}
+    for field_, classes in zip(decoded.fields, segmented.maps, strict=True):
+        started = time.perf_counter()
+        record = field_record(decoded.path, field_, classes, model)
+        measured = time.perf_counter()
+        record["timing_ms"] = {"decode": round(decoded.decode_ms / count, 2),
+                               "segment": round(segmented.segment_ms / count, 2),
+                               "measure": round((measured - started) * 1000, 2)}
+        result = FieldResult(field_, classes, record)
+        if out_dir is not None:
+            written = write_field(out_dir, field_stem(decoded.path, field_, count), result, model.bundle)
+            result.outputs = {k: str(v) for k, v in written.items()}
+            if not outputs:  # the first page stands for the file on the web page
+                preview_path = out_dir / f"{decoded.path.stem}.preview.png"
+                write_png_atomic(preview_path, preview(field_.image))
+                outputs = {**result.outputs, "preview": str(preview_path)}
+        results.append(result)
+    return FileResult(decoded.path, model, results, combine_pages([r.record for r in results]), outputs)
+
+
+def process_file(
+    path: Path,
+    model: Model,
+    out_dir: Path | None = None,
+    pixel_size_um: float | None = None,
+    overlap: int | None = None,
+    batch: int | None = None,
+) -> FileResult:
+    """The whole path for one file (what the daemon's stages do, in one call)."""
+    (segmented,) = segment_files([decode_file(path, pixel_size_um)], model, overlap, batch)
+    return record_file(segmented, out_dir)
 
 
 def segment_images(
@@ -39,9 +173,9 @@ def segment_images(
     overlap = default_overlap(bundle.tile, bundle.halo) if overlap is None else overlap
     shapes: collections.deque[tuple[int, int]] = collections.deque()
 
-    def inputs() -> Iterator[Any]:
+    def inputs() -> Iterator[ModelInput]:
         for image in images:
-            shapes.append(image.shape[:2])
+            shapes.append((image.shape[0], image.shape[1]))
             yield prepare(image, bundle.channels, bundle.normalisation, bundle.scale)
 
     for classes in segment_many(inputs(), backend, bundle.tile, overlap, batch, timings, halo=bundle.halo):
@@ -51,30 +185,19 @@ def segment_images(
         yield classes
 
 
-def segment_array(image: np.ndarray, bundle: Bundle, backend: Backend, **options: Any) -> np.ndarray:
-    """Class map of one image (see :func:`segment_images`)."""
-    return next(segment_images([image], bundle, backend, **options))
-
-
 def field_stem(path: Path, field: Field, fields_in_file: int) -> str:
     """Output name of a field: the file's stem, plus the page for multi-page files."""
     return path.stem if fields_in_file == 1 else f"{path.stem}.p{field.page:04d}"
 
 
-def field_record(
-    path: Path,
-    field: Field,
-    classes: np.ndarray,
-    bundle: Bundle,
-    backend_name: str,
-) -> dict[str, Any]:
-    """The per-field JSON record: identity, pixel size and its source, measurements."""
-    measured = measure(classes, bundle.classes, field.pixel_size_um)
+def field_record(path: Path, field: Field, classes: np.ndarray, model: Model) -> dict[str, Any]:
+    """The per-field record: identity, producer, pixel size and its source, measurements."""
+    measured = measure(classes, model.bundle.classes, field.pixel_size_um)
     return {
         "image": str(path),
         "page": field.page,
-        "model": bundle.name,
-        "backend": backend_name,
+        "model": model.bundle.name,
+        "backend": model.backend.name,
         "width": int(classes.shape[1]),
         "height": int(classes.shape[0]),
         "pixel_size_um": field.pixel_size_um,
@@ -83,13 +206,9 @@ def field_record(
     }
 
 
-def background_ids(bundle: Bundle) -> set[int]:
-    """Classes left untinted in overlays, so the phases stand out."""
-    return {c.id for c in bundle.classes if c.role == "background"}
-
-
-def write_field(out_dir: Path, stem: str, field: Field, classes: np.ndarray, bundle: Bundle,
-                record: dict[str, Any]) -> dict[str, Path]:
-    """Write class map, overlay and JSON of one field atomically."""
-    return write_outputs(out_dir, stem, field.image, classes, bundle.palette(), record,
-                         skip=background_ids(bundle))
+def write_field(out_dir: Path, stem: str, result: FieldResult, bundle: Bundle) -> dict[str, Path]:
+    """Write class map, overlay and JSON of one field atomically; background classes stay
+    untinted in the overlay so the phases stand out."""
+    background = {c.id for c in bundle.classes if c.role == "background"}
+    return write_outputs(out_dir, stem, result.field.image, result.classes, bundle.palette(), result.record,
+                         skip=background)

@@ -1,4 +1,4 @@
-"""runtime/daemon.py in process, with a fake backend whose class map is known by hand.
+"""The daemon (runtime/service/daemon.py) in process, with a fake backend whose class map is known by hand.
 
 The fake backend labels a pixel class 1 where the normalised input is above 0 (brighter
 than the manifest's mean of 0.5) and class 0 elsewhere; the logits of a pixel do not
@@ -8,7 +8,11 @@ half-bright images are exact too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +23,19 @@ import pytest
 import tifffile
 from onnx_graphs import make_bundle
 
-import phasewatch.runtime.service.daemon as daemon_module
+import phasewatch.runtime.pipeline as pipeline_module
+from phasewatch.runtime.bundle import load_bundle
+from phasewatch.runtime.commands.cli import main
+from phasewatch.runtime.measure import combine_pages
 from phasewatch.runtime.outputs import OutputError
+from phasewatch.runtime.pipeline import Model, open_model
+from phasewatch.runtime.service import sdnotify
 from phasewatch.runtime.service.config import load_config
-from phasewatch.runtime.service.daemon import BACKOFF_MAX_S, Backoff, Daemon, combine_pages
+from phasewatch.runtime.service.daemon import Daemon
+from phasewatch.runtime.service.stages import BACKOFF_MAX_S, Backoff
+from phasewatch.runtime.service.store import Store
+from phasewatch.webui.app import AppContext, create_app
+from phasewatch.webui.events import EventBroker
 
 DEADLINE_S = 30.0
 
@@ -72,50 +85,34 @@ def half_bright(height: int, width: int) -> np.ndarray:
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    bundle = make_bundle(tmp_path / "bundle")
+def make_daemon(tmp_path: Path):
+    """``make(backend, config_text, models)`` starts a daemon on a real store and watch folder,
+    with the tiny bundle on ``backend``, or with what the model factory ``models`` opens."""
+    bundle = load_bundle(make_bundle(tmp_path / "bundle"))
     (tmp_path / "watch").mkdir()
     config_file = tmp_path / "phasewatch.toml"
-    config_file.write_text('[watch]\nsettle_s = 0.05\n')
-    started: list[Daemon] = []
+    started: list[tuple[Daemon, Store]] = []
 
-    def make(backend: ThresholdBackend | None = None) -> Daemon:
+    def make(backend: Any = None, config_text: str = "", models: Callable[[], Model] | None = None) -> Daemon:
         backend = backend or ThresholdBackend()
-        monkeypatch.setattr(daemon_module, "open_backend", lambda *args: backend)
-        config = load_config(config_file, {"watch": tmp_path / "watch", "data": tmp_path / "data",
-                                           "model": str(bundle)})
-        daemon = Daemon(config)
+        config_file.write_text('[watch]\nsettle_s = 0.05\n' + config_text)
+        config = load_config(config_file, {"watch": tmp_path / "watch", "data": tmp_path / "data"})
+        store = Store(config.data.database, max_attempts=config.queue.max_attempts)
+        daemon = Daemon(config, store, models or (lambda: Model(bundle, backend)))
         daemon.start()
-        started.append(daemon)
+        started.append((daemon, store))
         return daemon
 
     yield make
-    for daemon in started:
+    for daemon, store in started:
         daemon.stop()
+        store.close()
 
 
 def finished(daemon: Daemon, count: int) -> list[dict[str, Any]] | None:
     images = daemon.store.list_images(100)
     done = [i for i in images if i["state"] in ("done", "failed")]
     return images if len(done) >= count else None
-
-
-def test_combine_pages_weights_fractions_by_valid_area() -> None:
-    pages = [
-        {"page": 0, "valid_area_px": 100, "fractions": {"a": 0.2, "b": 0.8}},
-        {"page": 1, "valid_area_px": 300, "fractions": {"a": 0.6, "b": 0.4}},
-    ]
-    combined = combine_pages(pages)
-    # a: 0.25 * 0.2 + 0.75 * 0.6 = 0.5; b: 0.25 * 0.8 + 0.75 * 0.4 = 0.5
-    assert combined["fractions"] == pytest.approx({"a": 0.5, "b": 0.5})
-    assert combined["valid_area_px"] == 400
-    assert combined["page"] is None and combined["pages"] == pages
-    assert combine_pages(pages[:1]) is pages[0]
-
-
-def test_combine_pages_without_valid_area_weighs_pages_equally() -> None:
-    pages = [{"page": i, "valid_area_px": 0, "fractions": {"a": f}} for i, f in enumerate((0.2, 0.4))]
-    assert combine_pages(pages)["fractions"]["a"] == pytest.approx(0.3)
 
 
 def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
@@ -142,8 +139,8 @@ def test_multi_page_tiff_is_one_field_with_area_weighted_fractions(make_daemon) 
     assert image["valid_area_px"] == 3072
     out_dir = daemon.config.data.results_dir / f"{image['id']:06d}"
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["preview.png", "stack.p0000.classes.png", "stack.p0000.json", "stack.p0000.overlay.png",
-                     "stack.p0001.classes.png", "stack.p0001.json", "stack.p0001.overlay.png"]
+    assert names == ["stack.p0000.classes.png", "stack.p0000.json", "stack.p0000.overlay.png",
+                     "stack.p0001.classes.png", "stack.p0001.json", "stack.p0001.overlay.png", "stack.preview.png"]
 
 
 def test_header_only_tiff_fails_with_a_reason_and_the_workers_live_on(make_daemon) -> None:
@@ -172,7 +169,7 @@ def test_backend_error_requeues_without_spending_an_attempt(make_daemon) -> None
 
 
 def test_full_disk_requeues_and_recovers(make_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write_field = daemon_module.write_field
+    real_write_field = pipeline_module.write_field
     calls = []
 
     def write_field_once_full(out_dir: Path, stem: str, *args: Any) -> Any:
@@ -181,7 +178,8 @@ def test_full_disk_requeues_and_recovers(make_daemon, monkeypatch: pytest.Monkey
             raise OutputError(errno.ENOSPC, f"{out_dir / stem}: No space left on device")
         return real_write_field(out_dir, stem, *args)
 
-    monkeypatch.setattr(daemon_module, "write_field", write_field_once_full)
+    # Fault injection: the first write of the pictures meets a full disk.
+    monkeypatch.setattr(pipeline_module, "write_field", write_field_once_full)
     daemon = make_daemon()
     drop(daemon, "a.tif", lambda p: tifffile.imwrite(p, half_bright(16, 16)))
     assert "No space left" in wait_for(lambda: daemon.problems.get("disk"), "the disk problem to show")
@@ -202,3 +200,122 @@ def test_vanished_data_folder_is_a_health_problem_not_a_crash(make_daemon) -> No
     finally:
         moved.rename(data)
     assert daemon.health() == (True, {})
+
+
+class GatedBackend(ThresholdBackend):
+    """Every pixel ``label``; the first ``run`` blocks until ``gate`` is set (an inference in
+    progress, or a hung device call when the gate never opens)."""
+
+    def __init__(self, name: str, label: int) -> None:
+        super().__init__()
+        self.name, self.label = name, label
+        self.gate = threading.Event()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == 1:
+            self.gate.wait()
+        logits = np.zeros((len(batch), 3, *batch.shape[2:]), np.float32)
+        logits[:, self.label] = 1.0
+        return logits
+
+
+def test_segment_command_and_daemon_record_the_same_for_the_same_file(make_daemon, tmp_path: Path) -> None:
+    bundle_dir = tmp_path / "bundle"  # the fixture's tiny ONNX bundle, on the real CPU backend
+    daemon = make_daemon(models=lambda: open_model(str(bundle_dir), "cpu"))
+
+    def write_stack(path: Path) -> None:
+        rng = np.random.default_rng(3)
+        with tifffile.TiffWriter(path) as tif:
+            tif.write(rng.integers(0, 256, (48, 40), np.uint8), resolution=(4.0, 4.0), resolutionunit="MICROMETER")
+            tif.write(rng.integers(0, 256, (48, 40), np.uint8))
+
+    path = drop(daemon, "stack.tif", write_stack)
+    (image,) = wait_for(lambda: finished(daemon, 1), "the daemon's result")
+    assert image["state"] == "done"
+    out = tmp_path / "segment-out"
+    assert main(["segment", str(path), "--model", str(bundle_dir), "--out", str(out), "--backend", "cpu"]) == 0
+
+    served_dir = daemon.config.data.results_dir / f"{image['id']:06d}"
+    assert sorted(p.name for p in served_dir.iterdir()) == sorted(p.name for p in out.iterdir())
+    pages = []
+    for stem in ("stack.p0000", "stack.p0001"):
+        served = json.loads((served_dir / f"{stem}.json").read_text())
+        segmented = json.loads((out / f"{stem}.json").read_text())
+        assert served.keys() == segmented.keys()
+        assert served["timing_ms"].keys() == segmented["timing_ms"].keys() == {"decode", "segment", "measure"}
+        assert {k: v for k, v in served.items() if k != "timing_ms"} == \
+            {k: v for k, v in segmented.items() if k != "timing_ms"}
+        pages.append(segmented)
+    assert image["fractions"] == pytest.approx(combine_pages(pages)["fractions"])
+
+
+def test_reload_in_flight_records_each_field_under_the_model_that_segmented_it(
+        make_daemon, tmp_path: Path) -> None:
+    old = Model(load_bundle(make_bundle(tmp_path / "old", name="old")), GatedBackend("old-backend", label=1))
+    new = Model(load_bundle(make_bundle(tmp_path / "new", name="new")), GatedBackend("new-backend", label=0))
+    new.backend.gate.set()
+    loads = iter([old, new])
+    daemon = make_daemon(models=lambda: next(loads))
+
+    drop(daemon, "first.tif", lambda p: tifffile.imwrite(p, half_bright(16, 16)))
+    wait_for(lambda: old.backend.calls, "the first field to be in inference")
+    for name in ("second.tif", "third.tif"):
+        drop(daemon, name, lambda p: tifffile.imwrite(p, half_bright(16, 16) // 2 + len(p.name)))
+    wait_for(lambda: daemon.store.counts_by_state()["processing"] == 3, "all three files in flight")
+    daemon.reload_model()  # SIGHUP while the first field is inside the old backend
+    old.backend.gate.set()
+
+    images = {Path(i["path"]).name: i for i in wait_for(lambda: finished(daemon, 3), "three results")}
+    assert daemon.model is new
+    for name, (model, backend, class1) in {"first.tif": ("old", "old-backend", 1.0),
+                                            "second.tif": ("new", "new-backend", 0.0),
+                                            "third.tif": ("new", "new-backend", 0.0)}.items():
+        image = images[name]
+        assert image["state"] == "done"
+        assert (image["measurement"]["model"], image["measurement"]["backend"]) == (model, backend), name
+        assert image["fractions"]["class1"] == class1, name  # the labels say who really segmented it
+
+
+def test_a_stage_stuck_in_the_backend_fails_healthz_and_stops_watchdog_pings(
+        make_daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    hung = GatedBackend("hung", label=1)
+    stall_s = 0.5
+    daemon = make_daemon(hung, config_text=f"[workers]\nstall_timeout_s = {stall_s}\n")
+    app = create_app(AppContext(store=daemon.store, events=EventBroker(), status=daemon.status,
+                                health=daemon.health_report, metrics=daemon.metrics.render,
+                                target_ra=0.1, data_dir=daemon.config.data.dir))
+    watchdog = sdnotify.Watchdog(healthy=daemon.alive, interval_s=0.1)
+    watchdog.start()
+    try:
+        assert app.test_client().get("/healthz").status_code == 200
+        drop(daemon, "a.tif", lambda p: tifffile.imwrite(p, half_bright(16, 16)))
+        wait_for(lambda: hung.calls, "the backend call to hang")
+        stuck_at = time.monotonic()
+        problem = wait_for(lambda: daemon.health()[1].get("worker"), "the stuck stage to be reported")
+        assert time.monotonic() - stuck_at < stall_s + 1.0
+        assert problem.startswith("infer stage stuck: no progress for ")
+        response = app.test_client().get("/healthz")
+        assert response.status_code == 503 and response.get_json()["problems"]["worker"].startswith("infer stage")
+        pings_before = received_pings(notify)
+        time.sleep(0.5)  # five watchdog periods
+        assert pings_before > 0 and received_pings(notify) == 0
+    finally:
+        watchdog.stop()
+        hung.gate.set()  # let the stage drain so the daemon can stop
+        notify.close()
+    (image,) = wait_for(lambda: finished(daemon, 1), "the released field's result")
+    assert image["state"] == "done"
+    assert wait_for(lambda: daemon.alive(), "the stage to report progress again")
+
+
+def received_pings(sock: socket.socket) -> int:
+    sock.setblocking(False)
+    pings = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            pings += sock.recv(64) == b"WATCHDOG=1"
+    return pings

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from phasewatch.runtime.bundle import ClassInfo
-from phasewatch.runtime.measure import measure
+from phasewatch.runtime.measure import combine_pages, measure
 
 CLASSES = (
     ClassInfo(0, "matrix", (0, 0, 0), "background"),
@@ -208,3 +208,21 @@ def test_real_label_map_fractions_match_pixel_counts(shared_data):
     second = result["particles"]["second"]
     assert second["count"] > 0
     assert sum(second["ecd_histogram"]["counts"]) == second["count"]
+
+
+def test_combine_pages_weights_fractions_by_valid_area() -> None:
+    pages = [
+        {"page": 0, "valid_area_px": 100, "fractions": {"a": 0.2, "b": 0.8}},
+        {"page": 1, "valid_area_px": 300, "fractions": {"a": 0.6, "b": 0.4}},
+    ]
+    combined = combine_pages(pages)
+    # a: 0.25 * 0.2 + 0.75 * 0.6 = 0.5; b: 0.25 * 0.8 + 0.75 * 0.4 = 0.5
+    assert combined["fractions"] == pytest.approx({"a": 0.5, "b": 0.5})
+    assert combined["valid_area_px"] == 400
+    assert combined["page"] is None and combined["pages"] == pages
+    assert combine_pages(pages[:1]) is pages[0]
+
+
+def test_combine_pages_without_valid_area_weighs_pages_equally() -> None:
+    pages = [{"page": i, "valid_area_px": 0, "fractions": {"a": f}} for i, f in enumerate((0.2, 0.4))]
+    assert combine_pages(pages)["fractions"]["a"] == pytest.approx(0.3)

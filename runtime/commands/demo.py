@@ -12,14 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
 
-from phasewatch.runtime.backends import KINDS, open_backend
-from phasewatch.runtime.bundle import load_bundle
-from phasewatch.runtime.commands.segment import segment_file
+from phasewatch.runtime.backends import KINDS
 from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.pipeline import open_model, process_file
 from phasewatch.runtime.synthetic import superalloy_micrograph
 
 DEMO_PIXEL_SIZE_UM = 0.02  # a typical field-emission SEM pixel for γ′ imaging
@@ -34,13 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        bundle = load_bundle(args.model)
-        backend = open_backend(bundle, args.backend)
+        model = open_model(args.model, args.backend)
     except PhasewatchError as exc:
         print(f"phasewatch demo: {exc}", file=sys.stderr)
         return 2
+    bundle = model.bundle
     if bundle.num_classes != 3:
-        backend.close()
+        model.close()
         print(f"phasewatch demo: {bundle.name} has {bundle.num_classes} classes; the demo's micrograph "
               "needs a γ / secondary γ′ / tertiary γ′ model such as the bundled 'superalloy'", file=sys.stderr)
         return 2
@@ -51,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
     scale = 1.0 / DEMO_PIXEL_SIZE_UM
     tifffile.imwrite(source, image, imagej=True, resolution=(scale, scale), metadata={"unit": "um"})
     try:
-        (record,) = segment_file(source, args.out, bundle, backend)
+        result = process_file(source, model, args.out)
     finally:
-        backend.close()
-    predicted = cv2.imread(str(args.out / "synthetic-superalloy.classes.png"), cv2.IMREAD_UNCHANGED)
-    print(f"model {bundle.name} on {backend.name}: {source} "
+        model.close()
+    record, predicted = result.record, result.fields[0].classes
+    print(f"model {bundle.name} on {model.backend.name}: {source} "
           f"({record['width']}x{record['height']}, {record['pixel_size_um']} µm/px from "
           f"{record['pixel_size_source']})")
     print(f"{'class':<24}{'true':>8}{'measured':>10}")
@@ -64,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"{info.name:<24}{np.mean(truth == info.id):>8.3f}{record['fractions'][info.name]:>10.3f}")
     print(f"pixels agreeing with the truth: {np.mean(predicted == truth):.3f}")
-    print(f"outputs: {args.out}/synthetic-superalloy.{{classes.png,overlay.png,json}}")
+    print(f"outputs: {args.out}/synthetic-superalloy.{{classes.png,overlay.png,preview.png,json}}")
     return 0

@@ -16,9 +16,10 @@ import threading
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.service import sdnotify
 from phasewatch.runtime.service.config import add_service_arguments, config_from_args
-from phasewatch.runtime.service.daemon import Daemon
+from phasewatch.runtime.service.daemon import Daemon, model_factory
 from phasewatch.runtime.service.logs import fields as log_fields
 from phasewatch.runtime.service.logs import setup_logging
+from phasewatch.runtime.service.store import Store
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
 from phasewatch.webui.server import serve_in_thread
@@ -39,12 +40,20 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level)
     events = EventBroker()
     try:
-        daemon = Daemon(config, publish=lambda event, image: events.publish(event, image_json(image)))
+        config.data.dir.mkdir(parents=True, exist_ok=True)
+        store = Store(config.data.database, max_attempts=config.queue.max_attempts)
     except (PhasewatchError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    app = create_app(AppContext(store=daemon.store, events=events, status=daemon.status,
-                                health=lambda: _health(daemon), metrics=daemon.metrics.render,
+    try:
+        daemon = Daemon(config, store, model_factory(config),
+                        publish=lambda event, image: events.publish(event, image_json(image)))
+    except (PhasewatchError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        store.close()
+        return 1
+    app = create_app(AppContext(store=store, events=events, status=daemon.status,
+                                health=daemon.health_report, metrics=daemon.metrics.render,
                                 target_ra=config.specimen.target_ra, data_dir=config.data.dir))
     server = serve_in_thread(app, config.server.host, config.server.port)
     stop = threading.Event()
@@ -52,11 +61,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: _reload(daemon))
     daemon.start()
-    # Only a wedged worker should make systemd restart us; a missing folder or full disk is retried here.
-    watchdog = sdnotify.Watchdog(healthy=lambda: "worker" not in daemon.health()[1])
+    watchdog = sdnotify.Watchdog(healthy=daemon.alive)
     watchdog.start()
     log.info("serving", extra=log_fields(url=server.url, watch=str(config.watch.dir), data=str(config.data.dir),
-                                          model=daemon.bundle.name, backend=daemon.backend.name))
+                                          model=daemon.model.bundle.name, backend=daemon.model.backend.name))
     sdnotify.ready()
     sdnotify.status(f"watching {config.watch.dir}; page at {server.url}")
     stop.wait()
@@ -65,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     watchdog.stop()
     daemon.stop()
     events.close()
-    server.stop()
+    server.stop()  # before the store closes: a request in flight may still read it
+    store.close()
     log.info("stopped")
     return 0
 
@@ -74,8 +83,3 @@ def _reload(daemon: Daemon) -> None:
     sdnotify.reloading()
     daemon.reload_model()
     sdnotify.ready()
-
-
-def _health(daemon: Daemon) -> tuple[bool, dict]:
-    ok, problems = daemon.health()
-    return ok, {"reasons": list(problems.values()), "problems": problems}

@@ -26,6 +26,8 @@ from typing import Any
 
 from phasewatch.runtime.backends import KINDS
 from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES
+from phasewatch.runtime.service.logs import LEVELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,12 +35,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = Path("/etc/phasewatch/phasewatch.toml")
-SERVICE_FLAGS = ("watch", "data", "model", "backend", "host", "port")
-DEFAULT_INCLUDE = ("*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg", "*.bmp")
+DEFAULT_INCLUDE = tuple(f"*{suffix}" for suffix in SUPPORTED_SUFFIXES)
 OBSERVERS = ("auto", "native", "polling")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-# Command-line flags of `phasewatch serve` and the key each one sets.
+# Command-line flags of `phasewatch serve` and `doctor` and the key each one sets.
 FLAG_KEYS = {
     "watch": "watch.dir",
     "data": "data.dir",
@@ -120,6 +120,17 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    # A stage holding one item with no progress this long is stuck (a hung backend call, a
+    # wedged decoder): /healthz fails and the watchdog pings stop, so systemd restarts us.
+    # Inference beats once per batch, so this bounds one batch, not one huge image.
+    stall_timeout_s: float = _rule(300.0, above=0.0)
+    # Decoded pixels held between decoding and writing: bounds memory whatever the file
+    # sizes, while keeping enough images ahead for full inference batches.
+    in_flight_megapixels: float = _rule(256.0, above=0.0)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = _rule(8650, min=1, max=65535)
@@ -127,7 +138,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = _rule("INFO", choices=LOG_LEVELS)
+    level: str = _rule("INFO", choices=LEVELS)
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     specimen: SpecimenConfig = field(default_factory=SpecimenConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: Path | None = None  # the file read; None when every value is a default
@@ -182,7 +194,7 @@ def _coerce(value: Any, type_: Any, rule: Mapping[str, Any], base: Path) -> Any:
         if choices is None:
             return value
         # Log levels are written in either case; other choices are lower-case words.
-        normal = value.upper() if choices is LOG_LEVELS else value
+        normal = value.upper() if choices is LEVELS else value
         if normal not in choices:
             raise _Invalid(f"must be one of {', '.join(choices)}, got {value!r}")
         return normal
@@ -301,4 +313,4 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The configuration ``add_service_arguments``' flags describe; raises :class:`ConfigError`."""
-    return load_config(args.config, {flag: getattr(args, flag) for flag in SERVICE_FLAGS})
+    return load_config(args.config, {flag: getattr(args, flag) for flag in FLAG_KEYS})
