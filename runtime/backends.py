@@ -1,8 +1,9 @@
 """Inference backends: something that turns a batch of tiles into a batch of logits.
 
 Every backend has ``name``, ``max_batch``, ``run(batch) -> logits`` and ``close()``.
-ONNX Runtime covers CPU, CUDA and the TensorRT execution provider; the native
-TensorRT backend lives in ``tensorrt_backend.py`` and is imported only when asked for.
+:data:`BACKENDS` is the one list of backend kinds, fastest first: adding a backend is
+one entry there. ONNX Runtime covers CPU, CUDA and the TensorRT execution provider; the
+native TensorRT backend lives in ``tensorrt_backend.py`` and is imported only when asked for.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import importlib
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -20,15 +22,6 @@ from phasewatch.runtime.bundle import Bundle
 from phasewatch.runtime.errors import PhasewatchError, one_line
 
 log = logging.getLogger(__name__)
-
-KINDS = ("auto", "cpu", "cuda", "tensorrt-ep", "tensorrt")
-ORT_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt-ep": "TensorrtExecutionProvider",
-}
-# Fastest first; 'auto' takes the first one that works.
-AUTO_ORDER = ("tensorrt", "tensorrt-ep", "cuda", "cpu")
 
 
 class BackendError(PhasewatchError):
@@ -44,6 +37,15 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class BackendKind(NamedTuple):
+    """One entry of :data:`BACKENDS`."""
+
+    open: Callable[[Bundle, int, int | None], Backend]  # (bundle, batch, threads); raises BackendError
+    # Loads no model: None, or one line saying why ``open`` cannot work on this machine.
+    unavailable: Callable[[Bundle], str | None]
+    provider: str | None = None  # the ONNX Runtime execution provider, for kinds OrtBackend runs
 
 
 def physical_cores() -> int:
@@ -70,7 +72,8 @@ def session_options(threads: int | None = None) -> Any:
 
 
 class OrtBackend:
-    """An ONNX Runtime session; batches larger than ``max_batch`` are run in chunks."""
+    """An ONNX Runtime session with the provider of the :data:`BACKENDS` entry ``kind``;
+    batches larger than ``max_batch`` are run in chunks."""
 
     def __init__(
         self,
@@ -82,16 +85,17 @@ class OrtBackend:
     ) -> None:
         import onnxruntime as ort
 
-        if kind not in ORT_PROVIDERS:
+        entry = BACKENDS.get(kind)
+        provider = entry.provider if entry else None
+        if provider is None:
             raise BackendError(f"{onnx_path}: '{kind}' is not an ONNX Runtime backend kind")
-        provider = ORT_PROVIDERS[kind]
         if provider not in ort.get_available_providers():
             raise BackendError(
                 f"{onnx_path}: backend '{kind}' needs {provider}, which this onnxruntime "
                 f"lacks (available: {', '.join(ort.get_available_providers())})"
             )
         providers: list[Any] = [(provider, provider_options or {})]
-        if kind != "cpu":
+        if provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # for the odd node a GPU provider lacks
         try:
             self.session = ort.InferenceSession(
@@ -138,15 +142,39 @@ def tensorrt_ep_options(bundle: Bundle, batch: int) -> dict[str, str]:
     }
 
 
-def _native_tensorrt_engine_present(bundle: Bundle) -> bool:
-    return bundle.engines_dir.is_dir() and any(bundle.engines_dir.glob("*.engine"))
+def _cuda_options(bundle: Bundle, batch: int) -> dict[str, str]:
+    # Tiles always have one shape, so the slow exhaustive search pays off after one run.
+    return {"cudnn_conv_algo_search": "EXHAUSTIVE"}
 
 
-def _tensorrt_importable() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
+def _onnxruntime(
+    kind: str, provider: str, options: Callable[[Bundle, int], dict[str, str]] | None = None
+) -> BackendKind:
+    """The entry of a kind that :class:`OrtBackend` runs with ``provider``;
+    ``options(bundle, batch)`` gives the provider's options."""
+
+    def open_(bundle: Bundle, batch: int, threads: int | None) -> Backend:
+        provider_options = options(bundle, batch) if options else None
+        return OrtBackend(bundle.onnx_path, kind, batch, threads, provider_options)
+
+    def unavailable(bundle: Bundle) -> str | None:
+        import onnxruntime as ort
+
+        return None if provider in ort.get_available_providers() else f"onnxruntime lacks {provider}"
+
+    return BackendKind(open_, unavailable, provider)
 
 
-def _open_native_tensorrt(bundle: Bundle, batch: int) -> Backend:
+def _native_tensorrt_unavailable(bundle: Bundle) -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "python package 'tensorrt' is not installed"
+    if not (bundle.engines_dir.is_dir() and any(bundle.engines_dir.glob("*.engine"))):
+        return f"no engine in {bundle.engines_dir} (run build-engine)"
+    return None
+
+
+def _open_native_tensorrt(bundle: Bundle, batch: int, threads: int | None) -> Backend:
+    # threads is not used: TensorRT keeps no CPU thread pool to size.
     try:
         module = importlib.import_module("phasewatch.runtime.tensorrt_backend")
     except ImportError as exc:
@@ -154,52 +182,51 @@ def _open_native_tensorrt(bundle: Bundle, batch: int) -> Backend:
     return module.open_tensorrt_backend(bundle, batch)
 
 
-def _open_kind(bundle: Bundle, kind: str, batch: int, threads: int | None) -> Backend:
-    if kind == "tensorrt":
-        return _open_native_tensorrt(bundle, batch)
-    options: dict[str, str] = {}
-    if kind == "cuda":
-        # Tiles always have one shape, so the slow exhaustive search pays off after one run.
-        options = {"cudnn_conv_algo_search": "EXHAUSTIVE"}
-    elif kind == "tensorrt-ep":
-        options = tensorrt_ep_options(bundle, batch)
-    return OrtBackend(bundle.onnx_path, kind, batch, threads, options)
+# Fastest first: 'auto' takes the first kind that is available and opens.
+BACKENDS: dict[str, BackendKind] = {
+    "tensorrt": BackendKind(_open_native_tensorrt, _native_tensorrt_unavailable),
+    "tensorrt-ep": _onnxruntime("tensorrt-ep", "TensorrtExecutionProvider", tensorrt_ep_options),
+    "cuda": _onnxruntime("cuda", "CUDAExecutionProvider", _cuda_options),
+    "cpu": _onnxruntime("cpu", "CPUExecutionProvider"),
+}
+KINDS = ("auto", *BACKENDS)  # the choices of --backend and model.backend
 
 
-def _auto(bundle: Bundle, batch: int, threads: int | None) -> Backend:
-    import onnxruntime as ort
+class Choice(NamedTuple):
+    backend: Backend
+    passed_over: dict[str, str]  # kind -> why 'auto' did not take it, fastest first
 
-    available = ort.get_available_providers()
-    reasons = []
-    for kind in AUTO_ORDER:
-        if kind == "tensorrt":
-            if not _tensorrt_importable():
-                reasons.append("tensorrt: python package not installed")
-                continue
-            if not _native_tensorrt_engine_present(bundle):
-                reasons.append(f"tensorrt: no engine in {bundle.engines_dir} (run build-engine)")
-                continue
-        elif ORT_PROVIDERS[kind] not in available:
-            reasons.append(f"{kind}: onnxruntime lacks {ORT_PROVIDERS[kind]}")
-            continue
-        try:
-            backend = _open_kind(bundle, kind, batch, threads)
-        except BackendError as exc:
-            reasons.append(f"{kind}: {exc}")
-            continue
-        why = "; ".join(reasons) if reasons else "fastest available"
-        log.info("backend auto: picked %s (%s)", kind, why)
-        return backend
-    raise BackendError(f"{bundle.path}: no backend could be opened ({'; '.join(reasons)})")
+
+def _listed(reasons: dict[str, str]) -> str:
+    return "; ".join(f"{kind}: {reason}" for kind, reason in reasons.items())
+
+
+def choose_backend(
+    bundle: Bundle, kind: str = "auto", batch: int = 8, threads: int | None = None
+) -> Choice:
+    """Open the backend ``kind`` (one of KINDS) for ``bundle``; 'auto' takes the first entry
+    of BACKENDS that is available and opens, and says why it passed over the ones before."""
+    if kind != "auto":
+        if kind not in BACKENDS:
+            raise BackendError(f"{bundle.path}: unknown backend '{kind}' (choose from {', '.join(KINDS)})")
+        return Choice(BACKENDS[kind].open(bundle, batch, threads), {})
+    passed_over: dict[str, str] = {}
+    for name, entry in BACKENDS.items():
+        reason = entry.unavailable(bundle)
+        if reason is None:
+            try:
+                return Choice(entry.open(bundle, batch, threads), passed_over)
+            except BackendError as exc:
+                reason = str(exc)
+        passed_over[name] = reason
+    raise BackendError(f"{bundle.path}: no backend could be opened ({_listed(passed_over)})")
 
 
 def open_backend(
     bundle: Bundle, kind: str = "auto", batch: int = 8, threads: int | None = None
 ) -> Backend:
-    """Open the backend ``kind`` (one of KINDS) for ``bundle``; 'auto' picks the fastest
-    one that opens and logs why the faster ones were passed over."""
-    if kind not in KINDS:
-        raise BackendError(f"{bundle.path}: unknown backend '{kind}' (choose from {', '.join(KINDS)})")
+    """:func:`choose_backend`'s backend; for 'auto' it logs the choice and its reasons."""
+    backend, passed_over = choose_backend(bundle, kind, batch, threads)
     if kind == "auto":
-        return _auto(bundle, batch, threads)
-    return _open_kind(bundle, kind, batch, threads)
+        log.info("backend auto: picked %s (%s)", backend.name, _listed(passed_over) or "fastest available")
+    return backend

@@ -27,6 +27,9 @@ ignored, and so is a length in inches in ImageJ or OME metadata (ImageJ's way of
 on such a dpi). Metadata are per file: every page of a TIFF gets the same pixel size.
 
 Every failure raises :class:`ImageReadError` whose message is one line, ``FILE: reason``.
+
+:data:`FORMATS`, at the end of this module, is the one list of formats: adding a format is
+one entry there (suffixes, magic bytes, reader).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -45,15 +48,11 @@ import tifffile
 
 from phasewatch.runtime.errors import PhasewatchError, one_line
 
-SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MIN_SIDE = 8  # smaller images hold too little structure to segment or measure
 DEFAULT_MAX_PIXELS = 400_000_000
 PIXEL_SIZE_SOURCES = ("user", "imagej", "ome", "fei", "zeiss", "tiff-resolution", "none")
 
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_BMP_MAGIC = b"BM"
+_HEAD_BYTES = 16  # what is read to tell the format; every magic prefix fits in it
 _SUPPORTED_PHOTOMETRIC = (
     tifffile.PHOTOMETRIC.MINISWHITE,
     tifffile.PHOTOMETRIC.MINISBLACK,
@@ -78,7 +77,7 @@ _UM_PER_UNIT = {
     "\u00e5": 1e-4, "\u212b": 1e-4, "angstrom": 1e-4,
     "pm": 1e-6,
 }  # fmt: skip
-_UM_PER_RESUNIT = {
+_UM_PER_RESUNIT: dict[int, float] = {
     tifffile.RESUNIT.CENTIMETER: 1e4,
     tifffile.RESUNIT.MILLIMETER: 1e3,
     tifffile.RESUNIT.MICROMETER: 1.0,
@@ -102,6 +101,18 @@ class Field:
     pixel_size_source: str  # one of PIXEL_SIZE_SOURCES
 
 
+# (path, the caller's pixel size or None, max_pixels) -> the file's fields
+Reader = Callable[[Path, float | None, int], Iterator[Field]]
+
+
+class ImageFormat(NamedTuple):
+    """One entry of :data:`FORMATS`."""
+
+    suffixes: tuple[str, ...]  # lower case, with the dot
+    magics: tuple[bytes, ...]  # the file starts with one of these (at most _HEAD_BYTES long)
+    read: Reader
+
+
 def read_fields(
     path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> list[Field]:
@@ -119,15 +130,13 @@ def iter_fields(
     if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
     path = Path(path)
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        supported = ", ".join(SUPPORTED_SUFFIXES)
+    if path.suffix.lower() not in _suffixes():
+        supported = ", ".join(_suffixes())
         raise ImageReadError(path, f"unsupported file type '{path.suffix}' (supported: {supported})")
-    head = _read_head(path)
+    # The content decides, not the suffix: a PNG saved as .tif is still read.
+    image_format = _sniff(path)
     try:
-        if head.startswith(_TIFF_MAGICS):
-            yield from _tiff_fields(path, pixel_size_um, max_pixels)
-        else:
-            yield _codec_field(path, head, pixel_size_um, max_pixels)
+        yield from image_format.read(path, pixel_size_um, max_pixels)
     except ImageReadError:
         raise
     except Exception as exc:  # a decoder's own exception type must not reach the service
@@ -136,20 +145,27 @@ def iter_fields(
 
 def images_in(folder: Path) -> list[Path]:
     """The files of ``folder`` with a supported image suffix, sorted (not recursive)."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in _suffixes())
 
 
-def _read_head(path: Path) -> bytes:
+def _suffixes() -> tuple[str, ...]:
+    return tuple(suffix for image_format in FORMATS.values() for suffix in image_format.suffixes)
+
+
+def _sniff(path: Path) -> ImageFormat:
+    """The format whose magic bytes start the file."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(16)
+            head = fh.read(_HEAD_BYTES)
     except OSError as exc:
         raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
     if not head:
         raise ImageReadError(path, "empty file (0 bytes)")
-    if not head.startswith((*_TIFF_MAGICS, _PNG_MAGIC, _JPEG_MAGIC, _BMP_MAGIC)):
-        raise ImageReadError(path, f"not a TIFF, PNG, JPEG or BMP image (starts with {head[:8]!r})")
-    return head
+    for image_format in FORMATS.values():
+        if head.startswith(image_format.magics):
+            return image_format
+    *others, last = FORMATS
+    raise ImageReadError(path, f"not a {', '.join(others)} or {last} image (starts with {head[:8]!r})")
 
 
 def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
@@ -174,14 +190,12 @@ def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> 
     except Exception as exc:
         raise ImageReadError(path, f"not a readable TIFF: {one_line(exc)}") from exc
     with tif:
-        if user_pixel_size is not None:
-            pixel_size, source = user_pixel_size, "user"
-        else:
-            pixel_size, source = _tiff_pixel_size(tif)
+        pixel_size, source = (user_pixel_size, "user") if user_pixel_size is not None else _tiff_pixel_size(tif)
         file_size = tif.filehandle.size
         skip = tifffile.FILETYPE.REDUCEDIMAGE | tifffile.FILETYPE.MASK  # thumbnails, masks
         fields = 0
-        for index, page in enumerate(tif.pages):
+        for index, page_or_frame in enumerate(tif.pages):
+            page = page_or_frame.aspage()  # a no-op without useframes; gives the TiffPage type
             if page.subfiletype & skip:
                 continue
             image = _tiff_page_image(path, page, file_size, max_pixels)
@@ -347,37 +361,42 @@ def _resolution_pixel_size(tif: tifffile.TiffFile) -> float | None:
 # --- PNG, JPEG, BMP ------------------------------------------------------------------
 
 
-def _codec_field(path: Path, head: bytes, user_pixel_size: float | None, max_pixels: int) -> Field:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
-    if head.startswith(_PNG_MAGIC):
-        kind, (height, width) = "PNG", _png_size(path, data)
-    elif head.startswith(_JPEG_MAGIC):
-        kind, (height, width) = "JPEG", _jpeg_size(path, data)
-    else:
-        kind, (height, width) = "BMP", _bmp_size(path, data)
-    gray_alpha = kind == "PNG" and data[25] == _PNG_GRAY_ALPHA
-    _check_size(path, height, width, max_pixels)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageReadError(path, f"cannot decode the {kind} data (corrupt or truncated)")
-    if image.ndim == 3:
-        # OpenCV expands gray + alpha to BGRA with B = G = R
-        image = image[..., 0] if gray_alpha else cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
-    source = "none" if user_pixel_size is None else "user"
-    return Field(np.ascontiguousarray(image), 0, user_pixel_size, source)
+class _Header(NamedTuple):
+    height: int
+    width: int
+    gray_alpha: bool = False  # OpenCV expands gray + alpha to BGRA with B = G = R
 
 
-def _png_size(path: Path, data: bytes) -> tuple[int, int]:
+def _opencv_reader(kind: str, header: Callable[[Path, bytes], _Header]) -> Reader:
+    """A reader of single-image files that OpenCV decodes; ``header`` reads the size
+    before any pixel is decoded. ``kind`` names the format in messages."""
+
+    def read(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Field]:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
+        size = header(path, data)
+        _check_size(path, size.height, size.width, max_pixels)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise ImageReadError(path, f"cannot decode the {kind} data (corrupt or truncated)")
+        if image.ndim == 3:
+            image = image[..., 0] if size.gray_alpha else cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+        source = "none" if user_pixel_size is None else "user"
+        yield Field(np.ascontiguousarray(image), 0, user_pixel_size, source)
+
+    return read
+
+
+def _png_header(path: Path, data: bytes) -> _Header:
     if len(data) < 26 or data[12:16] != b"IHDR":
         raise ImageReadError(path, "PNG header is truncated or lacks IHDR")
     width, height = struct.unpack(">II", data[16:24])
-    return height, width
+    return _Header(height, width, gray_alpha=data[25] == _PNG_GRAY_ALPHA)
 
 
-def _jpeg_size(path: Path, data: bytes) -> tuple[int, int]:
+def _jpeg_header(path: Path, data: bytes) -> _Header:
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -391,12 +410,12 @@ def _jpeg_size(path: Path, data: bytes) -> tuple[int, int]:
             continue
         if marker in _JPEG_SOF and pos + 9 <= len(data):
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return height, width
+            return _Header(height, width)
         pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
     raise ImageReadError(path, "JPEG has no readable frame header (truncated or corrupt)")
 
 
-def _bmp_size(path: Path, data: bytes) -> tuple[int, int]:
+def _bmp_header(path: Path, data: bytes) -> _Header:
     if len(data) < 26:
         raise ImageReadError(path, "BMP header is truncated")
     (header_size,) = struct.unpack("<I", data[14:18])
@@ -404,4 +423,16 @@ def _bmp_size(path: Path, data: bytes) -> tuple[int, int]:
         width, height = struct.unpack("<HH", data[18:22])
     else:
         width, height = struct.unpack("<ii", data[18:26])
-    return abs(height), abs(width)  # negative height means rows stored top-down
+    return _Header(abs(height), abs(width))  # negative height means rows stored top-down
+
+
+# --- the formats ---------------------------------------------------------------------
+
+# Tried in this order; the names appear in messages.
+FORMATS: dict[str, ImageFormat] = {
+    "TIFF": ImageFormat((".tif", ".tiff"), (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff_fields),
+    "PNG": ImageFormat((".png",), (b"\x89PNG\r\n\x1a\n",), _opencv_reader("PNG", _png_header)),
+    "JPEG": ImageFormat((".jpg", ".jpeg"), (b"\xff\xd8\xff",), _opencv_reader("JPEG", _jpeg_header)),
+    "BMP": ImageFormat((".bmp",), (b"BM",), _opencv_reader("BMP", _bmp_header)),
+}
+SUPPORTED_SUFFIXES = _suffixes()

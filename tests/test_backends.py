@@ -1,8 +1,11 @@
-"""ONNX Runtime backend: runs, splits batches, picks CPU here, refuses what it cannot do."""
+"""Backends: ONNX Runtime runs and splits batches; the registry picks CPU here and says why,
+takes a new entry as it is, and refuses what it cannot do."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -11,13 +14,39 @@ import pytest
 from onnx import numpy_helper
 from onnx_graphs import make_bundle, make_conv_net
 
-from phasewatch.runtime.backends import BackendError, OrtBackend, open_backend
+from phasewatch.runtime import backends
+from phasewatch.runtime.backends import BACKENDS, BackendError, BackendKind, OrtBackend, choose_backend, open_backend
 from phasewatch.runtime.bundle import load_bundle
+
+GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+no_gpu_provider = pytest.mark.skipif(
+    bool(GPU_PROVIDERS & set(ort.get_available_providers())), reason="this machine has a GPU provider"
+)
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     return load_bundle(make_bundle(tmp_path_factory.mktemp("bundle"), in_channels=1, num_classes=3))
+
+
+class FakeBackend:
+    name = "fake"
+    max_batch = 1
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return batch
+
+    def close(self) -> None:
+        pass
+
+
+def fake_kind() -> BackendKind:
+    return BackendKind(open=lambda bundle, batch, threads: FakeBackend(), unavailable=lambda bundle: None)
+
+
+def switch_off_every_kind(monkeypatch) -> None:
+    for kind, entry in list(BACKENDS.items()):
+        monkeypatch.setitem(BACKENDS, kind, entry._replace(unavailable=lambda bundle: "switched off"))
 
 
 def test_cpu_backend_computes_a_pointwise_net_by_hand(tmp_path):
@@ -94,13 +123,68 @@ def test_native_tensorrt_missing_is_one_line_error(bundle):
     assert "TensorRT" in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.skipif(
-    len(set(ort.get_available_providers()) & {"CUDAExecutionProvider", "TensorrtExecutionProvider"})
-    > 0,
-    reason="this machine has a GPU provider",
-)
-def test_auto_picks_cpu_here_and_says_why(bundle, caplog):
+@no_gpu_provider
+def test_auto_picks_cpu_here_and_logs_why(bundle, caplog):
     with caplog.at_level(logging.INFO, logger="phasewatch.runtime.backends"):
         backend = open_backend(bundle, "auto")
     assert backend.name == "cpu"
     assert "picked cpu" in caplog.text and "CUDAExecutionProvider" in caplog.text
+
+
+@no_gpu_provider
+def test_choose_backend_says_why_each_faster_kind_was_passed_over(bundle):
+    backend, passed_over = choose_backend(bundle, "auto")
+    assert backend.name == "cpu"
+    assert list(passed_over) == ["tensorrt", "tensorrt-ep", "cuda"]  # fastest first
+    assert passed_over["cuda"] == "onnxruntime lacks CUDAExecutionProvider"
+    assert passed_over["tensorrt-ep"] == "onnxruntime lacks TensorrtExecutionProvider"
+    assert passed_over["tensorrt"]  # no package here, or no engine in the bundle
+
+
+def test_explicit_kind_passes_nothing_over(bundle):
+    assert choose_backend(bundle, "cpu").passed_over == {}
+
+
+def test_a_new_backend_is_one_registry_entry(bundle, monkeypatch):
+    switch_off_every_kind(monkeypatch)
+    monkeypatch.setitem(BACKENDS, "fake", fake_kind())
+    assert isinstance(open_backend(bundle, "fake"), FakeBackend)
+    backend, passed_over = choose_backend(bundle, "auto")
+    assert isinstance(backend, FakeBackend)
+    assert passed_over == dict.fromkeys(["tensorrt", "tensorrt-ep", "cuda", "cpu"], "switched off")
+
+
+def test_auto_passes_over_a_kind_that_fails_to_open_with_its_error(bundle, monkeypatch):
+    def refuse(bundle, batch, threads):
+        raise BackendError("cannot open: out of device memory")
+
+    switch_off_every_kind(monkeypatch)
+    monkeypatch.setitem(BACKENDS, "tensorrt", BackendKind(refuse, lambda bundle: None))
+    monkeypatch.setitem(BACKENDS, "fake", fake_kind())
+    _, passed_over = choose_backend(bundle, "auto")
+    assert passed_over["tensorrt"] == "cannot open: out of device memory"
+
+
+def test_no_backend_at_all_is_one_line_error_with_every_reason(bundle, monkeypatch):
+    switch_off_every_kind(monkeypatch)
+    with pytest.raises(BackendError) as err:
+        choose_backend(bundle, "auto")
+    assert str(err.value) == (f"{bundle.path}: no backend could be opened (tensorrt: switched off; "
+                       "tensorrt-ep: switched off; cuda: switched off; cpu: switched off)")
+
+
+def test_onnxruntime_kinds_open_a_session_named_after_their_entry(bundle, monkeypatch):
+    opened = []
+    monkeypatch.setattr(backends, "OrtBackend", lambda path, kind, *args: opened.append(kind))
+    for entry in BACKENDS.values():
+        if entry.provider is not None:
+            entry.open(bundle, 2, None)
+    assert opened == [kind for kind, entry in BACKENDS.items() if entry.provider is not None]
+    assert opened == ["tensorrt-ep", "cuda", "cpu"]
+
+
+def test_native_tensorrt_backend_is_imported_only_when_asked_for():
+    script = ("import sys\nfrom phasewatch.runtime.backends import KINDS\n"
+              "assert 'tensorrt' in KINDS\nassert 'phasewatch.runtime.tensorrt_backend' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from phasewatch.runtime.service import config as cfg
 from phasewatch.runtime.service.config import Config, ConfigError, load_config
+from phasewatch.runtime.service.logs import LEVELS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "phasewatch.toml.example"
 
@@ -159,3 +161,22 @@ def test_bad_override_is_reported_as_command_line(tmp_path):
 def test_no_path_and_no_default_file_gives_defaults(monkeypatch, tmp_path):
     monkeypatch.setattr(cfg, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
     assert load_config(None) == Config()
+
+
+def test_every_service_flag_sets_a_real_key(tmp_path):
+    parser = argparse.ArgumentParser()
+    cfg.add_service_arguments(parser)
+    argv = ["--config", str(write(tmp_path, "")), "--watch", "in", "--data", "d", "--model", "steel",
+            "--backend", "cpu", "--host", "0.0.0.0", "--port", "9100"]
+    config = cfg.config_from_args(parser.parse_args(argv))
+    values = {}
+    for flag, key in cfg.FLAG_KEYS.items():
+        section, name = key.split(".")
+        values[flag] = getattr(getattr(config, section), name)
+    assert values == {"watch": Path.cwd() / "in", "data": Path.cwd() / "d", "model": "steel",
+                      "backend": "cpu", "host": "0.0.0.0", "port": 9100}
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_every_log_level_of_the_logs_module_is_accepted(tmp_path, level):
+    assert load_config(write(tmp_path, f"[logging]\nlevel = '{level.lower()}'\n")).logging.level == level

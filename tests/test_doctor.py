@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 from onnx_graphs import make_bundle
 
+from phasewatch.runtime.commands import doctor as doctor_command
 from phasewatch.runtime.commands.cli import main
 
 
@@ -27,10 +30,15 @@ def doctor(capsys: pytest.CaptureFixture, setup: dict[str, Path], **changes: Pat
     return code, capsys.readouterr().out.splitlines()
 
 
-def line(lines: list[str], status: str, topic: str) -> str:
-    """The detail of the line with this status and topic (fails when there is none)."""
+def details(lines: list[str], status: str, topic: str) -> list[str]:
+    """The details of the lines with this status and topic, in order."""
     prefix = f"{status:<4}  {topic:<9} "
-    found = [text[len(prefix):] for text in lines if text.startswith(prefix)]
+    return [text[len(prefix):] for text in lines if text.startswith(prefix)]
+
+
+def line(lines: list[str], status: str, topic: str) -> str:
+    """The detail of the first line with this status and topic (fails when there is none)."""
+    found = details(lines, status, topic)
     assert found, f"no '{status} {topic}' line in:\n" + "\n".join(lines)
     return found[0]
 
@@ -91,3 +99,27 @@ def test_wrong_config_key_exits_1_naming_file_and_key(capsys, setup) -> None:
     assert code == 1
     assert line(lines, "FAIL", "config") == f"{setup['config']}: unknown key 'watch.setle_s' (did you mean 'settle_s'?)"
     assert lines[-1] == "doctor: the service cannot run like this; fix: config"
+
+
+@pytest.mark.skipif(
+    bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())),
+    reason="this machine has a GPU provider",
+)
+def test_auto_line_says_why_faster_backends_were_passed_over(capsys, setup) -> None:
+    code, lines = doctor(capsys, setup, backend="cpu")
+    assert code == 0
+    assert line(lines, "ok", "auto") == "picked cpu"
+    passed_over = details(lines, "--", "auto")
+    assert [text.split(":")[0] for text in passed_over] == [
+        "passed over tensorrt", "passed over tensorrt-ep", "passed over cuda"]
+    assert "passed over cuda: onnxruntime lacks CUDAExecutionProvider" in passed_over
+    assert line(lines, "ok", "backend") == "cpu (configured) opens"
+
+
+def test_failing_nvidia_smi_is_reported_as_text(monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 9, stdout="", stderr="NVIDIA-SMI has failed\nsecond line\n")
+
+    monkeypatch.setattr(doctor_command.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(doctor_command.subprocess, "run", fail)
+    assert doctor_command.gpu_summary() == "nvidia-smi failed (exit status 9): NVIDIA-SMI has failed"

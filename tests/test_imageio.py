@@ -1,4 +1,5 @@
-"""Decoding micrographs: every format round-trips exactly, pixel sizes, one-line errors."""
+"""Decoding micrographs: every format round-trips exactly, pixel sizes, one-line errors,
+and a new format is one entry of the registry."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasewatch.runtime.imageio import ImageReadError, iter_fields, read_fields
+from phasewatch.runtime.imageio import (
+    FORMATS,
+    SUPPORTED_SUFFIXES,
+    Field,
+    ImageFormat,
+    ImageReadError,
+    images_in,
+    iter_fields,
+    read_fields,
+)
 
 RNG = np.random.default_rng(7)
 
@@ -417,6 +427,41 @@ def test_signed_and_complex_dtypes(tmp_path):
     path = tmp_path / "complex.tif"
     tifffile.imwrite(path, np.zeros((16, 16), np.complex64))
     assert_one_line_error(path, "pixel type complex64 is not supported")
+
+
+# --- the format registry -------------------------------------------------------------
+
+
+def read_pgm(path: Path, pixel_size_um: float | None, max_pixels: int):
+    yield Field(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), 0, pixel_size_um, "user" if pixel_size_um else "none")
+
+
+def test_suffixes_come_from_the_registry():
+    assert SUPPORTED_SUFFIXES == (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+    assert list(FORMATS) == ["TIFF", "PNG", "JPEG", "BMP"]
+
+
+def test_a_new_format_is_one_registry_entry(tmp_path, monkeypatch):
+    monkeypatch.setitem(FORMATS, "PGM", ImageFormat((".pgm",), (b"P5",), read_pgm))
+    image = random_image((12, 16))
+    path = tmp_path / "a.pgm"
+    assert cv2.imwrite(str(path), image)
+    field = only_field(path, pixel_size_um=0.5)
+    np.testing.assert_array_equal(field.image, image)
+    assert (field.pixel_size_um, field.pixel_size_source) == (0.5, "user")
+    assert images_in(tmp_path) == [path]
+    path.write_text("not an image")
+    assert_one_line_error(path, "not a TIFF, PNG, JPEG, BMP or PGM image")
+
+
+def test_a_readers_own_exception_becomes_one_line(tmp_path, monkeypatch):
+    def broken(path, pixel_size_um, max_pixels):
+        raise ValueError("bad header\nsecond line")
+
+    monkeypatch.setitem(FORMATS, "PGM", ImageFormat((".pgm",), (b"P5",), broken))
+    path = tmp_path / "a.pgm"
+    path.write_bytes(b"P5\n8 8\n255\n" + bytes(64))
+    assert_one_line_error(path, "cannot decode: bad header")
 
 
 # --- real micrographs ----------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import getpass
 import importlib.metadata
 import importlib.util
-import logging
 import os
 import platform
 import shutil
@@ -28,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from phasewatch.runtime.backends import BackendError, open_backend, physical_cores
+from phasewatch.runtime.backends import BackendError, choose_backend, physical_cores
 from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle
 from phasewatch.runtime.service.config import Config, ConfigError, add_service_arguments, config_from_args
 from phasewatch.runtime.service.daemon import DEFAULT_MODEL, MIN_FREE_DISK_BYTES
@@ -136,45 +135,24 @@ def engine_check(bundle: Bundle) -> Check:
     return Check(INFO, "engine", f"matching TensorRT engine: {engine}")
 
 
-class _AutoChoice(logging.Handler):
-    """Keeps the message in which ``open_backend(kind='auto')`` says what it picked and why."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.message = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("backend auto:"):
-            self.message = record.getMessage()
-
-
 def backend_checks(bundle: Bundle, configured: str, batch: int) -> list[Check]:
     """Open the backend ``auto`` picks (and the configured one, when another) as the service would."""
-    logger = logging.getLogger("phasewatch.runtime.backends")
-    choice = _AutoChoice()
-    logger.addHandler(choice)
-    level = logger.level
-    logger.setLevel(logging.INFO)
     try:
-        checks = [_open_check(bundle, "auto", batch, choice)]
-    finally:
-        logger.removeHandler(choice)
-        logger.setLevel(level)
-    if configured != "auto":
-        checks.append(_open_check(bundle, configured, batch, choice))
-    return checks
-
-
-def _open_check(bundle: Bundle, kind: str, batch: int, choice: _AutoChoice) -> Check:
-    topic = "auto" if kind == "auto" else "backend"
-    try:
-        backend = open_backend(bundle, kind, batch)
+        backend, passed_over = choose_backend(bundle, "auto", batch)
     except BackendError as exc:
-        return Check(FAIL, topic, str(exc))
-    backend.close()
-    if kind == "auto":
-        return Check(OK, topic, choice.message.removeprefix("backend auto: ") or f"picked {backend.name}")
-    return Check(OK, topic, f"{kind} (configured) opens")
+        checks = [Check(FAIL, "auto", str(exc))]
+    else:
+        backend.close()
+        checks = [Check(OK, "auto", f"picked {backend.name}")]
+        checks += [Check(INFO, "auto", f"passed over {kind}: {why}") for kind, why in passed_over.items()]
+    if configured != "auto":
+        try:
+            choose_backend(bundle, configured, batch).backend.close()
+        except BackendError as exc:
+            checks.append(Check(FAIL, "backend", str(exc)))
+        else:
+            checks.append(Check(OK, "backend", f"{configured} (configured) opens"))
+    return checks
 
 
 def watch_check(config: Config) -> Check:
@@ -234,7 +212,8 @@ def gpu_summary() -> str:
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"nvidia-smi failed: {exc}"
         if out.returncode != 0:
-            return f"nvidia-smi failed: {(out.stderr or out.stdout).strip().splitlines()[:1]}"
+            first_line = next(iter((out.stderr or out.stdout).strip().splitlines()), "no output")
+            return f"nvidia-smi failed (exit status {out.returncode}): {first_line}"
         return "; ".join(line.strip() for line in out.stdout.splitlines() if line.strip()) or "none"
     if JETSON_RELEASE.is_file():  # Jetsons have no nvidia-smi
         return f"Jetson: {JETSON_RELEASE.read_text(errors='replace').splitlines()[0].lstrip('# ')}"
