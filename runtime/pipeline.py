@@ -18,7 +18,8 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ class FieldResult:
     field: Field
     classes: np.ndarray
     record: dict[str, Any]
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass

@@ -36,7 +36,7 @@ def superalloy_micrograph(
     for y, x in zip(ys[picks], xs[picks], strict=True):
         cv2.circle(labels, (int(x), int(y)), int(rng.integers(3, 7)), TERTIARY, -1)
 
-    grey = np.select([labels == SECONDARY, labels == TERTIARY], [122.0, 98.0], 150.0).astype(np.float32)
+    grey: np.ndarray = np.select([labels == SECONDARY, labels == TERTIARY], [122.0, 98.0], 150.0).astype(np.float32)
     rim = cv2.morphologyEx(secondary.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8))
     grey += 18.0 * rim
     grey = cv2.GaussianBlur(grey, (0, 0), 1.5)

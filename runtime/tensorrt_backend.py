@@ -144,7 +144,16 @@ class TensorRTBackend:
         trt, cuda = import_tensorrt()
         self._trt, self._cuda = trt, cuda
         self._lock = threading.Lock()
-        self._runtime = self._engine = self._context = self._stream = None
+        # TensorRT and pycuda objects: untyped, None until opened and after close
+        self._runtime: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self._input = self._output = ""
+        self._tile_shape: tuple[int, ...] = ()
+        self._batch_now = 0
+        self._host_in: Any = None
+        self._host_out: Any = None
         self._device_buffers: list[Any] = []
         cuda.init()
         self._cuda_context = cuda.Device(0).retain_primary_context()

@@ -68,7 +68,7 @@ def metrics() -> Response:
 
 @blueprint.get("/api/images")
 def images() -> Response:
-    limit = query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
     specimen = query_int("specimen", None, 1)
     before = query_int("before", None, 1)
     return jsonify([image_json(i) for i in current_context().store.list_images(limit, specimen, before)])

@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     checks: list[Check] = []
+    config: Config | None
     try:
         config = config_from_args(args)
     except ConfigError as exc:

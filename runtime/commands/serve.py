@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from typing import Any
 
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.service import sdnotify
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         daemon = Daemon(config, store, model_factory(config),
-                        publish=lambda event, image: events.publish(event, image_json(image)))
+                        publish=lambda event, image: _publish(events, event, image))
     except (PhasewatchError, OSError) as exc:
         log.error("cannot start: %s", exc)
         store.close()
@@ -83,3 +84,7 @@ def _reload(daemon: Daemon) -> None:
     sdnotify.reloading()
     daemon.reload_model()
     sdnotify.ready()
+
+
+def _publish(events: EventBroker, event: str, image: dict[str, Any]) -> None:
+    events.publish(event, image_json(image))

@@ -108,6 +108,12 @@ def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
+def _inserted(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just made (never None after a successful INSERT)."""
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
 def _image(row: sqlite3.Row) -> dict[str, Any]:
     """A files row joined with its (or its original's) result, JSON decoded."""
     image = dict(row)
@@ -213,13 +219,16 @@ class Store:
             raise StoreError(f"{self.path}: a specimen needs a name")
         with self._write() as conn:
             conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
-            return conn.execute(
+            return _inserted(conn.execute(
                 "INSERT INTO specimens (name, notes, created, is_current) VALUES (?, ?, ?, 1)",
                 (name.strip(), notes, time.time()),
-            ).lastrowid
+            ))
 
     def current_specimen(self) -> dict[str, Any]:
-        return _row(self._conn().execute("SELECT * FROM specimens WHERE is_current = 1").fetchone())
+        row = _row(self._conn().execute("SELECT * FROM specimens WHERE is_current = 1").fetchone())
+        if row is None:  # _migrate creates one and every change keeps exactly one current
+            raise StoreError(f"{self.path}: no current specimen")
+        return row
 
     def get_specimen(self, specimen_id: int) -> dict[str, Any] | None:
         return _row(
@@ -249,10 +258,10 @@ class Store:
             row = conn.execute("SELECT id FROM specimens WHERE folder = ?", (folder,)).fetchone()
             if row is not None:
                 return row["id"]
-            return conn.execute(
+            return _inserted(conn.execute(
                 "INSERT INTO specimens (name, folder, created) VALUES (?, ?, ?)",
                 (folder, folder, time.time()),
-            ).lastrowid
+            ))
 
     # -- the queue ---------------------------------------------------------------
 
@@ -284,17 +293,18 @@ class Store:
                 (sha256,),
             ).fetchone()
             now = time.time()
+            values: tuple[str, str | None, float | None, int | None]
             if original is None:
                 values = ("pending", None, None, None)
             else:
                 note = f"same content as file {original['id']}"
                 values = ("done", note, now, original["id"])
-            file_id = conn.execute(
+            file_id = _inserted(conn.execute(
                 """INSERT INTO files (path, size, mtime_ns, sha256, specimen_id, created,
                                       state, error, processed, duplicate_of)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (path, size, mtime_ns, sha256, specimen_id, now, *values),
-            ).lastrowid
+            ))
             return dict(conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
 
     def claim_next(self, batch: int = 1) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -238,6 +238,7 @@ class FolderWatcher:
             if time.monotonic() >= self._next_retry:
                 self._watch()
             return
+        problem: str | None
         try:
             st = os.stat(self.root)
         except OSError as exc:
@@ -259,7 +260,8 @@ class FolderWatcher:
 
     def _scan(self, folder: Path) -> None:
         """Every acceptable file below ``folder`` becomes a candidate."""
-        walk = os.walk(folder) if self.config.recursive else [(folder, [], os.listdir(folder))]
+        walk: Iterable[tuple[str | Path, list[str], list[str]]] = (
+            os.walk(folder) if self.config.recursive else [(folder, [], os.listdir(folder))])
         for dirpath, dirnames, filenames in walk:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
