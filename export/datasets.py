@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -94,15 +95,16 @@ def colours_to_ids(rgb: np.ndarray, palette: Palette, default: int = 0) -> np.nd
     return ids
 
 
-def parse_palette(raw: Mapping[str, int]) -> dict[tuple[int, int, int], int]:
+def parse_palette(raw: Mapping[str, Any]) -> dict[tuple[int, int, int], int]:
     """``{"R,G,B": id}`` (as configs and manifests store it) -> ``{(R, G, B): id}``."""
     palette = {}
     for key, class_id in raw.items():
-        colour = tuple(int(v) for v in str(key).split(","))
-        if len(colour) != 3:
-            raise DatasetError(f"palette key {key!r}: expected 'R,G,B'")
-        palette[colour] = int(class_id)  # type: ignore[index]
-    return palette  # type: ignore[return-value]
+        try:
+            red, green, blue = (int(v) for v in str(key).split(","))
+            palette[red, green, blue] = int(class_id)
+        except (TypeError, ValueError) as exc:  # wrong count or not integers
+            raise DatasetError(f"palette entry {key!r}: {class_id!r}: expected 'R,G,B': class id") from exc
+    return palette
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""The validation gate an FP16 engine must pass before it is kept: agreement with FP32 ONNX.
+"""The FP16 gate: an FP16 model must agree with FP32 ONNX before it is kept.
 
-Both run on the bundle's reference tiles (``reference_tiles.npy``, real micrograph tiles
-normalised as the runtime does, written by ``phasewatch export``). The bars are the product's:
-argmax agreement >= 99.9 % of pixels and every class's pixel fraction within 0.1 percentage
-point. Fractions are over all tile pixels, every class included (excluded classes such as a data
-bar must not drift either).
+``phasewatch export`` applies it to the FP16 ONNX, ``phasewatch build-engine`` to the TensorRT
+engine built from that ONNX; both compare on the bundle's reference tiles
+(:data:`REFERENCE_TILES_FILE`, real micrograph tiles normalised as the runtime does, written by
+``phasewatch export``). The bars are the product's: argmax agreement >= 99.9 % of pixels and
+every class's pixel fraction within 0.1 percentage point. Fractions are over all tile pixels,
+every class included (excluded classes such as a data bar must not drift either).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from phasewatch.runtime.errors import PhasewatchError
 
 MIN_ARGMAX_AGREEMENT = 0.999
 MAX_FRACTION_DIFF_PP = 0.1
-DEFAULT_TILES_FILE = "reference_tiles.npy"
+REFERENCE_TILES_FILE = "reference_tiles.npy"  # the manifest's ``reference_tiles`` may name another
 
 
 class GateError(PhasewatchError):
@@ -29,6 +30,7 @@ class GateError(PhasewatchError):
 
 @dataclass(frozen=True)
 class GateResult:
+    max_abs_logit_diff: float
     argmax_agreement: float  # fraction of pixels whose class is the same, 0..1
     max_fraction_diff_pp: float  # largest per-class fraction difference, percentage points
     fraction_diff_pp: tuple[float, ...]  # per class id
@@ -56,7 +58,7 @@ class GateResult:
 
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> GateResult:
-    """Gate numbers for two N x K x H x W logit arrays (reference = FP32)."""
+    """Agreement numbers for two N x K x H x W logit arrays (reference = the higher precision)."""
     if reference.shape != candidate.shape or reference.ndim != 4:
         raise ValueError(f"logits shapes differ or are not N x K x H x W: {reference.shape} "
                          f"vs {candidate.shape}")
@@ -68,6 +70,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> GateResult:
     cand_fractions = np.bincount(cand_classes, minlength=num_classes) / pixels
     diff_pp = np.abs(ref_fractions - cand_fractions) * 100
     return GateResult(
+        max_abs_logit_diff=float(np.abs(reference - candidate).max()),
         argmax_agreement=float(np.mean(ref_classes == cand_classes)),
         max_fraction_diff_pp=float(diff_pp.max()),
         fraction_diff_pp=tuple(float(v) for v in diff_pp),
@@ -78,7 +81,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> GateResult:
 
 def load_reference_tiles(bundle: Bundle) -> np.ndarray:
     """The bundle's reference tiles, checked against its channels and tile size."""
-    path = bundle.path / str(bundle.manifest.get("reference_tiles", DEFAULT_TILES_FILE))
+    path = bundle.path / str(bundle.manifest.get("reference_tiles", REFERENCE_TILES_FILE))
     if not path.is_file():
         raise GateError(f"{path}: no reference tiles in the bundle; re-export it with "
                         "phasewatch export --tiles IMAGES so that the engine can be validated")

@@ -214,6 +214,6 @@ def build_loss(specs: list[dict], num_classes: int) -> LossFn:
     terms = [LossSpec.from_dict(entry, num_classes) for entry in specs]
 
     def loss(logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
-        return sum(term.weight * term(logits, target, pixel_weights, num_classes) for term in terms)
+        return torch.stack([term.weight * term(logits, target, pixel_weights, num_classes) for term in terms]).sum()
 
     return loss

@@ -2,7 +2,7 @@
 
 Every model maps ``N x C x H x W`` float32 to logits ``N x K x H x W`` and keeps its
 final 1x1 classifier as ``model.classifier`` (see :func:`replace_classifier`).
-Everything here is chosen to survive ONNX (opset 17) -> TensorRT unchanged:
+Everything here is chosen to survive ONNX (opset 18, see ``onnx_export``) -> TensorRT unchanged:
 
 - upsampling is ``ConvTranspose2d`` (U-Net) or bilinear ``interpolate`` to a size read
   from the tensor (static once the tile size is fixed at export), never MaxUnpool;
@@ -151,7 +151,9 @@ def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
 
-RESNETS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+ResidualBlock = type[BasicBlock] | type[Bottleneck]
+
+RESNETS: dict[str, tuple[ResidualBlock, tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
@@ -184,7 +186,7 @@ class ResNetEncoder(nn.Module):
         self.low_channels = 64 * block.expansion
         self.high_channels = 512 * block.expansion
 
-    def _stage(self, block, planes: int, count: int, stride: int, dilate: bool) -> nn.Sequential:
+    def _stage(self, block: ResidualBlock, planes: int, count: int, stride: int, dilate: bool) -> nn.Sequential:
         first_dilation = self._dilation
         if dilate:
             self._dilation *= stride
@@ -283,7 +285,7 @@ class MobileNetV2Encoder(nn.Module):
         return low, self.features[self.low_index :](low)
 
 
-def build_encoder(name: str, in_channels: int, output_stride: int) -> nn.Module:
+def build_encoder(name: str, in_channels: int, output_stride: int) -> MobileNetV2Encoder | ResNetEncoder:
     if name == "mobilenetv2":
         return MobileNetV2Encoder(in_channels, output_stride)
     return ResNetEncoder(name, in_channels, output_stride)
@@ -443,5 +445,7 @@ def build_model(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.M
 def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the final 1x1 classifier for a fresh one with ``num_classes`` outputs (head swap)."""
     old = model.classifier
+    if not isinstance(old, nn.Conv2d):
+        raise ValueError(f"{type(model).__name__}: no 1x1 conv 'classifier' to replace")
     model.classifier = nn.Conv2d(old.in_channels, num_classes, 1)
     return model

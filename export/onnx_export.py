@@ -8,7 +8,8 @@ Gates, on real (normalised) tiles:
 - FP32 ONNX vs PyTorch: argmax agreement >= 99.99 % and max |logit difference| <=
   ``1e-3 * max(1, max |logit|)`` (both run float32; anything larger is a broken
   export, not rounding).
-- FP16 ONNX vs FP32 ONNX: argmax agreement >= 99.9 % (the DESIGN quality bar).
+- FP16 ONNX vs FP32 ONNX: the FP16 gate of :mod:`phasewatch.export.engine_gate` (argmax
+  agreement >= 99.9 %, the DESIGN quality bar), the same one a TensorRT engine must pass.
 
 The ONNX graph is opset 18 from the dynamo exporter: input ``input`` [batch, C, T, T]
 and output ``logits`` [batch, K, T, T] with only the batch dynamic. (Opset 17 would need
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from phasewatch.export.engine_gate import REFERENCE_TILES_FILE, compare_logits
 from phasewatch.runtime.bundle import (
     MANIFEST_FORMAT,
     BundleError,
@@ -46,9 +48,7 @@ from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, images_in
 
 OPSET = 18
 ARGMAX_AGREEMENT_MIN = 0.9999
-FP16_ARGMAX_AGREEMENT_MIN = 0.999
 LOGIT_TOLERANCE = 1e-3
-REFERENCE_TILES_FILE = "reference_tiles.npy"
 REFERENCE_TILES_MAX_BYTES = 1_500_000
 CONFIG_KEYS = ("architecture", "model_kwargs", "in_channels", "classes", "tile", "normalisation")
 
@@ -175,14 +175,6 @@ def torch_logits(model, tiles: np.ndarray) -> np.ndarray:
 
     with torch.no_grad():
         return np.concatenate([model(torch.from_numpy(tile[None])).numpy() for tile in tiles])
-
-
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Max |logit difference| and the fraction of pixels whose argmax class agrees."""
-    return {
-        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
-        "argmax_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
-    }
 
 
 # --------------------------------------------------------------------------- tiles
@@ -368,16 +360,19 @@ def export_bundle(
             bar.set_postfix_str(steps[3])
             reference = torch_logits(model, tiles)
             fp32 = onnx_logits(onnx_path, tiles)
-            parity = compare_logits(reference, fp32)
+            fp32_parity = compare_logits(reference, fp32)
             tolerance = LOGIT_TOLERANCE * max(1.0, float(np.abs(reference).max()))
-            if parity["argmax_agreement"] < ARGMAX_AGREEMENT_MIN or parity["max_abs_logit_diff"] > tolerance:
+            if (fp32_parity.argmax_agreement < ARGMAX_AGREEMENT_MIN
+                    or fp32_parity.max_abs_logit_diff > tolerance):
                 raise ExportError(
                     f"{checkpoint_path}: ONNX differs from PyTorch (argmax agreement "
-                    f"{parity['argmax_agreement']:.6f}, need {ARGMAX_AGREEMENT_MIN}; max |logit "
-                    f"diff| {parity['max_abs_logit_diff']:.3g}, allowed {tolerance:.3g}); "
+                    f"{fp32_parity.argmax_agreement:.6f}, need {ARGMAX_AGREEMENT_MIN}; max |logit "
+                    f"diff| {fp32_parity.max_abs_logit_diff:.3g}, allowed {tolerance:.3g}); "
                     "export refused"
                 )
-            parity |= {
+            parity = {
+                "max_abs_logit_diff": fp32_parity.max_abs_logit_diff,
+                "argmax_agreement": fp32_parity.argmax_agreement,
                 "tolerance": tolerance,
                 "tiles": len(tiles),
                 "tiles_source": tiles_source or "given",
@@ -388,12 +383,8 @@ def export_bundle(
             fp16_path = work / "model.fp16.onnx"
             convert_fp16(onnx_path, fp16_path)
             fp16_parity = compare_logits(fp32, onnx_logits(fp16_path, tiles))
-            if fp16_parity["argmax_agreement"] < FP16_ARGMAX_AGREEMENT_MIN:
-                raise ExportError(
-                    f"{checkpoint_path}: FP16 ONNX argmax agreement with FP32 "
-                    f"{fp16_parity['argmax_agreement']:.6f} < {FP16_ARGMAX_AGREEMENT_MIN}; "
-                    "export refused"
-                )
+            if not fp16_parity.passed:
+                raise ExportError(f"{checkpoint_path}: FP16 ONNX refused: {fp16_parity.reason()}")
             bar.update()
 
             bar.set_postfix_str(steps[5])
@@ -429,7 +420,7 @@ def export_bundle(
                 "fp16": {
                     "file": fp16_path.name,
                     "sha256": sha256_file(fp16_path),
-                    "parity": fp16_parity | {"min_argmax_agreement": FP16_ARGMAX_AGREEMENT_MIN},
+                    "parity": fp16_parity.record(),
                 },
                 "parity": parity,
                 "reference_tiles": REFERENCE_TILES_FILE,

@@ -140,7 +140,7 @@ def test_fp16_that_disagrees_with_fp32_is_refused(tmp_path, checkpoint, monkeypa
         onnx.save(graph, str(dst))
 
     monkeypatch.setattr(onnx_export, "convert_fp16", negate_the_classifier)
-    with pytest.raises(ExportError, match="FP16 ONNX argmax agreement"):
+    with pytest.raises(ExportError, match="FP16 ONNX refused: argmax agreement"):
         export_bundle(checkpoint, tmp_path / "bundle", None)
     assert _leftovers(tmp_path) == []
 
