@@ -1,4 +1,4 @@
-"""``phasewatch build-engine BUNDLE``: a validated FP16 TensorRT engine for this machine's GPU.
+"""A validated FP16 TensorRT engine for this machine's GPU (``phasewatch build-engine``).
 
 Precision comes from the bundle's FP16 ONNX (float16 weights and compute, float32 I/O, written
 by ``phasewatch export``), built as a STRONGLY TYPED network: no builder precision flags, which
@@ -6,16 +6,14 @@ TensorRT 11 removes. One optimisation profile covers batches 1..max of tile-size
 timing cache (``engines/timing.cache`` unless ``--timing-cache``) makes rebuilds fast.
 
 The new engine is kept only if it passes the gate against FP32 ONNX on the bundle's reference
-tiles (:mod:`phasewatch.export.engine_gate`); otherwise it is deleted and the command exits 1.
+tiles (:mod:`phasewatch.export.engine_gate`); otherwise it is deleted and the build refused.
 A kept engine is named after its :class:`~phasewatch.runtime.tensorrt_backend.EngineStamp`
 and has a JSON sidecar with the stamp, the build settings and the gate numbers.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -30,7 +28,7 @@ from phasewatch.export.engine_gate import (
     fp32_logits,
     load_reference_tiles,
 )
-from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file
+from phasewatch.runtime.bundle import Bundle, sha256_file
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.outputs import write_bytes_atomic, write_json_atomic
 from phasewatch.runtime.tensorrt_backend import (
@@ -53,37 +51,6 @@ class EngineBuildError(PhasewatchError):
     def __init__(self, message: str, details: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.details = list(details)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", help="model bundle folder (or bundled model name)")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                        help=f"largest batch of tiles the engine accepts (default {DEFAULT_MAX_BATCH})")
-    parser.add_argument("--opt-batch", type=int, default=None,
-                        help="batch size TensorRT tunes for (default: --max-batch)")
-    parser.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB,
-                        help=f"TensorRT workspace memory pool limit (default {DEFAULT_WORKSPACE_MB})")
-    parser.add_argument("--timing-cache", type=Path, default=None,
-                        help=f"timing cache file (default BUNDLE/engines/{TIMING_CACHE_NAME})")
-    parser.add_argument("--force", action="store_true",
-                        help="rebuild even when an engine for this GPU and TensorRT exists")
-
-
-def run(args: argparse.Namespace) -> int:
-    def progress(message: str) -> None:
-        print(f"build-engine: {message}", file=sys.stderr)
-
-    try:
-        bundle = load_bundle(args.bundle)
-        path = build_engine(bundle, args.max_batch, args.opt_batch, args.workspace_mb,
-                            args.timing_cache, args.force, progress)
-    except PhasewatchError as exc:
-        for line in getattr(exc, "details", []):
-            print(line, file=sys.stderr)
-        print(f"phasewatch build-engine: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
 
 
 def build_engine(
@@ -111,7 +78,7 @@ def build_engine(
     bundle.engines_dir.mkdir(parents=True, exist_ok=True)
     cache_path = timing_cache or bundle.engines_dir / TIMING_CACHE_NAME
     progress(f"building for {stamp.describe()}, batch 1..{max_batch} (opt {opt_batch})")
-    plan = build_plan(bundle, opt_batch, max_batch, workspace_mb, cache_path)
+    plan = build_plan(bundle, opt_batch, max_batch, workspace_mb, cache_path, progress)
     fd, tmp_name = tempfile.mkstemp(dir=bundle.engines_dir, prefix=f".{engine_path.name}.",
                                     suffix=".tmp")
     tmp = Path(tmp_name)
@@ -132,7 +99,7 @@ def build_engine(
 
 
 def build_plan(bundle: Bundle, opt_batch: int, max_batch: int, workspace_mb: int,
-               cache_path: Path) -> bytes:
+               cache_path: Path, progress: Callable[[str], None] = lambda message: None) -> bytes:
     """The serialized engine; loads and saves the timing cache at ``cache_path``."""
     trt, _ = import_tensorrt()
     onnx_path = bundle.onnx_fp16_path
@@ -155,7 +122,7 @@ def build_plan(bundle: Bundle, opt_batch: int, max_batch: int, workspace_mb: int
     if config.add_optimization_profile(profile) < 0:
         raise EngineBuildError(f"{onnx_path}: TensorRT rejected the profile for '{name}' "
                                f"(batch 1..{max_batch} of {tile})")
-    config.set_timing_cache(load_timing_cache(config, cache_path), False)
+    config.set_timing_cache(load_timing_cache(config, cache_path, progress), False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT could not build an engine (its log above "
@@ -164,7 +131,8 @@ def build_plan(bundle: Bundle, opt_batch: int, max_batch: int, workspace_mb: int
     return bytes(plan)
 
 
-def load_timing_cache(config: Any, cache_path: Path) -> Any:
+def load_timing_cache(config: Any, cache_path: Path,
+                      progress: Callable[[str], None] = lambda message: None) -> Any:
     """The saved timing cache, or an empty one when there is none or it cannot be read."""
     blob = b""
     if cache_path.is_file():
@@ -174,7 +142,7 @@ def load_timing_cache(config: Any, cache_path: Path) -> Any:
     except (TypeError, RuntimeError):
         cache = None
     if cache is None:
-        print(f"build-engine: {cache_path}: unreadable timing cache, starting afresh", file=sys.stderr)
+        progress(f"{cache_path}: unreadable timing cache, starting afresh")
         cache = config.create_timing_cache(b"")
     return cache
 

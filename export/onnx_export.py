@@ -251,11 +251,14 @@ def synthetic_tiles(channels: int, tile: int, count: int = 4, seed: int = 0) -> 
 
 
 def normalisation_from_config(raw: dict[str, Any], channels: int) -> Normalisation:
+    percentiles = tuple(float(v) for v in raw.get("percentiles", (0.5, 99.5)))
+    if len(percentiles) != 2:
+        raise ExportError(f"normalisation percentiles must be two numbers (low, high), got {list(percentiles)}")
     return Normalisation(
         mean=tuple(float(v) for v in raw.get("mean", [0.5] * channels)),
         std=tuple(float(v) for v in raw.get("std", [0.25] * channels)),
         sixteen_bit=str(raw.get("sixteen_bit", "percentile")),
-        percentiles=tuple(float(v) for v in raw.get("percentiles", (0.5, 99.5))),
+        percentiles=(percentiles[0], percentiles[1]),
     )
 
 

@@ -79,12 +79,12 @@ def load_splits(config: dict[str, Any], data_root: Path) -> Splits:
     channels = int(model.get("in_channels", 1))
     normalisation = normalisation_from_config(config.get("normalisation", {}), channels)
     palette = parse_palette(data["palette"]) if "palette" in data else None
-    common = dict(channels=channels, normalisation=normalisation, scale=float(model.get("scale", 1.0)),
-                  palette=palette, default=int(data.get("default_class", 0)), num_classes=len(config["classes"]))
+    scale, default_class = float(model.get("scale", 1.0)), int(data.get("default_class", 0))
 
     def split(name: str) -> list[Sample]:
         entry = data[name]
-        return load_samples(data_root / entry["images"], data_root / entry["labels"], **common)
+        return load_samples(data_root / entry["images"], data_root / entry["labels"], channels, normalisation,
+                            scale, palette, default_class, len(config["classes"]))
 
     train = split("train")
     holdout = int(data.get("holdout", 0))

@@ -203,3 +203,20 @@ def test_record_keeps_the_summary_in_the_manifest(setup, capsys):
     assert recorded["pixel_accuracy"] == pytest.approx(4000 / 4800)
     assert recorded["per_class_iou"] == pytest.approx(dict(zip(NAMES, [0.8, 600 / 1400, 2600 / 3200], strict=True)))
     assert recorded["images"] == 2
+
+
+@pytest.mark.parametrize("palette", ["not json", "[1, 2]", '{"1,2": 1}'])
+def test_bad_palette_is_one_line_and_exit_1(setup, capsys, palette):
+    bundle, images, labels = setup
+    code, _, err = evaluate(capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels),
+                            "--palette", palette)
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and err.startswith("phasewatch evaluate: palette")
+
+
+def test_label_with_ids_the_model_lacks_names_the_label(setup, capsys):
+    bundle, images, labels = setup
+    np.save(labels / "b.npy", np.full((H, W), 7, np.int8))
+    code, _, err = evaluate(capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels))
+    assert code == 1
+    assert any(line.startswith(str(labels / "b.npy")) and "0..2" in line for line in err.splitlines())

@@ -17,9 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("phasewatch.runtime.commands.demo", "segment a built-in synthetic micrograph with a bundled model"),
     "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
     "train": ("phasewatch.export.commands.train", "train a segmentation model from a config file (needs torch)"),
-    "evaluate": ("phasewatch.export.evaluate_cli", "score a model bundle on labelled micrographs"),
+    "evaluate": ("phasewatch.export.commands.evaluate", "score a model bundle on labelled micrographs"),
     "export": ("phasewatch.export.commands.export", "checkpoint -> model bundle (ONNX, FP16 ONNX, parity report)"),
-    "build-engine": ("phasewatch.export.build_engine", "build a validated FP16 TensorRT engine for a bundle"),
+    "build-engine": ("phasewatch.export.commands.build_engine", "build a validated FP16 TensorRT engine for a bundle"),
 }
 
 
