@@ -288,6 +288,10 @@ def test_a_stage_stuck_in_the_backend_fails_healthz_and_stops_watchdog_pings(
     app = create_app(AppContext(store=daemon.store, events=EventBroker(), status=daemon.status,
                                 health=daemon.health_report, metrics=daemon.metrics.render,
                                 target_ra=0.1, data_dir=daemon.config.data.dir))
+    pings: list[float] = []  # arrival times, read at once: systemd never leaves pings queued
+    listening = threading.Event()
+    listener = threading.Thread(target=receive_pings, args=(notify, pings, listening))
+    listener.start()
     watchdog = sdnotify.Watchdog(healthy=daemon.alive, interval_s=0.1)
     watchdog.start()
     try:
@@ -300,22 +304,24 @@ def test_a_stage_stuck_in_the_backend_fails_healthz_and_stops_watchdog_pings(
         assert problem.startswith("infer stage stuck: no progress for ")
         response = app.test_client().get("/healthz")
         assert response.status_code == 503 and response.get_json()["problems"]["worker"].startswith("infer stage")
-        pings_before = received_pings(notify)
-        time.sleep(0.5)  # five watchdog periods
-        assert pings_before > 0 and received_pings(notify) == 0
+        reported_at = time.monotonic()
+        time.sleep(0.5)  # ten watchdog periods
+        assert pings[0] < stuck_at  # it pinged while healthy ...
+        assert [t for t in pings if t > reported_at + 0.1] == []  # ... and not once the stall showed
     finally:
         watchdog.stop()
         hung.gate.set()  # let the stage drain so the daemon can stop
+        listening.set()
+        listener.join()
         notify.close()
     (image,) = wait_for(lambda: finished(daemon, 1), "the released field's result")
     assert image["state"] == "done"
     assert wait_for(lambda: daemon.alive(), "the stage to report progress again")
 
 
-def received_pings(sock: socket.socket) -> int:
-    sock.setblocking(False)
-    pings = 0
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            pings += sock.recv(64) == b"WATCHDOG=1"
-    return pings
+def receive_pings(sock: socket.socket, pings: list[float], done: threading.Event) -> None:
+    sock.settimeout(0.05)
+    while not done.is_set():
+        with contextlib.suppress(TimeoutError):
+            if sock.recv(64) == b"WATCHDOG=1":
+                pings.append(time.monotonic())

@@ -22,7 +22,7 @@ from phasewatch.export.evaluate import (
     report,
     score_pairs,
 )
-from phasewatch.runtime.backends import open_backend
+from phasewatch.runtime.backends import KINDS, open_backend
 from phasewatch.runtime.bundle import load_bundle
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.pipeline import Model
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, type=Path, help="folder of labels (same stems)")
     parser.add_argument("--palette", help='JSON {"R,G,B": class id} inline or a .json file')
     parser.add_argument("--label-format", choices=LABEL_FORMATS, help="default: from the manifest")
-    parser.add_argument("--backend", default="auto", help="auto|cpu|cuda|tensorrt-ep|tensorrt")
+    parser.add_argument("--backend", choices=KINDS, default="auto")
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
     parser.add_argument("--ignore", type=int, help="label value left out of every metric")
     parser.add_argument(
