@@ -156,10 +156,11 @@ def phase_trend(fields: Sequence[dict[str, Any]], name: str, target_ra: float = 
 
 
 def specimen_statistics(
-    store: Store, specimen_id: int, target_ra: float = 0.10
+    store: Store, specimen_id: int, target_ra: float = 0.10, count_flagged: bool = False
 ) -> dict[str, Any]:
     """Per class over a specimen's measured, not excluded fields (``store.field_results``,
-    results as ``measure.measure`` writes them):
+    results as ``measure.measure`` writes them; fields the model flagged as outside its
+    experience only once accepted, or all of them with ``count_flagged``):
 
     * ``fractions``: area percent, weighted by the fields' valid area;
     * ``number_density``: particles per mm² (per million pixels unless every field has
@@ -169,10 +170,13 @@ def specimen_statistics(
       size), weighted by the number of whole particles; fields without a whole
       particle of the class do not count;
     * ``main_phase`` (:func:`main_phase`) and its ``trend`` (:func:`phase_trend`; None
-      without a main phase).
+      without a main phase);
+    * ``flagged_pending``: how many flagged fields await an operator's acceptance, and
+      ``count_flagged``: whether they are counted anyway (else they are left out), so
+      that the page can say which.
     """
     # A field without valid area (all data bar) carries no information.
-    fields = [f for f in store.field_results(specimen_id) if f["valid_area_px"]]
+    fields = [f for f in store.field_results(specimen_id, count_flagged) if f["valid_area_px"]]
     physical = bool(fields) and all(f["pixel_size_um"] for f in fields)
     fractions: dict[str, tuple[list[float], list[float]]] = {}
     density: dict[str, tuple[list[float], list[float]]] = {}
@@ -205,4 +209,6 @@ def specimen_statistics(
         "mean_ecd": _per_class(ecd, target_ra, "um" if physical else "px"),
         "main_phase": phase,
         "trend": phase_trend(fields, phase, target_ra) if phase else None,
+        "flagged_pending": store.flagged_pending(specimen_id),
+        "count_flagged": count_flagged,
     }

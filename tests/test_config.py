@@ -35,6 +35,7 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
     assert config.watch.observer == "auto"
     assert config.specimen.target_relative_accuracy == 10.0
     assert config.specimen.target_ra == pytest.approx(0.10)
+    assert config.specimen.count_flagged is False  # flagged fields wait for an operator
     assert config.queue.max_attempts == 3
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8650)
     assert config.source == tmp_path / "phasewatch.toml"
@@ -66,6 +67,8 @@ dir = "/var/tmp/pw"
 [model]
 path = "bundles/steel"
 batch = 4
+[specimen]
+count_flagged = true
 [logging]
 level = "debug"
 """,
@@ -79,6 +82,7 @@ level = "debug"
     assert config.data.database == Path("/var/tmp/pw/phasewatch.sqlite3")
     assert config.model.ref == "bundles/steel"
     assert config.model.batch == 4
+    assert config.specimen.count_flagged is True
     assert config.logging.level == "DEBUG"
 
 

@@ -208,3 +208,27 @@ def test_empty_specimen(tmp_path):
     store.close()
     assert stats["fields"] == 0 and stats["fractions"] == {}
     assert stats["main_phase"] is None and stats["trend"] is None
+    assert stats["flagged_pending"] == 0
+
+
+def test_flagged_fields_are_left_out_and_counted_as_pending_until_accepted(tmp_path):
+    flagged = {"ok": False, "score": 0.1, "reasons": ["intensity distribution unlike this model's training images"]}
+    store, ids = _specimen(
+        tmp_path,
+        [_result(0.20, 1000, 10, 2.0, 0.5), {**_result(0.30, 1000, 15, 1.0, 0.5), "trust": {"ok": True}},
+         {**_result(0.90, 1000, 99, 9.0, 0.5), "trust": flagged}],
+    )
+    specimen = store.current_specimen()["id"]
+    left_out = specimen_statistics(store, specimen)
+    counted = specimen_statistics(store, specimen, count_flagged=True)
+    store.accept_field(ids[2], "me", "looked at it")
+    accepted = specimen_statistics(store, specimen)
+    store.close()
+    assert (left_out["fields"], left_out["flagged_pending"], left_out["count_flagged"]) == (2, 1, False)
+    assert left_out["fractions"]["carbide"]["mean"] == pytest.approx(25.0)  # (20 + 30) / 2
+    assert left_out["trend"]["ids"] == ids[:2]
+    # Counted on request, but still reported as not accepted, so never silently.
+    assert (counted["fields"], counted["flagged_pending"], counted["count_flagged"]) == (3, 1, True)
+    assert counted["fractions"]["carbide"]["mean"] == pytest.approx(140 / 3)  # (20 + 30 + 90) / 3
+    assert (accepted["fields"], accepted["flagged_pending"]) == (3, 0)
+    assert accepted["trend"]["ids"] == ids

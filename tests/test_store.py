@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import time
 
 import pytest
 
-from phasewatch.runtime.service.store import SCHEMA_VERSION, Store, StoreError
+from phasewatch.runtime.service.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 
 RESULT = {
     "fractions": {"matrix": 0.75, "carbide": 0.25},
@@ -16,6 +18,9 @@ RESULT = {
     "valid_area_um2": 250.0,
     "pixel_size_um": 0.5,
 }
+UNLIKE = "intensity distribution unlike this model's training images"
+FLAGGED = {**RESULT, "trust": {"ok": False, "score": 0.2, "reasons": [UNLIKE]}}
+TRUSTED = {**RESULT, "trust": {"ok": True, "score": 0.9, "reasons": []}}
 
 
 @pytest.fixture
@@ -214,3 +219,88 @@ def test_release_requeues_without_spending_an_attempt(store):
     store.mark_done(a["id"], RESULT)
     with pytest.raises(StoreError, match="not being processed"):
         store.release(a["id"], "late")
+
+
+def measured(store: Store, results: list[dict]) -> list[int]:
+    """One done field per result, in order; their ids."""
+    ids = [add(store, f"f{i}.tif")["id"] for i in range(len(results))]
+    for row, result in zip(store.claim_next(batch=len(results)), results, strict=True):
+        store.mark_done(row["id"], result)
+    return ids
+
+
+def test_flagged_fields_count_only_once_accepted_or_when_asked(store):
+    old, trusted, flagged = measured(store, [RESULT, TRUSTED, FLAGGED])
+    specimen = store.current_specimen()["id"]
+    assert store.get_image(old)["trust"] is None  # made before the trust record: trusted
+    assert store.get_image(flagged)["trust"] == FLAGGED["trust"]
+    assert [f["id"] for f in store.field_results(specimen)] == [old, trusted]
+    assert [f["id"] for f in store.field_results(specimen, count_flagged=True)] == [old, trusted, flagged]
+    assert store.flagged_pending(specimen) == 1
+
+    store.accept_field(flagged, "  A. Metallographer ", "checked\nby eye")
+    assert [f["id"] for f in store.field_results(specimen)] == [old, trusted, flagged]
+    assert store.flagged_pending(specimen) == 0
+    store.unaccept_field(flagged)
+    assert [f["id"] for f in store.field_results(specimen)] == [old, trusted]
+
+    store.exclude_field(flagged, "scratch")  # excluded: not awaiting anyone's acceptance
+    assert store.flagged_pending(specimen) == 0
+    assert flagged not in [f["id"] for f in store.field_results(specimen, count_flagged=True)]
+
+
+def test_acceptance_is_persisted_with_who_why_and_when(tmp_path):
+    path = tmp_path / "a.sqlite3"
+    store = Store(path)
+    (flagged,) = measured(store, [FLAGGED])
+    before = time.time()
+    store.accept_field(flagged, "  A. Metallographer ", "checked\nby eye")
+    store.close()
+
+    store = Store(path)
+    image = store.get_image(flagged)
+    assert (image["accepted"], image["accepted_by"], image["accept_reason"]) == (
+        1, "A. Metallographer", "checked by eye")
+    assert before <= image["accepted_at"] <= time.time()
+    store.unaccept_field(flagged)
+    image = store.get_image(flagged)
+    assert (image["accepted"], image["accepted_by"], image["accept_reason"], image["accepted_at"]) == (
+        0, None, None, None)
+    store.close()
+
+
+def test_acceptance_needs_who_and_why_and_acts_on_a_duplicates_original(store):
+    (flagged,) = measured(store, [FLAGGED])
+    copy = add(store, "copy.tif", sha="sha-f0.tif")
+    assert store.get_image(copy["id"])["trust"] == FLAGGED["trust"]  # the original's result
+    for who, why in (("", "fine"), ("me", "  ")):
+        with pytest.raises(StoreError, match=f"accepting file {flagged} needs who and why"):
+            store.accept_field(flagged, who, why)
+    store.accept_field(copy["id"], "me", "fine")
+    assert store.get_image(flagged)["accepted"] == 1
+    assert store.flagged_pending(store.current_specimen()["id"]) == 0
+    with pytest.raises(StoreError, match="no file 999"):
+        store.unaccept_field(999)
+
+
+def test_a_database_of_schema_1_is_upgraded_and_keeps_its_fields(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.executescript(
+        f"""INSERT INTO specimens (id, name, created, is_current) VALUES (1, 'default', 0, 1);
+            INSERT INTO files (id, path, size, mtime_ns, sha256, state, specimen_id, created, excluded)
+                VALUES (1, '/in/old.tif', 1, 1, 'sha-old', 'done', 1, 0, 0);
+            INSERT INTO results (file_id, fractions, particles, valid_area_px, measurement, outputs)
+                VALUES (1, '{{}}', '{{}}', 1000, '{json.dumps(RESULT)}', '{{}}');
+            PRAGMA user_version = 1;"""
+    )
+    conn.close()
+    store = Store(path)
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    image = store.get_image(1)
+    assert (image["accepted"], image["accepted_by"], image["trust"]) == (0, None, None)
+    assert [f["id"] for f in store.field_results(1)] == [1]  # an old field still counts
+    store.accept_field(1, "me", "fine")  # the new columns are writable
+    assert [s["name"] for s in store.list_specimens()] == ["default"]  # no second default
+    store.close()

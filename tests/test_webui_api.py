@@ -29,6 +29,10 @@ T_975_DF1 = 12.706204736
 TIMEOUT_S = 10
 
 
+UNLIKE = "intensity distribution unlike this model's training images (mean 0.91, trained 0.35-0.62)"
+FLAGGED = {"ok": False, "score": 0.125, "reasons": [UNLIKE, "sharpness unlike this model's training images"]}
+
+
 def measurement(carbide: float, area_px: int) -> dict:
     return {
         "fractions": {"matrix": 1.0 - carbide, "carbide": carbide},
@@ -302,6 +306,96 @@ def test_start_a_specimen_validates(client, daemon, body, message):
     assert daemon.store.current_specimen()["name"] == "default"
 
 
+# -- trust: fields outside the model's experience -----------------------------------------
+
+
+def flagged_field(daemon: Daemon, carbide: float = 0.9) -> int:
+    return finish(daemon.store, "flagged.tif", {**measurement(carbide, 1000), "trust": FLAGGED})
+
+
+def test_images_show_trust_and_acceptance(client, daemon):
+    flagged = flagged_field(daemon)
+    body = client.get(f"/api/images/{flagged}").get_json()
+    assert body["trust"] == FLAGGED
+    assert (body["accepted"], body["accepted_by"], body["accept_reason"], body["accepted_at"]) == (
+        False, None, None, None)
+    old = client.get(f"/api/images/{daemon.first}").get_json()
+    assert old["trust"] is None and old["accepted"] is False  # made before the trust record
+    listed = {i["id"]: i for i in client.get("/api/images").get_json()}
+    assert listed[flagged]["trust"] == FLAGGED and listed[daemon.failed]["trust"] is None
+
+
+def test_a_flagged_field_counts_once_accepted(client, daemon):
+    specimen_id = daemon.store.current_specimen()["id"]
+    flagged = flagged_field(daemon)
+    stream = daemon.events.subscribe()
+    assert next(stream).startswith("retry:")
+    stats = client.get(f"/api/specimens/{specimen_id}/stats").get_json()
+    assert (stats["fields"], stats["flagged_pending"], stats["count_flagged"]) == (2, 1, False)
+
+    accepted = client.post(f"/api/images/{flagged}/accept", json={"who": " Ana ", "reason": "checked by eye"})
+    assert accepted.status_code == 200
+    body = accepted.get_json()
+    assert (body["accepted"], body["accepted_by"], body["accept_reason"]) == (True, "Ana", "checked by eye")
+    assert body["accepted_at"] <= time.time()
+    assert f'event: specimen\ndata: {{"id":{specimen_id}}}' in next(stream)
+    stats = client.get(f"/api/specimens/{specimen_id}/stats").get_json()
+    assert (stats["fields"], stats["flagged_pending"]) == (3, 0)
+    assert stats["fractions"]["carbide"]["mean"] == pytest.approx(140 / 3)  # (20 + 30 + 90) / 3
+
+    unaccepted = client.post(f"/api/images/{flagged}/unaccept")
+    assert (unaccepted.status_code, unaccepted.get_json()["accepted"]) == (200, False)
+    assert "event: specimen" in next(stream)
+    assert client.get(f"/api/specimens/{specimen_id}/stats").get_json()["fields"] == 2
+
+
+def test_count_flagged_counts_them_but_still_says_how_many(daemon):
+    flagged_field(daemon)
+    client = create_app(dataclasses.replace(daemon.ctx, count_flagged=True)).test_client()
+    stats = client.get(f"/api/specimens/{daemon.store.current_specimen()['id']}/stats").get_json()
+    assert (stats["fields"], stats["flagged_pending"], stats["count_flagged"]) == (3, 1, True)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (None, "the request body must be a JSON object"),
+    ({"reason": "fine"}, "who is required"),
+    ({"who": "Ana"}, "reason is required"),
+    ({"who": "  ", "reason": "fine"}, "who is required"),
+    ({"who": "Ana", "reason": 7}, "reason must be a string"),
+    ({"who": "x" * 201, "reason": "fine"}, "who is longer than 200 characters"),
+    ({"who": "Ana", "reason": "x" * 2001}, "reason is longer than 2000 characters"),
+])
+def test_accept_validates_who_and_why(client, daemon, body, message):
+    flagged = flagged_field(daemon)
+    response = client.post(f"/api/images/{flagged}/accept", data=b"" if body is None else json.dumps(body),
+                           content_type="application/json")
+    assert (response.status_code, response.get_json()) == (400, {"error": message})
+    assert daemon.store.get_image(flagged)["accepted"] == 0
+
+
+def test_accept_refuses_what_is_not_a_flagged_measured_field(client, daemon):
+    ok = {"who": "Ana", "reason": "fine"}
+    not_flagged = client.post(f"/api/images/{daemon.first}/accept", json=ok)
+    assert (not_flagged.status_code, not_flagged.get_json()) == (
+        409, {"error": f"image {daemon.first} is not flagged: it counts without acceptance"})
+    failed = client.post(f"/api/images/{daemon.failed}/accept", json=ok)
+    assert (failed.status_code, failed.get_json()) == (
+        409, {"error": f"image {daemon.failed} is failed: only a measured field counts"})
+    assert client.post(f"/api/images/{daemon.processing}/unaccept").status_code == 409
+    assert client.post("/api/images/999/accept", json=ok).status_code == 404
+    assert client.post("/api/images/999/unaccept").status_code == 404
+
+
+def test_export_csv_has_trust_and_acceptance(client, daemon):
+    flagged = flagged_field(daemon)
+    client.post(f"/api/images/{flagged}/accept", json={"who": "Ana", "reason": "checked by eye"})
+    rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(client.get("/export.csv").get_data(as_text=True)))}
+    row = rows[flagged]
+    assert (row["trust_ok"], row["trust_score"], row["accepted"]) == ("0", "0.125", "1")
+    assert row["trust_reasons"] == f"{UNLIKE}; sharpness unlike this model's training images"
+    assert (row["accepted_by"], row["accept_reason"]) == ("Ana", "checked by eye")
+
+
 # -- CSV, page, errors -------------------------------------------------------------------
 
 
@@ -311,13 +405,15 @@ def test_export_csv_has_one_row_per_field(client, daemon):
     assert response.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert list(rows[0]) == ["id", "file", "specimen", "state", "processed", "matrix_area_pct",
-                             "carbide_area_pct", "excluded", "reason", "error", "path"]
+                             "carbide_area_pct", "excluded", "reason", "trust_ok", "trust_score",
+                             "trust_reasons", "accepted", "accepted_by", "accept_reason", "error", "path"]
     assert [int(r["id"]) for r in rows] == [daemon.first, daemon.second, daemon.failed, daemon.processing]
     first, second, failed, processing = rows
     assert (first["file"], first["state"], first["carbide_area_pct"], first["matrix_area_pct"]) == (
         "a.tif", "done", "20.0000", "80.0000")
     assert first["processed"].endswith("Z") and first["excluded"] == "0"
     assert (second["excluded"], second["reason"], second["carbide_area_pct"]) == ("1", "scratch", "30.0000")
+    assert (first["trust_ok"], first["trust_score"], first["trust_reasons"], first["accepted"]) == ("", "", "", "0")
     assert (failed["state"], failed["error"], failed["carbide_area_pct"]) == ("failed", "c.tif: truncated TIFF", "")
     assert (processing["processed"], processing["path"]) == ("", "/watch/d.tif")
 

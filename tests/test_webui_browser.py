@@ -1,5 +1,8 @@
 """The live page in a real browser (Debian's chromium driven by Playwright) against the
-real waitress server: a field finished by the daemon appears without a reload.
+real waitress server: a field finished by the daemon appears without a reload; a field
+outside the model's experience is marked, left out of the statistics, and accepted.
+Screenshots of the flagged field at a phone's, a laptop's and a wall screen's width go to
+``SHOTS`` for a person to look at.
 
 Needs ``apt-get install -y chromium`` and ``pip install playwright``; never downloads a
 browser (Playwright is pointed at /usr/bin/chromium).
@@ -30,6 +33,9 @@ CLASSES = (
     ClassInfo(2, "tertiary", (255, 80, 60), "phase"),
 )
 WAIT_MS = 15_000
+SHOTS = Path("/tmp/shots")
+SHOT_WIDTHS = (400, 1280, 2560)
+UNLIKE = "intensity distribution unlike this model's training images (mean 0.91, trained 0.35-0.62)"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 pytestmark = pytest.mark.skipif(
@@ -37,10 +43,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def finish_field(store: Store, out_dir: Path, seed: int) -> int:
-    """A synthetic superalloy field measured and written like the daemon does; its id."""
+def finish_field(store: Store, out_dir: Path, seed: int, trust: dict | None = None) -> int:
+    """A synthetic superalloy field measured and written like the daemon does, with the
+    ``trust`` record given (none: a record from before trust records); its id."""
     image, labels = superalloy_micrograph(240, 320, seed=seed)
     record = measure(labels, CLASSES, pixel_size_um=0.01)
+    if trust is not None:
+        record["trust"] = trust
     stem = f"field{seed:02d}"
     paths = write_outputs(out_dir, stem, image, labels, [c.colour for c in CLASSES], record, skip={0})
     paths["preview"] = out_dir / f"{stem}.preview.png"
@@ -71,32 +80,92 @@ def served(tmp_path):
     store.close()
 
 
-def test_a_finished_field_appears_live(served, tmp_path):
+@pytest.fixture
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_a_finished_field_appears_live(served, browser, tmp_path):
     store, events, out_dir, url = served
     for seed in (1, 2):
         finish_field(store, out_dir, seed)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(url)
-            n_cell = page.locator('#stats tr[data-class="secondary"] td.n')
-            sync_api.expect(n_cell).to_have_text("2", timeout=WAIT_MS)
-            sync_api.expect(page.locator("#status")).to_contain_text("live", timeout=WAIT_MS)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(url)
+    n_cell = page.locator('#stats tr[data-class="secondary"] td.n')
+    sync_api.expect(n_cell).to_have_text("2", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#status")).to_contain_text("live", timeout=WAIT_MS)
 
-            new_id = finish_field(store, out_dir, 3)
-            events.publish("field", image_json(store.get_image(new_id)))
+    new_id = finish_field(store, out_dir, 3)
+    events.publish("field", image_json(store.get_image(new_id)))
 
-            overlay = page.locator("#overlay")
-            sync_api.expect(overlay).to_have_attribute(
-                "src", re.compile(rf"/api/images/{new_id}/overlay\.png$"), timeout=WAIT_MS
-            )
-            sync_api.expect(n_cell).to_have_text("3", timeout=WAIT_MS)
-            sync_api.expect(page.locator("#strip li")).to_have_count(3, timeout=WAIT_MS)
-            # The overlay really loaded (a broken image has no natural width).
-            page.wait_for_function("document.getElementById('overlay').naturalWidth === 320", timeout=WAIT_MS)
-            shot = tmp_path / "webui.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    overlay = page.locator("#overlay")
+    sync_api.expect(overlay).to_have_attribute(
+        "src", re.compile(rf"/api/images/{new_id}/overlay\.png$"), timeout=WAIT_MS
+    )
+    sync_api.expect(n_cell).to_have_text("3", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#strip li")).to_have_count(3, timeout=WAIT_MS)
+    sync_api.expect(page.locator("#trust")).to_be_hidden()  # a record without trust is trusted
+    # The overlay really loaded (a broken image has no natural width).
+    page.wait_for_function("document.getElementById('overlay').naturalWidth === 320", timeout=WAIT_MS)
+    shot = tmp_path / "webui.png"
+    page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 0
+
+
+def test_a_flagged_field_is_marked_not_counted_and_accepted(served, browser):
+    store, events, out_dir, url = served
+    for seed in (1, 2):
+        finish_field(store, out_dir, seed, {"ok": True, "score": 0.9, "reasons": []})
+    # A reason with markup must show as text, never as HTML.
+    flagged = finish_field(store, out_dir, 3, {"ok": False, "score": 0.1, "reasons": [UNLIKE, "<b>x</b>"]})
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(url)
+    n_cell = page.locator('#stats tr[data-class="secondary"] td.n')
+    sync_api.expect(n_cell).to_have_text("2", timeout=WAIT_MS)
+    note = page.locator("#flagged-note")
+    sync_api.expect(note).to_have_text("1 field outside the model's experience is not counted until someone "
+                                       "accepts it.", timeout=WAIT_MS)
+    thumb = page.locator(f'#strip button[data-id="{flagged}"]')
+    sync_api.expect(thumb.locator(".trust-mark")).to_have_text("⚠ outside experience", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#strip .trust-mark")).to_have_count(1)
+
+    thumb.click()
+    trust = page.locator("#trust")
+    sync_api.expect(trust.locator("#trust-reason")).to_have_text(
+        f"Outside this model's experience: {UNLIKE} (+1 more)", timeout=WAIT_MS)
+    sync_api.expect(trust.locator("#trust-state")).to_have_text(
+        "Not counted in the statistics until someone accepts it.")
+    assert page.locator("#trust b").count() == 0
+    page.wait_for_function("document.getElementById('overlay').naturalWidth === 320", timeout=WAIT_MS)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for width in SHOT_WIDTHS:
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.screenshot(path=str(SHOTS / f"flagged-{width}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing spills sideways
+
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    page.locator("#accept").click()
+    dialog = page.locator("#accept-dialog")
+    sync_api.expect(dialog).to_be_visible()
+    dialog.locator('input[name="who"]').fill("Ana")
+    dialog.locator('button[type="submit"]').click()  # no reason yet: the browser refuses
+    sync_api.expect(dialog).to_be_visible()
+    dialog.locator('input[name="reason"]').fill("checked by eye: the segmentation is right")
+    page.screenshot(path=str(SHOTS / "accept-dialog-1600.png"))
+    dialog.locator('button[type="submit"]').click()
+    sync_api.expect(dialog).to_be_hidden(timeout=WAIT_MS)
+    sync_api.expect(trust.locator("#trust-state")).to_have_text(
+        "Accepted by Ana: checked by eye: the segmentation is right", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#unaccept")).to_be_visible()
+    sync_api.expect(n_cell).to_have_text("3", timeout=WAIT_MS)  # the "specimen" event refreshed it
+    sync_api.expect(note).to_be_hidden()
+    sync_api.expect(thumb.locator(".trust-mark")).to_have_text("outside experience · accepted")
+    page.screenshot(path=str(SHOTS / "accepted-1600.png"), full_page=True)
+
+    page.locator("#unaccept").click()
+    sync_api.expect(n_cell).to_have_text("2", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#accept")).to_be_visible()
+    assert store.get_image(flagged)["accepted"] == 0

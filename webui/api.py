@@ -1,7 +1,12 @@
 """The JSON API (``/api/...``), the CSV export, health and metrics.
 
-Events. A specimen started here, or a field excluded or put back, publishes
-``specimen`` (``{"id": ...}``) so that every open page refreshes its statistics.
+Events. A specimen started here, or a field excluded, put back, accepted or
+un-accepted, publishes ``specimen`` (``{"id": ...}``) so that every open page refreshes
+its statistics.
+
+Acceptance. A field the model flagged as outside its experience counts in the
+statistics only once an operator accepts it, naming who and why (the store keeps both);
+only a flagged field can be accepted.
 
 Files. Output pictures are served only from the paths the store recorded for a field
 (``mark_done``'s ``outputs``: ``overlay``, ``classes``, ``preview``), and only when
@@ -16,6 +21,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, send_file
 
+from phasewatch.runtime.service.store import flagged
 from phasewatch.runtime.stats import specimen_statistics
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import fields_csv
@@ -97,17 +103,28 @@ def picture(file_id: int, kind: str) -> Response:
     return send_file(path, mimetype="image/png")
 
 
-def _set_excluded(file_id: int, exclude: bool) -> Response:
-    ctx = current_context()
+def _measured(file_id: int) -> dict[str, Any]:
+    """The image row of a measured field, the only kind whose counting can change."""
     found = _image(file_id)
     if found["state"] != "done":
         raise ApiError(409, f"image {file_id} is {found['state']}: only a measured field counts")
+    return found
+
+
+def _changed(found: dict[str, Any]) -> Response:
+    """Tell every page that the field's specimen counts differently; the field as it is now."""
+    current_context().events.publish("specimen", {"id": found["specimen_id"]})
+    return jsonify(image_json(_image(found["id"])))
+
+
+def _set_excluded(file_id: int, exclude: bool) -> Response:
+    store = current_context().store
+    found = _measured(file_id)
     if exclude:
-        ctx.store.exclude_field(file_id, text_field(json_body(optional=True), "reason", MAX_TEXT))
+        store.exclude_field(file_id, text_field(json_body(optional=True), "reason", MAX_TEXT))
     else:
-        ctx.store.include_field(file_id)
-    ctx.events.publish("specimen", {"id": found["specimen_id"]})
-    return jsonify(image_json(_image(file_id)))
+        store.include_field(file_id)
+    return _changed(found)
 
 
 @blueprint.post("/api/images/<int:file_id>/exclude")
@@ -118,6 +135,25 @@ def exclude(file_id: int) -> Response:
 @blueprint.post("/api/images/<int:file_id>/include")
 def include(file_id: int) -> Response:
     return _set_excluded(file_id, False)
+
+
+@blueprint.post("/api/images/<int:file_id>/accept")
+def accept(file_id: int) -> Response:
+    found = _measured(file_id)
+    if not flagged(found):
+        raise ApiError(409, f"image {file_id} is not flagged: it counts without acceptance")
+    body = json_body()
+    who = text_field(body, "who", MAX_NAME, required=True)
+    reason = text_field(body, "reason", MAX_TEXT, required=True)
+    current_context().store.accept_field(file_id, who, reason)
+    return _changed(found)
+
+
+@blueprint.post("/api/images/<int:file_id>/unaccept")
+def unaccept(file_id: int) -> Response:
+    found = _measured(file_id)
+    current_context().store.unaccept_field(file_id)
+    return _changed(found)
 
 
 @blueprint.get("/api/specimens")
@@ -141,7 +177,8 @@ def start_specimen() -> tuple[Response, int]:
 def specimen_stats(specimen_id: int) -> Response:
     ctx = current_context()
     specimen = _specimen(specimen_id)
-    return jsonify({**specimen_statistics(ctx.store, specimen_id, ctx.target_ra), "specimen": specimen})
+    stats = specimen_statistics(ctx.store, specimen_id, ctx.target_ra, ctx.count_flagged)
+    return jsonify({**stats, "specimen": specimen})
 
 
 @blueprint.get("/export.csv")

@@ -27,7 +27,9 @@ class AppContext:
     ``status()`` returns the queue counts and the backend (``queued``, ``processing``,
     ``done``, ``failed``, ``backend``, ``model``, ``uptime_s``); ``health()`` returns
     ``(ok, details)``, details being JSON-able (e.g. ``{"reasons": [...]}``);
-    ``metrics()`` returns the Prometheus exposition and its content type.
+    ``metrics()`` returns the Prometheus exposition and its content type;
+    ``count_flagged``: fields the model flagged count in the statistics before an
+    operator accepts them (``[specimen] count_flagged``).
     """
 
     store: Store
@@ -37,6 +39,7 @@ class AppContext:
     metrics: Callable[[], tuple[bytes, str]]
     target_ra: float
     data_dir: Path
+    count_flagged: bool = False
 
 
 def install(app: Flask, ctx: AppContext) -> None:

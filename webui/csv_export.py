@@ -1,4 +1,8 @@
-"""``/export.csv``'s table: one row per field, oldest first, one area % column per class."""
+"""``/export.csv``'s table: one row per field, oldest first, one area % column per class.
+
+The trust columns are empty for a field without a trust record (not measured, or
+measured before the record existed); ``trust_reasons`` are joined with "; ".
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from phasewatch.webui.payloads import trust_json
+
 
 def _iso(timestamp: float | None) -> str:
     if timestamp is None:
         return ""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _trust_cells(trust: dict[str, Any] | None) -> list[str]:
+    """``trust_ok``, ``trust_score``, ``trust_reasons``."""
+    shown = trust_json(trust)
+    if shown is None:
+        return ["", "", ""]
+    score = "" if shown["score"] is None else f"{shown['score']:.4g}"
+    return [str(int(shown["ok"])), score, "; ".join(shown["reasons"])]
 
 
 def fields_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -25,12 +40,16 @@ def fields_csv(rows: Sequence[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["id", "file", "specimen", "state", "processed",
-                     *(f"{name}_area_pct" for name in classes), "excluded", "reason", "error", "path"])
+                     *(f"{name}_area_pct" for name in classes), "excluded", "reason",
+                     "trust_ok", "trust_score", "trust_reasons", "accepted", "accepted_by", "accept_reason",
+                     "error", "path"])
     for row in rows:
         fractions = row.get("fractions") or {}
         writer.writerow([
             row["id"], Path(row["path"]).name, row["specimen"], row["state"], _iso(row["processed"]),
             *(f"{100.0 * fractions[c]:.4f}" if c in fractions else "" for c in classes),
-            int(bool(row["excluded"])), row["exclude_reason"] or "", row["error"] or "", row["path"],
+            int(bool(row["excluded"])), row["exclude_reason"] or "",
+            *_trust_cells(row.get("trust")), int(bool(row["accepted"])), row["accepted_by"] or "",
+            row["accept_reason"] or "", row["error"] or "", row["path"],
         ])
     return out.getvalue()

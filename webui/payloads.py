@@ -8,6 +8,14 @@ from typing import Any
 PICTURES = ("overlay", "classes", "preview")
 
 
+def trust_json(trust: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record's trust as ``{ok, score, reasons}``; None for records made before it."""
+    if trust is None:
+        return None
+    return {"ok": bool(trust.get("ok", True)), "score": trust.get("score"),
+            "reasons": [str(r) for r in trust.get("reasons") or []]}
+
+
 def image_json(image: dict[str, Any]) -> dict[str, Any]:
     """A store image row as the API and the ``field`` event show it."""
     outputs = image.get("outputs") or {}
@@ -26,6 +34,11 @@ def image_json(image: dict[str, Any]) -> dict[str, Any]:
         "duplicate_of": image["duplicate_of"],
         "excluded": bool(image["excluded"]),
         "exclude_reason": image["exclude_reason"],
+        "trust": trust_json(image.get("trust")),
+        "accepted": bool(image["accepted"]),
+        "accepted_by": image["accepted_by"],
+        "accept_reason": image["accept_reason"],
+        "accepted_at": image["accepted_at"],
         "pictures": {
             kind: f"/api/images/{image['id']}/{kind}.png" for kind in PICTURES if kind in outputs
         },

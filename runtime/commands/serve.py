@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     app = create_app(AppContext(store=store, events=events, status=daemon.status,
                                 health=daemon.health_report, metrics=daemon.metrics.render,
-                                target_ra=config.specimen.target_ra, data_dir=config.data.dir))
+                                target_ra=config.specimen.target_ra, data_dir=config.data.dir,
+                                count_flagged=config.specimen.count_flagged))
     server = serve_in_thread(app, config.server.host, config.server.port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -107,6 +107,9 @@ class ModelConfig:
 class SpecimenConfig:
     per_subfolder: bool = False
     target_relative_accuracy: float = _rule(10.0, above=0.0, max=100.0)  # percent
+    # Fields the model flags as outside its experience count before an operator accepts
+    # them; off by default, as their numbers may be wrong.
+    count_flagged: bool = False
 
     @property
     def target_ra(self) -> float:

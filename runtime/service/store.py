@@ -33,6 +33,14 @@ Results. ``results`` keeps per field what the statistics need (``fractions``,
 ``particles``, ``valid_area_px``, ``valid_area_um2``, ``pixel_size_um``, as
 ``measure.measure`` returns them) and the whole measurement JSON; ``outputs`` maps
 an output kind to its file.
+
+Trust. A field record's ``trust`` (``{"ok", "score", "reasons"}``) says whether the model
+was inside its experience on that field; image rows carry it as ``trust`` (None for
+records made before it existed, which count as trusted). A flagged field (``ok`` false)
+stays out of its specimen's statistics until an operator accepts it
+(:meth:`Store.accept_field`, who and why kept like an exclusion's reason), unless the
+caller asks for flagged fields to count: numbers the model may have got wrong never
+count silently.
 """
 
 from __future__ import annotations
@@ -96,6 +104,12 @@ MIGRATIONS = [
         outputs TEXT NOT NULL
     );
     """,
+    """
+    ALTER TABLE files ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN accepted_by TEXT;
+    ALTER TABLE files ADD COLUMN accept_reason TEXT;
+    ALTER TABLE files ADD COLUMN accepted_at REAL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -115,12 +129,25 @@ def _inserted(cursor: sqlite3.Cursor) -> int:
 
 
 def _image(row: sqlite3.Row) -> dict[str, Any]:
-    """A files row joined with its (or its original's) result, JSON decoded."""
+    """A files row joined with its (or its original's) result, JSON decoded, with the
+    record's ``trust`` (None without a result or from before the trust record)."""
     image = dict(row)
     for key in ("fractions", "particles", "measurement", "outputs"):
         if image.get(key) is not None:
             image[key] = json.loads(image[key])
+    image["trust"] = (image.get("measurement") or {}).get("trust")
     return image
+
+
+def flagged(image: Mapping[str, Any]) -> bool:
+    """Whether the model said it was outside its experience on this image row's field."""
+    trust = image.get("trust")
+    return trust is not None and not trust.get("ok", True)
+
+
+def awaits_acceptance(image: Mapping[str, Any]) -> bool:
+    """A flagged field that no operator has accepted: left out of the statistics."""
+    return flagged(image) and not image["accepted"]
 
 
 # The result of a duplicate is its original's: join on COALESCE(duplicate_of, id).
@@ -420,15 +447,27 @@ class Store:
         row = self._conn().execute(_IMAGE_SELECT + " WHERE f.id = ?", (file_id,)).fetchone()
         return _image(row) if row is not None else None
 
-    def field_results(self, specimen_id: int) -> list[dict[str, Any]]:
-        """The measured, not excluded fields of a specimen, oldest first: what its
-        statistics are made of (duplicates are left out: their content counts once)."""
+    def _measured_fields(self, specimen_id: int) -> list[dict[str, Any]]:
+        """The measured, not excluded fields of a specimen, oldest first (duplicates are
+        left out: their content counts once)."""
         rows = self._conn().execute(
             _IMAGE_SELECT + """ WHERE f.specimen_id = ? AND f.state = 'done'
                 AND f.duplicate_of IS NULL AND f.excluded = 0 ORDER BY f.id""",
             (specimen_id,),
         )
         return [_image(r) for r in rows]
+
+    def field_results(self, specimen_id: int, count_flagged: bool = False) -> list[dict[str, Any]]:
+        """What a specimen's statistics are made of: its measured, not excluded fields,
+        oldest first, without the flagged fields no operator has accepted unless
+        ``count_flagged``."""
+        fields = self._measured_fields(specimen_id)
+        return [f for f in fields if count_flagged or not awaits_acceptance(f)]
+
+    def flagged_pending(self, specimen_id: int) -> int:
+        """How many of a specimen's measured, not excluded fields are flagged and not
+        accepted (:func:`awaits_acceptance`)."""
+        return sum(awaits_acceptance(f) for f in self._measured_fields(specimen_id))
 
     def exclude_field(self, file_id: int, reason: str) -> None:
         """Leave a field out of its specimen's statistics (a duplicate's original)."""
@@ -437,14 +476,40 @@ class Store:
     def include_field(self, file_id: int) -> None:
         self._set_excluded(file_id, 0, None)
 
+    def accept_field(self, file_id: int, who: str, reason: str) -> None:
+        """An operator vouches for a flagged field, so that it counts (a duplicate's
+        original); ``who`` and ``reason`` are required: an acceptance is accountable."""
+        who, reason = " ".join(who.split()), " ".join(reason.split())
+        if not who or not reason:
+            raise StoreError(f"{self.path}: accepting file {file_id} needs who and why")
+        self._set_accepted(file_id, 1, who, reason, time.time())
+
+    def unaccept_field(self, file_id: int) -> None:
+        self._set_accepted(file_id, 0, None, None, None)
+
+    def _target(self, conn: sqlite3.Connection, file_id: int) -> int:
+        """The row a field's exclusion or acceptance is kept on: a duplicate's original."""
+        row = conn.execute(
+            "SELECT COALESCE(duplicate_of, id) AS target FROM files WHERE id = ?", (file_id,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: no file {file_id}")
+        target: int = row["target"]
+        return target
+
     def _set_excluded(self, file_id: int, excluded: int, reason: str | None) -> None:
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT COALESCE(duplicate_of, id) AS target FROM files WHERE id = ?", (file_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"{self.path}: no file {file_id}")
             conn.execute(
                 "UPDATE files SET excluded = ?, exclude_reason = ? WHERE id = ?",
-                (excluded, reason, row["target"]),
+                (excluded, reason, self._target(conn, file_id)),
+            )
+
+    def _set_accepted(
+        self, file_id: int, accepted: int, who: str | None, reason: str | None, at: float | None
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                """UPDATE files SET accepted = ?, accepted_by = ?, accept_reason = ?,
+                       accepted_at = ? WHERE id = ?""",
+                (accepted, who, reason, at, self._target(conn, file_id)),
             )

@@ -5,8 +5,11 @@ const STRIP_SIZE = 24;
 const STATUS_POLL_MS = 5000;
 const RECONNECT_MS = 10000; // after the server refused or closed the stream for good
 const SVG_NS = "http://www.w3.org/2000/svg";
+const WHO_KEY = "phasewatch.who"; // the last operator who accepted a field, offered again
 
-const state = { shown: null, follow: true, specimen: null, mainPhase: null, live: false, status: null };
+const state = {
+  shown: null, follow: true, specimen: null, mainPhase: null, live: false, status: null, countFlagged: false,
+};
 
 const $ = (id) => document.getElementById(id);
 
@@ -16,6 +19,9 @@ async function api(url, options) {
   if (!response.ok) throw new Error(body.error || `${url}: HTTP ${response.status}`);
   return body;
 }
+
+const postJson = (url, body = {}) =>
+  api(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 
 const fixed = (value, digits = 2) => (value == null ? "–" : value.toFixed(digits));
 
@@ -50,6 +56,65 @@ async function refreshStatus() {
   renderStatus();
 }
 
+// -- trust: fields outside the model's experience ------------------------------------
+
+// Records from before the trust record have trust null: trusted.
+const isFlagged = (image) => image.trust != null && !image.trust.ok;
+
+function trustText(image) {
+  const [first, ...more] = image.trust.reasons;
+  return `Outside this model's experience: ${first || "no reason given"}` +
+    (more.length ? ` (+${more.length} more)` : "");
+}
+
+function trustState(image) {
+  if (image.accepted) return `Accepted by ${image.accepted_by}: ${image.accept_reason}`;
+  return state.countFlagged
+    ? "Counted in the statistics although nobody has accepted it."
+    : "Not counted in the statistics until someone accepts it.";
+}
+
+function showTrust(image) {
+  const flagged = isFlagged(image);
+  $("trust").hidden = !flagged;
+  if (!flagged) return;
+  $("trust").classList.toggle("accepted", image.accepted);
+  $("trust-reason").textContent = trustText(image);
+  $("trust-reason").title = image.trust.reasons.join("\n");
+  $("trust-state").textContent = trustState(image);
+  $("accept").hidden = image.accepted;
+  $("unaccept").hidden = !image.accepted;
+}
+
+function openAccept() {
+  const form = $("accept-form");
+  form.reset();
+  form.elements.namedItem("who").value = localStorage.getItem(WHO_KEY) || "";
+  $("accept-field").textContent = `${state.shown.file} (#${state.shown.id}): ${trustText(state.shown)}`;
+  $("accept-error").hidden = true;
+  $("accept-dialog").showModal();
+}
+
+async function submitAccept(event) {
+  event.preventDefault();
+  const form = event.target;
+  const who = form.elements.namedItem("who").value;
+  try {
+    showField(await postJson(`/api/images/${state.shown.id}/accept`, {
+      who, reason: form.elements.namedItem("reason").value,
+    }));
+    localStorage.setItem(WHO_KEY, who.trim());
+    $("accept-dialog").close();
+  } catch (err) {
+    $("accept-error").textContent = err.message;
+    $("accept-error").hidden = false;
+  }
+}
+
+async function unaccept() {
+  showField(await postJson(`/api/images/${state.shown.id}/unaccept`));
+}
+
 // -- the field shown -----------------------------------------------------------------
 
 function fractionsText(fractions) {
@@ -70,6 +135,7 @@ function showField(image) {
   }
   img.hidden = failed || !image.pictures.overlay;
   $("field-fractions").textContent = fractionsText(image.fractions);
+  showTrust(image);
   $("exclude").disabled = image.state !== "done" || image.excluded;
   $("exclude").hidden = image.excluded;
   $("include").hidden = !image.excluded;
@@ -88,16 +154,18 @@ async function viewField(id) {
 
 async function setExcluded(exclude) {
   const id = state.shown.id;
-  const options = { method: "POST", headers: { "Content-Type": "application/json" } };
-  if (exclude) options.body = JSON.stringify({ reason: $("exclude-reason").value });
-  showField(await api(`/api/images/${id}/${exclude ? "exclude" : "include"}`, options));
+  const body = exclude ? { reason: $("exclude-reason").value } : {};
+  showField(await postJson(`/api/images/${id}/${exclude ? "exclude" : "include"}`, body));
   // Statistics and strip follow from the "specimen" event the server sends.
 }
 
 // -- recent fields -------------------------------------------------------------------
 
 function thumbnail(image) {
-  const item = element("li", null, `thumb ${image.state}${image.excluded ? " excluded" : ""}`);
+  const flagged = isFlagged(image);
+  const classes = ["thumb", image.state, image.excluded && "excluded", flagged && "flagged",
+    flagged && image.accepted && "accepted"];
+  const item = element("li", null, classes.filter(Boolean).join(" "));
   const button = element("button");
   button.type = "button";
   button.dataset.id = image.id;
@@ -118,6 +186,12 @@ function thumbnail(image) {
     button.append(element("span", label + (image.excluded ? " (excluded)" : ""), "value"));
   } else {
     button.append(element("span", image.state, "value"));
+  }
+  if (flagged) {
+    const label = image.accepted ? "outside experience · accepted" : "⚠ outside experience";
+    const marker = element("span", label, "trust-mark");
+    marker.title = image.trust.reasons.join("\n");
+    button.append(marker);
   }
   button.addEventListener("click", () => viewField(image.id));
   item.append(button);
@@ -200,6 +274,20 @@ async function refreshStats() {
   const names = Object.keys(stats.fractions).sort((a, b) => (b === stats.main_phase) - (a === stats.main_phase));
   $("stats").tBodies[0].replaceChildren(...names.map((name) => statsRow(name, stats.fractions[name])));
   renderTrend(stats.trend);
+  state.countFlagged = stats.count_flagged;
+  $("flagged-note").textContent = flaggedNote(stats);
+  $("flagged-note").hidden = !stats.flagged_pending;
+  if (state.shown) showTrust(state.shown);
+}
+
+function flaggedNote(stats) {
+  const n = stats.flagged_pending;
+  const [fields, them] = n === 1
+    ? ["1 field outside the model's experience is", "it"]
+    : [`${n} fields outside the model's experience are`, "them"];
+  return stats.count_flagged
+    ? `${fields} counted although nobody has accepted ${them}.`
+    : `${fields} not counted until someone accepts ${them}.`;
 }
 
 async function startSpecimen(event) {
@@ -207,13 +295,9 @@ async function startSpecimen(event) {
   const form = event.target;
   const error = $("form-error");
   try {
-    await api("/api/specimens", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({
-        name: form.elements.namedItem("name").value,
-        notes: form.elements.namedItem("notes").value,
-      }),
+    await postJson("/api/specimens", {
+      name: form.elements.namedItem("name").value,
+      notes: form.elements.namedItem("notes").value,
     });
     form.reset();
     error.hidden = true;
@@ -260,6 +344,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("exclude").addEventListener("click", () => setExcluded(true));
   $("include").addEventListener("click", () => setExcluded(false));
+  $("accept").addEventListener("click", openAccept);
+  $("unaccept").addEventListener("click", unaccept);
+  $("accept-form").addEventListener("submit", submitAccept);
+  $("accept-cancel").addEventListener("click", () => $("accept-dialog").close());
   $("new-specimen").addEventListener("submit", startSpecimen);
   refreshAll();
   connect();
