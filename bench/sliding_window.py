@@ -251,7 +251,7 @@ def huge(args) -> dict:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start = time.perf_counter()
-        classes = segment(prepare(image, 1, NORMALISATION), Pointwise(), args.tile, args.overlap)
+        classes = segment(prepare(image, 1, NORMALISATION), Pointwise(), args.tile, args.overlap).classes
         seconds = time.perf_counter() - start
         stop.set()
         sampler.join()

@@ -30,6 +30,7 @@ class AugmentConfig:
     brightness: float = 0.0  # additive shift drawn from +-brightness, in normalised units
     contrast: float = 0.0  # gain drawn from 1 +- contrast, about the image mean
     noise: float = 0.0  # std of additive Gaussian noise, in normalised units
+    gamma: float = 0.0  # gamma drawn log-uniformly from [1 / (1 + gamma), 1 + gamma]
     blur: float = 0.0  # probability of a Gaussian blur with sigma in BLUR_SIGMA
     single_class_cap: float = 1.0  # probability of accepting a crop that holds one class only
 
@@ -37,7 +38,7 @@ class AugmentConfig:
         low, high = self.scale
         if not 0 < low <= high:
             raise ValueError(f"augment scale must be 0 < min <= max, got {self.scale}")
-        for name in ("brightness", "contrast", "noise"):
+        for name in ("brightness", "contrast", "noise", "gamma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment {name} must be >= 0, got {getattr(self, name)}")
         if self.contrast >= 1:
@@ -126,12 +127,15 @@ def _flip_rotate(
 
 
 def _photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Optics first (blur), then exposure (contrast, brightness), then sensor noise."""
+    """Optics first (blur), then the detector's response (gamma), exposure (contrast,
+    brightness), then sensor noise."""
     image = np.array(image, dtype=np.float32, order="C")
     if cfg.blur and rng.random() < cfg.blur:
         sigma = float(rng.uniform(*BLUR_SIGMA))
         for channel in image:
             channel[:] = cv2.GaussianBlur(channel, (0, 0), sigma)
+    if cfg.gamma:
+        image = _gamma(image, float(np.exp(rng.uniform(-1, 1) * np.log1p(cfg.gamma))))
     if cfg.contrast:
         mean = image.mean(axis=(1, 2), keepdims=True)
         image = (image - mean) * np.float32(1 + rng.uniform(-cfg.contrast, cfg.contrast)) + mean
@@ -140,6 +144,16 @@ def _photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
     if cfg.noise:
         image += rng.normal(0.0, cfg.noise, image.shape).astype(np.float32)
     return image
+
+
+def _gamma(image: np.ndarray, exponent: float) -> np.ndarray:
+    """A gamma curve over the crop's own value range: a per-image percentile stretch makes
+    affine intensity changes vanish, but a detector's or operator's gamma survives it."""
+    low, high = float(image.min()), float(image.max())
+    if high <= low:
+        return image
+    unit = (image - low) / (high - low)
+    return (np.power(unit, exponent) * (high - low) + low).astype(np.float32)
 
 
 def _finish(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

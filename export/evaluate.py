@@ -98,8 +98,8 @@ def _named(names: list[str], values: np.ndarray) -> dict[str, float | None]:
 
 def segment_pair(
     image_path: Path, label_path: Path, model: Model, palette: Palette | None, batch: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(truth, prediction) class maps of one labelled image, at the image's size."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(truth, prediction, trust record) of one labelled image, maps at the image's size."""
     truth = read_label(label_path, palette)
     result = process_file(image_path, model, batch=batch)
     if len(result.fields) != 1:
@@ -107,7 +107,7 @@ def segment_pair(
     pred = result.fields[0].classes
     if truth.shape != pred.shape:
         raise EvaluationError(f"{label_path}: label {truth.shape} != image {pred.shape}")
-    return truth, pred
+    return truth, pred, result.fields[0].record["trust"]
 
 
 def score_pairs(
@@ -138,7 +138,7 @@ def score_pairs(
             raise OutputError(f"{error_maps}: cannot create folder: {exc.strerror or exc}") from exc
     for image_path, label_path in tqdm(pairs, desc="evaluate", unit="image", disable=None):
         try:
-            truth, pred = segment_pair(image_path, label_path, model, palette, batch)
+            truth, pred, trust = segment_pair(image_path, label_path, model, palette, batch)
             try:
                 cm = metrics.confusion_matrix(truth, pred, k, ignore)
             except ValueError as exc:  # label ids outside the model's classes
@@ -159,12 +159,38 @@ def score_pairs(
                 "true_fractions": _named(names, true_f),
                 "predicted_fractions": _named(names, pred_f),
                 "pixel_accuracy": _finite(metrics.pixel_accuracy(cm)),
+                "wrong": field_is_wrong(true_f, pred_f),
+                "trust": trust,
             }
         )
         if error_maps is not None:
             picture = metrics.error_map(truth, pred, error_class, ignore)
             write_png_atomic(error_maps / f"{image_path.stem}.errors.png", picture)
     return scores
+
+
+WRONG_RULE = ("a field is wrong when a class holding >= 5 % of the truth is off by more than "
+              "max(5 points, 25 % of its true value)")
+
+
+def field_is_wrong(true_fractions: np.ndarray, predicted_fractions: np.ndarray) -> bool:
+    """The trust report's notion of a wrong field (WRONG_RULE): a number QA would reject."""
+    relevant = true_fractions >= 0.05
+    allowed = np.maximum(0.05, 0.25 * true_fractions)
+    return bool(np.any(relevant & (np.abs(predicted_fractions - true_fractions) > allowed)))
+
+
+def trust_report(images: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well the label-free trust record told wrong fields from right ones."""
+    wrong = [i for i in images if i["wrong"]]
+    right = [i for i in images if not i["wrong"]]
+    return {
+        "rule": WRONG_RULE,
+        "fields": len(images),
+        "wrong": len(wrong),
+        "wrong_flagged": sum(not i["trust"]["ok"] for i in wrong),
+        "right_flagged": sum(not i["trust"]["ok"] for i in right),
+    }
 
 
 def report(bundle: Bundle, backend_name: str, scores: Scores) -> dict[str, Any]:
@@ -197,6 +223,7 @@ def report(bundle: Bundle, backend_name: str, scores: Scores) -> dict[str, Any]:
         "bf_tolerance_px": scores.bf_tolerance_px,
         "per_class": per_class,
         "confusion": metrics.normalised_confusion(cm).tolist(),
+        "trust": trust_report(scores.images),
         "images": scores.images,
     }
 
@@ -233,6 +260,9 @@ def format_report(result: dict[str, Any]) -> str:
     ]
     for name, row in zip(names, result["confusion"], strict=True):
         lines.append(f"{name:<{width}}  " + "  ".join(_percent(v) for v in row))
+    trust = result["trust"]
+    lines += ["", f"trust: {trust['wrong']} of {trust['fields']} fields wrong, {trust['wrong_flagged']} of them "
+                  f"flagged; {trust['right_flagged']} right fields flagged ({trust['rule']})"]
     return "\n".join(lines)
 
 

@@ -259,6 +259,7 @@ def normalisation_from_config(raw: dict[str, Any], channels: int) -> Normalisati
         std=tuple(float(v) for v in raw.get("std", [0.25] * channels)),
         sixteen_bit=str(raw.get("sixteen_bit", "percentile")),
         percentiles=(percentiles[0], percentiles[1]),
+        rule=str(raw.get("rule", "bit-depth")),
     )
 
 

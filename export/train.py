@@ -160,7 +160,7 @@ def validate(model: torch.nn.Module, samples: list[Sample], tile: int, num_class
     maps = segment_many((ArrayInput(s.image) for s in samples), backend, tile, overlap, batch, halo=halo)
     cm = np.zeros((num_classes, num_classes), np.int64)
     for sample, predicted in zip(samples, maps, strict=True):
-        cm += metrics.confusion_matrix(sample.label, predicted, num_classes, ignore=255)
+        cm += metrics.confusion_matrix(sample.label, predicted.classes, num_classes, ignore=255)
     model.train()
     return {"mean_iou": float(metrics.mean_iou(cm)), "pixel_accuracy": float(metrics.pixel_accuracy(cm)),
             "per_class_iou": [None if math.isnan(v) else float(v) for v in metrics.per_class_iou(cm)]}

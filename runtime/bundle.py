@@ -18,6 +18,7 @@ from phasewatch.runtime.errors import PhasewatchError
 MANIFEST_FORMAT = 1
 ROLES = ("phase", "background", "excluded")
 SIXTEEN_BIT_RULES = ("full_range", "percentile")
+NORMALISATION_RULES = ("per-image-percentile", "bit-depth")
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
@@ -37,15 +38,24 @@ class ClassInfo:
 class Normalisation:
     """How raw pixels become model input, applied once per image (never per tile).
 
-    Pixels are first mapped to [0, 1]: 8-bit by /255; 16-bit by ``sixteen_bit``:
-    ``full_range`` divides by 65535, ``percentile`` stretches the image's own
-    ``percentiles`` (low, high) to 0..1 and clips. Then ``(x - mean) / std`` per channel.
+    Pixels are first mapped to [0, 1] by ``rule``:
+
+    ``per-image-percentile``  every image, whatever its bit depth or colour, is stretched
+                              from its own ``percentiles`` (low, high) to 0..1 and clipped:
+                              8-bit, 16-bit (x257), 12-bit in 16 bits (x16) and any
+                              brightness/contrast setting of one field give one input;
+    ``bit-depth``             (bundles made before the rule was recorded) 8-bit by /255;
+                              16-bit by ``sixteen_bit``: ``full_range`` divides by 65535,
+                              ``percentile`` stretches as above.
+
+    Then ``(x - mean) / std`` per channel.
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     sixteen_bit: str = "percentile"
     percentiles: tuple[float, float] = (0.5, 99.5)
+    rule: str = "bit-depth"
 
 
 @dataclass(frozen=True)
@@ -165,7 +175,12 @@ def parse_manifest(manifest: dict[str, Any], path: Path) -> Bundle:
     if rule not in SIXTEEN_BIT_RULES:
         raise BundleError(f"{where}: normalisation sixteen_bit '{rule}' not one of {SIXTEEN_BIT_RULES}")
     low, high = (float(v) for v in norm_raw.get("percentiles", (0.5, 99.5)))
-    normalisation = Normalisation(mean=mean, std=std, sixteen_bit=rule, percentiles=(low, high))
+    # A manifest without a rule predates it: its model was trained under the bit-depth rule.
+    intensity_rule = str(norm_raw.get("rule", "bit-depth"))
+    if intensity_rule not in NORMALISATION_RULES:
+        raise BundleError(f"{where}: normalisation rule '{intensity_rule}' not one of {NORMALISATION_RULES}")
+    normalisation = Normalisation(mean=mean, std=std, sixteen_bit=rule, percentiles=(low, high),
+                                  rule=intensity_rule)
     tile = int(_require(manifest, "tile", where))
     halo = int(manifest.get("halo", 0))
     if tile < 16 or halo < 0 or 2 * halo >= tile:

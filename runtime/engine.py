@@ -1,5 +1,6 @@
 """Sliding-window inference: fixed tiles, mirror padding at the image border, a Gaussian
-window on the logits, stitching band by band into a uint8 class map.
+window on the logits, stitching band by band into a uint8 class map and a uint8 map of
+the model's confidence.
 
 Geometry along each axis: tiles of ``tile`` pixels advance by ``tile - overlap``; the
 first starts ``overlap // 2`` pixels before the image (mirror padding), the last is
@@ -17,7 +18,12 @@ a whole-image pass up to float rounding. :func:`default_overlap` picks such an o
 Memory: tiles are produced row band by row band. A band's logits accumulator covers the
 ``tile`` rows that band touches across the (padded) width; once a band's last tile is in,
 the rows no later band touches are reduced to classes and dropped. Peak memory is a few
-``K x tile x width`` float32 buffers plus the uint8 output, whatever the image height.
+``K x tile x width`` float32 buffers plus the uint8 outputs, whatever the image height.
+
+Confidence: per pixel, the softmax margin between the two most probable classes of the
+window-weighted mean logits, 0..255 for 0..1 (:class:`Segmentation`). A margin near 0 is
+a pixel the model could as well have given another class; the trust record
+(``runtime/trust.py``) and the overlay's "unsure" view read it.
 """
 
 from __future__ import annotations
@@ -25,13 +31,20 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from phasewatch.runtime.backends import Backend
 
 STAGES = ("prepare_ms", "infer_ms", "stitch_ms")
+
+
+class Segmentation(NamedTuple):
+    """What the engine makes of one image: class ids and softmax margins (0..255)."""
+
+    classes: np.ndarray  # uint8 H x W
+    margin: np.ndarray  # uint8 H x W, 255 * (p_best - p_second)
 
 
 class ModelInput(Protocol):
@@ -106,7 +119,9 @@ class _Job:
         self.cols = tile_starts(inp.width, tile, overlap)
         self.col_map = mirror_indices(int(self.cols[0]), int(self.cols[-1]) + tile, inp.width)
         self.classes = np.empty((inp.height, inp.width), np.uint8)
+        self.margin = np.empty((inp.height, inp.width), np.uint8)
         self.acc: np.ndarray | None = None  # K x tile x padded width, made once K is known
+        self.weight = np.zeros((tile, len(self.col_map)), np.float32)  # window sum per pixel
 
     def band(self, index: int) -> np.ndarray:
         """C x tile x padded-width input of band ``index``, mirror padded on all sides."""
@@ -125,6 +140,8 @@ class _Job:
         np.multiply(logits, window, out=scratch)
         target = self.acc[:, :, x : x + self.tile]
         np.add(target, scratch, out=target)
+        weight = self.weight[:, x : x + self.tile]
+        np.add(weight, window, out=weight)
 
     def finish_band(self, index: int) -> None:
         """Reduce the rows no later band touches to classes; shift the rest up."""
@@ -136,14 +153,18 @@ class _Job:
         if bottom > top:
             x0 = int(-self.cols[0])
             # The accumulated weights are positive and the same for every class of a
-            # pixel, so dividing by them cannot change the argmax: it is skipped.
+            # pixel, so dividing by them cannot change the argmax: only the margin needs it.
             logits = self.acc[:, top - y0 : bottom - y0, x0 : x0 + self.inp.width]
             self.classes[top:bottom] = argmax_classes(logits)
+            weight = self.weight[top - y0 : bottom - y0, x0 : x0 + self.inp.width]
+            self.margin[top:bottom] = softmax_margin(logits, weight)
         if last:
             self.acc = None
             return
         self.acc[:, : self.tile - done] = self.acc[:, done:]
         self.acc[:, self.tile - done :] = 0
+        self.weight[: self.tile - done] = self.weight[done:]
+        self.weight[self.tile - done :] = 0
 
 
 def argmax_classes(logits: np.ndarray) -> np.ndarray:
@@ -158,6 +179,34 @@ def argmax_classes(logits: np.ndarray) -> np.ndarray:
         classes[better] = k
         np.maximum(best, logits[k], out=best)
     return classes
+
+
+def softmax_margin(weighted_logits: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """uint8 h x w: 255 x (p_best - p_second) of softmax(weighted_logits / weight).
+
+    Works plane by plane (a few h x w buffers, never another K x h x w copy), so the
+    stitcher's memory stays a band's worth.
+    """
+    if len(weighted_logits) < 2:
+        return np.full(weight.shape, 255, np.uint8)
+    scale = 1.0 / np.maximum(weight, np.float32(1e-12))
+    best = np.full(weight.shape, -np.inf, np.float32)
+    second = best.copy()
+    plane = np.empty(weight.shape, np.float32)
+    for k in range(len(weighted_logits)):
+        np.multiply(weighted_logits[k], scale, out=plane)
+        np.maximum(second, np.minimum(best, plane), out=second)
+        np.maximum(best, plane, out=best)
+    total = np.zeros(weight.shape, np.float32)
+    for k in range(len(weighted_logits)):
+        np.multiply(weighted_logits[k], scale, out=plane)
+        plane -= best
+        np.exp(plane, out=plane)
+        total += plane
+    np.subtract(second, best, out=second)
+    np.exp(second, out=second)
+    margin = (1.0 - second) / total
+    return np.round(margin * 255).astype(np.uint8)
 
 
 def _tiles(inputs: Iterable[ModelInput], tile: int, overlap: int) -> Iterator[tuple]:
@@ -177,8 +226,8 @@ def _infer_and_stitch(
     backend: Backend,
     window: np.ndarray,
     stats: dict[str, float],
-) -> list[np.ndarray]:
-    """Run one batch and stitch its tiles; return the class maps it completed."""
+) -> list[Segmentation]:
+    """Run one batch and stitch its tiles; return the images it completed."""
     start = time.perf_counter()
     logits = backend.run(batch)
     stitched = time.perf_counter()
@@ -195,7 +244,7 @@ def _infer_and_stitch(
         if c + 1 == len(job.cols):
             job.finish_band(r)
             if r + 1 == len(job.rows):
-                finished.append(job.classes)
+                finished.append(Segmentation(job.classes, job.margin))
     stats["stitch_ms"] += (time.perf_counter() - stitched) * 1000
     return finished
 
@@ -208,8 +257,8 @@ def segment_many(
     batch: int | None = None,
     timings: dict[str, float] | None = None,
     halo: int = 0,
-) -> Iterator[np.ndarray]:
-    """Yield a uint8 class map per input, in input order.
+) -> Iterator[Segmentation]:
+    """Yield a :class:`Segmentation` per input, in input order.
 
     A batch is filled with the next image's tiles when the current image runs out, so
     the next input is pulled from ``inputs`` before the current map is yielded: pass an
@@ -258,6 +307,6 @@ def segment(
     batch: int | None = None,
     timings: dict[str, float] | None = None,
     halo: int = 0,
-) -> np.ndarray:
-    """uint8 H x W class map of one image (see :func:`segment_many`)."""
+) -> Segmentation:
+    """Classes and margins of one image (see :func:`segment_many`)."""
     return next(segment_many([inp], backend, tile, overlap, batch, timings, halo))

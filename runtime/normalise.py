@@ -1,15 +1,17 @@
 """Turn a decoded image into model input, with statistics computed once per image.
 
 :func:`prepare` looks at the whole image once (resizing it to the model's scale and,
-for 16-bit images under the ``percentile`` rule, measuring its percentiles on a strided
-subsample). :meth:`ModelInput.region` then converts any crop to ``float32 C x h x w``
-with those same numbers, so that neighbouring tiles of one image always agree and only
+under a percentile rule, measuring its percentiles on a strided subsample).
+:meth:`ModelInput.region` then converts any crop to ``float32 C x h x w`` with those same
+numbers, so that neighbouring tiles of one image always agree and only
 a tile's worth of float memory exists at a time, however large the image.
 
 Per pixel, in order: channel conversion to the model's channels (gray -> repeated;
-RGB -> luminance with OpenCV's RGB2GRAY weights), mapping to [0, 1] (8-bit: /255;
-16-bit: /65535 or the percentile stretch, clipped), then ``(x - mean) / std`` per
-channel. A flat 16-bit image under the percentile rule maps to 0.
+RGB -> luminance with OpenCV's RGB2GRAY weights), mapping to [0, 1] by the bundle's
+rule (``per-image-percentile``: every image stretched from its own percentiles and
+clipped, whatever its bit depth; ``bit-depth``, older bundles: 8-bit /255, 16-bit
+/65535 or the percentile stretch), then ``(x - mean) / std`` per channel. A flat image
+under a percentile stretch maps to 0.
 """
 
 from __future__ import annotations
@@ -99,10 +101,11 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _value_range(image: np.ndarray, channels: int, normalisation: Normalisation) -> tuple[float, float, bool]:
-    if image.dtype == np.uint8:
-        return 0.0, 255.0, False
-    if normalisation.sixteen_bit == "full_range":
-        return 0.0, 65535.0, False
+    if normalisation.rule == "bit-depth":
+        if image.dtype == np.uint8:
+            return 0.0, 255.0, False
+        if normalisation.sixteen_bit == "full_range":
+            return 0.0, 65535.0, False
     stride = max(1, math.ceil(math.sqrt(image.shape[0] * image.shape[1] / PERCENTILE_SAMPLE_PIXELS)))
     sample = _to_model_channels(image[::stride, ::stride], channels)
     low, high = (float(v) for v in np.percentile(sample, normalisation.percentiles))

@@ -9,8 +9,9 @@ backend's batches between files) while the one-off commands chain them in
 ``decode_file``    read every field (page) of a file: :class:`Decoded`;
 ``segment_files``  class maps for the fields of several files, tiles sharing batches,
                    each result carrying the :class:`Model` that produced it;
-``record_file``    measure each field, build its record, combine the pages, and write
-                   the outputs when given a folder: :class:`FileResult`.
+``record_file``    measure each field, build its record (with its trust record,
+                   ``runtime/trust.py``), combine the pages, and write the outputs when
+                   given a folder: :class:`FileResult`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -33,6 +34,7 @@ from phasewatch.runtime.imageio import Field, read_fields
 from phasewatch.runtime.measure import combine_pages, measure
 from phasewatch.runtime.normalise import ModelInput, prepare
 from phasewatch.runtime.outputs import preview, write_outputs, write_png_atomic
+from phasewatch.runtime.trust import InputFeatures, assess, input_features, unsure_fraction
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,22 @@ class Decoded:
     decode_ms: float
 
 
+class ImageSegmentation(NamedTuple):
+    """The engine's result for one image at the image's own size, and what its input
+    looked like to the model (for the trust record)."""
+
+    classes: np.ndarray  # uint8 class ids
+    margin: np.ndarray  # uint8 softmax margin, 255 = certain
+    features: InputFeatures
+
+
 @dataclass
 class Segmented:
-    """The class maps of one file's fields and the model that produced them."""
+    """The segmentations of one file's fields and the model that produced them."""
 
     decoded: Decoded
     model: Model
-    maps: list[np.ndarray]
+    maps: list[ImageSegmentation]
     segment_ms: float
 
 
@@ -75,6 +86,7 @@ class Segmented:
 class FieldResult:
     field: Field
     classes: np.ndarray
+    margin: np.ndarray
     record: dict[str, Any]
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -126,16 +138,23 @@ def record_file(segmented: Segmented, out_dir: Path | None) -> FileResult:
     count = len(decoded.fields)
     results: list[FieldResult] = []
     outputs: dict[str, str] = {}
-    for field_, classes in zip(decoded.fields, segmented.maps, strict=True):
+    excluded = [c.id for c in model.bundle.classes if c.role == "excluded"]
+    for field_, (classes, margin, features) in zip(decoded.fields, segmented.maps, strict=True):
         started = time.perf_counter()
         record = field_record(decoded.path, field_, classes, model)
+        unsure = unsure_fraction(margin, ~np.isin(classes, excluded) if excluded else None)
+        record["trust"] = assess(features, unsure, model.bundle)
         measured = time.perf_counter()
         record["timing_ms"] = {"decode": round(decoded.decode_ms / count, 2),
                                "segment": round(segmented.segment_ms / count, 2),
                                "measure": round((measured - started) * 1000, 2)}
-        result = FieldResult(field_, classes, record)
+        result = FieldResult(field_, classes, margin, record)
         if out_dir is not None:
             written = write_field(out_dir, field_stem(decoded.path, field_, count), result, model.bundle)
+            # Where the model hesitates, for the page's "unsure" view: bright = unsure.
+            unsure_path = out_dir / f"{field_stem(decoded.path, field_, count)}.unsure.png"
+            write_png_atomic(unsure_path, 255 - result.margin)
+            written["unsure"] = unsure_path
             result.outputs = {k: str(v) for k, v in written.items()}
             if not outputs:  # the first page stands for the file on the web page
                 preview_path = out_dir / f"{decoded.path.stem}.preview.png"
@@ -165,25 +184,27 @@ def segment_images(
     overlap: int | None = None,
     batch: int | None = None,
     timings: dict[str, float] | None = None,
-) -> Iterator[np.ndarray]:
-    """Yield a uint8 class map per image, at the image's own width and height.
+) -> Iterator[ImageSegmentation]:
+    """Yield an :class:`ImageSegmentation` per image, at the image's own width and height.
 
     Tiles of consecutive images share backend batches; the model's ``scale`` is applied
     on the way in and undone (nearest neighbour, so ids stay ids) on the way out.
     """
     overlap = default_overlap(bundle.tile, bundle.halo) if overlap is None else overlap
-    shapes: collections.deque[tuple[int, int]] = collections.deque()
+    pending: collections.deque[tuple[tuple[int, int], InputFeatures]] = collections.deque()
 
     def inputs() -> Iterator[ModelInput]:
         for image in images:
-            shapes.append((image.shape[0], image.shape[1]))
-            yield prepare(image, bundle.channels, bundle.normalisation, bundle.scale)
+            inp = prepare(image, bundle.channels, bundle.normalisation, bundle.scale)
+            pending.append(((image.shape[0], image.shape[1]), input_features(inp)))
+            yield inp
 
-    for classes in segment_many(inputs(), backend, bundle.tile, overlap, batch, timings, halo=bundle.halo):
-        height, width = shapes.popleft()
+    for classes, margin in segment_many(inputs(), backend, bundle.tile, overlap, batch, timings, halo=bundle.halo):
+        (height, width), features = pending.popleft()
         if classes.shape != (height, width):
             classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
-        yield classes
+            margin = cv2.resize(margin, (width, height), interpolation=cv2.INTER_NEAREST)
+        yield ImageSegmentation(classes, margin, features)
 
 
 def field_stem(path: Path, field: Field, fields_in_file: int) -> str:

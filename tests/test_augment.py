@@ -179,6 +179,7 @@ PHOTOMETRIC = {
     "contrast": AugmentConfig(contrast=0.5),
     "noise": AugmentConfig(noise=0.1),
     "blur": AugmentConfig(blur=1.0),
+    "gamma": AugmentConfig(gamma=0.5),
 }
 
 
@@ -227,3 +228,12 @@ def test_from_dict_builds_and_rejects_unknown_or_bad_keys():
 def test_mismatched_image_and_mask_are_rejected():
     with pytest.raises(ValueError, match="same size"):
         random_crop(np.zeros((1, 8, 8), np.float32), np.zeros((8, 9), np.uint8), 4, np.random.default_rng(0))
+
+
+def test_gamma_bends_midtones_but_keeps_the_range_and_the_order():
+    image = np.linspace(-2, 2, 256, dtype=np.float32).reshape(1, 16, 16)
+    mask = np.zeros((16, 16), np.uint8)
+    bent, _ = augment(image, mask, AugmentConfig(gamma=0.5), np.random.default_rng(1))
+    assert bent.min() == pytest.approx(-2) and bent.max() == pytest.approx(2)
+    assert np.all(np.diff(bent.ravel()) >= 0)  # monotone: no value overtakes another
+    assert abs(float(bent.ravel()[128]) - float(image.ravel()[128])) > 0.05

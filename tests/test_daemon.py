@@ -140,7 +140,8 @@ def test_multi_page_tiff_is_one_field_with_area_weighted_fractions(make_daemon) 
     out_dir = daemon.config.data.results_dir / f"{image['id']:06d}"
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == ["stack.p0000.classes.png", "stack.p0000.json", "stack.p0000.overlay.png",
-                     "stack.p0001.classes.png", "stack.p0001.json", "stack.p0001.overlay.png", "stack.preview.png"]
+                     "stack.p0000.unsure.png", "stack.p0001.classes.png", "stack.p0001.json",
+                     "stack.p0001.overlay.png", "stack.p0001.unsure.png", "stack.preview.png"]
 
 
 def test_header_only_tiff_fails_with_a_reason_and_the_workers_live_on(make_daemon) -> None:

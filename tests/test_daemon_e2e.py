@@ -247,7 +247,7 @@ def check_outputs(image_row: dict[str, Any], db_row: dict[str, Any], serve: Serv
                   size: tuple[int, int]) -> None:
     """A done field has every output on disk; its class map is the image's size."""
     outputs = json.loads(db_row["outputs"])
-    assert set(outputs) == {"classes", "overlay", "json", "preview"}
+    assert set(outputs) == {"classes", "overlay", "unsure", "json", "preview"}
     for path in outputs.values():
         assert Path(path).is_file() and Path(path).is_relative_to(serve.data)
     classes = cv2.imread(outputs["classes"], cv2.IMREAD_UNCHANGED)

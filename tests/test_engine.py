@@ -17,6 +17,7 @@ from phasewatch.runtime.engine import (
     mirror_indices,
     segment,
     segment_many,
+    softmax_margin,
     tile_starts,
 )
 
@@ -69,7 +70,7 @@ def whole_image_classes(net, image: np.ndarray) -> np.ndarray:
 )
 def test_tiled_equals_whole_image_pass(net, backend, height, width):
     image = random_image(height, width, seed=height * 1000 + width)
-    tiled = segment(ArrayInput(image), backend, TILE, OVERLAP, halo=HALO)
+    tiled = segment(ArrayInput(image), backend, TILE, OVERLAP, halo=HALO).classes
     whole = whole_image_classes(net, image)
     assert tiled.shape == (height, width) and tiled.dtype == np.uint8
     agreement = np.mean(tiled == whole)
@@ -81,7 +82,7 @@ def test_context_starved_tile_edges_break_agreement(net, backend, overlap, halo)
     # Guards the test above: without overlap, or with the tile edges' logits kept in
     # the blend, zero-padded context leaks into the result.
     image = random_image(257, 131, seed=5)
-    tiled = segment(ArrayInput(image), backend, TILE, overlap, halo=halo)
+    tiled = segment(ArrayInput(image), backend, TILE, overlap, halo=halo).classes
     assert np.mean(tiled == whole_image_classes(net, image)) < 0.999
 
 
@@ -107,7 +108,8 @@ def test_mixed_batches_equal_one_by_one(backend):
 
     assert len(mixed) == 3
     for got, want in zip(mixed, one_by_one, strict=True):
-        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got.classes, want.classes)
+        np.testing.assert_array_equal(got.margin, want.margin)
     # Hand-computed: 2x2 + 1 + 4x2 = 13 tiles (stride 48, margin 8) in batches of 5:
     # every batch but the last is full, so batches mix images.
     assert sizes == [5, 5, 3]
@@ -136,13 +138,14 @@ def test_memory_is_bounded_by_a_band(height, width):
     inp = ArrayInput(image)
 
     tracemalloc.start()
-    result = segment(inp, NearestCentre(classes), TILE, overlap=16)
+    result = segment(inp, NearestCentre(classes), TILE, overlap=16).classes
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
     np.testing.assert_array_equal(result, np.rint(image[0]).astype(np.uint8))
     full_accumulator = height * width * classes * 4
-    assert peak < full_accumulator / 4, f"peak {peak} bytes vs full accumulator {full_accumulator}"
+    outputs = 2 * height * width  # the uint8 class and margin maps are the result itself
+    assert peak - outputs < full_accumulator / 4, f"peak {peak} bytes vs full accumulator {full_accumulator}"
 
 
 def test_timings_accumulate_per_stage(backend):
@@ -193,3 +196,13 @@ def test_default_overlap_covers_twice_the_halo():
     assert default_overlap(64, 7) == 16
     with pytest.raises(ValueError):
         default_overlap(32, 20)
+
+
+def test_margin_is_the_softmax_gap_of_the_window_weighted_mean_logits():
+    logits = np.array([2.0, 0.5, -1.0], np.float32)
+    p = np.exp(logits) / np.exp(logits).sum()
+    weight = np.full((1, 1), 3.0, np.float32)  # three overlapping tiles summed these logits
+    margin = softmax_margin(3 * logits[:, None, None], weight)
+    assert margin[0, 0] == round(255 * (p[0] - p[1]))
+    tie = softmax_margin(np.zeros((3, 1, 1), np.float32), weight)
+    assert tie[0, 0] == 0

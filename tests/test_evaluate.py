@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from onnx_graphs import make_bundle
 
 from phasewatch.export import metrics
+from phasewatch.export.evaluate import field_is_wrong, trust_report
 from phasewatch.runtime.bundle import load_bundle, sha256_file, write_manifest
 from phasewatch.runtime.commands.cli import main
 
@@ -220,3 +221,23 @@ def test_label_with_ids_the_model_lacks_names_the_label(setup, capsys):
     code, _, err = evaluate(capsys, "--model", str(bundle), "--images", str(images), "--labels", str(labels))
     assert code == 1
     assert any(line.startswith(str(labels / "b.npy")) and "0..2" in line for line in err.splitlines())
+
+
+@pytest.mark.parametrize("true, predicted, wrong", [
+    ([0.50, 0.50], [0.46, 0.54], False),  # 4 points: within max(5 points, 12.5 points)
+    ([0.50, 0.50], [0.36, 0.64], True),   # 14 points on a 50 % class: over 12.5
+    ([0.90, 0.10], [0.86, 0.14], False),  # 4 points on a 10 % class: within 5
+    ([0.90, 0.10], [0.83, 0.17], True),   # 7 points on a 10 % class: over 5
+    ([0.97, 0.03], [0.90, 0.10], False),  # 7 points on a 97 % class: within 24; the 3 % class is not judged
+    ([0.99, 0.01], [0.98, 0.02], False),  # a 1 % class is not judged
+])
+def test_wrong_field_rule(true, predicted, wrong):
+    assert field_is_wrong(np.array(true), np.array(predicted)) is wrong
+
+
+def test_trust_report_counts_flags_on_wrong_and_right_fields():
+    images = [{"wrong": w, "trust": {"ok": ok}} for w, ok in [(True, False), (True, True), (False, False),
+                                                              (False, True), (False, True)]]
+    report = trust_report(images)
+    assert {k: report[k] for k in ("fields", "wrong", "wrong_flagged", "right_flagged")} == {
+        "fields": 5, "wrong": 2, "wrong_flagged": 1, "right_flagged": 1}

@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("phasewatch.runtime.commands.segment", "segment micrographs: class maps, overlays, measurements"),
     "serve": ("phasewatch.runtime.commands.serve", "run the daemon: watch a folder, segment, serve the web page"),
     "demo": ("phasewatch.runtime.commands.demo", "segment a built-in synthetic micrograph with a bundled model"),
+    "calibrate-trust": ("phasewatch.runtime.commands.calibrate_trust",
+                        "set a bundle's trust calibration from its training images"),
     "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
     "train": ("phasewatch.export.commands.train", "train a segmentation model from a config file (needs torch)"),
     "evaluate": ("phasewatch.export.commands.evaluate", "score a model bundle on labelled micrographs"),

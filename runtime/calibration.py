@@ -1,0 +1,50 @@
+"""Calibrating a bundle's trust record on the fields the model was made from.
+
+The model's training and validation images are its experience: their intensity and
+texture measures and the model's hesitation on them set the reference and limits
+(``trust.calibrate``) that every later field is compared with, and the result is
+stored in the bundle manifest under ``trust``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phasewatch.runtime.bundle import write_manifest
+from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.pipeline import Model, decode_file, segment_files
+from phasewatch.runtime.trust import InputFeatures, calibrate, unsure_fraction
+
+
+class CalibrationError(PhasewatchError):
+    """Trust calibration that cannot be done; the message is one line."""
+
+
+def calibrate_bundle(model: Model, images: Sequence[Path], source: str,
+                     progress: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Measure every field of ``images`` with ``model`` and store the calibration in its
+    bundle's manifest; returns the manifest's new ``trust`` block."""
+    excluded = [c.id for c in model.bundle.classes if c.role == "excluded"]
+    features: list[InputFeatures] = []
+    unsure: list[float] = []
+    for path in images:
+        (segmented,) = segment_files([decode_file(path)], model)
+        for image in segmented.maps:
+            features.append(image.features)
+            unsure.append(unsure_fraction(image.margin, ~np.isin(image.classes, excluded) if excluded else None))
+        if progress is not None:
+            progress(path)
+    try:
+        block = calibrate(features, unsure, source)
+    except ValueError as exc:
+        raise CalibrationError(f"{model.bundle.path}: {exc}") from exc
+    manifest = {**model.bundle.manifest, "trust": block}
+    try:
+        write_manifest(model.bundle.path, manifest)
+    except OSError as exc:
+        raise CalibrationError(f"{model.bundle.path}: cannot write the manifest: {exc.strerror or exc}") from exc
+    return block
