@@ -21,6 +21,7 @@ import random
 import shutil
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ from phasewatch.export import augment, losses, metrics
 from phasewatch.export.datasets import Sample, load_samples, parse_palette
 from phasewatch.export.models import build_model
 from phasewatch.export.onnx_export import normalisation_from_config
+from phasewatch.runtime.calibration import calibrate_bundle
 from phasewatch.runtime.engine import default_overlap, segment_many
 from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.pipeline import open_model
 from phasewatch.runtime.service.config import tomllib
 
 CONFIG_SECTIONS = {"name", "seed", "data", "classes", "model", "normalisation", "augment", "train", "export"}
@@ -345,6 +348,12 @@ def export_trained(checkpoint: Path, bundle_dir: Path, config: dict[str, Any], s
     tiles = cut_reference_tiles(images, ckpt_config, count)
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
-    return export_bundle(checkpoint, bundle_dir, tiles, name=config.get("name"),
-                         tiles_source=f"validation images: {[p.name for p in images]}",
-                         tile=ckpt_config["export_tile"])
+    bundle = export_bundle(checkpoint, bundle_dir, tiles, name=config.get("name"),
+                           tiles_source=f"validation images: {[p.name for p in images]}",
+                           tile=ckpt_config["export_tile"])
+    # The trust record's reference is the model's own experience: its training and validation fields.
+    train_dir = data_root / config["data"]["train"]["images"]
+    seen = sorted(p for p in train_dir.iterdir() if p.stem in set(splits.description["train_images"]))
+    with closing(open_model(bundle, "cpu")) as model:
+        calibrate_bundle(model, seen + images, f"training and validation images of {config.get('name')}")
+    return bundle

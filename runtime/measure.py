@@ -185,5 +185,15 @@ def combine_pages(records: list[dict[str, Any]]) -> dict[str, Any]:
     names = records[0]["fractions"].keys()
     fractions = {n: float(sum(w * r["fractions"][n] for w, r in zip(weights, records, strict=True)))
                  for n in names}
-    return {**records[0], "page": None, "fractions": fractions,
-            "valid_area_px": int(areas.sum()), "pages": records}
+    combined = {**records[0], "page": None, "fractions": fractions,
+                "valid_area_px": int(areas.sum()), "pages": records}
+    if all("trust" in r for r in records):
+        combined["trust"] = combine_trust([r["trust"] for r in records])
+    return combined
+
+
+def combine_trust(pages: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stack is trusted only if every page is: the worst score, every page's reasons."""
+    scores = [p["score"] for p in pages if p.get("score") is not None]
+    return {"ok": all(p["ok"] for p in pages), "score": max(scores) if scores else None,
+            "reasons": [f"page {i}: {reason}" for i, p in enumerate(pages) for reason in p["reasons"]]}

@@ -226,3 +226,12 @@ def test_combine_pages_weights_fractions_by_valid_area() -> None:
 def test_combine_pages_without_valid_area_weighs_pages_equally() -> None:
     pages = [{"page": i, "valid_area_px": 0, "fractions": {"a": f}} for i, f in enumerate((0.2, 0.4))]
     assert combine_pages(pages)["fractions"]["a"] == pytest.approx(0.3)
+
+
+def test_a_stack_is_trusted_only_when_every_page_is():
+    pages = [{"page": 0, "valid_area_px": 10, "fractions": {"a": 1.0},
+              "trust": {"ok": True, "score": 0.4, "reasons": []}},
+             {"page": 1, "valid_area_px": 10, "fractions": {"a": 0.0},
+              "trust": {"ok": False, "score": 2.5, "reasons": ["texture unlike training"]}}]
+    trust = combine_pages(pages)["trust"]
+    assert trust == {"ok": False, "score": 2.5, "reasons": ["page 1: texture unlike training"]}

@@ -40,6 +40,8 @@ def test_train_export_evaluate_on_real_tiles(shared_data, tmp_path, capsys):
     assert bundle.manifest["data"]["val_images"] == sorted(p.stem for p in (shared_data / "superalloy/val/images")
                                                            .iterdir())
     assert bundle.manifest["training"]["steps"] == 3 and bundle.manifest["training"]["seconds"] > 0
+    trust = bundle.manifest["trust"]  # calibrated on the 10 training and 4 validation images
+    assert trust["calibration"]["fields"] == 14 and set(trust["limits"]) == {"intensity", "texture", "unsure"}
 
     capsys.readouterr()
     code = main(["evaluate", "--model", str(bundle.path), "--images", str(shared_data / "superalloy/test/images"),
@@ -49,6 +51,8 @@ def test_train_export_evaluate_on_real_tiles(shared_data, tmp_path, capsys):
     assert len(report["images"]) == 4
     assert set(report["per_class"]) == {c.name for c in bundle.classes}
     assert 0.0 <= report["pixel_accuracy"] <= 1.0
+    assert all(isinstance(i["trust"]["ok"], bool) for i in report["images"])
+    assert report["trust"]["fields"] == 4
 
 
 def test_same_seed_same_training(shared_data, tmp_path):
