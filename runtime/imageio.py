@@ -26,6 +26,10 @@ graphics software writes by default, never a microscope calibration. Unit ``NONE
 ignored, and so is a length in inches in ImageJ or OME metadata (ImageJ's way of passing
 on such a dpi). Metadata are per file: every page of a TIFF gets the same pixel size.
 
+A TIFF's chain of IFDs (one per page, each naming the next) is walked before tifffile
+reads it: a chain that comes back to an IFD already seen is refused, since tifffile would
+yield its pages for ever (a 512-byte file then holds a worker and all its memory).
+
 Every failure raises :class:`ImageReadError` whose message is one line, ``FILE: reason``.
 
 :data:`FORMATS`, at the end of this module, is the one list of formats: adding a format is
@@ -35,6 +39,7 @@ one entry there (suffixes, magic bytes, reader).
 from __future__ import annotations
 
 import math
+import os
 import struct
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
@@ -50,7 +55,7 @@ from phasewatch.runtime.errors import PhasewatchError, one_line
 
 MIN_SIDE = 8  # smaller images hold too little structure to segment or measure
 DEFAULT_MAX_PIXELS = 400_000_000
-PIXEL_SIZE_SOURCES = ("user", "imagej", "ome", "fei", "zeiss", "tiff-resolution", "none")
+PIXEL_SIZE_SOURCES = ("user", "imagej", "ome", "fei", "zeiss", "tiff-resolution", "config", "none")
 
 _HEAD_BYTES = 16  # what is read to tell the format; every magic prefix fits in it
 _SUPPORTED_PHOTOMETRIC = (
@@ -184,7 +189,60 @@ def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
 # --- TIFF ----------------------------------------------------------------------------
 
 
+class _IfdLayout(NamedTuple):
+    """Where a TIFF version keeps its IFD offsets, and how big an IFD is."""
+
+    first_at: int  # position of the first IFD's offset in the header
+    offset: str  # struct code of an offset
+    count: str  # struct code of an IFD's number of entries
+    entry_size: int  # bytes per IFD entry
+
+
+# By the version that follows the byte order: classic TIFF and BigTIFF.
+_IFD_LAYOUTS = {42: _IfdLayout(4, "I", "H", 12), 43: _IfdLayout(8, "Q", "Q", 20)}
+
+
+def _check_ifd_chain(path: Path) -> None:
+    """Refuse a TIFF whose IFD chain loops. Every IFD is visited once and lies inside the
+    file, so the walk ends; a chain that leads out of the file just ends it here (tifffile
+    then says what is missing)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(16)
+            order = "<" if head.startswith(b"II") else ">"
+            layout = _IFD_LAYOUTS[struct.unpack_from(order + "H", head, 2)[0]]
+            offset = _unpack(order + layout.offset, head[layout.first_at:])
+            seen: set[int] = set()
+            while 0 < offset < size:
+                if offset in seen:
+                    raise ImageReadError(path, f"IFD chain loops back to offset {offset}")
+                seen.add(offset)
+                offset = _next_ifd(fh, order, layout, offset)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
+
+
+def _next_ifd(fh: Any, order: str, layout: _IfdLayout, offset: int) -> int:
+    """The offset of the IFD after the one at ``offset``; 0 where the file ends first."""
+    fh.seek(offset)
+    count_code = order + layout.count
+    entries = _unpack(count_code, fh.read(struct.calcsize(count_code)))
+    fh.seek(offset + struct.calcsize(count_code) + entries * layout.entry_size)
+    offset_code = order + layout.offset
+    return _unpack(offset_code, fh.read(struct.calcsize(offset_code)))
+
+
+def _unpack(code: str, data: bytes) -> int:
+    """The one integer ``code`` reads at the start of ``data``; 0 when data is short."""
+    if len(data) < struct.calcsize(code):
+        return 0
+    value: int = struct.unpack_from(code, data)[0]
+    return value
+
+
 def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Field]:
+    _check_ifd_chain(path)
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:

@@ -102,10 +102,18 @@ class FileResult:
     outputs: dict[str, str]
 
 
-def decode_file(path: Path, pixel_size_um: float | None = None) -> Decoded:
-    """Every field of ``path``; raises ``ImageReadError`` (one line) for a bad file."""
+def decode_file(path: Path, pixel_size_um: float | None = None, fallback_pixel_size_um: float | None = None) -> Decoded:
+    """Every field of ``path``; raises ``ImageReadError`` (one line) for a bad file.
+
+    ``pixel_size_um`` overrides what the file says (source ``user``);
+    ``fallback_pixel_size_um`` fills in only where the file says nothing (source ``config``).
+    """
     started = time.perf_counter()
     fields = read_fields(path, pixel_size_um=pixel_size_um)
+    if fallback_pixel_size_um:
+        fields = [f if f.pixel_size_um is not None
+                  else dataclasses.replace(f, pixel_size_um=fallback_pixel_size_um, pixel_size_source="config")
+                  for f in fields]
     return Decoded(Path(path), fields, (time.perf_counter() - started) * 1000)
 
 
@@ -143,7 +151,7 @@ def record_file(segmented: Segmented, out_dir: Path | None) -> FileResult:
         started = time.perf_counter()
         record = field_record(decoded.path, field_, classes, model)
         unsure = unsure_fraction(margin, ~np.isin(classes, excluded) if excluded else None)
-        record["trust"] = assess(features, unsure, model.bundle)
+        record["trust"] = assess(features, unsure, model.bundle, field_.pixel_size_um)
         measured = time.perf_counter()
         record["timing_ms"] = {"decode": round(decoded.decode_ms / count, 2),
                                "segment": round(segmented.segment_ms / count, 2),

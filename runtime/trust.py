@@ -14,6 +14,10 @@ the bundle manifest under ``trust`` by ``phasewatch calibrate-trust``):
 ``unsure``     the share of the field's pixels whose softmax margin between the two
                most probable classes is under 0.5: where the model itself hesitates.
 
+A field whose pixel size is known, of a model that records the pixel size it was trained
+at, is also flagged when the two differ by more than PIXEL_SIZE_TOLERANCE: the model
+would see its structures at a size it never learnt.
+
 Each measure has a limit (``limits``); a field is ``ok`` when every measure is within
 its limit, ``score`` is the largest measure / limit ratio (<= 1 is ok), and each measure
 over its limit gives one reason in words. A bundle without a calibration cannot vouch for
@@ -41,6 +45,7 @@ MEASURES = ("intensity", "texture", "unsure")
 # with a dozen calibration fields the largest one understates the spread of new fields.
 LIMIT_FACTOR = 1.5
 LIMIT_FLOORS = {"intensity": 0.03, "texture": math.log(1.3), "unsure": 0.05}
+PIXEL_SIZE_TOLERANCE = 1.25  # the training's scale jitter covers 0.8-1.25
 
 
 @dataclass(frozen=True)
@@ -93,18 +98,35 @@ _REASONS = {
 }
 
 
-def assess(features: InputFeatures, unsure: float, bundle: Bundle) -> dict[str, Any]:
+def pixel_size_reason(pixel_size_um: float | None, bundle: Bundle) -> str | None:
+    """Why a field's pixel size is too far from the model's training pixel size, or None."""
+    if not pixel_size_um or not bundle.pixel_size_um:
+        return None
+    ratio = pixel_size_um / bundle.pixel_size_um
+    if max(ratio, 1 / ratio) <= PIXEL_SIZE_TOLERANCE:
+        return None
+    return (f"pixel size {pixel_size_um:.4g} µm is {ratio:.2f}x the {bundle.pixel_size_um:.4g} µm this model "
+            f"was trained at (tolerance {PIXEL_SIZE_TOLERANCE}x)")
+
+
+def assess(
+    features: InputFeatures, unsure: float, bundle: Bundle, pixel_size_um: float | None = None
+) -> dict[str, Any]:
     """The trust record ``{"ok", "score", "reasons", "measures"}`` of one field."""
+    scale_reason = pixel_size_reason(pixel_size_um, bundle)
     reference = bundle.manifest.get("trust")
     if not reference:
+        reasons = [f"model {bundle.name} has no trust calibration "
+                   "(phasewatch calibrate-trust): its numbers cannot be vouched for"]
         return {"ok": False, "score": None, "measures": {"unsure": round(unsure, 4)},
-                "reasons": [f"model {bundle.name} has no trust calibration "
-                            "(phasewatch calibrate-trust): its numbers cannot be vouched for"]}
+                "reasons": reasons + ([scale_reason] if scale_reason else [])}
     found = measures(features, unsure, reference)
     limits = reference["limits"]
     ratios = {name: found[name] / limits[name] for name in MEASURES}
     reasons = [f"{_REASONS[name]} ({name} {found[name]:.3g} > limit {limits[name]:.3g})"
                for name in MEASURES if ratios[name] > 1]
+    if scale_reason:
+        reasons.append(scale_reason)
     return {"ok": not reasons, "score": round(max(ratios.values()), 3),
             "measures": {k: round(v, 4) for k, v in found.items()}, "reasons": reasons}
 

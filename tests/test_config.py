@@ -184,3 +184,22 @@ def test_every_service_flag_sets_a_real_key(tmp_path):
 @pytest.mark.parametrize("level", LEVELS)
 def test_every_log_level_of_the_logs_module_is_accepted(tmp_path, level):
     assert load_config(write(tmp_path, f"[logging]\nlevel = '{level.lower()}'\n")).logging.level == level
+
+
+def test_pixel_size_comes_from_the_deepest_configured_folder(tmp_path):
+    path = tmp_path / "phasewatch.toml"
+    path.write_text('[calibration]\npixel_size_um = 0.5\nfolders = { "sem" = 0.02, "sem/5kx/" = 0.01 }\n')
+    calibration = cfg.load_config(path).calibration
+    watch = Path("/watch")
+    assert calibration.pixel_size_for(watch / "sem/5kx/a.tif", watch) == 0.01
+    assert calibration.pixel_size_for(watch / "sem/b.tif", watch) == 0.02
+    assert calibration.pixel_size_for(watch / "optical/c.tif", watch) == 0.5
+    assert cfg.CalibrationConfig().pixel_size_for(watch / "c.tif", watch) is None
+
+
+def test_a_folder_pixel_size_must_be_positive(tmp_path):
+    path = tmp_path / "phasewatch.toml"
+    path.write_text('[calibration]\nfolders = { "sem" = -1 }\n')
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.load_config(path)
+    assert "'calibration.folders' must be a table of folder names to positive numbers" in str(error.value)

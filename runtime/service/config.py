@@ -60,7 +60,7 @@ class ConfigError(PhasewatchError):
 def _rule(default: Any, **rule: Any) -> Any:
     """A field with its default and its checks: ``min``, ``max`` (inclusive),
     ``above`` (exclusive lower bound) or ``choices``."""
-    if isinstance(default, tuple):
+    if isinstance(default, (tuple, dict)):
         return field(default_factory=lambda: default, metadata=rule)
     return field(default=default, metadata=rule)
 
@@ -74,6 +74,27 @@ class WatchConfig:
     observer: str = _rule("auto", choices=OBSERVERS)
     poll_interval_s: float = _rule(2.0, above=0.0)
     settle_s: float = _rule(1.0, min=0.0)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Pixel sizes for files whose metadata carry none (a file's own calibration wins)."""
+
+    pixel_size_um: float = _rule(0.0, min=0.0)  # every such file; 0 = unknown
+    # sub-folder of the watch folder -> µm per pixel; the deepest folder holding the file wins
+    folders: dict[str, float] = _rule({})
+
+    def pixel_size_for(self, path: Path, watch_root: Path) -> float | None:
+        """The configured pixel size of a file in the watch folder, or None."""
+        try:
+            parts = path.relative_to(watch_root).parent.parts
+        except ValueError:
+            parts = ()
+        for depth in range(len(parts), 0, -1):
+            size = self.folders.get("/".join(parts[:depth]))
+            if size:
+                return size
+        return self.pixel_size_um or None
 
 
 @dataclass(frozen=True)
@@ -150,6 +171,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     specimen: SpecimenConfig = field(default_factory=SpecimenConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -206,6 +228,12 @@ def _coerce(value: Any, type_: Any, rule: Mapping[str, Any], base: Path) -> Any:
             raise _Invalid(f"must be a non-empty path string, got {_type_name(value)} {value!r}")
         path = Path(value).expanduser()
         return path if path.is_absolute() else base / path
+    if typing.get_origin(type_) is dict:  # folder -> pixel size
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for k, v in value.items()):
+            raise _Invalid(f"must be a table of folder names to positive numbers, got {value!r}")
+        return {k.strip("/"): float(v) for k, v in value.items()}
     # The only other field type is a list of glob patterns.
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _Invalid(f"must be a list of non-empty strings, got {value!r}")

@@ -265,7 +265,8 @@ class Daemon:
             self.metrics.queue_depth.set(self._in_flight)
         work = _Work(row=row)
         try:
-            work.decoded = decode_file(work.path)
+            configured = self.config.calibration.pixel_size_for(work.path, self.config.watch.dir)
+            work.decoded = decode_file(work.path, fallback_pixel_size_um=configured)
         except PhasewatchError as exc:
             work.error = str(exc)
         except Exception as exc:  # one odd file must not stop the decode stage
