@@ -45,7 +45,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import cv2
 import numpy as np
@@ -193,8 +193,8 @@ class _IfdLayout(NamedTuple):
     """Where a TIFF version keeps its IFD offsets, and how big an IFD is."""
 
     first_at: int  # position of the first IFD's offset in the header
-    offset: str  # struct code of an offset
-    count: str  # struct code of an IFD's number of entries
+    offset_code: str  # struct code of an offset
+    entries_code: str  # struct code of an IFD's number of entries
     entry_size: int  # bytes per IFD entry
 
 
@@ -212,7 +212,7 @@ def _check_ifd_chain(path: Path) -> None:
             head = fh.read(16)
             order = "<" if head.startswith(b"II") else ">"
             layout = _IFD_LAYOUTS[struct.unpack_from(order + "H", head, 2)[0]]
-            offset = _unpack(order + layout.offset, head[layout.first_at:])
+            offset = _unpack(order + layout.offset_code, head[layout.first_at:])
             seen: set[int] = set()
             while 0 < offset < size:
                 if offset in seen:
@@ -223,13 +223,12 @@ def _check_ifd_chain(path: Path) -> None:
         raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
 
 
-def _next_ifd(fh: Any, order: str, layout: _IfdLayout, offset: int) -> int:
+def _next_ifd(fh: BinaryIO, order: str, layout: _IfdLayout, offset: int) -> int:
     """The offset of the IFD after the one at ``offset``; 0 where the file ends first."""
+    entries_code, offset_code = order + layout.entries_code, order + layout.offset_code
     fh.seek(offset)
-    count_code = order + layout.count
-    entries = _unpack(count_code, fh.read(struct.calcsize(count_code)))
-    fh.seek(offset + struct.calcsize(count_code) + entries * layout.entry_size)
-    offset_code = order + layout.offset
+    entries = _unpack(entries_code, fh.read(struct.calcsize(entries_code)))
+    fh.seek(offset + struct.calcsize(entries_code) + entries * layout.entry_size)
     return _unpack(offset_code, fh.read(struct.calcsize(offset_code)))
 
 

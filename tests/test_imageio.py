@@ -4,6 +4,8 @@ and a new format is one entry of the registry."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -483,3 +485,78 @@ def test_real_micrographs(shared_data, pattern, shape):
     assert field.image.dtype in (np.uint8, np.uint16)
     assert field.image.std() > 0
     assert field.pixel_size_source in ("none", "tiff-resolution")
+
+
+# --- IFD chains that loop -----------------------------------------------------------------
+
+# A timeout guard: a reader that loops on such a file must fail the test, not hang it.
+_READ_IN_CHILD = """
+import itertools, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a loop that allocates dies fast
+from phasewatch.runtime.imageio import ImageReadError, iter_fields
+try:
+    fields = list(itertools.islice(iter_fields(sys.argv[1]), 1000))
+except ImageReadError as exc:
+    print(exc)
+else:
+    print(f"read {len(fields)} fields")
+"""
+READ_TIMEOUT_S = 120  # the child imports numpy, OpenCV and tifffile on a busy machine
+
+
+def read_in_child(path: Path) -> str:
+    """What reading ``path`` ends with, in a child process killed after READ_TIMEOUT_S."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _READ_IN_CHILD, str(path)],
+                              capture_output=True, text=True, timeout=READ_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reading {path.name} did not end within {READ_TIMEOUT_S} s")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def tiff_with_ifd_chain(byteorder: str, bigtiff: bool, pages: int, last_next: int | None) -> tuple[bytes, list[int]]:
+    """A 512-byte TIFF of ``pages`` 8 x 8 gray pages, written by hand: each IFD is followed
+    by its pixels, and the last IFD's next-IFD offset points at page ``last_next``
+    (None: the chain ends). Returns the bytes and the offset of each IFD."""
+    order = "<" if byteorder == "II" else ">"
+    offset, count, entry = ("Q", "Q", "HHQI4x") if bigtiff else ("I", "H", "HHII")
+    header = byteorder.encode() + (struct.pack(order + "HHHQ", 43, 8, 0, 0) if bigtiff
+                                   else struct.pack(order + "HI", 42, 0))
+    ifd_size = struct.calcsize(order + count) + 9 * struct.calcsize(order + entry) + struct.calcsize(order + offset)
+    ifds = [len(header) + i * (ifd_size + 64) for i in range(pages)]
+    data = bytearray(header)
+    struct.pack_into(order + offset, data, len(header) - struct.calcsize(order + offset), ifds[0])
+    for i, ifd in enumerate(ifds):
+        tags = {256: 8, 257: 8, 258: 8, 259: 1, 262: 1, 273: ifd + ifd_size, 277: 1, 278: 8, 279: 64}
+        data += struct.pack(order + count, len(tags))
+        for tag, value in tags.items():
+            data += struct.pack(order + entry, tag, 4, 1, value)  # LONG, one value
+        following = ifds[i + 1] if i + 1 < pages else (0 if last_next is None else ifds[last_next])
+        data += struct.pack(order + offset, following)
+        data += bytes(range(64))
+    return bytes(data.ljust(512, b"\0")), ifds
+
+
+@pytest.mark.parametrize(("byteorder", "bigtiff"), [("II", False), ("MM", False), ("II", True)])
+def test_hand_built_tiff_is_read(tmp_path, byteorder, bigtiff):
+    path = tmp_path / "two.tif"
+    path.write_bytes(tiff_with_ifd_chain(byteorder, bigtiff, pages=2, last_next=None)[0])
+    fields = read_fields(path)
+    assert [f.page for f in fields] == [0, 1]
+    assert np.array_equal(fields[1].image, np.arange(64, dtype=np.uint8).reshape(8, 8))
+
+
+@pytest.mark.parametrize(("byteorder", "bigtiff", "pages", "last_next"), [
+    ("II", False, 1, 0),  # the issue's file: the only IFD points at itself
+    ("MM", False, 1, 0),
+    ("II", True, 1, 0),
+    ("II", False, 3, 1),  # the third page leads back to the second
+    ("MM", True, 3, 0),
+])
+def test_ifd_chain_that_loops_fails_in_one_line(tmp_path, byteorder, bigtiff, pages, last_next):
+    path = tmp_path / "loop.tif"
+    data, ifds = tiff_with_ifd_chain(byteorder, bigtiff, pages, last_next)
+    path.write_bytes(data)
+    assert read_in_child(path) == f"{path}: IFD chain loops back to offset {ifds[last_next]}"
+    assert_one_line_error(path, f"IFD chain loops back to offset {ifds[last_next]}")

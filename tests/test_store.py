@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -304,3 +305,91 @@ def test_a_database_of_schema_1_is_upgraded_and_keeps_its_fields(tmp_path):
     store.accept_field(1, "me", "fine")  # the new columns are writable
     assert [s["name"] for s in store.list_specimens()] == ["default"]  # no second default
     store.close()
+
+
+# A Latin-1 "café.tif" from an SMB client: not UTF-8, so Python names it with a surrogate escape.
+LATIN1_NAME = os.fsdecode(b"caf\xe9.tif")
+
+
+def test_a_name_that_is_not_utf8_is_queued_and_given_back_unchanged(store):
+    path = f"/in/{LATIN1_NAME}"
+    row = store.enqueue(path, 100, 1, "sha-latin1")
+    assert row["path"] == path and row["state"] == "pending"
+    assert store.enqueue(path, 100, 1, "sha-latin1")["id"] == row["id"]  # still idempotent
+    (claimed,) = store.claim_next()
+    assert claimed["path"] == path  # what the decoder opens: the file's own bytes
+    assert store.get_image(row["id"])["path"] == path
+    assert [i["path"] for i in store.list_images()] == [path]
+    raw = store._conn().execute("SELECT path FROM files WHERE id = ?", (row["id"],)).fetchone()[0]
+    assert raw == b"/in/caf\xe9.tif"  # lossless: the bytes the file system gave
+    store.mark_failed(row["id"], f"{path}: no image\nin the file")
+    assert store.get_image(row["id"])["error"] == "/in/caf\ufffd.tif: no image in the file"
+
+
+def test_a_utf8_name_is_still_stored_as_text(store):
+    row = add(store, "café.tif")
+    raw = store._conn().execute("SELECT path FROM files WHERE id = ?", (row["id"],)).fetchone()[0]
+    assert raw == "/in/café.tif"  # rows of older databases keep matching their files
+
+
+def test_a_sub_folder_specimen_whose_name_is_not_utf8(store):
+    folder = os.fsdecode(b"lot-\xe9")
+    lot = store.specimen_for_path(f"/in/{folder}/{LATIN1_NAME}", "/in")
+    assert store.specimen_for_path(f"/in/{folder}/b.tif", "/in") == lot
+    specimen = store.get_specimen(lot)
+    assert (specimen["name"], specimen["folder"]) == ("lot-\ufffd", folder)
+    assert folder in [s["folder"] for s in store.list_specimens()]
+
+
+def test_release_reason_naming_a_file_that_is_not_utf8(store):
+    row = store.enqueue(f"/in/{LATIN1_NAME}", 100, 1, "sha-latin1")
+    store.claim_next()
+    store.release(row["id"], f"/out/{LATIN1_NAME}: disk full")
+    assert store.get_image(row["id"])["error"] == "/out/caf\ufffd.tif: disk full"
+
+
+def test_duplicates_of_a_file_that_fails_fail_with_its_reason(store):
+    first = add(store, "a.tif", sha="abc")
+    copy = add(store, "copy-of-a.tif", sha="abc")
+    assert copy["state"] == "done" and copy["duplicate_of"] == first["id"]
+    store.claim_next()
+    store.mark_failed(first["id"], "a.tif: not a TIFF")
+    image = store.get_image(copy["id"])
+    assert (image["state"], image["error"]) == (
+        "failed", f"same content as file {first['id']}, which failed: a.tif: not a TIFF")
+    assert image["duplicate_of"] == first["id"]  # still says which file it copies
+    assert store.counts_by_state() == {"pending": 0, "processing": 0, "done": 0, "failed": 2}
+
+
+def test_duplicates_of_a_file_that_keeps_crashing_the_worker_fail_too(tmp_path):
+    store = Store(tmp_path / "q.sqlite3", max_attempts=1)
+    first = add(store, "a.tif", sha="abc")
+    copy = add(store, "copy-of-a.tif", sha="abc")
+    store.claim_next()  # the worker dies with it
+    assert store.recover_after_crash() == {"requeued": 0, "failed": 1}
+    image = store.get_image(copy["id"])
+    assert (image["state"], image["error"]) == (
+        "failed", f"same content as file {first['id']}, which failed: crashed the worker 1 times")
+    store.close()
+
+
+def test_new_copy_of_a_failed_file_is_not_a_duplicate_of_it_or_of_its_copies(store):
+    first = add(store, "a.tif", sha="abc")
+    add(store, "copy-of-a.tif", sha="abc")
+    store.claim_next()
+    store.mark_failed(first["id"], "boom")
+    retry = add(store, "a-again.tif", sha="abc")
+    assert retry["state"] == "pending" and retry["duplicate_of"] is None
+    later = add(store, "a-third.tif", sha="abc")  # the retry is the original now
+    assert later["state"] == "done" and later["duplicate_of"] == retry["id"]
+
+
+def test_recovery_mends_duplicates_an_older_version_left_done_on_a_failed_original(store):
+    first = add(store, "a.tif", sha="abc")
+    copy = add(store, "copy-of-a.tif", sha="abc")
+    store._conn().execute(  # how the defect left them: the original failed, the copy done
+        "UPDATE files SET state = 'failed', error = 'boom' WHERE id = ?", (first["id"],))
+    store.recover_after_crash()
+    image = store.get_image(copy["id"])
+    assert (image["state"], image["error"]) == (
+        "failed", f"same content as file {first['id']}, which failed: boom")

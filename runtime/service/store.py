@@ -21,9 +21,19 @@ SQLite itself: every change runs in ``BEGIN IMMEDIATE``, so a read-then-update s
 
 Duplicates. The same content (same sha256) is one result, whatever its path: a
 second arrival becomes a ``done`` row with ``duplicate_of`` pointing at the first,
-and shares its result (exclusion acts on the first). A file rewritten with new content
-(same path, new sha256) is a new field. An arrival whose content matches only a
-``failed`` row is queued anew: copying a file again is how an operator retries it.
+and shares its result (exclusion acts on the first). When the first fails, so do its
+duplicates, with its reason: the same bytes would fail the same way. A file rewritten
+with new content (same path, new sha256) is a new field. An arrival whose content
+matches only a ``failed`` row is queued anew: copying a file again is how an operator
+retries it.
+
+Paths. A file name need not be UTF-8 (an SMB client may write Latin-1 names); Python
+gives such a name as a ``str`` with surrogate escapes, which SQLite cannot store as
+text. A path is therefore stored as text when it is UTF-8 (every row of an older
+database matches its file still) and as a blob of its raw bytes when it is not, and is
+given back as the ``str`` Python gave, so the file can be opened again; the same goes
+for a sub-folder specimen's ``folder``. Text meant to be read (errors, specimen names)
+is stored with a replacement character for each undecodable byte.
 
 Specimens. There is always a current specimen (a first one, ``default``, is created
 with the database); a new field belongs to it unless ``enqueue`` names another, e.g.
@@ -47,6 +57,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -112,14 +124,46 @@ MIGRATIONS = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Surrogates: how Python spells the bytes of a name that are not UTF-8; never valid text.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class StoreError(PhasewatchError):
     """A database that cannot be used or a request that does not fit it; one line."""
 
 
-def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
-    return dict(row) if row is not None else None
+def display_text(text: str) -> str:
+    """``text`` that can be encoded as UTF-8 anywhere (SQLite, JSON, a web page): each
+    undecodable byte of a file name becomes U+FFFD, the replacement character."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def _one_line(text: str) -> str:
+    return display_text(" ".join(text.split()))
+
+
+def _db_path(path: str) -> str | bytes:
+    """How a path is stored: text when it is UTF-8, else its raw bytes (module doc)."""
+    return os.fsencode(path) if _SURROGATES.search(path) else path
+
+
+def _path(value: str | bytes | None) -> str | None:
+    """A stored path as Python names it (the inverse of :func:`_db_path`)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _file(row: sqlite3.Row) -> dict[str, Any]:
+    """A ``files`` row with its path as Python names it."""
+    file = dict(row)
+    file["path"] = _path(file["path"])
+    return file
+
+
+def _specimen(row: sqlite3.Row) -> dict[str, Any]:
+    """A ``specimens`` row with its folder as Python names it."""
+    specimen = dict(row)
+    specimen["folder"] = _path(specimen["folder"])
+    return specimen
 
 
 def _inserted(cursor: sqlite3.Cursor) -> int:
@@ -131,7 +175,7 @@ def _inserted(cursor: sqlite3.Cursor) -> int:
 def _image(row: sqlite3.Row) -> dict[str, Any]:
     """A files row joined with its (or its original's) result, JSON decoded, with the
     record's ``trust`` (None without a result or from before the trust record)."""
-    image = dict(row)
+    image = _file(row)
     for key in ("fractions", "particles", "measurement", "outputs"):
         if image.get(key) is not None:
             image[key] = json.loads(image[key])
@@ -148,6 +192,18 @@ def flagged(image: Mapping[str, Any]) -> bool:
 def awaits_acceptance(image: Mapping[str, Any]) -> bool:
     """A flagged field that no operator has accepted: left out of the statistics."""
     return flagged(image) and not image["accepted"]
+
+
+def _fail_duplicates(conn: sqlite3.Connection) -> None:
+    """Duplicates of a failed original fail with its reason: a duplicate is ``done``
+    only while its original can stand for its result."""
+    conn.execute(
+        """UPDATE files SET state = 'failed',
+               error = 'same content as file ' || duplicate_of || ', which failed: ' ||
+                       (SELECT o.error FROM files o WHERE o.id = files.duplicate_of)
+           WHERE state = 'done'
+             AND duplicate_of IN (SELECT id FROM files WHERE state = 'failed')"""
+    )
 
 
 # The result of a duplicate is its original's: join on COALESCE(duplicate_of, id).
@@ -248,19 +304,18 @@ class Store:
             conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
             return _inserted(conn.execute(
                 "INSERT INTO specimens (name, notes, created, is_current) VALUES (?, ?, ?, 1)",
-                (name.strip(), notes, time.time()),
+                (display_text(name.strip()), display_text(notes), time.time()),
             ))
 
     def current_specimen(self) -> dict[str, Any]:
-        row = _row(self._conn().execute("SELECT * FROM specimens WHERE is_current = 1").fetchone())
+        row = self._conn().execute("SELECT * FROM specimens WHERE is_current = 1").fetchone()
         if row is None:  # _migrate creates one and every change keeps exactly one current
             raise StoreError(f"{self.path}: no current specimen")
-        return row
+        return _specimen(row)
 
     def get_specimen(self, specimen_id: int) -> dict[str, Any] | None:
-        return _row(
-            self._conn().execute("SELECT * FROM specimens WHERE id = ?", (specimen_id,)).fetchone()
-        )
+        row = self._conn().execute("SELECT * FROM specimens WHERE id = ?", (specimen_id,)).fetchone()
+        return _specimen(row) if row is not None else None
 
     def list_specimens(self) -> list[dict[str, Any]]:
         """Newest first, each with its number of files."""
@@ -268,7 +323,7 @@ class Store:
             """SELECT s.*, COUNT(f.id) AS files FROM specimens s
                LEFT JOIN files f ON f.specimen_id = s.id GROUP BY s.id ORDER BY s.id DESC"""
         )
-        return [dict(r) for r in rows]
+        return [_specimen(r) for r in rows]
 
     def specimen_for_path(self, path: Path | str, watch_root: Path | str) -> int:
         """The specimen of a file when every sub-folder is a specimen: the one named after
@@ -280,14 +335,14 @@ class Store:
             raise StoreError(f"{path}: not inside the watch folder {watch_root}") from exc
         if len(parts) < 2:
             return self.current_specimen()["id"]
-        folder = parts[0]
+        folder = _db_path(parts[0])
         with self._write() as conn:
             row = conn.execute("SELECT id FROM specimens WHERE folder = ?", (folder,)).fetchone()
             if row is not None:
                 return row["id"]
             return _inserted(conn.execute(
                 "INSERT INTO specimens (name, folder, created) VALUES (?, ?, ?)",
-                (folder, folder, time.time()),
+                (display_text(parts[0]), folder, time.time()),
             ))
 
     # -- the queue ---------------------------------------------------------------
@@ -302,14 +357,14 @@ class Store:
     ) -> dict[str, Any]:
         """The row for this version of the file, created ``pending`` (or ``done`` as a
         duplicate) when new; the same path, size, mtime and sha256 again is the same row."""
-        path = str(path)
+        stored_path = _db_path(str(path))
         with self._write() as conn:
             row = conn.execute(
                 "SELECT * FROM files WHERE path = ? AND size = ? AND mtime_ns = ? AND sha256 = ?",
-                (path, size, mtime_ns, sha256),
+                (stored_path, size, mtime_ns, sha256),
             ).fetchone()
             if row is not None:
-                return dict(row)
+                return _file(row)
             if specimen_id is None:
                 specimen_id = conn.execute(
                     "SELECT id FROM specimens WHERE is_current = 1"
@@ -330,9 +385,9 @@ class Store:
                 """INSERT INTO files (path, size, mtime_ns, sha256, specimen_id, created,
                                       state, error, processed, duplicate_of)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (path, size, mtime_ns, sha256, specimen_id, now, *values),
+                (stored_path, size, mtime_ns, sha256, specimen_id, now, *values),
             ))
-            return dict(conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
+            return _file(conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
 
     def claim_next(self, batch: int = 1) -> list[dict[str, Any]]:
         """Up to ``batch`` oldest pending rows, moved to ``processing`` with one more
@@ -351,7 +406,7 @@ class Store:
                 ids,
             )
             claimed = conn.execute(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", ids)
-            return [dict(r) for r in claimed]
+            return [_file(r) for r in claimed]
 
     def _finish(
         self, conn: sqlite3.Connection, file_id: int, state: str, error: str | None
@@ -387,9 +442,11 @@ class Store:
             )
 
     def mark_failed(self, file_id: int, error: str) -> None:
-        """A claimed file that cannot be processed; ``error`` is its one-line reason."""
+        """A claimed file that cannot be processed; ``error`` is its one-line reason.
+        Its duplicates fail with it."""
         with self._write() as conn:
-            self._finish(conn, file_id, "failed", " ".join(error.split()))
+            self._finish(conn, file_id, "failed", _one_line(error))
+            _fail_duplicates(conn)
 
     def release(self, file_id: int, reason: str) -> None:
         """Put a claimed file back in the queue without spending an attempt: the worker
@@ -398,7 +455,7 @@ class Store:
             updated = conn.execute(
                 """UPDATE files SET state = 'pending', attempts = MAX(attempts - 1, 0), error = ?
                    WHERE id = ? AND state = 'processing'""",
-                (" ".join(reason.split()), file_id),
+                (_one_line(reason), file_id),
             ).rowcount
             if not updated:
                 raise StoreError(f"{self.path}: file {file_id} is not being processed")
@@ -406,7 +463,7 @@ class Store:
     def recover_after_crash(self, max_attempts: int | None = None) -> dict[str, int]:
         """At start: rows a dead worker left ``processing`` go back to ``pending``, or to
         ``failed`` once they have had ``max_attempts`` tries (the file probably crashes
-        the worker). Returns how many were requeued and failed."""
+        the worker), and so do their duplicates. Returns how many were requeued and failed."""
         limit = self.max_attempts if max_attempts is None else max_attempts
         with self._write() as conn:
             failed = conn.execute(
@@ -415,6 +472,8 @@ class Store:
                    WHERE state = 'processing' AND attempts >= ?""",
                 (time.time(), limit),
             ).rowcount
+            # Also mends duplicates that older versions left done on a failed original.
+            _fail_duplicates(conn)
             requeued = conn.execute(
                 "UPDATE files SET state = 'pending' WHERE state = 'processing'"
             ).rowcount
@@ -471,7 +530,7 @@ class Store:
 
     def exclude_field(self, file_id: int, reason: str) -> None:
         """Leave a field out of its specimen's statistics (a duplicate's original)."""
-        self._set_excluded(file_id, 1, " ".join(reason.split()) or "excluded by the operator")
+        self._set_excluded(file_id, 1, _one_line(reason) or "excluded by the operator")
 
     def include_field(self, file_id: int) -> None:
         self._set_excluded(file_id, 0, None)
@@ -479,7 +538,7 @@ class Store:
     def accept_field(self, file_id: int, who: str, reason: str) -> None:
         """An operator vouches for a flagged field, so that it counts (a duplicate's
         original); ``who`` and ``reason`` are required: an acceptance is accountable."""
-        who, reason = " ".join(who.split()), " ".join(reason.split())
+        who, reason = _one_line(who), _one_line(reason)
         if not who or not reason:
             raise StoreError(f"{self.path}: accepting file {file_id} needs who and why")
         self._set_accepted(file_id, 1, who, reason, time.time())
