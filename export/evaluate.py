@@ -271,7 +271,7 @@ def record_evaluation(bundle: Bundle, name: str, result: dict[str, Any]) -> None
     summary = {key: result[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy", "weighted_iou",
                                             "bf_score", "bf_tolerance_px")}
     summary["per_class_iou"] = {name_: c["iou"] for name_, c in result["per_class"].items()}
-    summary |= {"images": len(result["images"]), "backend": result["backend"],
+    summary |= {"images": len(result["images"]), "backend": result["backend"], "trust": result["trust"],
                 "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     manifest = bundle.manifest
     manifest.setdefault("evaluations", {})[name] = summary
