@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import itertools
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -215,9 +218,28 @@ def segment_images(
         yield ImageSegmentation(classes, margin, features)
 
 
+# A file name has at most 255 bytes: outputs add up to 12 to a field's stem
+# (".classes.png") and the atomic writers 14 more for their temporary names.
+MAX_STEM_BYTES = 200
+
+
 def field_stem(path: Path, field: Field, fields_in_file: int) -> str:
-    """Output name of a field: the file's stem, plus the page for multi-page files."""
-    return path.stem if fields_in_file == 1 else f"{path.stem}.p{field.page:04d}"
+    """Output name of a field: the file's stem, plus the page for multi-page files.
+
+    A stem that is not UTF-8 (a Latin-1 name from an SMB client: its pictures could not be
+    served) or too long for the outputs' names is shown with U+FFFD for each byte that is
+    not UTF-8, cut on a character boundary, and followed by a hash of the whole stem, so
+    that names that differ only where they were cut or replaced keep outputs of their own.
+    """
+    page = "" if fields_in_file == 1 else f".p{field.page:04d}"
+    raw = os.fsencode(path.stem)
+    text = raw.decode("utf-8", "replace")
+    if text == path.stem and len(raw) + len(page) <= MAX_STEM_BYTES:
+        return path.stem + page
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:12]
+    budget = MAX_STEM_BYTES - len(tag) - len(page)
+    kept = sum(1 for used in itertools.accumulate(len(c.encode()) for c in text) if used <= budget)
+    return text[:kept] + tag + page
 
 
 def field_record(path: Path, field: Field, classes: np.ndarray, model: Model) -> dict[str, Any]:

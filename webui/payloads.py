@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from phasewatch.runtime.service.store import display_text
+
 PICTURES = ("overlay", "classes", "preview")
 
 
@@ -17,12 +19,14 @@ def trust_json(trust: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def image_json(image: dict[str, Any]) -> dict[str, Any]:
-    """A store image row as the API and the ``field`` event show it."""
+    """A store image row as the API and the ``field`` event show it; a path whose name is
+    not UTF-8 is shown with U+FFFD for each byte that is not (JSON has no other way)."""
     outputs = image.get("outputs") or {}
+    path = display_text(image["path"])
     return {
         "id": image["id"],
-        "file": Path(image["path"]).name,
-        "path": image["path"],
+        "file": Path(path).name,
+        "path": path,
         "state": image["state"],
         "error": image["error"],
         "specimen": image["specimen"],
