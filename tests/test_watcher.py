@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -253,3 +254,54 @@ def test_filesystem_type_and_auto_observer(tmp_path):
     assert choose_observer("/mnt/nfs/local", "auto", mounts) == "native"
     assert choose_observer("/mnt/nfs", "native", mounts) == "native"
     assert filesystem_type("/x", tmp_path / "no-mounts") is None
+
+
+def ignored_links(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
+    """The watcher's log lines about links it did not follow, by the name they name."""
+    return {Path(r.getMessage().split(": ", 1)[0]).name: r.getMessage() for r in list(caplog.records)
+            if r.name == "phasewatch.runtime.service.watcher" and "symbolic link" in r.getMessage()}
+
+
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_symbolic_links_are_not_followed_and_say_so(watch, tmp_path, caplog, observer):
+    caplog.set_level(logging.INFO, logger="phasewatch.runtime.service.watcher")
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    _, collector, root = watch(observer=observer)
+    (root / "real.tif").write_bytes(b"r")
+    (root / "out.tif").symlink_to(secret)  # what the issue saw: another file's bytes served
+    (root / "in.tif").symlink_to(root / "real.tif")  # reported as itself, as real.tif
+    assert wait_for(lambda: ignored_links(caplog).keys() == {"out.tif", "in.tif"}), ignored_links(caplog)
+    collector.wait_for_name("real.tif")
+    settle_longer()
+    assert collector.names() == ["real.tif"]
+    lines = ignored_links(caplog)
+    assert str(secret) in lines["out.tif"] and str(root / "real.tif") in lines["in.tif"]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if "symbolic link" in r.getMessage())
+
+
+def test_a_link_already_there_at_start_is_ignored(tmp_path, watch, caplog):
+    caplog.set_level(logging.INFO, logger="phasewatch.runtime.service.watcher")
+    root = tmp_path / "incoming"
+    root.mkdir()
+    (root / "old.tif").write_bytes(b"o")
+    (root / "link.tif").symlink_to("/etc/passwd")
+    _, collector, _ = watch()
+    collector.wait_for_name("old.tif")
+    assert wait_for(lambda: "link.tif" in ignored_links(caplog))
+    settle_longer()
+    assert collector.names() == ["old.tif"]
+
+
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_files_in_a_linked_folder_are_not_followed(watch, tmp_path, caplog, observer):
+    caplog.set_level(logging.INFO, logger="phasewatch.runtime.service.watcher")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.tif").write_bytes(b"s")
+    _, collector, root = watch(recursive=True, observer=observer)
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "plain.tif").write_bytes(b"p")
+    collector.wait_for_name("plain.tif")
+    settle_longer()
+    assert collector.names() == ["plain.tif"]

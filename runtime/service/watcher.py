@@ -14,6 +14,13 @@ daemon). A file is reported again only if it changes after that (a rewrite).
 At start every file already present is a candidate too (the daemon dedups against its
 store), so files that arrived while the service was down are not missed.
 
+Symbolic links are never followed: a file is reported only when neither it nor a folder
+on its way below the watch folder is a link (the watch folder itself may be one). A link
+out of the folder would let whoever writes there have the service read, and show in its
+error messages, any file it can read (the first bytes of /etc/passwd); a link to a file
+inside the folder adds nothing, as that file is reported itself. Each link ignored is
+logged as a warning, naming where it leads.
+
 Health. The settle thread also checks the watch folder: if it vanishes, is replaced or
 remounted (another device/inode), or the observer dies, the watcher says so in
 ``healthy`` / ``last_error``, logs it, and retries with exponential backoff; once the
@@ -305,9 +312,14 @@ class FolderWatcher:
             pending = list(self._candidates.items())
         for path, candidate in pending:
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
             except OSError:
                 st = None
+            if st is not None and (target := self._link_target(path)) is not None:
+                if self._drop(path, candidate):
+                    log.warning("%s: ignored: a symbolic link leads to %s, and links are not followed",
+                                path, target)
+                continue
             if st is None or not stat.S_ISREG(st.st_mode):
                 self._drop(path, candidate)
                 continue
@@ -327,6 +339,13 @@ class FolderWatcher:
                 with self._lock:
                     self._reported[path] = signature
                 self._report(path, st)
+
+    def _link_target(self, path: Path) -> str | None:
+        """Where ``path`` really is when a symbolic link below the watch folder (the file
+        itself or a folder on its way) leads there; None for a file of the folder itself."""
+        real = os.path.realpath(path)
+        plain = os.path.join(os.path.realpath(self.root), os.path.relpath(path, self.root))
+        return None if real == plain else real
 
     def _drop(self, path: Path, candidate: _Candidate) -> bool:
         """Remove ``candidate`` unless a newer event has replaced it meanwhile."""
