@@ -3,6 +3,7 @@ and a new format is one entry of the registry."""
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -506,9 +507,11 @@ READ_TIMEOUT_S = 120  # the child imports numpy, OpenCV and tifffile on a busy m
 
 def read_in_child(path: Path) -> str:
     """What reading ``path`` ends with, in a child process killed after READ_TIMEOUT_S."""
+    # One BLAS thread: its per-thread buffers would otherwise count against the limit on many cores.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     try:
         done = subprocess.run([sys.executable, "-c", _READ_IN_CHILD, str(path)],
-                              capture_output=True, text=True, timeout=READ_TIMEOUT_S)
+                              capture_output=True, text=True, timeout=READ_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         pytest.fail(f"reading {path.name} did not end within {READ_TIMEOUT_S} s")
     assert done.returncode == 0, done.stderr
@@ -516,9 +519,9 @@ def read_in_child(path: Path) -> str:
 
 
 def tiff_with_ifd_chain(byteorder: str, bigtiff: bool, pages: int, last_next: int | None) -> tuple[bytes, list[int]]:
-    """A 512-byte TIFF of ``pages`` 8 x 8 gray pages, written by hand: each IFD is followed
-    by its pixels, and the last IFD's next-IFD offset points at page ``last_next``
-    (None: the chain ends). Returns the bytes and the offset of each IFD."""
+    """A TIFF of ``pages`` 8 x 8 gray pages, written by hand and padded to the issue's 512
+    bytes: each IFD is followed by its pixels, and the last IFD's next-IFD offset points at
+    page ``last_next`` (None: the chain ends). Returns the bytes and the offset of each IFD."""
     order = "<" if byteorder == "II" else ">"
     offset, count, entry = ("Q", "Q", "HHQI4x") if bigtiff else ("I", "H", "HHII")
     header = byteorder.encode() + (struct.pack(order + "HHHQ", 43, 8, 0, 0) if bigtiff
