@@ -168,7 +168,7 @@ def record_file(segmented: Segmented, out_dir: Path | None) -> FileResult:
             written["unsure"] = unsure_path
             result.outputs = {k: str(v) for k, v in written.items()}
             if not outputs:  # the first page stands for the file on the web page
-                preview_path = out_dir / f"{decoded.path.stem}.preview.png"
+                preview_path = out_dir / f"{field_stem(decoded.path, field_, 1)}.preview.png"
                 write_png_atomic(preview_path, preview(field_.image))
                 outputs = {**result.outputs, "preview": str(preview_path)}
         results.append(result)

@@ -362,12 +362,7 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_shown(make_daemon) -> Non
         assert app.test_client().get(good_json["pictures"][kind]).status_code == 200, kind
 
 
-@pytest.mark.parametrize("url", [
-    pytest.param("/api/images/1/preview.png", marks=pytest.mark.xfail(strict=True, reason=(
-        "pipeline.record_file names the preview after decoded.path.stem, not field_stem"))),
-    pytest.param("/export.csv", marks=pytest.mark.xfail(strict=True, reason=(
-        "webui/csv_export.py writes the path as it is, not display_text(path)"))),
-])
+@pytest.mark.parametrize("url", ["/api/images/1/preview.png", "/export.csv"])
 def test_the_preview_and_the_csv_of_a_file_name_that_is_not_utf8(make_daemon, url: str) -> None:
     daemon = make_daemon()
     drop(daemon, os.fsdecode(b"caf\xe9.tif"), lambda p: tifffile.imwrite(p, half_bright(16, 16)))

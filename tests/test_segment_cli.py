@@ -104,8 +104,6 @@ def test_segment_runs_on_every_test_image_of_every_data_set(shared_data, tmp_pat
         assert sum(record["fractions"].values()) == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.record_file names the preview after decoded.path.stem, "
-                   "not field_stem: NAME.preview.png is too long a name for the file system")
 def test_a_file_name_as_long_as_a_file_system_allows_is_segmented(tmp_path, bundle, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -546,3 +546,10 @@ def test_real_server_serves_the_api_and_stops(server, daemon):
     server.stop()
     with pytest.raises(OSError):
         http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/healthz")
+
+
+def test_csv_cells_that_would_run_as_formulas_are_quoted():
+    from phasewatch.webui.csv_export import _text
+
+    assert [_text(v) for v in ("=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)", "steel 4140", None)] == [
+        "'=HYPERLINK(\"x\")", "'+1", "'-2", "'@SUM(A1)", "steel 4140", ""]

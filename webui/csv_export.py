@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from phasewatch.runtime.service.store import display_text
 from phasewatch.webui.payloads import trust_json
 
 
@@ -46,10 +47,21 @@ def fields_csv(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         fractions = row.get("fractions") or {}
         writer.writerow([
-            row["id"], Path(row["path"]).name, row["specimen"], row["state"], _iso(row["processed"]),
+            row["id"], _text(Path(row["path"]).name), _text(row["specimen"]), row["state"], _iso(row["processed"]),
             *(f"{100.0 * fractions[c]:.4f}" if c in fractions else "" for c in classes),
-            int(bool(row["excluded"])), row["exclude_reason"] or "",
-            *_trust_cells(row.get("trust")), int(bool(row["accepted"])), row["accepted_by"] or "",
-            row["accept_reason"] or "", row["error"] or "", row["path"],
+            int(bool(row["excluded"])), _text(row["exclude_reason"]),
+            *_trust_cells(row.get("trust")), int(bool(row["accepted"])), _text(row["accepted_by"]),
+            _text(row["accept_reason"]), _text(row["error"]), _text(row["path"]),
         ])
     return out.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: str | None) -> str:
+    """A text cell as a spreadsheet will take it: file names shown with U+FFFD for bytes
+    that are not UTF-8, and a leading = + - @ neutralised with a quote so that a specimen
+    name or file name is never run as a formula (CSV injection)."""
+    text = display_text(value or "")
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
