@@ -50,6 +50,8 @@ OPSET = 18
 ARGMAX_AGREEMENT_MIN = 0.9999
 LOGIT_TOLERANCE = 1e-3
 REFERENCE_TILES_MAX_BYTES = 1_500_000
+BATCHNORM_FILE = "batchnorm.npy"
+BATCHNORM_ROWS = ("weight", "bias", "running_mean", "running_var")
 CONFIG_KEYS = ("architecture", "model_kwargs", "in_channels", "classes", "tile", "normalisation")
 
 
@@ -263,6 +265,22 @@ def normalisation_from_config(raw: dict[str, Any], channels: int) -> Normalisati
     )
 
 
+def save_batchnorm(model, path: Path) -> dict[str, Any]:
+    """Write the model's BatchNorm parameters and statistics to ``path``; the manifest entry.
+
+    The exporter folds every BatchNorm into the conv before it, exact for inference but
+    lossy for training: fine-tuning from the bundle (``finetune.py``) unfolds the convs
+    with these. One float32 array, a row per :data:`BATCHNORM_ROWS`, a column per channel
+    of each layer in turn (a few KB, beside MB of ONNX).
+    """
+    import torch
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    columns = [np.stack([getattr(m, row).detach().cpu().numpy() for row in BATCHNORM_ROWS]) for m in layers.values()]
+    np.save(path, np.concatenate(columns, axis=1).astype(np.float32))
+    return {"file": path.name, "sha256": sha256_file(path), "layers": {n: m.num_features for n, m in layers.items()}}
+
+
 def _reference_subset(tiles: np.ndarray) -> np.ndarray:
     """At most as many tiles as fit REFERENCE_TILES_MAX_BYTES, but at least one."""
     per_tile = tiles[0].nbytes
@@ -428,6 +446,7 @@ def export_bundle(
                 },
                 "parity": parity,
                 "reference_tiles": REFERENCE_TILES_FILE,
+                "batchnorm": save_batchnorm(model, work / BATCHNORM_FILE),
                 "training": _plain(ckpt.get("training", {})),
                 "metrics": _plain(ckpt.get("metrics", {})),
                 "checkpoint": {

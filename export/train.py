@@ -14,6 +14,9 @@ the test split (a config without a validation folder holds out part of the train
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 import json
 import math
 import os
@@ -32,7 +35,7 @@ from tqdm import tqdm
 
 from phasewatch.export import augment, losses, metrics
 from phasewatch.export.datasets import Sample, load_samples, parse_palette
-from phasewatch.export.models import build_model
+from phasewatch.export.finetune import initial_model
 from phasewatch.export.onnx_export import normalisation_from_config
 from phasewatch.runtime.calibration import calibrate_bundle
 from phasewatch.runtime.engine import default_overlap, segment_many
@@ -40,11 +43,26 @@ from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.pipeline import open_model
 from phasewatch.runtime.service.config import tomllib
 
-CONFIG_SECTIONS = {"name", "seed", "data", "classes", "model", "normalisation", "augment", "train", "export"}
+# Every key a training config may hold, by table; anything else (a typo like ``epocs``, or a key
+# this version does not know) is refused, since an ignored key silently trains something else.
+CONFIG_KEYS: dict[str, set[str]] = {
+    "": {"name", "seed", "data", "classes", "model", "normalisation", "augment", "train", "export"},
+    "data": {"root", "train", "val", "test", "holdout", "label_format", "palette", "default_class"},
+    "data.split": {"images", "labels"},
+    "classes": {"id", "name", "colour", "role"},
+    "model": {"architecture", "kwargs", "in_channels", "tile", "export_tile", "scale", "pixel_size_um",
+              "init_from", "freeze"},
+    "normalisation": {"rule", "percentiles", "mean", "std", "sixteen_bit"},
+    "augment": {f.name for f in dataclasses.fields(augment.AugmentConfig)},
+    "train": {"batch", "epochs", "steps_per_epoch", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
+              "losses", "weight_map", "time_limit_min"},
+    "train.weight_map": set(inspect.signature(losses.interface_weight_map).parameters) - {"mask"},
+    "export": {"enabled", "tiles"},
+}
 
 
 class TrainError(PhasewatchError, ValueError):
-    """A config or data problem; the message is one line."""
+    """A config or data problem; the message is one line per problem."""
 
 
 def default_data_root() -> Path:
@@ -58,13 +76,45 @@ def load_config(path: Path) -> dict[str, Any]:
         config = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise TrainError(f"{path}: {exc}") from exc
-    if unknown := sorted(config.keys() - CONFIG_SECTIONS):
-        raise TrainError(f"{path}: unknown top-level key(s) {unknown} (known: {sorted(CONFIG_SECTIONS)})")
+    if problems := unknown_keys(config, path):
+        raise TrainError("\n".join(problems))
     for section in ("data", "classes", "model", "train"):
         if section not in config:
             raise TrainError(f"{path}: missing section [{section}]")
     config["config_file"] = str(path)
     return config
+
+
+def unknown_keys(config: dict[str, Any], path: Path) -> list[str]:
+    """One line per unknown key (or table that is not a table), with the nearest known key."""
+    problems = []
+    for label, table, known in _config_tables(config):
+        if not isinstance(table, dict):
+            problems.append(f"{path}: '{label}' must be a table, got {table!r}")
+            continue
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                problems.append(f"{path}: unknown {'key' if label else 'top-level key'} "
+                                f"'{label + '.' if label else ''}{key}'{hint}")
+    return problems
+
+
+def _config_tables(config: dict[str, Any]) -> list[tuple[str, Any, set[str]]]:
+    """(label, table, known keys) of every table in a training config that has fixed keys."""
+    def table(parent: Any, key: str) -> Any:
+        return parent.get(key, {}) if isinstance(parent, dict) else {}
+
+    data, classes = table(config, "data"), config.get("classes", [])
+    tables = [("", config, CONFIG_KEYS[""]), ("data", data, CONFIG_KEYS["data"])]
+    tables += [(f"data.{split}", table(data, split), CONFIG_KEYS["data.split"]) for split in ("train", "val", "test")]
+    tables += [(f"classes[{i}]", entry, CONFIG_KEYS["classes"])
+               for i, entry in enumerate(classes if isinstance(classes, list) else [])]
+    tables += [(section, table(config, section), CONFIG_KEYS[section])
+               for section in ("model", "normalisation", "augment", "train", "export")]
+    tables.append(("train.weight_map", table(table(config, "train"), "weight_map"), CONFIG_KEYS["train.weight_map"]))
+    return tables
 
 
 # -- data -------------------------------------------------------------------------------
@@ -204,10 +254,12 @@ def learning_rate(step: int, total: int, base: float, schedule: str, warmup: int
 def make_optimiser(model: torch.nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
     name, lr = train_cfg.get("optimizer", "adamw"), float(train_cfg.get("lr", 1e-3))
     decay = float(train_cfg.get("weight_decay", 1e-4))
+    # Frozen parameters (``[model] freeze``) stay out: weight decay would still move them.
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=decay)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay, nesterov=True)
+        return torch.optim.SGD(trainable, lr=lr, momentum=0.9, weight_decay=decay, nesterov=True)
     raise TrainError(f"unknown optimizer '{name}' (adamw or sgd)")
 
 
@@ -255,8 +307,8 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
     ckpt_config = checkpoint_config(config)
     tile, num_classes = ckpt_config["tile"], len(ckpt_config["classes"])
     train_cfg = config["train"]
-    model = build_model(ckpt_config["architecture"], ckpt_config["in_channels"], num_classes,
-                        **ckpt_config["model_kwargs"]).to(dev)
+    model, parent = initial_model(config, ckpt_config)
+    model = model.to(dev)
     optimiser = make_optimiser(model, train_cfg)
     loss_fn = losses.build_loss(train_cfg.get("losses", [{"name": "ce"}]), num_classes)
     weight_map = train_cfg.get("weight_map")
@@ -317,7 +369,8 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
                             "val_per_class_iou": val["per_class_iou"], "epoch": epoch, "step": step},
                 "training": {"config_file": config["config_file"], "epochs": epoch, "steps": step, "seed": seed,
                              "device": str(dev), "batch": batch, "losses": train_cfg.get("losses"),
-                             "optimizer": train_cfg.get("optimizer", "adamw"), "seconds": 0.0},
+                             "optimizer": train_cfg.get("optimizer", "adamw"), "seconds": 0.0,
+                             "parent": parent},
             }, checkpoint_path)
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -86,3 +86,22 @@ def test_config_errors_are_one_line(tmp_path):
     with pytest.raises(TrainError, match="unknown top-level key") as info:
         load_config(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    assert load_config(path)["model"]["architecture"]
+
+
+def test_misspelt_keys_are_refused_one_line_each_with_a_suggestion(tmp_path):
+    text = (CONFIGS / "superalloy.toml").read_text()
+    path = tmp_path / "typos.toml"
+    path.write_text(text.replace("epochs = 12", "epocs = 12").replace('name = "gamma matrix"', 'nmae = "gamma matrix"')
+                    .replace('architecture = "unet"', 'architecture = "unet"\ninit_form = "superalloy"'))
+    with pytest.raises(TrainError) as info:
+        load_config(path)
+    assert str(info.value).splitlines() == [
+        f"{path}: unknown key 'classes[0].nmae' (did you mean 'name'?)",
+        f"{path}: unknown key 'model.init_form' (did you mean 'init_from'?)",
+        f"{path}: unknown key 'train.epocs' (did you mean 'epochs'?)",
+    ]
