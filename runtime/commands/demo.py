@@ -62,5 +62,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"{info.name:<24}{np.mean(truth == info.id):>8.3f}{record['fractions'][info.name]:>10.3f}")
     print(f"pixels agreeing with the truth: {np.mean(predicted == truth):.3f}")
-    print(f"outputs: {args.out}/synthetic-superalloy.{{classes.png,overlay.png,preview.png,json}}")
+    trust = record["trust"]
+    print("trust: " + (f"ok (score {trust['score']})" if trust["ok"] else "FLAGGED: " + "; ".join(trust["reasons"])))
+    print(f"outputs: {args.out}/synthetic-superalloy.{{classes.png,overlay.png,unsure.png,preview.png,json}}")
     return 0
