@@ -31,15 +31,17 @@ def calibrate_bundle(model: Model, images: Sequence[Path], source: str,
     excluded = [c.id for c in model.bundle.classes if c.role == "excluded"]
     features: list[InputFeatures] = []
     unsure: list[float] = []
+    names: list[str] = []
     for path in images:
         (segmented,) = segment_files([decode_file(path)], model)
-        for image in segmented.maps:
+        for page, image in enumerate(segmented.maps):
+            names.append(path.name if len(segmented.maps) == 1 else f"{path.name} page {page}")
             features.append(image.features)
             unsure.append(unsure_fraction(image.margin, ~np.isin(image.classes, excluded) if excluded else None))
         if progress is not None:
             progress(path)
     try:
-        block = calibrate(features, unsure, source)
+        block = calibrate(features, unsure, names, source)
     except ValueError as exc:
         raise CalibrationError(f"{model.bundle.path}: {exc}") from exc
     manifest = {**model.bundle.manifest, "trust": block}
