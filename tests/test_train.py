@@ -41,7 +41,7 @@ def test_train_export_evaluate_on_real_tiles(shared_data, tmp_path, capsys):
                                                            .iterdir())
     assert bundle.manifest["training"]["steps"] == 3 and bundle.manifest["training"]["seconds"] > 0
     trust = bundle.manifest["trust"]  # calibrated on the 10 training and 4 validation images
-    assert trust["calibration"]["fields"] == 14 and set(trust["limits"]) == {"intensity", "texture", "unsure"}
+    assert trust["calibration"]["fields"] == 14 and set(trust["limits"]) == {"novelty", "unsure"}
 
     capsys.readouterr()
     code = main(["evaluate", "--model", str(bundle.path), "--images", str(shared_data / "superalloy/test/images"),
