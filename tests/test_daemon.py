@@ -369,3 +369,13 @@ def test_the_preview_and_the_csv_of_a_file_name_that_is_not_utf8(make_daemon, ur
     (image,) = wait_for(lambda: finished(daemon, 1), "the result")
     assert image["id"] == 1 and image["state"] == "done"
     assert web_app(daemon).test_client().get(url).status_code == 200
+
+
+def test_an_idle_service_reloads_its_model_without_waiting_for_a_field(make_daemon, tmp_path: Path) -> None:
+    first = Model(load_bundle(make_bundle(tmp_path / "first", name="first")), ThresholdBackend())
+    second = Model(load_bundle(make_bundle(tmp_path / "second", name="second")), ThresholdBackend())
+    loads = iter([first, second])
+    daemon = make_daemon(models=lambda: next(loads))
+    daemon.reload_model()
+    wait_for(lambda: daemon.model is second, "the reload with no field in the queue")
+    assert daemon.status()["model"] == "second"

@@ -282,8 +282,8 @@ class Daemon:
     def _take_decoded(self, timeout: float) -> list[_Work] | None:
         try:
             batch = [self._decoded.get(timeout=timeout)]
-        except queue.Empty:
-            return None
+        except queue.Empty:  # an idle service reloads at once, not at the next field
+            return [] if self._reload.is_set() else None
         while True:  # everything decoded by now shares the backend's batches
             try:
                 batch.append(self._decoded.get_nowait())
