@@ -38,6 +38,7 @@ from phasewatch.runtime.measure import combine_pages, measure
 from phasewatch.runtime.normalise import ModelInput, prepare
 from phasewatch.runtime.outputs import preview, write_outputs, write_png_atomic
 from phasewatch.runtime.trust import InputFeatures, assess, input_features, unsure_fraction
+from phasewatch.runtime.tta import TtaBackend
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,14 @@ class Model:
         self.backend.close()
 
 
-def open_model(ref: str | Path, kind: str = "auto", batch: int = 8, threads: int | None = None) -> Model:
-    """Load a bundle (folder or bundled name) and open a backend for it."""
+def open_model(
+    ref: str | Path, kind: str = "auto", batch: int = 8, threads: int | None = None, tta: str = "none"
+) -> Model:
+    """Load a bundle (folder or bundled name) and open a backend for it, with test-time
+    augmentation ``tta`` (``runtime/tta.py``) unless it is ``none``."""
     bundle = load_bundle(ref)
-    return Model(bundle, open_backend(bundle, kind, batch, threads))
+    backend: Backend = open_backend(bundle, kind, batch, threads)
+    return Model(bundle, backend if tta == "none" else TtaBackend(backend, tta))
 
 
 @dataclass

@@ -22,10 +22,11 @@ from phasewatch.export.evaluate import (
     report,
     score_pairs,
 )
-from phasewatch.runtime.backends import KINDS, open_backend
+from phasewatch.runtime.backends import KINDS
 from phasewatch.runtime.bundle import load_bundle
 from phasewatch.runtime.errors import PhasewatchError
-from phasewatch.runtime.pipeline import Model
+from phasewatch.runtime.pipeline import open_model
+from phasewatch.runtime.tta import MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-format", choices=LABEL_FORMATS, help="default: from the manifest")
     parser.add_argument("--backend", choices=KINDS, default="auto")
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
+    parser.add_argument("--tta", choices=MODES, default="none",
+                        help="test-time augmentation: average probabilities over flips (4 passes) or d4 (8)")
     parser.add_argument("--ignore", type=int, help="label value left out of every metric")
     parser.add_argument(
         "--bf-tolerance",
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.model)
         palette = label_palette(bundle, args.label_format, args.palette)
         pairs = find_pairs(args.images, args.labels)
-        with closing(Model(bundle, open_backend(bundle, args.backend, args.batch))) as model:
+        with closing(open_model(bundle.path, args.backend, args.batch, tta=args.tta)) as model:
             scores = score_pairs(pairs, model, palette, batch=args.batch, ignore=args.ignore,
                                  bf_tolerance_px=args.bf_tolerance, error_maps=args.error_maps,
                                  error_class=args.error_class, report_failure=_print_error)

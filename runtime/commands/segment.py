@@ -12,6 +12,7 @@ from phasewatch.runtime.backends import KINDS
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.imageio import images_in
 from phasewatch.runtime.pipeline import open_model, process_file
+from phasewatch.runtime.tta import MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
     parser.add_argument("--overlap", type=int, default=None,
                         help="tile overlap in pixels (default: from the model's halo)")
+    parser.add_argument("--tta", choices=MODES, default="none",
+                        help="test-time augmentation: average probabilities over flips (4 passes) or d4 (8)")
     parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
                         help="pixel size in µm, overriding what the files say")
 
@@ -40,7 +43,7 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        model = open_model(args.model, args.backend, args.batch)
+        model = open_model(args.model, args.backend, args.batch, tta=args.tta)
     except PhasewatchError as exc:
         print(f"phasewatch segment: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from phasewatch.runtime.backends import KINDS
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES
 from phasewatch.runtime.service.logs import LEVELS
+from phasewatch.runtime.tta import MODES as TTA_MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,6 +118,7 @@ class ModelConfig:
     backend: str = _rule("auto", choices=KINDS)
     batch: int = _rule(8, min=1, max=1024)
     overlap: int = _rule(0, min=0)  # pixels; 0 = the model's halo, the smallest safe overlap
+    tta: str = _rule("none", choices=TTA_MODES)  # test-time augmentation: none, flips (4 passes), d4 (8)
 
     @property
     def ref(self) -> str | None:

@@ -117,7 +117,8 @@ class _Beating:
 
 def model_factory(config: Config) -> ModelFactory:
     """What the service opens at start and at every reload: the configured bundle and backend."""
-    return lambda: open_model(config.model.ref or DEFAULT_MODEL, config.model.backend, config.model.batch)
+    model = config.model
+    return lambda: open_model(model.ref or DEFAULT_MODEL, model.backend, model.batch, tta=model.tta)
 
 
 class Daemon:
