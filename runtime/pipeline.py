@@ -166,9 +166,10 @@ def record_file(segmented: Segmented, out_dir: Path | None) -> FileResult:
                                "measure": round((measured - started) * 1000, 2)}
         result = FieldResult(field_, classes, margin, record)
         if out_dir is not None:
-            written = write_field(out_dir, field_stem(decoded.path, field_, count), result, model.bundle)
+            stem = field_stem(decoded.path, field_, count)
+            written = write_field(out_dir, stem, result, model.bundle)
             # Where the model hesitates, for the page's "unsure" view: bright = unsure.
-            unsure_path = out_dir / f"{field_stem(decoded.path, field_, count)}.unsure.png"
+            unsure_path = out_dir / f"{stem}.unsure.png"
             write_png_atomic(unsure_path, 255 - result.margin)
             written["unsure"] = unsure_path
             result.outputs = {k: str(v) for k, v in written.items()}

@@ -16,7 +16,7 @@ from typing import Any
 
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.service import sdnotify
-from phasewatch.runtime.service.config import add_service_arguments, config_from_args
+from phasewatch.runtime.service.config import Config, add_service_arguments, config_from_args
 from phasewatch.runtime.service.daemon import Daemon, model_factory
 from phasewatch.runtime.service.logs import fields as log_fields
 from phasewatch.runtime.service.logs import setup_logging
@@ -41,17 +41,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level)
     events = EventBroker()
     try:
-        config.data.dir.mkdir(parents=True, exist_ok=True)
-        store = Store(config.data.database, max_attempts=config.queue.max_attempts)
+        store, daemon = _open_service(config, events)
     except (PhasewatchError, OSError) as exc:
         log.error("cannot start: %s", exc)
-        return 1
-    try:
-        daemon = Daemon(config, store, model_factory(config),
-                        publish=lambda event, image: _publish(events, event, image))
-    except (PhasewatchError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        store.close()
         return 1
     app = create_app(AppContext(store=store, events=events, status=daemon.status,
                                 health=daemon.health_report, metrics=daemon.metrics.render,
@@ -79,6 +71,18 @@ def run(args: argparse.Namespace) -> int:
     store.close()
     log.info("stopped")
     return 0
+
+
+def _open_service(config: Config, events: EventBroker) -> tuple[Store, Daemon]:
+    """The store and the daemon on it; the store is closed again if the daemon cannot start."""
+    config.data.dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.data.database, max_attempts=config.queue.max_attempts)
+    try:
+        return store, Daemon(config, store, model_factory(config),
+                             publish=lambda event, image: _publish(events, event, image))
+    except BaseException:
+        store.close()
+        raise
 
 
 def _reload(daemon: Daemon) -> None:
