@@ -157,6 +157,18 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    # A field larger than this is refused from its header, one line: on a CPU backend an
+    # 8000 x 8000 (64 MP) field holds inference, and every file behind it, for minutes and
+    # about 2 GB. Raise it where the backend is fast enough (a GPU).
+    max_megapixels: float = _rule(50.0, above=0.0)
+    # Files are decoded in a child process under these bounds; a file that needs more time
+    # or memory fails with one line, and the next file gets a fresh decoder.
+    decode_timeout_s: float = _rule(30.0, above=0.0)
+    decode_memory_mb: int = _rule(2048, min=256)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = _rule(8650, min=1, max=65535)
@@ -176,6 +188,7 @@ class Config:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: Path | None = None  # the file read; None when every value is a default
