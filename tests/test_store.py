@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from phasewatch.runtime.service.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
+from phasewatch.runtime.service.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, StoreUnavailable
 
 RESULT = {
     "fractions": {"matrix": 0.75, "carbide": 0.25},
@@ -118,24 +118,64 @@ def test_copy_of_a_failed_file_is_queued_again(store):
     assert retry["state"] == "pending" and retry["duplicate_of"] is None
 
 
-def test_crash_recovery_requeues_then_fails_after_max_attempts(tmp_path):
-    path = tmp_path / "q.sqlite3"
-    store = Store(path, max_attempts=2)
+def crash(store: Store) -> Store:
+    """The worker dies with whatever it holds; a new one opens the same database."""
+    store.close()
+    return Store(store.path, max_attempts=store.max_attempts)
+
+
+def test_a_crash_charges_only_the_row_inside_inference(tmp_path):
+    store = Store(tmp_path / "q.sqlite3", max_attempts=2)
+    poison, queued, decoded = (add(store, f"{n}.tif")["id"] for n in ("poison", "queued", "decoded"))
+    assert [r["id"] for r in store.claim_next(batch=3)] == [poison, queued, decoded]
+    store.set_stage([poison], "segmenting")
+
+    store = crash(store)
+    assert store.recover_after_crash() == {"requeued": 3, "charged": 1, "failed": 0}
+    rows = {i: store.get_image(i) for i in (poison, queued, decoded)}
+    assert all(r["state"] == "pending" and r["stage"] is None for r in rows.values())
+    assert (rows[poison]["crashes"], rows[poison]["attempts"], rows[poison]["alone"]) == (1, 1, 0)
+    for innocent in (queued, decoded):  # merely claimed: back free, as if never claimed
+        assert (rows[innocent]["crashes"], rows[innocent]["attempts"]) == (0, 0)
+
+    (again,) = store.claim_next()
+    assert again["id"] == poison and again["attempts"] == 2
+    store.set_stage([poison], "segmenting")
+    store = crash(store)
+    assert store.recover_after_crash() == {"requeued": 0, "charged": 1, "failed": 1}
+    image = store.get_image(poison)
+    assert (image["state"], image["error"]) == ("failed", "crashed the worker 2 times while segmenting")
+    assert [r["id"] for r in store.claim_next(batch=5)] == [queued, decoded]
+    store.close()
+
+
+def test_rows_that_left_inference_are_not_charged(tmp_path):
+    store = Store(tmp_path / "q.sqlite3", max_attempts=1)
     row = add(store, "a.tif")
     store.claim_next()
-    store.close()  # the worker "crashes" with the row processing
+    store.set_stage([row["id"]], "segmenting")
+    store.set_stage([row["id"]], None)  # segmented; the worker dies while writing its outputs
+    store = crash(store)
+    assert store.recover_after_crash() == {"requeued": 1, "charged": 0, "failed": 0}
+    assert store.get_image(row["id"])["crashes"] == 0
+    store.close()
 
-    store = Store(path, max_attempts=2)
-    assert store.recover_after_crash() == {"requeued": 1, "failed": 0}
-    assert store.get_image(row["id"])["state"] == "pending"
-    assert store.claim_next()[0]["attempts"] == 2
-    store.close()  # crashes again
 
-    store = Store(path, max_attempts=2)
-    assert store.recover_after_crash() == {"requeued": 0, "failed": 1}
-    image = store.get_image(row["id"])
-    assert (image["state"], image["error"]) == ("failed", "crashed the worker 2 times")
-    assert store.claim_next() == []
+def test_rows_charged_together_are_run_alone_until_the_poison_is_found(tmp_path):
+    store = Store(tmp_path / "q.sqlite3", max_attempts=2)
+    good, poison = add(store, "good.tif")["id"], add(store, "poison.tif")["id"]
+    store.set_stage([r["id"] for r in store.claim_next(batch=2)], "segmenting")  # one batch
+    store = crash(store)
+    assert store.recover_after_crash() == {"requeued": 2, "charged": 2, "failed": 0}
+    assert [(r["id"], r["alone"], r["crashes"]) for r in store.claim_next(batch=2)] == [(good, 1, 1), (poison, 1, 1)]
+    store.set_stage([good], "segmenting")  # alone now: the good one is segmented and done
+    store.set_stage([good], None)
+    store.mark_done(good, RESULT)
+    store.set_stage([poison], "segmenting")  # and the poison crashes the worker by itself
+    store = crash(store)
+    assert store.recover_after_crash() == {"requeued": 0, "charged": 1, "failed": 1}
+    assert store.get_image(good)["state"] == "done"
+    assert store.get_image(poison)["error"] == "crashed the worker 2 times while segmenting"
     store.close()
 
 
@@ -365,11 +405,12 @@ def test_duplicates_of_a_file_that_keeps_crashing_the_worker_fail_too(tmp_path):
     store = Store(tmp_path / "q.sqlite3", max_attempts=1)
     first = add(store, "a.tif", sha="abc")
     copy = add(store, "copy-of-a.tif", sha="abc")
-    store.claim_next()  # the worker dies with it
-    assert store.recover_after_crash() == {"requeued": 0, "failed": 1}
+    store.claim_next()
+    store.set_stage([first["id"]], "segmenting")  # the worker dies with it in inference
+    assert store.recover_after_crash() == {"requeued": 0, "charged": 1, "failed": 1}
     image = store.get_image(copy["id"])
     assert (image["state"], image["error"]) == (
-        "failed", f"same content as file {first['id']}, which failed: crashed the worker 1 times")
+        "failed", f"same content as file {first['id']}, which failed: crashed the worker once while segmenting")
     store.close()
 
 
@@ -393,3 +434,40 @@ def test_recovery_mends_duplicates_an_older_version_left_done_on_a_failed_origin
     image = store.get_image(copy["id"])
     assert (image["state"], image["error"]) == (
         "failed", f"same content as file {first['id']}, which failed: boom")
+
+
+# --- faults outside the data: the same call can succeed later -------------------------
+
+
+def test_a_lock_held_past_the_busy_timeout_is_unavailable_not_fatal(tmp_path):
+    store = Store(tmp_path / "q.sqlite3", busy_timeout_s=0.2)
+    other = sqlite3.connect(store.path, isolation_level=None)  # another process's connection
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable, match=r"q\.sqlite3: database is locked$"):
+            add(store, "a.tif")
+        assert store.counts_by_state()["pending"] == 0  # readers are not blocked (WAL)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert add(store, "a.tif")["state"] == "pending"  # the same call, once the lock is gone
+    store.close()
+
+
+def test_a_full_database_is_unavailable_and_rolled_back(store):
+    conn = store._conn()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full: not one page more
+    with pytest.raises(StoreUnavailable, match="database or disk is full"):
+        for i in range(1000):
+            store.enqueue(f"/in/{'x' * 200}{i}.tif", 100, 1, f"sha-{i}")
+    conn.execute("PRAGMA max_page_count = 1000000")  # space is back
+    assert not conn.in_transaction
+    row = store.enqueue("/in/after.tif", 100, 1, "sha-after")
+    assert store.get_image(row["id"])["state"] == "pending"
+
+
+def test_other_database_errors_are_still_errors(store):
+    with pytest.raises(sqlite3.OperationalError, match="no such table"), store._write() as conn:
+        conn.execute("SELECT * FROM no_such_table")
+    assert not store._conn().in_transaction

@@ -5,6 +5,15 @@ Every file that arrives is a row of ``files`` whose ``state`` moves
 or ``failed`` with a reason, through crashes and restarts
 (:meth:`Store.recover_after_crash`).
 
+Crash accounting. A worker that dies (a native crash, the kernel's OOM killer, ``kill -9``)
+leaves its rows ``processing``. Only a row that was inside inference at that moment can
+have caused it, so the daemon marks rows ``stage = 'segmenting'`` just before they enter
+the backend and clears the mark when they leave (:meth:`Store.set_stage`); at the next
+start only those rows are charged a crash, the others go back to ``pending`` free. Rows
+charged together (one inference batch) are each run alone from then on (``alone``), so
+that a file that crashes the worker is soon charged by itself and ends ``failed`` after
+``max_attempts`` crashes, while its batch mates survive any number of restarts.
+
 Durability. The database runs in WAL mode (readers - the web page - never block the
 worker, and the worker never blocks them) with ``synchronous=NORMAL``: a crash of the
 process loses nothing, and a power cut can lose at most the last few commits but
@@ -12,7 +21,9 @@ never corrupts the file. That is enough here because nothing is lost for good: a
 start the daemon rescans the watch folder, so a lost ``enqueue`` is redone, and a lost
 ``mark_done`` only means the file is segmented again (outputs are written atomically).
 ``FULL`` would cost an fsync per commit on the appliance's flash for no such gain.
-``busy_timeout`` makes a writer wait for another writer instead of failing.
+``busy_timeout`` makes a writer wait for another writer instead of failing; one that
+waits longer than that, and a full disk or an I/O error, raises :class:`StoreUnavailable`:
+the same call can succeed later, and the daemon retries it rather than failing a file.
 
 Threads. Each thread gets its own connection (``threading.local``), as SQLite
 connections must not be shared by concurrent threads; writers are serialised by
@@ -62,7 +73,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -70,7 +81,12 @@ from phasewatch.runtime.errors import PhasewatchError
 
 STATES = ("pending", "processing", "done", "failed")
 DEFAULT_SPECIMEN = "default"
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_S = 10.0
+# SQLite result codes of faults outside the data (another process holds the lock, the disk
+# is full or failing, the file is read-only or gone): the same statement can succeed later.
+_TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14})  # BUSY LOCKED NOMEM READONLY IOERR FULL CANTOPEN
+# Python < 3.11 gives no result code: the messages SQLite has for the same faults.
+_TRANSIENT_MESSAGES = ("locked", "out of memory", "readonly", "disk i/o error", "disk is full", "unable to open")
 
 # MIGRATIONS[v] takes a database from user_version v to v + 1.
 MIGRATIONS = [
@@ -122,6 +138,12 @@ MIGRATIONS = [
     ALTER TABLE files ADD COLUMN accept_reason TEXT;
     ALTER TABLE files ADD COLUMN accepted_at REAL;
     """,
+    """
+    ALTER TABLE files ADD COLUMN stage TEXT;           -- 'segmenting' while inside the backend
+    ALTER TABLE files ADD COLUMN stage_since REAL;
+    ALTER TABLE files ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN alone INTEGER NOT NULL DEFAULT 0;  -- run alone: crashed in a batch
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # Surrogates: how Python spells the bytes of a name that are not UTF-8; never valid text.
@@ -130,6 +152,18 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 
 class StoreError(PhasewatchError):
     """A database that cannot be used or a request that does not fit it; one line."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be written or read right now (another process holds its lock
+    past the busy timeout, the disk is full, an I/O error); the same call may succeed later."""
+
+
+def _transient(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _TRANSIENT_CODES
+    return any(m in str(exc).lower() for m in _TRANSIENT_MESSAGES)
 
 
 def display_text(text: str) -> str:
@@ -219,9 +253,10 @@ _IMAGE_SELECT = """
 class Store:
     """The SQLite store at ``path`` (created with its folder when missing)."""
 
-    def __init__(self, path: Path | str, max_attempts: int = 3) -> None:
+    def __init__(self, path: Path | str, max_attempts: int = 3, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.max_attempts = max_attempts
+        self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -236,15 +271,16 @@ class Store:
             try:
                 # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE).
                 conn = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False,
-                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_s,
                 )
                 conn.row_factory = sqlite3.Row
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout_s * 1000)}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
             except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and _transient(exc):
+                    raise StoreUnavailable(f"{self.path}: cannot open the database: {exc}") from exc
                 raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
             self._local.conn = conn
             with self._connections_lock:
@@ -252,16 +288,33 @@ class Store:
         return conn
 
     @contextlib.contextmanager
+    def _faults(self) -> Iterator[None]:
+        """Raise the transient faults of SQLite as :class:`StoreUnavailable`, one line."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if not _transient(exc):
+                raise
+            raise StoreUnavailable(f"{self.path}: {exc}") from exc
+
+    @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its first statement."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._faults():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT may have rolled back already
+                    with contextlib.suppress(sqlite3.Error):  # the cause, raised below, says more
+                        conn.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._faults():
+            return self._conn().execute(sql, tuple(args)).fetchall()
 
     def close(self) -> None:
         """Close every thread's connection (a later call opens a new one)."""
@@ -308,10 +361,10 @@ class Store:
             ))
 
     def current_specimen(self) -> dict[str, Any]:
-        row = self._conn().execute("SELECT * FROM specimens WHERE is_current = 1").fetchone()
-        if row is None:  # _migrate creates one and every change keeps exactly one current
+        rows = self._read("SELECT * FROM specimens WHERE is_current = 1")
+        if not rows:  # _migrate creates one and every change keeps exactly one current
             raise StoreError(f"{self.path}: no current specimen")
-        return _specimen(row)
+        return _specimen(rows[0])
 
     def get_specimen(self, specimen_id: int) -> dict[str, Any] | None:
         row = self._conn().execute("SELECT * FROM specimens WHERE id = ?", (specimen_id,)).fetchone()
@@ -408,11 +461,22 @@ class Store:
             claimed = conn.execute(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", ids)
             return [_file(r) for r in claimed]
 
+    def set_stage(self, file_ids: Iterable[int], stage: str | None) -> None:
+        """Mark claimed rows as inside a step that can crash the worker (``'segmenting'``),
+        or clear the mark (None): what :meth:`recover_after_crash` charges (module doc)."""
+        ids = list(file_ids)
+        marks = ",".join("?" * len(ids))
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE files SET stage = ?, stage_since = ? WHERE state = 'processing' AND id IN ({marks})",
+                (stage, None if stage is None else time.time(), *ids),
+            )
+
     def _finish(
         self, conn: sqlite3.Connection, file_id: int, state: str, error: str | None
     ) -> None:
         updated = conn.execute(
-            """UPDATE files SET state = ?, error = ?, processed = ?
+            """UPDATE files SET state = ?, error = ?, processed = ?, stage = NULL, stage_since = NULL
                WHERE id = ? AND state = 'processing'""",
             (state, error, time.time(), file_id),
         ).rowcount
@@ -453,7 +517,8 @@ class Store:
         could not finish it for a reason outside the file (full disk, backend error)."""
         with self._write() as conn:
             updated = conn.execute(
-                """UPDATE files SET state = 'pending', attempts = MAX(attempts - 1, 0), error = ?
+                """UPDATE files SET state = 'pending', attempts = MAX(attempts - 1, 0), error = ?,
+                       stage = NULL, stage_since = NULL
                    WHERE id = ? AND state = 'processing'""",
                 (_one_line(reason), file_id),
             ).rowcount
@@ -461,27 +526,38 @@ class Store:
                 raise StoreError(f"{self.path}: file {file_id} is not being processed")
 
     def recover_after_crash(self, max_attempts: int | None = None) -> dict[str, int]:
-        """At start: rows a dead worker left ``processing`` go back to ``pending``, or to
-        ``failed`` once they have had ``max_attempts`` tries (the file probably crashes
-        the worker), and so do their duplicates. Returns how many were requeued and failed."""
+        """At start, the rows a dead worker left ``processing`` (module doc): those inside
+        inference are charged a crash (and run alone from now on when several were), and
+        fail, with their duplicates, after ``max_attempts`` crashes; every other row goes
+        back to ``pending`` without spending its attempt. Returns how many rows were
+        requeued, charged and failed."""
         limit = self.max_attempts if max_attempts is None else max_attempts
         with self._write() as conn:
+            charged = conn.execute(
+                "SELECT COUNT(*) FROM files WHERE state = 'processing' AND stage IS NOT NULL").fetchone()[0]
+            conn.execute(
+                """UPDATE files SET crashes = crashes + 1, alone = MAX(alone, ?)
+                   WHERE state = 'processing' AND stage IS NOT NULL""",
+                (int(charged > 1),),
+            )
             failed = conn.execute(
-                """UPDATE files SET state = 'failed', processed = ?,
-                       error = 'crashed the worker ' || attempts || ' times'
-                   WHERE state = 'processing' AND attempts >= ?""",
+                """UPDATE files SET state = 'failed', processed = ?, error = 'crashed the worker '
+                       || CASE crashes WHEN 1 THEN 'once' ELSE crashes || ' times' END || ' while ' || stage
+                   WHERE state = 'processing' AND stage IS NOT NULL AND crashes >= ?""",
                 (time.time(), limit),
             ).rowcount
             # Also mends duplicates that older versions left done on a failed original.
             _fail_duplicates(conn)
             requeued = conn.execute(
-                "UPDATE files SET state = 'pending' WHERE state = 'processing'"
+                """UPDATE files SET state = 'pending', stage = NULL, stage_since = NULL,
+                       attempts = CASE WHEN stage IS NULL THEN MAX(attempts - 1, 0) ELSE attempts END
+                   WHERE state = 'processing'"""
             ).rowcount
-        return {"requeued": requeued, "failed": failed}
+        return {"requeued": requeued, "charged": charged, "failed": failed}
 
     def counts_by_state(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        rows = self._conn().execute("SELECT state, COUNT(*) AS n FROM files GROUP BY state")
+        rows = self._read("SELECT state, COUNT(*) AS n FROM files GROUP BY state")
         counts.update({r["state"]: r["n"] for r in rows})
         return counts
 
@@ -503,8 +579,8 @@ class Store:
         return [_image(r) for r in rows]
 
     def get_image(self, file_id: int) -> dict[str, Any] | None:
-        row = self._conn().execute(_IMAGE_SELECT + " WHERE f.id = ?", (file_id,)).fetchone()
-        return _image(row) if row is not None else None
+        rows = self._read(_IMAGE_SELECT + " WHERE f.id = ?", (file_id,))
+        return _image(rows[0]) if rows else None
 
     def _measured_fields(self, specimen_id: int) -> list[dict[str, Any]]:
         """The measured, not excluded fields of a specimen, oldest first (duplicates are
