@@ -259,7 +259,7 @@ def test_exclude_and_include_change_the_statistics(client, daemon):
     carbide = client.get(f"/api/specimens/{specimen_id}/stats").get_json()["fractions"]["carbide"]
     assert (carbide["n"], carbide["mean"], carbide["std"]) == (1, pytest.approx(20.0), None)
 
-    included = client.post(f"/api/images/{daemon.second}/include")
+    included = client.post(f"/api/images/{daemon.second}/include", json={})
     assert included.get_json()["excluded"] is False
     carbide = client.get(f"/api/specimens/{specimen_id}/stats").get_json()["fractions"]["carbide"]
     assert (carbide["n"], carbide["mean"]) == (2, pytest.approx(25.0))
@@ -270,7 +270,7 @@ def test_exclude_refuses_what_is_not_a_measured_field(client, daemon):
         response = client.post(f"/api/images/{file_id}/exclude", json={"reason": "x"})
         assert (response.status_code, response.get_json()) == (
             409, {"error": f"image {file_id} is {state}: only a measured field counts"})
-    assert client.post("/api/images/999/include").status_code == 404
+    assert client.post("/api/images/999/include", json={}).status_code == 404
     bad = client.post(f"/api/images/{daemon.first}/exclude", json={"reason": 3})
     assert (bad.status_code, bad.get_json()) == (400, {"error": "reason must be a string"})
 
@@ -343,7 +343,7 @@ def test_a_flagged_field_counts_once_accepted(client, daemon):
     assert (stats["fields"], stats["flagged_pending"]) == (3, 0)
     assert stats["fractions"]["carbide"]["mean"] == pytest.approx(140 / 3)  # (20 + 30 + 90) / 3
 
-    unaccepted = client.post(f"/api/images/{flagged}/unaccept")
+    unaccepted = client.post(f"/api/images/{flagged}/unaccept", json={})
     assert (unaccepted.status_code, unaccepted.get_json()["accepted"]) == (200, False)
     assert "event: specimen" in next(stream)
     assert client.get(f"/api/specimens/{specimen_id}/stats").get_json()["fields"] == 2
@@ -381,9 +381,9 @@ def test_accept_refuses_what_is_not_a_flagged_measured_field(client, daemon):
     failed = client.post(f"/api/images/{daemon.failed}/accept", json=ok)
     assert (failed.status_code, failed.get_json()) == (
         409, {"error": f"image {daemon.failed} is failed: only a measured field counts"})
-    assert client.post(f"/api/images/{daemon.processing}/unaccept").status_code == 409
+    assert client.post(f"/api/images/{daemon.processing}/unaccept", json={}).status_code == 409
     assert client.post("/api/images/999/accept", json=ok).status_code == 404
-    assert client.post("/api/images/999/unaccept").status_code == 404
+    assert client.post("/api/images/999/unaccept", json={}).status_code == 404
 
 
 def test_export_csv_has_trust_and_acceptance(client, daemon):

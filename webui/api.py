@@ -8,6 +8,9 @@ Acceptance. A field the model flagged as outside its experience counts in the
 statistics only once an operator accepts it, naming who and why (the store keeps both);
 only a flagged field can be accepted.
 
+Ids. An id in a URL or query beyond what SQLite stores (2^63 - 1) is a 400, never a
+store error.
+
 Files. Output pictures are served only from the paths the store recorded for a field
 (``mark_done``'s ``outputs``: ``overlay``, ``classes``, ``preview``), and only when
 they lie inside the data folder.
@@ -26,7 +29,7 @@ from phasewatch.runtime.stats import specimen_statistics
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import fields_csv
 from phasewatch.webui.payloads import PICTURES, image_json
-from phasewatch.webui.rest import ApiError, json_body, query_int, text_field
+from phasewatch.webui.rest import ApiError, checked_id, json_body, query_int, text_field
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +43,14 @@ blueprint = Blueprint("api", __name__)
 
 
 def _image(file_id: int) -> dict[str, Any]:
-    image = current_context().store.get_image(file_id)
+    image = current_context().store.get_image(checked_id("image", file_id))
     if image is None:
         raise ApiError(404, f"no image {file_id}")
     return image
 
 
 def _specimen(specimen_id: int) -> dict[str, Any]:
-    specimen = current_context().store.get_specimen(specimen_id)
+    specimen = current_context().store.get_specimen(checked_id("specimen", specimen_id))
     if specimen is None:
         raise ApiError(404, f"no specimen {specimen_id}")
     return specimen

@@ -1,7 +1,9 @@
 """The Flask app of ``phasewatch serve``: :func:`create_app` builds it over an
 :class:`AppContext` from its blueprints, one module each: :mod:`.pages` (the live
-page), :mod:`.api` (JSON API, CSV export, health, metrics) and :mod:`.events_view`
-(the SSE stream). Every error answers JSON (:mod:`.rest`).
+page), :mod:`.api` (JSON API, CSV export, health, metrics), :mod:`.openapi` (its
+description), :mod:`.events_view` (the SSE stream) and :mod:`.login` (the token's
+sign-in form). Every error answers JSON (:mod:`.rest`); :mod:`.security` guards every
+request (host, origin, token, JSON type, body size) and adds the security headers.
 
 Events. The daemon publishes ``field`` with :func:`image_json` of a field that has just
 ended ``done`` or ``failed``; the API publishes ``specimen`` (:mod:`.api`).
@@ -17,10 +19,11 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from phasewatch.runtime.service.store import StoreError
-from phasewatch.webui import api, events_view, pages
+from phasewatch.webui import api, events_view, login, openapi, pages
 from phasewatch.webui.context import AppContext, install
 from phasewatch.webui.payloads import image_json
 from phasewatch.webui.rest import ApiError, api_error, http_error, store_error
+from phasewatch.webui.security import install_guards
 
 __all__ = ["AppContext", "create_app", "image_json"]
 
@@ -36,6 +39,8 @@ def create_app(ctx: AppContext) -> Flask:
     app.register_error_handler(ApiError, api_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(StoreError, store_error)
-    for blueprint in (pages.blueprint, api.blueprint, events_view.blueprint):
+    install_guards(app)
+    for blueprint in (pages.blueprint, api.blueprint, openapi.blueprint, events_view.blueprint,
+                      login.blueprint):
         app.register_blueprint(blueprint)
     return app

@@ -8,13 +8,14 @@ daemon and by the tests; :func:`install` stores it in the app and
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
 
 from phasewatch.runtime.service.store import Store
+from phasewatch.webui.access import Access
 from phasewatch.webui.events import EventBroker
 
 _EXTENSION = "phasewatch"
@@ -29,7 +30,8 @@ class AppContext:
     ``(ok, details)``, details being JSON-able (e.g. ``{"reasons": [...]}``);
     ``metrics()`` returns the Prometheus exposition and its content type;
     ``count_flagged``: fields the model flagged count in the statistics before an
-    operator accepts them (``[specimen] count_flagged``).
+    operator accepts them (``[specimen] count_flagged``); ``access``: the token and the
+    host names requests may address (:mod:`.access`; by default no token, loopback names).
     """
 
     store: Store
@@ -40,6 +42,7 @@ class AppContext:
     target_ra: float
     data_dir: Path
     count_flagged: bool = False
+    access: Access = field(default_factory=Access)
 
 
 def install(app: Flask, ctx: AppContext) -> None:

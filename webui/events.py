@@ -7,8 +7,10 @@ queue is full (a stalled client) is dropped instead: its stream ends, the browse
 missed are replayed from a small ring buffer.
 
 Every open stream holds one thread of the WSGI server for as long as it lasts, so the
-number of streams is capped (``max_subscribers``); :meth:`EventBroker.subscribe`
-raises :class:`StreamRefused` beyond it, and the page falls back to retrying.
+number of streams is capped, in total (``max_subscribers``) and per client address
+(``max_per_client``, so that one machine cannot take every slot);
+:meth:`EventBroker.subscribe` raises :class:`StreamRefused` beyond either, and the page
+falls back to retrying.
 
 Event ids count up from 1 for the life of a broker (one daemon run). A
 ``Last-Event-ID`` from an earlier run is at or above the newest id only by chance;
@@ -28,8 +30,10 @@ from typing import Any
 from phasewatch.runtime.errors import PhasewatchError
 
 KEEPALIVE_S = 15.0
-# Stream threads kept below the server's thread count, so the API always has some left.
-MAX_SUBSCRIBERS = 6
+# Stream threads kept below the server's thread count, so the API always has some left
+# (``[web] max_streams`` and ``max_streams_per_client``).
+MAX_SUBSCRIBERS = 16
+MAX_PER_CLIENT = 4
 QUEUE_SIZE = 256
 HISTORY = 256
 RETRY_MS = 3000  # how soon a browser reconnects after a stream ends
@@ -45,8 +49,9 @@ def format_event(event_id: int, event: str, data: dict[str, Any]) -> str:
 
 
 class _Subscriber:
-    def __init__(self) -> None:
+    def __init__(self, client: str) -> None:
         self.queue: queue.Queue[str | None] = queue.Queue(QUEUE_SIZE)
+        self.client = client
         self.ended = False
 
 
@@ -58,8 +63,10 @@ class EventBroker:
         max_subscribers: int = MAX_SUBSCRIBERS,
         keepalive_s: float = KEEPALIVE_S,
         history: int = HISTORY,
+        max_per_client: int = MAX_PER_CLIENT,
     ) -> None:
         self.max_subscribers = max_subscribers
+        self.max_per_client = max_per_client
         self.keepalive_s = keepalive_s
         self._lock = threading.Lock()
         self._subscribers: set[_Subscriber] = set()
@@ -85,22 +92,17 @@ class EventBroker:
                     self._end(sub)
             return self._last_id
 
-    def subscribe(self, last_event_id: int | None = None) -> Iterator[str]:
-        """A stream of SSE text: first the events after ``last_event_id`` still in the
-        history, then live events and keep-alive comments until the client goes away,
-        falls too far behind, or the broker closes.
+    def subscribe(self, last_event_id: int | None = None, client: str = "") -> Iterator[str]:
+        """A stream of SSE text for ``client`` (its address): first the events after
+        ``last_event_id`` still in the history, then live events and keep-alive comments
+        until the client goes away, falls too far behind, or the broker closes.
 
         The subscription starts here, not at the first ``next()``: nothing published
         after this call is missed.
         """
-        sub = _Subscriber()
+        sub = _Subscriber(client)
         with self._lock:
-            if self._closed:
-                raise StreamRefused("the event broker is closed")
-            if len(self._subscribers) >= self.max_subscribers:
-                raise StreamRefused(
-                    f"all {self.max_subscribers} event streams are in use; try again later"
-                )
+            self._check_room(client)
             self._subscribers.add(sub)
             missed = (
                 [m for i, m in self._history if i > last_event_id]
@@ -108,6 +110,18 @@ class EventBroker:
                 else []
             )
         return self._stream(sub, missed)
+
+    def _check_room(self, client: str) -> None:
+        """Raise :class:`StreamRefused` unless a stream for ``client`` fits (lock held)."""
+        if self._closed:
+            raise StreamRefused("the event broker is closed")
+        if len(self._subscribers) >= self.max_subscribers:
+            raise StreamRefused(f"all {self.max_subscribers} event streams are in use; try again later")
+        if sum(s.client == client for s in self._subscribers) >= self.max_per_client:
+            raise StreamRefused(
+                f"{client or 'this client'} already has {self.max_per_client} event streams open; "
+                "close a page or try again later"
+            )
 
     def _stream(self, sub: _Subscriber, missed: list[str]) -> Iterator[str]:
         try:

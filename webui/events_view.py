@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, jsonify, request
 
 from phasewatch.webui.context import current_context
 from phasewatch.webui.events import StreamRefused
+from phasewatch.webui.rest import MAX_ID
 
 blueprint = Blueprint("events", __name__)
+
+# ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and int() of
+# thousands of digits raises; either would be a 500 for what a client may send.
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
+
+
+def last_event_id(raw: str | None) -> int | None:
+    """The ``Last-Event-ID`` a browser sends back; None (replay nothing) unless it is an
+    id this server could have given."""
+    if raw is None or not _EVENT_ID.fullmatch(raw.strip()):
+        return None
+    value = int(raw)
+    return value if value <= MAX_ID else None
 
 
 @blueprint.get("/events")
 def events() -> Response | tuple[Response, int, dict[str, str]]:
-    last = request.headers.get("Last-Event-ID", "")
+    last = last_event_id(request.headers.get("Last-Event-ID"))
     try:
-        stream = current_context().events.subscribe(int(last) if last.isdigit() else None)
+        stream = current_context().events.subscribe(last, client=request.remote_addr or "")
     except StreamRefused as exc:
         return jsonify(error=str(exc)), 503, {"Retry-After": "10"}
     return Response(

@@ -25,7 +25,12 @@ class ApiError(PhasewatchError):
         self.message = message
 
 
-def query_int(name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+# The largest id SQLite stores: a larger one in a URL or query is refused with 400 before
+# it reaches the store, whose driver would fail on it (a 500).
+MAX_ID = 2**63 - 1
+
+
+def query_int(name: str, default: int | None, low: int, high: int = MAX_ID) -> int | None:
     """Query argument ``name`` as an int within ``low``..``high``; ``default`` when absent or empty."""
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -34,17 +39,33 @@ def query_int(name: str, default: int | None, low: int, high: int | None = None)
         value = int(raw)
     except ValueError as exc:
         raise ApiError(400, f"{name} must be an integer, got {raw!r}") from exc
-    if value < low or (high is not None and value > high):
-        bound = f"{low}..{high}" if high is not None else f">= {low}"
+    if value < low or value > high:
+        bound = f"{low}..{high}" if high != MAX_ID else f">= {low}"
         raise ApiError(400, f"{name} must be {bound}, got {value}")
     return value
 
 
+def checked_id(kind: str, value: int) -> int:
+    """A database id from a URL; 400 when no row could have it."""
+    if not 1 <= value <= MAX_ID:
+        raise ApiError(400, f"{kind} id must be 1..{MAX_ID}, got {value}")
+    return value
+
+
+def require_json() -> None:
+    """415 unless the request is sent as ``application/json``: a form or ``text/plain`` is
+    what another origin's page can send without a CORS preflight."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, f"send the request as Content-Type: application/json, not {request.mimetype or 'none'}")
+
+
 def json_body(optional: bool = False) -> dict[str, Any]:
-    """The request's JSON object; ``{}`` for an empty body when ``optional``."""
+    """The request's JSON object (sent as ``application/json``); ``{}`` for an empty body
+    when ``optional``."""
+    require_json()
     if optional and not request.get_data():
         return {}
-    body = request.get_json(force=True, silent=True)
+    body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body

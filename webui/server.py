@@ -1,16 +1,25 @@
 """The production WSGI server (waitress) for the web app, in a thread of the daemon.
 
-Threads. waitress runs each request on one of :data:`THREADS` worker threads, and an
+Threads. waitress reads and writes every socket from one loop thread and runs each
+request on one of ``streams + API_THREADS`` worker threads (:class:`ServerLimits`); an
 SSE stream is a request that lasts as long as the page is open. The event broker caps
-the streams at :data:`phasewatch.webui.events.MAX_SUBSCRIBERS` so that
-:data:`API_THREADS` threads always remain for the JSON API, images and ``/metrics``:
-at most that many pages (browser tabs) get live updates at once; the next one is
-refused with 503 and its page retries. Raise both numbers together for more viewers.
+the streams at ``streams`` (in total, and fewer per client address) with the same
+number, so that :data:`API_THREADS` threads always remain for the JSON API, images,
+``/healthz`` and ``/metrics``: however many pages try to stream, the next one is refused
+with 503 and its page retries.
 
-Channel options. ``channel_timeout`` closes idle keep-alive connections after a minute
-(a live stream is never idle: it writes a keep-alive comment every 15 s);
-``connection_limit`` bounds the sockets a misbehaving client can hold;
-``channel_request_lookahead`` = 1 keeps reading a connection while its request runs,
+Sockets. A socket costs no thread until a whole request has arrived (waitress buffers
+it in the loop thread), so idle or slow sockets starve nothing but descriptors and the
+``connection_limit`` (past which waitress stops accepting, /healthz included). Three
+things keep that limit for real clients: it is high (``[web] max_connections``, with
+the process's descriptor limit raised to match); a socket with no traffic for
+``idle_timeout_s`` is closed (waitress's ``channel_timeout``; a live stream is never
+idle: it writes a keep-alive comment every 15 s); and a request still arriving after
+``idle_timeout_s`` is closed too (:func:`_reap_slow_requests`; a client trickling a
+byte now and then is never idle). Bodies larger than twice the app's cap are refused by
+waitress before it buffers them; the app answers 413 for the rest.
+
+Channel options. ``channel_request_lookahead`` = 1 keeps reading a connection while its request runs,
 so waitress sees a closed page's end of stream at once and the stream's next write
 (at most a keep-alive period later) ends it, instead of only after a write fails;
 ``asyncore_use_poll`` avoids ``select``'s 1024-descriptor limit in a long-running
@@ -22,18 +31,46 @@ then :meth:`ServerHandle.stop`.
 
 from __future__ import annotations
 
+import logging
+import resource
 import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
 
 from waitress import create_server
 
 from phasewatch.webui.events import MAX_SUBSCRIBERS
+from phasewatch.webui.security import MAX_BODY_BYTES
 
-API_THREADS = 2
-THREADS = MAX_SUBSCRIBERS + API_THREADS
-CHANNEL_TIMEOUT_S = 60
-CONNECTION_LIMIT = 100
+log = logging.getLogger(__name__)
+
+API_THREADS = 4
+IDLE_TIMEOUT_S = 30
+CONNECTION_LIMIT = 1000
+SPARE_DESCRIPTORS = 256  # the database, model, images and logs need some too
 LOOP_TIMEOUT_S = 0.25  # how soon the serving loop notices stop()
 STOP_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may take: ``streams`` must be the event broker's
+    ``max_subscribers`` (each stream holds a thread)."""
+
+    streams: int = MAX_SUBSCRIBERS
+    connection_limit: int = CONNECTION_LIMIT
+    idle_timeout_s: int = IDLE_TIMEOUT_S
+
+    @property
+    def threads(self) -> int:
+        return self.streams + API_THREADS
+
+    @property
+    def cleanup_interval_s(self) -> int:
+        # waitress looks for idle sockets this often; a fraction of the timeout keeps an
+        # idle socket's life close to the timeout.
+        return max(1, self.idle_timeout_s // 4)
 
 
 class ServerHandle:
@@ -78,15 +115,50 @@ def _serve(server, stopping: threading.Event) -> None:
     server.asyncore.close_all(server._map)
 
 
-def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = THREADS) -> ServerHandle:
+def _reap_slow_requests(server: Any, timeout_s: float) -> None:
+    """Make waitress's periodic sweep also close a connection whose request has been
+    arriving for longer than ``timeout_s`` (slowloris): waitress only closes sockets with
+    no traffic at all."""
+    first_seen: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+    sweep = server.maintenance
+
+    def maintenance(now: float) -> None:
+        sweep(now)
+        for channel in list(server.active_channels.values()):
+            partial = channel.request  # the request being read; None between requests
+            if partial is not None and not channel.requests and now - first_seen.setdefault(partial, now) > timeout_s:
+                channel.will_close = True
+
+    server.maintenance = maintenance
+
+
+def _descriptors_for(connections: int) -> int:
+    """Raise the soft descriptor limit so that ``connections`` sockets fit (systemd's
+    default soft limit is 1024); the number of connections that fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = raised
+    fits = connections if soft == resource.RLIM_INFINITY else min(connections, soft - SPARE_DESCRIPTORS)
+    if fits < connections:
+        log.warning("web: descriptor limit %d allows only %d connections, not %d", soft, fits, connections)
+    return max(fits, 1)
+
+
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, limits: ServerLimits | None = None) -> ServerHandle:
     """Serve the WSGI ``app`` on ``host``:``port`` (0 picks a free port) from a daemon thread."""
+    limits = limits or ServerLimits()
     server = create_server(
         app,
         host=host,
         port=port,
-        threads=threads,
-        channel_timeout=CHANNEL_TIMEOUT_S,
-        connection_limit=CONNECTION_LIMIT,
+        threads=limits.threads,
+        channel_timeout=limits.idle_timeout_s,
+        cleanup_interval=limits.cleanup_interval_s,
+        connection_limit=_descriptors_for(limits.connection_limit),
+        max_request_body_size=2 * MAX_BODY_BYTES,
         asyncore_use_poll=True,
         channel_request_lookahead=1,
         ident="phasewatch",
@@ -94,6 +166,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 
     if not hasattr(server, "effective_port"):  # waitress listens on each address of a name
         server.close()
         raise ValueError(f"{host}: resolves to several addresses; give one address, e.g. 0.0.0.0")
+    _reap_slow_requests(server, limits.idle_timeout_s)
     stopping = threading.Event()
     thread = threading.Thread(target=_serve, args=(server, stopping), name="phasewatch-web", daemon=True)
     thread.start()

@@ -3,6 +3,9 @@
 SIGTERM (and SIGINT) stop taking files, finish the fields in hand and exit 0; SIGHUP
 reloads the model between batches. READY=1, watchdog pings (only while healthy) and
 STOPPING=1 go to the systemd notify socket when there is one.
+
+The page is reachable only from this machine unless a token is set: ``serve`` refuses
+to listen on any other address without one (``[web]`` keys, ``webui.security``).
 """
 
 from __future__ import annotations
@@ -16,20 +19,23 @@ from typing import Any
 
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.service import sdnotify
-from phasewatch.runtime.service.config import Config, add_service_arguments, config_from_args
+from phasewatch.runtime.service.config import TOKEN_ENV, Config, add_service_arguments, config_from_args
 from phasewatch.runtime.service.daemon import Daemon, model_factory
 from phasewatch.runtime.service.logs import fields as log_fields
 from phasewatch.runtime.service.logs import setup_logging
 from phasewatch.runtime.service.store import Store
+from phasewatch.webui.access import Access, exposure_problem
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
-from phasewatch.webui.server import serve_in_thread
+from phasewatch.webui.server import ServerHandle, ServerLimits, serve_in_thread
 
 log = logging.getLogger("phasewatch.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_service_arguments(parser)
+    parser.add_argument("--token", help=f"token the page and API require ([web] token; default ${TOKEN_ENV}); "
+                                         "visible to other users in the process list: prefer the variable")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,18 +44,23 @@ def run(args: argparse.Namespace) -> int:
     except PhasewatchError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    problem = exposure_problem(config.server.host, config.web.token)
+    if problem is not None:
+        print(f"phasewatch serve: {problem}", file=sys.stderr)
+        return 2
     setup_logging(config.logging.level)
-    events = EventBroker()
+    events = EventBroker(max_subscribers=config.web.max_streams, max_per_client=config.web.max_streams_per_client)
     try:
         store, daemon = _open_service(config, events)
     except (PhasewatchError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    app = create_app(AppContext(store=store, events=events, status=daemon.status,
-                                health=daemon.health_report, metrics=daemon.metrics.render,
-                                target_ra=config.specimen.target_ra, data_dir=config.data.dir,
-                                count_flagged=config.specimen.count_flagged))
-    server = serve_in_thread(app, config.server.host, config.server.port)
+    try:
+        server = _serve_web(config, store, daemon, events)
+    except (OSError, ValueError) as exc:  # the port is taken, the address is not ours, ...
+        log.error("cannot start the web page on %s:%d: %s", config.server.host, config.server.port, exc)
+        store.close()
+        return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -71,6 +82,18 @@ def run(args: argparse.Namespace) -> int:
     store.close()
     log.info("stopped")
     return 0
+
+
+def _serve_web(config: Config, store: Store, daemon: Daemon, events: EventBroker) -> ServerHandle:
+    web = config.web
+    app = create_app(AppContext(store=store, events=events, status=daemon.status,
+                                health=daemon.health_report, metrics=daemon.metrics.render,
+                                target_ra=config.specimen.target_ra, data_dir=config.data.dir,
+                                count_flagged=config.specimen.count_flagged,
+                                access=Access.for_service(web.token, config.server.host, web.allowed_hosts)))
+    limits = ServerLimits(streams=web.max_streams, connection_limit=web.max_connections,
+                          idle_timeout_s=web.idle_timeout_s)
+    return serve_in_thread(app, config.server.host, config.server.port, limits)
 
 
 def _open_service(config: Config, events: EventBroker) -> tuple[Store, Daemon]:

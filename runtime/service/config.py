@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import sys
 import typing
 from collections.abc import Mapping
@@ -48,6 +49,10 @@ FLAG_KEYS = {
     "host": "server.host",
     "port": "server.port",
 }
+# `serve --token` sets [web] token, else this variable does (a secret is better kept out
+# of the process list and of a world-readable config file).
+TOKEN_ENV = "PHASEWATCH_TOKEN"
+MIN_TOKEN_LENGTH = 16
 
 
 class ConfigError(PhasewatchError):
@@ -60,7 +65,8 @@ class ConfigError(PhasewatchError):
 
 def _rule(default: Any, **rule: Any) -> Any:
     """A field with its default and its checks: ``min``, ``max`` (inclusive),
-    ``above`` (exclusive lower bound) or ``choices``."""
+    ``above`` (exclusive lower bound), ``choices`` or ``min_length`` (of a string that is
+    not empty)."""
     if isinstance(default, (tuple, dict)):
         return field(default_factory=lambda: default, metadata=rule)
     return field(default=default, metadata=rule)
@@ -175,6 +181,23 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """Who may use the page and API (``webui.security``, ``webui.server``)."""
+
+    # Shared secret; empty = none, allowed only while the page listens on loopback.
+    token: str = _rule("", min_length=MIN_TOKEN_LENGTH)
+    # Host names (in the Host header) the page answers to besides localhost, 127.0.0.1,
+    # ::1 and [server] host: the names and addresses people type to reach it.
+    allowed_hosts: tuple[str, ...] = _rule(())
+    # Each live stream holds a server thread; more are refused (503) and retried.
+    max_streams: int = _rule(16, min=1, max=256)
+    max_streams_per_client: int = _rule(4, min=1, max=256)
+    # A socket with no traffic, or still sending its request, this long is closed.
+    idle_timeout_s: int = _rule(30, min=1, max=3600)
+    max_connections: int = _rule(1000, min=16, max=100000)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _rule("INFO", choices=LEVELS)
 
@@ -190,6 +213,7 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: Path | None = None  # the file read; None when every value is a default
 
@@ -230,6 +254,9 @@ def _coerce(value: Any, type_: Any, rule: Mapping[str, Any], base: Path) -> Any:
     if type_ is str:
         if not isinstance(value, str):
             raise _Invalid(f"must be a string, got {_type_name(value)} {value!r}")
+        if value and len(value) < rule.get("min_length", 0):
+            # The value is a secret: the message never repeats it.
+            raise _Invalid(f"must be empty or at least {rule['min_length']} characters long")
         choices = rule.get("choices")
         if choices is None:
             return value
@@ -358,5 +385,9 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The configuration ``add_service_arguments``' flags describe; raises :class:`ConfigError`."""
-    return load_config(args.config, {flag: getattr(args, flag) for flag in FLAG_KEYS})
+    """The configuration ``add_service_arguments``' flags describe (and ``--token``, else
+    ``PHASEWATCH_TOKEN``, where the command has it); raises :class:`ConfigError`."""
+    overrides = {flag: getattr(args, flag) for flag in FLAG_KEYS}
+    if hasattr(args, "token"):
+        overrides["web.token"] = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    return load_config(args.config, overrides)

@@ -15,11 +15,17 @@ const $ = (id) => document.getElementById(id);
 
 async function api(url, options) {
   const response = await fetch(url, options);
+  if (response.status === 401) {
+    // The service wants its token (or the sign-in cookie expired): sign in again.
+    window.location.assign("/login");
+    throw new Error("signing in");
+  }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.error || `${url}: HTTP ${response.status}`);
   return body;
 }
 
+// Every change is a JSON POST: the server refuses other content types (CSRF).
 const postJson = (url, body = {}) =>
   api(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 

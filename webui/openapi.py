@@ -1,0 +1,236 @@
+"""The OpenAPI 3 description of the HTTP API, served at ``/api/openapi.json``.
+
+Written by hand, next to the routes it describes; ``tests/test_web_security.py`` checks
+that every route of the app (``/api/...``, ``/events``, ``/export.csv``, ``/healthz``,
+``/metrics``) and its methods are here and that nothing here is missing from the app.
+The HTML page (``/``), ``/login`` and static files are not API and are left out.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from phasewatch.webui.api import DEFAULT_LIMIT, MAX_LIMIT, MAX_NAME, MAX_TEXT
+from phasewatch.webui.payloads import PICTURES
+from phasewatch.webui.rest import MAX_ID
+from phasewatch.webui.security import COOKIE
+
+blueprint = Blueprint("openapi", __name__)
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _id_param(name: str, what: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": f"the {what}'s id",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
+
+
+def _query_int(name: str, description: str, maximum: int = MAX_ID, default: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": maximum}
+    if default is not None:
+        schema["default"] = default
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _text(limit: int) -> dict[str, Any]:
+    return {"type": "string", "maxLength": limit}
+
+
+def _body(properties: dict[str, Any], required: list[str], optional_body: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return {"required": not optional_body, "content": {JSON: {"schema": schema}}}
+
+
+# Answers every state-changing route can give besides its own.
+_CHANGE_ERRORS = {
+    "400": _error("a body or parameter the API refuses"),
+    "403": _error("the request came from another origin"),
+    "413": _error("the body is larger than 1 MiB"),
+    "415": _error("the body is not sent as application/json"),
+}
+_IMAGE_ERRORS = {"400": _error("an id out of range"), "404": _error("no such image")}
+_MEASURED_ERRORS = {**_IMAGE_ERRORS, **_CHANGE_ERRORS,
+                    "409": _error("the image is not a measured field (or, to accept, not flagged)")}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Trust": {"type": "object", "nullable": True, "properties": {
+        "ok": {"type": "boolean"}, "score": {"type": "number", "nullable": True},
+        "reasons": {"type": "array", "items": {"type": "string"}}}},
+    "Image": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "file": {"type": "string"}, "path": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "processing", "done", "failed"]},
+        "error": {"type": "string", "nullable": True}, "specimen": {"type": "string"},
+        "specimen_id": {"type": "integer"},
+        "fractions": {"type": "object", "nullable": True, "additionalProperties": {"type": "number"}},
+        "phases": {"type": "array", "items": {"type": "string"}},
+        "created": {"type": "number"}, "processed": {"type": "number", "nullable": True},
+        "duplicate_of": {"type": "integer", "nullable": True}, "excluded": {"type": "boolean"},
+        "exclude_reason": {"type": "string", "nullable": True}, "trust": _ref("Trust"),
+        "accepted": {"type": "boolean"}, "accepted_by": {"type": "string", "nullable": True},
+        "accept_reason": {"type": "string", "nullable": True},
+        "accepted_at": {"type": "number", "nullable": True},
+        "pictures": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": f"URL of each picture the field has: {', '.join(PICTURES)}"}}},
+    "ImageDetail": {"allOf": [_ref("Image"), {"type": "object", "properties": {
+        "measurement": {"type": "object", "nullable": True, "description": "the field's full record"}}}]},
+    "Specimen": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"}, "notes": {"type": "string"},
+        "folder": {"type": "string", "nullable": True}, "created": {"type": "number"},
+        "is_current": {"type": "integer", "enum": [0, 1]},
+        "files": {"type": "integer", "description": "only in the list of specimens"}}},
+    "Stats": {"type": "object", "description": "runtime.stats.specimen_statistics plus the specimen",
+              "properties": {
+                  "specimen_id": {"type": "integer"}, "fields": {"type": "integer"},
+                  "target_ra_pct": {"type": "number"}, "fractions": {"type": "object"},
+                  "number_density": {"type": "object"}, "mean_ecd": {"type": "object"},
+                  "main_phase": {"type": "string", "nullable": True},
+                  "trend": {"type": "object", "nullable": True},
+                  "flagged_pending": {"type": "integer"}, "count_flagged": {"type": "boolean"},
+                  "specimen": _ref("Specimen")}},
+    "Health": {"type": "object", "required": ["ok"], "properties": {
+        "ok": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}},
+}
+
+_PATHS: dict[str, Any] = {
+    "/api/openapi.json": {"get": {
+        "summary": "this description", "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")}}},
+    "/api/status": {"get": {
+        "summary": "queue counts, backend, model and health",
+        "responses": {"200": _json({"type": "object", "properties": {
+            "queued": {"type": "integer"}, "processing": {"type": "integer"}, "done": {"type": "integer"},
+            "failed": {"type": "integer"}, "backend": {"type": "string"}, "model": {"type": "string"},
+            "uptime_s": {"type": "number"}, "health": _ref("Health")}}, "status")}}},
+    "/api/images": {"get": {
+        "summary": "fields, newest first",
+        "parameters": [_query_int("limit", "how many", MAX_LIMIT, DEFAULT_LIMIT),
+                       _query_int("specimen", "only this specimen's fields"),
+                       _query_int("before", "only fields with a smaller id (paging)")],
+        "responses": {"200": _json({"type": "array", "items": _ref("Image")}, "fields"),
+                      "400": _error("a parameter out of range")}}},
+    "/api/images/{file_id}": {"get": {
+        "summary": "one field with its full record",
+        "parameters": [_id_param("file_id", "image")],
+        "responses": {"200": _json(_ref("ImageDetail"), "the field"), **_IMAGE_ERRORS}}},
+    "/api/images/{file_id}/{kind}.png": {"get": {
+        "summary": "a picture of a field (only from the data folder)",
+        "parameters": [_id_param("file_id", "image"),
+                       {"name": "kind", "in": "path", "required": True, "schema": {"type": "string",
+                                                                                   "enum": list(PICTURES)}}],
+        "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {
+            "type": "string", "format": "binary"}}}},
+            "400": _error("an id out of range"), "403": _error("the recorded file is outside the data folder"),
+            "404": _error("no such image, picture kind or file")}}},
+    "/api/images/{file_id}/exclude": {"post": {
+        "summary": "leave a measured field out of the statistics, with a reason",
+        "parameters": [_id_param("file_id", "image")],
+        "requestBody": _body({"reason": _text(MAX_TEXT)}, [], optional_body=True),
+        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+    "/api/images/{file_id}/include": {"post": {
+        "summary": "put an excluded field back into the statistics (body: {})",
+        "parameters": [_id_param("file_id", "image")],
+        "requestBody": _body({}, [], optional_body=True),
+        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+    "/api/images/{file_id}/accept": {"post": {
+        "summary": "count a flagged field, naming who and why",
+        "parameters": [_id_param("file_id", "image")],
+        "requestBody": _body({"who": _text(MAX_NAME), "reason": _text(MAX_TEXT)}, ["who", "reason"]),
+        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+    "/api/images/{file_id}/unaccept": {"post": {
+        "summary": "withdraw an acceptance (body: {})",
+        "parameters": [_id_param("file_id", "image")],
+        "requestBody": _body({}, [], optional_body=True),
+        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+    "/api/specimens": {
+        "get": {"summary": "the current specimen and all specimens, newest first",
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "current": _ref("Specimen"), "specimens": {"type": "array", "items": _ref("Specimen")}}},
+                    "specimens")}},
+        "post": {"summary": "start a new specimen; it becomes the current one",
+                 "requestBody": _body({"name": _text(MAX_NAME), "notes": _text(MAX_TEXT)}, ["name"]),
+                 "responses": {"201": _json(_ref("Specimen"), "the new specimen"), **_CHANGE_ERRORS}}},
+    "/api/specimens/{specimen_id}/stats": {"get": {
+        "summary": "a specimen's statistics (ASTM E562 / E1245)",
+        "parameters": [_id_param("specimen_id", "specimen")],
+        "responses": {"200": _json(_ref("Stats"), "statistics"), "400": _error("an id out of range"),
+                      "404": _error("no such specimen")}}},
+    "/export.csv": {"get": {
+        "summary": "every field as CSV, oldest first",
+        "parameters": [_query_int("specimen", "only this specimen's fields")],
+        "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      "400": _error("a parameter out of range")}}},
+    "/events": {"get": {
+        "summary": "Server-Sent Events: field (a field ended done or failed), specimen (statistics changed)",
+        "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
+                        "description": "replay the recent events after this id (ignored unless 0..2^63-1)",
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "the stream", "content": {"text/event-stream": {
+            "schema": {"type": "string"}}}},
+            "503": _error("every stream slot (in total or for this client address) is taken; retry later")}}},
+    "/healthz": {"get": {
+        "summary": "health for monitoring; needs no token", "security": [],
+        "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "unhealthy")}}},
+    "/metrics": {"get": {
+        "summary": "Prometheus metrics",
+        "responses": {"200": {"description": "Prometheus text exposition",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+}
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "phasewatch", "version": "1",
+             "description": "The appliance's HTTP API. Every request needs a Host the service answers to "
+                            "(400 otherwise). With a token configured, every route but /healthz needs it "
+                            "(401 otherwise). State-changing requests must be application/json (415) and "
+                            "from the service's own origin (403)."},
+    "components": {
+        "schemas": _SCHEMAS,
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "the [web] token"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE,
+                       "description": "set by POST /login"},
+        },
+        "responses": {"Unauthorized": _error("a token is configured and the request does not carry it")},
+    },
+    "security": [{"bearer": []}, {"cookie": []}],
+    "paths": _PATHS,
+}
+
+
+def _with_unauthorized(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that needs the token may answer 401."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if operation.get("security") != []:
+                operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    return paths
+
+
+_with_unauthorized(_PATHS)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document (a copy: the caller may change it)."""
+    return copy.deepcopy(_DOCUMENT)
+
+
+@blueprint.get("/api/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
