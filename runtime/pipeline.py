@@ -22,7 +22,7 @@ import hashlib
 import itertools
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,7 +33,7 @@ import numpy as np
 from phasewatch.runtime.backends import Backend, open_backend
 from phasewatch.runtime.bundle import Bundle, load_bundle
 from phasewatch.runtime.engine import default_overlap, segment_many
-from phasewatch.runtime.imageio import Field, read_fields
+from phasewatch.runtime.imageio import DEFAULT_MAX_PIXELS, Field, read_fields
 from phasewatch.runtime.measure import combine_pages, measure
 from phasewatch.runtime.normalise import ModelInput, prepare
 from phasewatch.runtime.outputs import preview, write_outputs, write_png_atomic
@@ -110,14 +110,25 @@ class FileResult:
     outputs: dict[str, str]
 
 
-def decode_file(path: Path, pixel_size_um: float | None = None, fallback_pixel_size_um: float | None = None) -> Decoded:
-    """Every field of ``path``; raises ``ImageReadError`` (one line) for a bad file.
+# (path, pixel_size_um, max_pixels) -> fields: imageio.read_fields, or an IsolatedReader's
+FieldReader = Callable[[Path, float | None, int], list[Field]]
+
+
+def decode_file(
+    path: Path,
+    pixel_size_um: float | None = None,
+    fallback_pixel_size_um: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    read: FieldReader = read_fields,
+) -> Decoded:
+    """Every field of ``path``, read by ``read``; raises ``ImageReadError`` (one line) for
+    a bad file.
 
     ``pixel_size_um`` overrides what the file says (source ``user``);
     ``fallback_pixel_size_um`` fills in only where the file says nothing (source ``config``).
     """
     started = time.perf_counter()
-    fields = read_fields(path, pixel_size_um=pixel_size_um)
+    fields = read(path, pixel_size_um, max_pixels)
     if fallback_pixel_size_um:
         fields = [f if f.pixel_size_um is not None
                   else dataclasses.replace(f, pixel_size_um=fallback_pixel_size_um, pixel_size_source="config")

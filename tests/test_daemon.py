@@ -171,7 +171,7 @@ def test_backend_error_requeues_without_spending_an_attempt(make_daemon) -> None
     assert "backend" not in daemon.health()[1]
 
 
-def test_full_disk_requeues_and_recovers(make_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_is_retried_and_recovers(make_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write_field = pipeline_module.write_field
     calls = []
 
@@ -185,11 +185,11 @@ def test_full_disk_requeues_and_recovers(make_daemon, monkeypatch: pytest.Monkey
     monkeypatch.setattr(pipeline_module, "write_field", write_field_once_full)
     daemon = make_daemon()
     drop(daemon, "a.tif", lambda p: tifffile.imwrite(p, half_bright(16, 16)))
-    assert "No space left" in wait_for(lambda: daemon.problems.get("disk"), "the disk problem to show")
+    assert "No space left" in wait_for(lambda: daemon.health()[1].get("disk"), "the disk problem to show")
     (image,) = wait_for(lambda: finished(daemon, 1), "the retried result")
     assert image["state"] == "done" and image["attempts"] == 1
     assert calls == ["a", "a"]
-    assert "disk" not in daemon.problems
+    assert "disk" not in daemon.health()[1]
 
 
 def test_vanished_data_folder_is_a_health_problem_not_a_crash(make_daemon) -> None:

@@ -5,12 +5,13 @@ the steps of :mod:`phasewatch.runtime.pipeline` so that hashing, decoding, infer
 and writing overlap and the backend sees full batches when a burst arrives:
 
 ``intake``  hashes each settled file and queues it in the store (SQLite, durable);
-``decode``  claims queued files and decodes them (``pipeline.decode_file``; a bad file
-            fails here, one line);
+``decode``  claims queued files and decodes them in a child process under
+            ``[limits]`` (``imageio.IsolatedReader``: a file that needs too much time or
+            memory, or crashes the decoder, fails here with one line, and so does a
+            field over ``[limits] max_megapixels``);
 ``infer``   segments every decoded file that is ready, tiles of several files in a
-            batch (``pipeline.segment_files``); a backend error puts the files back in
-            the queue and backs off; a model reload (SIGHUP) happens here, between
-            batches, and each result carries the model that produced it;
+            batch (``pipeline.segment_files``); a model reload (SIGHUP) happens here,
+            between batches, and each result carries the model that produced it;
 ``write``   measures, writes the outputs atomically (``pipeline.record_file``), marks
             the file done and publishes the event that the web page shows.
 
@@ -19,8 +20,17 @@ one 20000 x 20000 image weighs what 1500 small ones do. Each stage reports a hea
 a stage that holds an item without progress for ``[workers] stall_timeout_s`` makes
 :meth:`Daemon.health` report a ``worker`` problem, which stops the watchdog pings.
 
-A file whose processing was interrupted (crash, ``kill -9``) is retried at the next
-start by ``Store.recover_after_crash``; one that keeps crashing the worker ends failed.
+Transient faults are retried, never charged to a file: a full disk or a read-only or
+unwritable results folder (``disk``), a database that is locked, full or failing
+(``database``), a failing backend (``backend``). The stage that meets one keeps its item,
+shows the fault in :meth:`Daemon.health` while it lasts and tries again with backoff
+(``stages.TransientFault``); it resumes by itself when the cause goes.
+
+Crashes. Rows are marked in the store while they are inside inference, the one step
+that runs native code in this process on a file's pixels; a worker that dies (crash,
+``kill -9``) charges only those rows at the next start, which run alone from then on
+when there were several, and a row that keeps crashing the worker ends failed
+(``Store.recover_after_crash``); every other row it held goes back to the queue free.
 Outputs of file ``ID`` go to ``results/ID/`` under the data folder; the watch folder is
 only ever read. A multi-page TIFF is one queue row and one field of its specimen
 (``measure.combine_pages``).
@@ -28,13 +38,14 @@ only ever read. A multi-page TIFF is one queue row and one field of its specimen
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,24 +55,46 @@ import numpy as np
 from phasewatch.runtime.backends import Backend
 from phasewatch.runtime.bundle import sha256_file
 from phasewatch.runtime.errors import PhasewatchError, one_line
+from phasewatch.runtime.imageio import DecoderClosed, DecoderUnavailable, IsolatedReader
 from phasewatch.runtime.outputs import OutputError
-from phasewatch.runtime.pipeline import Decoded, Model, Segmented, decode_file, open_model, record_file, segment_files
+from phasewatch.runtime.pipeline import (
+    Decoded,
+    FileResult,
+    Model,
+    Segmented,
+    decode_file,
+    open_model,
+    record_file,
+    segment_files,
+)
 from phasewatch.runtime.service.config import Config
 from phasewatch.runtime.service.logs import fields as log_fields
 from phasewatch.runtime.service.metrics import DaemonMetrics
-from phasewatch.runtime.service.stages import Backoff, Stage
-from phasewatch.runtime.service.store import Store
+from phasewatch.runtime.service.stages import POLL_S, Stage, TransientFault
+from phasewatch.runtime.service.store import Store, StoreError, StoreUnavailable
 from phasewatch.runtime.service.watcher import FolderWatcher
 
 log = logging.getLogger("phasewatch.daemon")
 
 DEFAULT_MODEL = "superalloy"
 MIN_FREE_DISK_BYTES = 200 * 1024 * 1024
-# Write faults that go away by themselves (space freed, disk remounted): retried, not failed.
-TRANSIENT_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+# Write faults of the results folder, not of the file: a full disk or quota, a read-only
+# remount, permissions taken away, a failing disk. Retried until they go.
+TRANSIENT_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+SEGMENTING = "segmenting"
 
 Publish = Callable[[str, dict[str, Any]], None]
 ModelFactory = Callable[[], Model]
+
+
+@dataclass
+class _Arrival:
+    """A settled file on its way into the store; its hash is kept across retries."""
+
+    path: Path
+    st: Any
+    settled: float
+    digest: str | None = None
 
 
 @dataclass
@@ -71,12 +104,28 @@ class _Work:
     row: dict[str, Any]
     decoded: Decoded | None = None
     segmented: Segmented | None = None
+    result: FileResult | None = None  # outputs written, not yet marked done
     error: str | None = None
     pixels: int = 0
+    staged: bool = False  # marked as inside inference in the store
 
     @property
     def path(self) -> Path:
         return Path(self.row["path"])
+
+    @property
+    def id(self) -> int:
+        file_id: int = self.row["id"]
+        return file_id
+
+
+@contextlib.contextmanager
+def _database() -> Iterator[None]:
+    """A store call whose transient fault the stage retries (stages.TransientFault)."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise TransientFault("database", str(exc)) from exc
 
 
 class PixelBudget:
@@ -87,10 +136,16 @@ class PixelBudget:
         self.in_use = 0
         self._changed = threading.Condition()
 
-    def acquire(self, pixels: int) -> None:
+    def acquire(self, pixels: int, give_up: Callable[[], bool]) -> bool:
+        """Wait for room for ``pixels``; False, without them, once ``give_up()`` says so
+        (a stop must not wait for a write stage that may be retrying a full disk)."""
         with self._changed:
-            self._changed.wait_for(lambda: self.in_use == 0 or self.in_use + pixels <= self.limit)
+            while not (self.in_use == 0 or self.in_use + pixels <= self.limit):
+                if give_up():
+                    return False
+                self._changed.wait(POLL_S)
             self.in_use += pixels
+            return True
 
     def release(self, pixels: int) -> None:
         with self._changed:
@@ -121,8 +176,17 @@ def model_factory(config: Config) -> ModelFactory:
     return lambda: open_model(model.ref or DEFAULT_MODEL, model.backend, model.batch, tta=model.tta)
 
 
+def _batches(works: list[_Work]) -> list[list[_Work]]:
+    """What goes through the backend together: each file that once crashed the worker in
+    a batch alone (so that a crash names the file), the others all together."""
+    alone = [[w] for w in works if w.row["alone"]]
+    together = [w for w in works if not w.row["alone"]]
+    return alone + ([together] if together else [])
+
+
 class Daemon:
-    """Owns the watcher, the model and the stages; the store is the caller's (module doc)."""
+    """Owns the watcher, the model, the decoder and the stages; the store is the caller's
+    (module doc)."""
 
     def __init__(self, config: Config, store: Store, open_model: ModelFactory, publish: Publish | None = None) -> None:
         self.config = config
@@ -133,9 +197,11 @@ class Daemon:
         self.metrics = DaemonMetrics(self.store.counts_by_state)
         self._open_model = open_model
         self.model = self._load_model()
-        self.problems: dict[str, str] = {}  # component -> one-line reason, while unhealthy
+        limits = config.limits
+        self.decoder = IsolatedReader(limits.decode_memory_mb << 20, limits.decode_timeout_s)
+        self._max_pixels = int(limits.max_megapixels * 1e6)
         self._settled_at: dict[str, float] = {}
-        self._arrivals: queue.Queue[tuple[Path, Any, float]] = queue.Queue()
+        self._arrivals: queue.Queue[_Arrival] = queue.Queue()
         self._decoded: queue.Queue[_Work] = queue.Queue()
         self._segmented: queue.Queue[_Work] = queue.Queue()
         self._budget = PixelBudget(int(config.workers.in_flight_megapixels * 1e6))
@@ -143,12 +209,11 @@ class Daemon:
         self._reload = threading.Event()
         self._in_flight = 0
         self._lock = threading.Lock()
-        self._infer_backoff, self._write_backoff = Backoff(), Backoff()
         self.watcher = FolderWatcher(config.watch.dir, config.watch, self._on_settled)
-        self.intake = Stage("intake", self._take_arrival, self._intake, niced=True)
+        self.intake = Stage("intake", self._take_arrival, self._intake, niced=True, abandon=self._leave_for_rescan)
         self.decode = Stage("decode", self._take_row, self._decode, niced=True)
-        self.infer = Stage("infer", self._take_decoded, self._infer)
-        self.write = Stage("write", self._take_segmented, self._write, niced=True)
+        self.infer = Stage("infer", self._take_decoded, self._infer, abandon=self._give_back_all)
+        self.write = Stage("write", self._take_segmented, self._write, niced=True, abandon=self._give_back)
         self.stages = (self.intake, self.decode, self.infer, self.write)
 
     # -- life cycle ----------------------------------------------------------------
@@ -171,16 +236,22 @@ class Daemon:
 
     def stop(self) -> None:
         """Stop taking new files, finish the fields in hand (stage by stage, in order), then
-        close the model. The store stays open: its owner closes it after the web server."""
+        close the model. A decode in progress is cut short (its file goes back to the
+        queue), and so is a fault's backoff. The store stays open: its owner closes it
+        after the web server."""
         self.watcher.stop()
-        for stage in self.stages:
+        self.intake.stop()
+        self.decoder.close()
+        for stage in (self.decode, self.infer, self.write):
             stage.stop()
         self.model.close()
 
     def reload_model(self) -> None:
-        """Ask the inference stage to reopen the model between batches (SIGHUP)."""
+        """Ask the inference stage to reopen the model between batches (SIGHUP); a backend
+        fault's backoff ends at once, as the reload may be its cure."""
         self._reload.set()
         self._work_ready.set()
+        self.infer.wake()
 
     # -- health and status ---------------------------------------------------------
 
@@ -195,7 +266,7 @@ class Daemon:
     def health(self) -> tuple[bool, dict[str, str]]:
         """(healthy, component -> one-line reason). A ``worker`` problem means a stage died or
         is stuck: only that one stops the watchdog pings (the rest is retried in process)."""
-        problems = dict(self.problems)
+        problems = {s.fault.component: s.fault.reason for s in self.stages if s.fault is not None}
         if not self.watcher.healthy:
             problems["watch"] = self.watcher.last_error or "watch folder not being watched"
         try:
@@ -204,7 +275,7 @@ class Daemon:
             problems["disk"] = f"{self.config.data.dir}: {exc.strerror or exc}"
         else:
             if free < MIN_FREE_DISK_BYTES:
-                problems["disk"] = f"{self.config.data.dir}: only {free // 2**20} MiB free"
+                problems.setdefault("disk", f"{self.config.data.dir}: only {free // 2**20} MiB free")
         stuck = [p for s in self.stages if (p := s.problem(self.config.workers.stall_timeout_s))]
         if stuck:
             problems["worker"] = "; ".join(stuck)
@@ -223,37 +294,43 @@ class Daemon:
     # -- intake: settled file -> queue row -------------------------------------------
 
     def _on_settled(self, path: Path, st: Any) -> None:
-        self._arrivals.put((path, st, time.time()))
+        self._arrivals.put(_Arrival(path, st, time.time()))
 
-    def _take_arrival(self, timeout: float) -> tuple[Path, Any, float] | None:
+    def _take_arrival(self, timeout: float) -> _Arrival | None:
         try:
             return self._arrivals.get(timeout=timeout)
         except queue.Empty:
             return None
 
-    def _intake(self, item: tuple[Path, Any, float]) -> None:
-        path, st, settled = item
-        try:
-            digest = sha256_file(path)
-        except OSError as exc:  # vanished between settling and hashing: nothing to queue
-            log.warning("%s: cannot read to hash it: %s", path, exc.strerror or exc)
-            return
-        specimen = None
-        if self.config.specimen.per_subfolder:
-            specimen = self.store.specimen_for_path(path, self.config.watch.dir)
-        row = self.store.enqueue(path, st.st_size, st.st_mtime_ns, digest, specimen_id=specimen)
+    def _intake(self, item: _Arrival) -> None:
+        if item.digest is None:
+            try:
+                item.digest = sha256_file(item.path)
+            except OSError as exc:  # vanished between settling and hashing: nothing to queue
+                log.warning("%s: cannot read to hash it: %s", item.path, exc.strerror or exc)
+                return
+        with _database():
+            specimen = None
+            if self.config.specimen.per_subfolder:
+                specimen = self.store.specimen_for_path(item.path, self.config.watch.dir)
+            row = self.store.enqueue(item.path, item.st.st_size, item.st.st_mtime_ns, item.digest,
+                                     specimen_id=specimen)
         if row["state"] == "pending":
-            self._settled_at[digest] = settled
+            self._settled_at[item.digest] = item.settled
             self._work_ready.set()
-        elif row["duplicate_of"] is not None and row["created"] >= settled:
+        elif row["duplicate_of"] is not None and row["created"] >= item.settled:
             self._announce(row["id"])
+
+    def _leave_for_rescan(self, item: _Arrival) -> None:
+        log.warning("%s: not queued before the stop; the next start's scan queues it", item.path)
 
     # -- decode ------------------------------------------------------------------------
 
     def _take_row(self, timeout: float) -> dict[str, Any] | None:
         if self.decode.stopping:  # queued files wait for the next start
             return None
-        rows = self.store.claim_next(1)
+        with _database():
+            rows = self.store.claim_next(1)
         if rows:
             return rows[0]
         self._work_ready.wait(timeout)
@@ -261,21 +338,30 @@ class Daemon:
         return None
 
     def _decode(self, row: dict[str, Any]) -> None:
-        with self._lock:
-            self._in_flight += 1
-            self.metrics.queue_depth.set(self._in_flight)
         work = _Work(row=row)
         try:
             configured = self.config.calibration.pixel_size_for(work.path, self.config.watch.dir)
-            work.decoded = decode_file(work.path, fallback_pixel_size_um=configured)
+            work.decoded = decode_file(work.path, fallback_pixel_size_um=configured, max_pixels=self._max_pixels,
+                                       read=self.decoder.read_fields)
+        except DecoderClosed:  # stopping: the file waits in the queue for the next start
+            self._release(work, "the service stopped while decoding it")
+            return
+        except DecoderUnavailable as exc:
+            raise TransientFault("decoder", str(exc)) from exc
         except PhasewatchError as exc:
             work.error = str(exc)
         except Exception as exc:  # one odd file must not stop the decode stage
             log.exception("%s: unexpected error while decoding", work.path)
             work.error = f"{work.path}: unexpected error while decoding: {one_line(exc)}"
         if work.decoded is not None:
-            work.pixels = sum(f.image.shape[0] * f.image.shape[1] for f in work.decoded.fields)
-            self._budget.acquire(work.pixels)
+            pixels = sum(f.image.shape[0] * f.image.shape[1] for f in work.decoded.fields)
+            if not self._budget.acquire(pixels, lambda: self.decode.stopping):
+                self._release(work, "the service stopped while it waited for inference")
+                return
+            work.pixels = pixels
+        with self._lock:
+            self._in_flight += 1
+            self.metrics.queue_depth.set(self._in_flight)
         self._decoded.put(work)
 
     # -- inference ----------------------------------------------------------------------
@@ -292,33 +378,43 @@ class Daemon:
                 return batch
 
     def _infer(self, batch: list[_Work]) -> None:
+        """Segment what the batch still needs (a retry after a fault skips what is done),
+        then hand every file on to the write stage."""
         if self._reload.is_set():
             self._reload_model()
-        ready = [w for w in batch if w.decoded is not None]
+        self._leave_inference([w for w in batch if w.staged])  # a retry after a store fault
         model = self.model  # what segments this batch is what its results record
-        try:
-            if ready:
-                started = time.perf_counter()
-                beating = Model(model.bundle, _Beating(model.backend, self.infer.beat))
-                segmented = segment_files([w.decoded for w in ready if w.decoded is not None], beating,
-                                          self.config.model.overlap or None, self.config.model.batch)
-                for w, s in zip(ready, segmented, strict=True):
-                    w.segmented = Segmented(s.decoded, model, s.maps, s.segment_ms)
-                    self.metrics.observe_inference(s.segment_ms / 1000)
-                log.debug("segmented %d file(s) in %.2f s", len(ready), time.perf_counter() - started)
-            self._infer_backoff.succeeded()
-            self.problems.pop("backend", None)
-        except Exception as exc:  # a backend error must not take the service down
-            delay = self._infer_backoff.failed()
-            self.problems["backend"] = f"{model.backend.name}: {one_line(exc)}"
-            log.error("inference failed, retrying in %.0f s: %s", delay, exc)
-            for w in ready:
-                self._give_back(w, self.problems["backend"])
-            batch = [w for w in batch if w.decoded is None]
-            self._work_ready.set()
-            self.infer.pause(delay)
+        for group in _batches([w for w in batch if w.decoded is not None and w.segmented is None]):
+            self._segment(group, model)
         for w in batch:
             self._segmented.put(w)
+
+    def _segment(self, group: list[_Work], model: Model) -> None:
+        """Segment ``group`` together, marked in the store as inside inference meanwhile."""
+        with _database():
+            self.store.set_stage([w.id for w in group], SEGMENTING)
+        for w in group:
+            w.staged = True
+        try:
+            started = time.perf_counter()
+            beating = Model(model.bundle, _Beating(model.backend, self.infer.beat))
+            segmented = segment_files([w.decoded for w in group if w.decoded is not None], beating,
+                                      self.config.model.overlap or None, self.config.model.batch)
+            for w, s in zip(group, segmented, strict=True):
+                w.segmented = Segmented(s.decoded, model, s.maps, s.segment_ms)
+                self.metrics.observe_inference(s.segment_ms / 1000)
+            log.debug("segmented %d file(s) in %.2f s", len(group), time.perf_counter() - started)
+        except Exception as exc:  # a backend error must not take the service down
+            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
+        finally:
+            self._leave_inference(group)
+
+    def _leave_inference(self, works: list[_Work]) -> None:
+        if works:
+            with _database():
+                self.store.set_stage([w.id for w in works], None)
+            for w in works:
+                w.staged = False
 
     def _reload_model(self) -> None:
         self._reload.clear()
@@ -339,48 +435,59 @@ class Daemon:
             return None
 
     def _write(self, work: _Work) -> None:
-        file_id = work.row["id"]
-        try:
-            if work.segmented is None:
-                self._fail(work, work.error or f"{work.path}: not segmented")
-                return
-            out_dir = self.config.data.results_dir / f"{file_id:06d}"
-            result = record_file(work.segmented, out_dir)
-            self.store.mark_done(file_id, result.record, result.outputs)
-            settled = self._settled_at.pop(work.row["sha256"], work.row["created"])
-            self.metrics.result_done(max(0.0, time.time() - settled))
-            self.problems.pop("disk", None)
-            self._write_backoff.succeeded()
-        except OutputError as exc:
-            if exc.errno not in TRANSIENT_WRITE_ERRNOS:
-                self._fail(work, str(exc))
-                return
-            delay = self._write_backoff.failed()
-            self.problems["disk"] = str(exc)
-            log.error("cannot write results, retrying in %.0f s: %s", delay, exc)
-            self._give_back(work, str(exc))
-            self.write.pause(delay)
-            self._work_ready.set()
+        if work.segmented is None:
+            self._fail(work, work.error or f"{work.path}: not segmented")
             return
+        if work.result is None:
+            work.result = self._record(work)
+            if work.result is None:
+                return
+        with _database():
+            self.store.mark_done(work.id, work.result.record, work.result.outputs)
+        settled = self._settled_at.pop(work.row["sha256"], work.row["created"])
+        self.metrics.result_done(max(0.0, time.time() - settled))
+        self._finished(work)
+        self._announce(work.id)
+
+    def _record(self, work: _Work) -> FileResult | None:
+        """Measure and write the outputs; None when the file failed (a bad output)."""
+        assert work.segmented is not None
+        try:
+            return record_file(work.segmented, self.config.data.results_dir / f"{work.id:06d}")
+        except OutputError as exc:
+            if exc.errno in TRANSIENT_WRITE_ERRNOS:
+                raise TransientFault("disk", str(exc)) from exc
+            reason = str(exc)
         except Exception as exc:  # one odd field must not stop the write stage
             log.exception("%s: unexpected error while measuring or writing", work.path)
-            self._fail(work, f"{work.path}: unexpected error while writing: {one_line(exc)}")
-            return
-        self._finished(work)
-        self._announce(file_id)
+            reason = f"{work.path}: unexpected error while writing: {one_line(exc)}"
+        self._fail(work, reason)
+        return None
 
     def _fail(self, work: _Work, reason: str) -> None:
-        self.store.mark_failed(work.row["id"], reason)
+        with _database():
+            self.store.mark_failed(work.id, reason)
         self._settled_at.pop(work.row["sha256"], None)  # only done results read it
         self.metrics.result_failed()
-        log.warning("%s", reason, extra=log_fields(file_id=work.row["id"]))
+        log.warning("%s", reason, extra=log_fields(file_id=work.id))
         self._finished(work)
-        self._announce(work.row["id"])
+        self._announce(work.id)
 
-    def _give_back(self, work: _Work, reason: str) -> None:
-        """Back to the queue without spending an attempt: the fault was not the file's."""
-        self.store.release(work.row["id"], reason)
+    def _give_back(self, work: _Work) -> None:
+        """A stage stopped during a fault: the file waits in the queue for the next start."""
+        self._release(work, "the service stopped during a fault")
         self._finished(work)
+
+    def _give_back_all(self, batch: list[_Work]) -> None:
+        for work in batch:
+            self._give_back(work)
+
+    def _release(self, work: _Work, reason: str) -> None:
+        """Back to the queue without spending an attempt: the fault was not the file's."""
+        try:
+            self.store.release(work.id, reason)
+        except StoreError as exc:  # left processing: the next start requeues it free
+            log.warning("%s: left for the next start: %s", work.path, exc)
 
     def _finished(self, work: _Work) -> None:
         self._budget.release(work.pixels)
@@ -390,6 +497,10 @@ class Daemon:
             self.metrics.queue_depth.set(self._in_flight)
 
     def _announce(self, file_id: int) -> None:
-        image = self.store.get_image(file_id)
+        try:
+            image = self.store.get_image(file_id)
+        except StoreUnavailable as exc:  # the page shows it at its next refresh
+            log.warning("file %d: not announced: %s", file_id, exc)
+            return
         if image is not None:
             self.publish("field", image)

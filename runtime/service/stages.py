@@ -14,8 +14,17 @@ in hand (:meth:`Stage.beat`, which long work such as inference calls per batch),
 that :meth:`Stage.problem` can tell a stage that is slow from one that is stuck: an item
 in hand with no heartbeat for longer than the stall limit is a hung backend call or a
 wedged decoder, and the daemon then reports itself unhealthy so that systemd's watchdog
-restarts it. Waiting (backoff after a fault) goes through :meth:`Stage.pause`, which a
-stop request cuts short.
+restarts it. Waiting goes through :meth:`Stage.pause`, which a stop request (or
+:meth:`Stage.wake`) cuts short.
+
+Transient faults. ``take`` or ``handle`` raise :class:`TransientFault` for a fault that
+is not the item's (a full disk, a read-only results folder, a database another process
+holds locked, a failing backend). The stage then keeps the item, shows the fault as
+:attr:`Stage.fault` (the daemon's health), and calls the same function with the same
+item again after an exponential backoff, until it succeeds: nothing fails, nothing is
+dropped, and no thread dies of it. A stop request during a fault hands the item to
+``abandon`` (the daemon puts its file back in the queue) instead of waiting for the cause
+to go. Any other exception is a bug: it is logged and the thread lives on.
 """
 
 from __future__ import annotations
@@ -35,6 +44,15 @@ POLL_S = 0.5  # how long ``take`` may block: bounds how late a stop request is s
 BACKGROUND_NICENESS = 10
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
+
+
+class TransientFault(Exception):
+    """A fault outside the item in hand; ``component`` names what failed (``disk``,
+    ``database``, ``backend``) and ``reason`` is one line (module doc)."""
+
+    def __init__(self, component: str, reason: str) -> None:
+        super().__init__(reason)
+        self.component, self.reason = component, reason
 
 
 class Backoff:
@@ -71,15 +89,20 @@ class Stage(Generic[T]):
         take: Callable[[float], T | None],
         handle: Callable[[T], None],
         niced: bool = False,
+        abandon: Callable[[T], None] | None = None,
     ) -> None:
         self.name = name
         self._take = take
         self._handle = handle
+        self._abandon = abandon or (lambda item: None)
         self._niced = niced
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"phasewatch-{name}", daemon=True)
+        self._backoff = Backoff()
         self.heartbeat = time.monotonic()
         self.busy_since: float | None = None
+        self.fault: TransientFault | None = None  # while one lasts
 
     @property
     def stopping(self) -> bool:
@@ -91,6 +114,7 @@ class Stage(Generic[T]):
     def stop(self) -> None:
         """Drain what ``take`` still gives, then end the thread and wait for it."""
         self._stop.set()
+        self._wake.set()
         if self._thread.ident is not None:
             self._thread.join()
 
@@ -99,8 +123,14 @@ class Stage(Generic[T]):
         self.heartbeat = time.monotonic()
 
     def pause(self, seconds: float) -> None:
-        """Wait (backoff); a stop request ends the wait at once."""
-        self._stop.wait(seconds)
+        """Wait (backoff); a stop request or :meth:`wake` ends the wait at once."""
+        self._wake.wait(seconds)
+        if not self._stop.is_set():
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """End the current or the next pause now (e.g. a reload that may cure the fault)."""
+        self._wake.set()
 
     def problem(self, stall_s: float) -> str | None:
         """Why this stage is not working, or None: its thread died, or it has had an item
@@ -118,7 +148,7 @@ class Stage(Generic[T]):
             lower_priority()
         while True:
             self.beat()
-            item = self._take(POLL_S)
+            item = self._next()
             if item is None:
                 if self._stop.is_set():
                     return
@@ -126,8 +156,53 @@ class Stage(Generic[T]):
             self.beat()
             self.busy_since = self.heartbeat
             try:
-                self._handle(item)
-            except Exception:  # a stage handles its own faults; this is a bug, keep the stage alive
-                log.exception("%s stage: unexpected error", self.name)
+                self._work_on(item)
             finally:
                 self.busy_since = None
+
+    def _next(self) -> T | None:
+        try:
+            item = self._take(POLL_S)
+        except TransientFault as fault:
+            self._faulted(fault)
+            return None
+        except Exception:  # a bug: keep the stage alive, and do not spin on it
+            log.exception("%s stage: unexpected error while taking work", self.name)
+            self.pause(POLL_S)
+            return None
+        self._cleared()
+        return item
+
+    def _work_on(self, item: T) -> None:
+        """``handle(item)``, again after each transient fault, until it is done or the
+        stage stops (then ``abandon(item)``)."""
+        while True:
+            try:
+                self._handle(item)
+            except TransientFault as fault:
+                if self.stopping:
+                    log.warning("%s stage: stopping during a fault, giving its item back: %s", self.name, fault)
+                    self._abandon(item)
+                    return
+                self._faulted(fault)
+                self.beat()  # retrying is progress, not a stall
+                continue
+            except Exception:  # a stage handles its own faults; this is a bug, keep the stage alive
+                log.exception("%s stage: unexpected error", self.name)
+            self._cleared()
+            return
+
+    def _faulted(self, fault: TransientFault) -> None:
+        delay = self._backoff.failed()
+        if self.fault is None or self.fault.reason != fault.reason:
+            log.error("%s: %s (retrying with backoff, %.0f s now)", fault.component, fault.reason, delay)
+        else:
+            log.debug("%s: %s (retrying in %.0f s)", fault.component, fault.reason, delay)
+        self.fault = fault
+        self.pause(delay)
+
+    def _cleared(self) -> None:
+        if self.fault is not None:
+            log.info("%s: recovered from: %s", self.fault.component, self.fault.reason)
+        self.fault = None
+        self._backoff.succeeded()
