@@ -3,7 +3,9 @@
 Every file is written to a temporary name in its destination folder, flushed to disk
 (fsync) and renamed over the final name (``os.replace``), so that a reader, the web
 page or a crash never sees half a file: a name either holds the previous complete
-file or the new one.
+file or the new one. Files get the mode the process umask gives (0644 under the usual
+022), as any other file the service writes, so that whoever shares the results folder
+(a backup, a web server, the lab's file share) can read them.
 
 Pictures for people (overlay, preview) show 16-bit micrographs with a percentile
 stretch (:data:`DISPLAY_PERCENTILES`); the class map is written with the exact ids.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,11 +104,22 @@ def preview(image: np.ndarray, max_side: int = 1024) -> np.ndarray:
     return to_display_8bit(image)
 
 
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` to write it under, created with the umask's mode
+    (``tempfile.mkstemp`` would make it 0600 whatever the umask)."""
+    while True:
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), name
+        except FileExistsError:  # a left-over of a crash took the name; draw another
+            continue
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp_name = _create_temporary(path)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -21,6 +21,12 @@ error messages, any file it can read (the first bytes of /etc/passwd); a link to
 inside the folder adds nothing, as that file is reported itself. Each link ignored is
 logged as a warning, naming where it leads.
 
+Every other file that is not processed leaves one log line too, once (again only after
+it was deleted or moved), so that an operator can tell "ignored" from "never seen":
+at debug level for names (temporary, hidden, not included or excluded), which busy
+writers produce all day, and at info level for what is not a regular file (a FIFO, a
+socket, a device).
+
 Health. The settle thread also checks the watch folder: if it vanishes, is replaced or
 remounted (another device/inode), or the observer dies, the watcher says so in
 ``healthy`` / ``last_error``, logs it, and retries with exponential backoff; once the
@@ -109,21 +115,35 @@ def is_candidate(path: Path, root: Path, config: WatchConfig) -> bool:
     """Whether a file name is one to process: below ``root`` (directly unless recursive),
     not a temporary or dot name, matching ``include`` and no ``exclude`` pattern (on the
     name or the path relative to the root); case-insensitive."""
+    return ignored_because(path, root, config) is None
+
+
+def ignored_because(path: Path, root: Path, config: WatchConfig) -> str | None:
+    """Why a file name is not one to process (:func:`is_candidate`), or None."""
     try:
         relative = path.relative_to(root)
     except ValueError:
-        return False
-    if not relative.parts or (len(relative.parts) > 1 and not config.recursive):
-        return False
+        return "outside the watch folder"
+    if not relative.parts:
+        return "the watch folder itself"
+    if len(relative.parts) > 1 and not config.recursive:
+        return "in a sub-folder, and [watch] recursive is off"
     if any(part.startswith(".") for part in relative.parts):
-        return False
+        return "a hidden (dot) name"
     name, rel = relative.name.lower(), relative.as_posix().lower()
     if any(fnmatchcase(name, p) for p in TEMPORARY_NAMES):
-        return False
+        return "a temporary name (a file still being written)"
     if not any(fnmatchcase(name, p.lower()) for p in config.include):
-        return False
-    return not any(fnmatchcase(name, p.lower()) or fnmatchcase(rel, p.lower())
-                   for p in config.exclude)
+        return "matches no [watch] include pattern"
+    if any(fnmatchcase(name, p.lower()) or fnmatchcase(rel, p.lower()) for p in config.exclude):
+        return "matches a [watch] exclude pattern"
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
 
 
 def _readable(path: Path) -> bool:
@@ -173,6 +193,7 @@ class FolderWatcher:
         self._root_id: tuple[int, int] | None = None
         self._candidates: dict[Path, _Candidate] = {}
         self._reported: dict[Path, tuple[int, int]] = {}
+        self._ignored: set[Path] = set()  # logged as ignored; forgotten when deleted or moved
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -275,16 +296,27 @@ class FolderWatcher:
                 self._touch(Path(dirpath) / name)
 
     def _touch(self, path: Path) -> None:
-        if not is_candidate(path, self.root, self.config):
+        reason = ignored_because(path, self.root, self.config)
+        if reason is not None:
+            self._ignore(path, logging.DEBUG, reason)
             return
         with self._lock:
             # A fresh candidate: the file must settle again from this event on.
             self._candidates[path] = _Candidate()
 
+    def _ignore(self, path: Path, level: int, reason: str) -> None:
+        """Log once why ``path`` is not processed (module doc)."""
+        with self._lock:
+            if path in self._ignored:
+                return
+            self._ignored.add(path)
+        log.log(level, "%s: ignored: %s", path, reason)
+
     def _forget(self, path: Path) -> None:
         with self._lock:
             self._candidates.pop(path, None)
             self._reported.pop(path, None)
+            self._ignored.discard(path)
 
     def _on_event(self, event: FileSystemEvent) -> None:
         if event.event_type not in _CONTENT_EVENTS and event.event_type != EVENT_TYPE_DELETED:
@@ -317,11 +349,12 @@ class FolderWatcher:
                 st = None
             if st is not None and (target := self._link_target(path)) is not None:
                 if self._drop(path, candidate):
-                    log.warning("%s: ignored: a symbolic link leads to %s, and links are not followed",
-                                path, target)
+                    self._ignore(path, logging.WARNING,
+                                 f"a symbolic link leads to {target}, and links are not followed")
                 continue
             if st is None or not stat.S_ISREG(st.st_mode):
-                self._drop(path, candidate)
+                if self._drop(path, candidate) and st is not None:
+                    self._ignore(path, logging.INFO, f"not a regular file ({_file_kind(st.st_mode)})")
                 continue
             signature = (st.st_size, st.st_mtime_ns)
             if signature != candidate.signature:

@@ -1,0 +1,130 @@
+"""Decoding under limits (imageio.IsolatedReader): a child process with a memory and a time bound.
+
+Every file here is real: a FIFO named like a micrograph (opening it blocks for ever, as a
+wedged network file system or decoder would), a valid 8000 x 8000 zlib-compressed TIFF
+that decodes to 384 MB from a file of a few hundred kilobytes (a decompression bomb),
+and ordinary stacks and PNGs, whose fields must come back exactly as in-process reading
+gives them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from phasewatch.runtime.imageio import DecoderClosed, ImageReadError, IsolatedReader, read_fields
+
+MEMORY = 256 << 20
+
+
+@pytest.fixture
+def reader() -> Iterator[IsolatedReader]:
+    isolated = IsolatedReader(MEMORY, timeout_s=2.0)
+    yield isolated
+    isolated.close()
+
+
+def bomb(path: Path) -> Path:
+    """8000 x 8000 RGB, 16-bit, zlib: 384 MB of pixels in a file of a few hundred kB."""
+    tifffile.imwrite(path, np.zeros((8000, 8000, 3), np.uint16), compression="zlib", photometric="rgb")
+    return path
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def stack(path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rng.integers(0, 65535, (40, 48), np.uint16), resolution=(4.0, 4.0), resolutionunit="MICROMETER")
+        tif.write(rng.integers(0, 65535, (40, 48), np.uint16))
+    return path
+
+
+def assert_same_fields(got: list, expected: list) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert (g.page, g.pixel_size_um, g.pixel_size_source) == (e.page, e.pixel_size_um, e.pixel_size_source)
+        assert g.image.dtype == e.image.dtype and g.image.shape == e.image.shape
+        assert np.array_equal(g.image, e.image)
+        assert g.image.flags.writeable and g.image.flags.c_contiguous
+
+
+def test_fields_come_back_exactly_as_read_in_process(reader: IsolatedReader, tmp_path: Path) -> None:
+    rgb = np.random.default_rng(2).integers(0, 255, (30, 20, 3), np.uint8)
+    assert cv2.imwrite(str(tmp_path / "rgb.png"), rgb)
+    for path in (stack(tmp_path / "stack.tif"), tmp_path / "rgb.png"):
+        assert_same_fields(reader.read_fields(path), read_fields(path))
+    assert_same_fields(reader.read_fields(tmp_path / "stack.tif", 0.5), read_fields(tmp_path / "stack.tif", 0.5))
+
+
+def test_a_bad_file_fails_with_the_same_line_as_in_process(reader: IsolatedReader, tmp_path: Path) -> None:
+    bad = tmp_path / "header-only.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    with pytest.raises(ImageReadError) as in_process:
+        read_fields(bad)
+    with pytest.raises(ImageReadError) as isolated:
+        reader.read_fields(bad)
+    assert str(isolated.value) == str(in_process.value) == f"{bad}: no image in the file"
+
+
+def test_a_decompression_bomb_fails_on_the_memory_limit_and_the_next_file_reads(
+        reader: IsolatedReader, tmp_path: Path) -> None:
+    path = bomb(tmp_path / "bomb.tif")
+    assert path.stat().st_size < 2 << 20
+    with pytest.raises(ImageReadError) as failed:
+        reader.read_fields(path)
+    assert str(failed.value) == f"{path}: decoding needs more memory than the limit of {MEMORY >> 20} MiB"
+    assert_same_fields(reader.read_fields(stack(tmp_path / "next.tif")), read_fields(tmp_path / "next.tif"))
+
+
+def test_the_8000_square_zlib_image_of_the_issue_decodes_within_bounds(reader: IsolatedReader, tmp_path: Path) -> None:
+    path = tmp_path / "big.tif"
+    image = np.tile(np.arange(8000, dtype=np.uint16)[None, :] % 251, (8000, 1)).astype(np.uint8)
+    tifffile.imwrite(path, image, compression="zlib")
+    (field,) = reader.read_fields(path)  # within 2 s and 256 MiB, or it would have raised
+    assert field.image.shape == (8000, 8000) and np.array_equal(field.image[::997, ::991], image[::997, ::991])
+
+
+def test_a_read_that_hangs_fails_on_the_time_limit_and_the_next_file_reads(
+        reader: IsolatedReader, tmp_path: Path) -> None:
+    reader.read_fields(stack(tmp_path / "warm.tif"))  # the child is up: the limit is the read's alone
+    path = fifo(tmp_path / "wedged.tif")
+    started = time.monotonic()
+    with pytest.raises(ImageReadError) as failed:
+        reader.read_fields(path)
+    assert str(failed.value) == f"{path}: decoding took longer than the limit of 2 s"
+    assert time.monotonic() - started < 2.0 + 10.0  # the limit, and the kill of the child
+    assert_same_fields(reader.read_fields(stack(tmp_path / "next.tif")), read_fields(tmp_path / "next.tif"))
+
+
+def test_a_decoder_that_dies_fails_the_file_with_how_it_died(reader: IsolatedReader, tmp_path: Path) -> None:
+    reader.read_fields(stack(tmp_path / "warm.tif"))
+    child = reader._child
+    assert child is not None
+    # A native crash of the decoder, as a segfaulting codec would end it.
+    threading.Timer(0.3, os.kill, (child.process.pid, 11)).start()
+    path = fifo(tmp_path / "crashes.tif")
+    with pytest.raises(ImageReadError) as failed:
+        reader.read_fields(path)
+    assert str(failed.value) == f"{path}: the decoder died reading it (killed by SIGSEGV)"
+    assert_same_fields(reader.read_fields(stack(tmp_path / "next.tif")), read_fields(tmp_path / "next.tif"))
+
+
+def test_close_cuts_a_read_short_without_blaming_the_file(reader: IsolatedReader, tmp_path: Path) -> None:
+    reader.read_fields(stack(tmp_path / "warm.tif"))
+    threading.Timer(0.3, reader.close).start()
+    with pytest.raises(DecoderClosed):
+        reader.read_fields(fifo(tmp_path / "slow.tif"))
+    with pytest.raises(DecoderClosed):
+        reader.read_fields(tmp_path / "warm.tif")
