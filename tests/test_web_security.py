@@ -305,9 +305,10 @@ def test_loopback_names_are_always_served(client, host):
 
 
 def test_configured_names_and_the_bind_address_are_served(store, tmp_path):
-    access = Access.for_service("", "10.0.4.17", ("Microscope-7.lab",))
+    access = Access.for_service("", "10.0.4.17", ("Microscope-7.lab", "scope.lab:8650", "[fd00::7]"))
     client = make_app(store, tmp_path, access).test_client()
-    for host in ("10.0.4.17:8650", "microscope-7.lab", "microscope-7.lab:8650", "localhost"):
+    for host in ("10.0.4.17:8650", "microscope-7.lab", "microscope-7.lab:8650", "localhost", "scope.lab:8650",
+                 "[fd00::7]:8650"):
         assert client.get("/api/status", headers={"Host": host}).status_code == 200, host
     assert client.get("/api/status", headers={"Host": "10.0.4.18"}).status_code == 400
 
@@ -501,3 +502,31 @@ def test_openapi_is_a_copy(client):
 
 def test_by_default_there_is_no_token_and_only_loopback_names():
     assert Access() == Access(token="", allowed_hosts=frozenset({"localhost", "127.0.0.1", "::1"}))
+
+
+def test_serve_reports_a_web_page_that_cannot_start_in_one_line(tmp_path, monkeypatch, caplog):
+    class Daemon:
+        status = staticmethod(lambda: {})
+        health_report = staticmethod(lambda: (True, {}))
+        metrics = type("Metrics", (), {"render": staticmethod(lambda: (b"", "text/plain"))})()
+
+    opened = Store(tmp_path / "data" / "phasewatch.sqlite3")
+    closed = []
+    close = opened.close
+    monkeypatch.setattr(opened, "close", lambda: closed.append(close()))
+    monkeypatch.setattr(serve, "_open_service", lambda config, events: (opened, Daemon()))
+    monkeypatch.setattr(serve, "setup_logging", lambda level: None)
+
+    def taken(*args, **kwargs):
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(serve, "serve_in_thread", taken)
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--config", str(tmp_path / "none.toml"), "--data", str(tmp_path / "data")])
+    (tmp_path / "none.toml").write_text("")
+    with caplog.at_level("ERROR", logger="phasewatch.serve"):
+        assert serve.run(args) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot start the web page on 127.0.0.1:8650: [Errno 98] Address already in use"]
+    assert closed == [None]  # the store is closed before the exit

@@ -42,7 +42,8 @@ class Access:
     @classmethod
     def for_service(cls, token: str, bind_host: str, extra_hosts: tuple[str, ...] = ()) -> Access:
         """The loopback names, the address the service binds and the configured names."""
-        names = {*LOOPBACK_NAMES, normal_host(bind_host), *(normal_host(h) for h in extra_hosts)}
+        # A configured "name:port" or "[v6]" counts by its name: ports are not compared here.
+        names = {*LOOPBACK_NAMES, normal_host(bind_host), *(host_name(h) or normal_host(h) for h in extra_hosts)}
         return cls(token=token, allowed_hosts=frozenset(n for n in names if n))
 
     def host_allowed(self, host_header: str | None) -> bool:

@@ -19,8 +19,8 @@ idle: it writes a keep-alive comment every 15 s); and a request still arriving a
 byte now and then is never idle). Bodies larger than twice the app's cap are refused by
 waitress before it buffers them; the app answers 413 for the rest.
 
-Channel options. ``channel_request_lookahead`` = 1 keeps reading a connection while its request runs,
-so waitress sees a closed page's end of stream at once and the stream's next write
+Channel options. ``channel_request_lookahead`` = 1 keeps reading a connection while its
+request runs, so waitress sees a closed page's end of stream at once and the stream's next write
 (at most a keep-alive period later) ends it, instead of only after a write fails;
 ``asyncore_use_poll`` avoids ``select``'s 1024-descriptor limit in a long-running
 daemon; ``ident`` names the product in the ``Server`` header.
@@ -55,8 +55,8 @@ STOP_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What one client may take: ``streams`` must be the event broker's
-    ``max_subscribers`` (each stream holds a thread)."""
+    """The server's bounds (``[web]`` keys): ``streams`` must be the event broker's
+    ``max_subscribers``, as each stream holds a worker thread."""
 
     streams: int = MAX_SUBSCRIBERS
     connection_limit: int = CONNECTION_LIMIT
