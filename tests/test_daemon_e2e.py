@@ -64,6 +64,8 @@ def wait_for(condition: Callable[[], Any], what: str, deadline_s: float = DEADLI
 class ServeProcess:
     """One ``phasewatch serve`` on ``root/watch`` and ``root/data``; restartable."""
 
+    launcher: tuple[str, ...] = ("-m", "phasewatch.runtime.commands.cli")  # what runs the CLI
+
     def __init__(self, root: Path, bundle: Path) -> None:
         self.root = root
         self.watch = root / "watch"
@@ -81,7 +83,7 @@ class ServeProcess:
         self.runs += 1
         self.log = self.root / f"serve.{self.runs}.log"
         env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
-        command = [sys.executable, "-m", "phasewatch.runtime.commands.cli", "serve", "--config", str(self.config),
+        command = [sys.executable, *self.launcher, "serve", "--config", str(self.config),
                    "--watch", str(self.watch), "--data", str(self.data), "--model", str(self.bundle),
                    "--backend", "cpu", "--port", str(self.port)]
         with open(self.log, "wb") as log:

@@ -161,6 +161,19 @@ def test_rows_that_left_inference_are_not_charged(tmp_path):
     store.close()
 
 
+def test_a_kill_charges_nobody_but_splits_the_batch(tmp_path):
+    store = Store(tmp_path / "q.sqlite3", max_attempts=1)
+    ids = [add(store, f"{n}.tif")["id"] for n in "abc"]
+    store.claim_next(batch=3)
+    store.set_stage(ids[:2], "segmenting")  # a and b in one batch when kill -9 (or the OOM killer) came
+    store = crash(store)
+    assert store.recover_after_crash(charge=False) == {"requeued": 3, "charged": 0, "failed": 0}
+    rows = [store.get_image(i) for i in ids]
+    assert [(r["state"], r["crashes"], r["attempts"], r["alone"]) for r in rows] == [
+        ("pending", 0, 0, 1), ("pending", 0, 0, 1), ("pending", 0, 0, 0)]
+    store.close()
+
+
 def test_rows_charged_together_are_run_alone_until_the_poison_is_found(tmp_path):
     store = Store(tmp_path / "q.sqlite3", max_attempts=2)
     good, poison = add(store, "good.tif")["id"], add(store, "poison.tif")["id"]

@@ -27,10 +27,11 @@ shows the fault in :meth:`Daemon.health` while it lasts and tries again with bac
 (``stages.TransientFault``); it resumes by itself when the cause goes.
 
 Crashes. Rows are marked in the store while they are inside inference, the one step
-that runs native code in this process on a file's pixels; a worker that dies (crash,
-``kill -9``) charges only those rows at the next start, which run alone from then on
-when there were several, and a row that keeps crashing the worker ends failed
-(``Store.recover_after_crash``); every other row it held goes back to the queue free.
+that runs native code in this process on a file's pixels. At the next start those rows
+run alone when there were several; they are charged a crash only when the worker died of
+a fatal signal (:class:`CrashRecord`), not when it was killed, and a row that keeps
+crashing the worker ends failed (``Store.recover_after_crash``). Every other row the
+worker held goes back to the queue free.
 Outputs of file ``ID`` go to ``results/ID/`` under the data folder; the watch folder is
 only ever read. A multi-page TIFF is one queue row and one field of its specimen
 (``measure.combine_pages``).
@@ -40,9 +41,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import logging
 import queue
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -170,6 +173,53 @@ class _Beating:
         self.inner.close()
 
 
+class CrashRecord:
+    """Tells a crash from a kill, across a restart.
+
+    While armed, :mod:`faulthandler` writes into the record file when the process dies of
+    SIGSEGV, SIGABRT (also what systemd's watchdog sends a hung service), SIGBUS, SIGFPE
+    or SIGILL: native code failed on what it was given. A ``kill -9``, the OOM killer or
+    a power cut write nothing, and neither does a clean stop. Such a death says nothing
+    about the files in hand, so a steady feed survives any number of kills; inference
+    memory, the OOM killer's trigger, is bounded by ``[limits]`` and the pixel budget.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+        self._was_enabled = False
+
+    def last_run(self) -> str | None:
+        """The first line faulthandler wrote when the last run crashed, or None."""
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("%s: cannot read the crash record: %s", self.path, exc.strerror or exc)
+            return None
+        return next((line.strip() for line in text.splitlines() if line.strip()), None)
+
+    def arm(self) -> None:
+        try:
+            self._file = open(self.path, "w")  # noqa: SIM115 - faulthandler writes to it until disarm()
+        except OSError as exc:  # a crash of this run will then count as a kill
+            log.warning("%s: cannot keep a crash record: %s", self.path, exc.strerror or exc)
+            return
+        self._was_enabled = faulthandler.is_enabled()
+        faulthandler.enable(self._file, all_threads=True)
+
+    def disarm(self) -> None:
+        """A clean stop: an empty record."""
+        if self._file is None:
+            return
+        faulthandler.disable()
+        if self._was_enabled and sys.__stderr__ is not None:  # as python -X faulthandler or pytest had it
+            faulthandler.enable(sys.__stderr__)
+        self._file.close()
+        self._file = None
+
+
 def model_factory(config: Config) -> ModelFactory:
     """What the service opens at start and at every reload: the configured bundle and backend."""
     model = config.model
@@ -200,6 +250,7 @@ class Daemon:
         limits = config.limits
         self.decoder = IsolatedReader(limits.decode_memory_mb << 20, limits.decode_timeout_s)
         self._max_pixels = int(limits.max_megapixels * 1e6)
+        self.crash_record = CrashRecord(config.data.dir / "crash-record.txt")
         self._settled_at: dict[str, float] = {}
         self._arrivals: queue.Queue[_Arrival] = queue.Queue()
         self._decoded: queue.Queue[_Work] = queue.Queue()
@@ -226,9 +277,13 @@ class Daemon:
         return model
 
     def start(self) -> None:
-        recovered = self.store.recover_after_crash()
+        crash = self.crash_record.last_run()
+        if crash is not None:
+            log.error("the last run crashed: %s", crash)
+        recovered = self.store.recover_after_crash(charge=crash is not None)
         if any(recovered.values()):
             log.warning("recovered interrupted work", extra=log_fields(**recovered))
+        self.crash_record.arm()
         for stage in self.stages:
             stage.start()
         self._work_ready.set()  # rows left pending by the last run
@@ -245,6 +300,7 @@ class Daemon:
         for stage in (self.decode, self.infer, self.write):
             stage.stop()
         self.model.close()
+        self.crash_record.disarm()
 
     def reload_model(self) -> None:
         """Ask the inference stage to reopen the model between batches (SIGHUP); a backend

@@ -9,10 +9,12 @@ Crash accounting. A worker that dies (a native crash, the kernel's OOM killer, `
 leaves its rows ``processing``. Only a row that was inside inference at that moment can
 have caused it, so the daemon marks rows ``stage = 'segmenting'`` just before they enter
 the backend and clears the mark when they leave (:meth:`Store.set_stage`); at the next
-start only those rows are charged a crash, the others go back to ``pending`` free. Rows
-charged together (one inference batch) are each run alone from then on (``alone``), so
-that a file that crashes the worker is soon charged by itself and ends ``failed`` after
-``max_attempts`` crashes, while its batch mates survive any number of restarts.
+start only those rows are charged a crash, and only when the worker died of a crash
+rather than being killed (the daemon tells them apart, ``charge``); every other row goes
+back to ``pending`` free. Rows that were inside inference together (one batch) are each
+run alone from then on (``alone``), so that a file that crashes the worker is soon
+charged by itself and ends ``failed`` after ``max_attempts`` crashes, while its batch
+mates survive any number of restarts.
 
 Durability. The database runs in WAL mode (readers - the web page - never block the
 worker, and the worker never blocks them) with ``synchronous=NORMAL``: a crash of the
@@ -525,20 +527,21 @@ class Store:
             if not updated:
                 raise StoreError(f"{self.path}: file {file_id} is not being processed")
 
-    def recover_after_crash(self, max_attempts: int | None = None) -> dict[str, int]:
+    def recover_after_crash(self, max_attempts: int | None = None, charge: bool = True) -> dict[str, int]:
         """At start, the rows a dead worker left ``processing`` (module doc): those inside
-        inference are charged a crash (and run alone from now on when several were), and
-        fail, with their duplicates, after ``max_attempts`` crashes; every other row goes
-        back to ``pending`` without spending its attempt. Returns how many rows were
-        requeued, charged and failed."""
+        inference run alone from now on when several were, and when ``charge`` (the worker
+        crashed, it was not killed) are charged a crash and fail, with their duplicates,
+        after ``max_attempts`` crashes; every other row goes back to ``pending`` without
+        spending its attempt. Returns how many rows were requeued, charged and failed."""
         limit = self.max_attempts if max_attempts is None else max_attempts
         with self._write() as conn:
-            charged = conn.execute(
+            inside = conn.execute(
                 "SELECT COUNT(*) FROM files WHERE state = 'processing' AND stage IS NOT NULL").fetchone()[0]
+            charged = inside if charge else 0
             conn.execute(
-                """UPDATE files SET crashes = crashes + 1, alone = MAX(alone, ?)
+                """UPDATE files SET crashes = crashes + ?, alone = MAX(alone, ?)
                    WHERE state = 'processing' AND stage IS NOT NULL""",
-                (int(charged > 1),),
+                (int(charge), int(inside > 1)),
             )
             failed = conn.execute(
                 """UPDATE files SET state = 'failed', processed = ?, error = 'crashed the worker '
@@ -550,8 +553,9 @@ class Store:
             _fail_duplicates(conn)
             requeued = conn.execute(
                 """UPDATE files SET state = 'pending', stage = NULL, stage_since = NULL,
-                       attempts = CASE WHEN stage IS NULL THEN MAX(attempts - 1, 0) ELSE attempts END
-                   WHERE state = 'processing'"""
+                       attempts = CASE WHEN stage IS NULL OR NOT ? THEN MAX(attempts - 1, 0) ELSE attempts END
+                   WHERE state = 'processing'""",
+                (int(charge),),
             ).rowcount
         return {"requeued": requeued, "charged": charged, "failed": failed}
 
