@@ -647,6 +647,11 @@ def _receive_fields(path: str | Path, conn: Connection) -> list[Field]:
 def serve_reads(fd: int, memory_bytes: int) -> None:
     """The child's side of :class:`IsolatedReader`: read each file asked for over the
     connection ``fd``, and answer with its fields or the reason it cannot be read."""
+    # The service's stop signals reach the child too (systemd signals the whole control
+    # group, a terminal the whole process group): a read in progress must not end as a
+    # decoder death blamed on its file. The service ends the child itself.
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(stop, signal.SIG_IGN)
     conn = Connection(fd)
     _limit_address_space(memory_bytes)
     conn.send(_READY)

@@ -10,6 +10,7 @@ gives them.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -113,7 +114,7 @@ def test_a_decoder_that_dies_fails_the_file_with_how_it_died(reader: IsolatedRea
     child = reader._child
     assert child is not None
     # A native crash of the decoder, as a segfaulting codec would end it.
-    threading.Timer(0.3, os.kill, (child.process.pid, 11)).start()
+    threading.Timer(0.3, os.kill, (child.process.pid, signal.SIGSEGV)).start()
     path = fifo(tmp_path / "crashes.tif")
     with pytest.raises(ImageReadError) as failed:
         reader.read_fields(path)
@@ -128,3 +129,14 @@ def test_close_cuts_a_read_short_without_blaming_the_file(reader: IsolatedReader
         reader.read_fields(fifo(tmp_path / "slow.tif"))
     with pytest.raises(DecoderClosed):
         reader.read_fields(tmp_path / "warm.tif")
+
+
+def test_a_stop_signal_to_the_whole_group_does_not_end_a_read(reader: IsolatedReader, tmp_path: Path) -> None:
+    reader.read_fields(stack(tmp_path / "warm.tif"))
+    child = reader._child
+    assert child is not None
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # what systemd or a terminal sends everyone
+        os.kill(child.process.pid, stop)
+    time.sleep(0.3)
+    assert_same_fields(reader.read_fields(tmp_path / "warm.tif"), read_fields(tmp_path / "warm.tif"))
+    assert reader._child is child
