@@ -114,6 +114,7 @@ class Sample:
     name: str
     image: np.ndarray  # float32 C x H x W
     label: np.ndarray  # uint8 H x W (255 = ignore)
+    path: Path  # the image file
 
 
 def load_samples(
@@ -138,5 +139,5 @@ def load_samples(
         inp = prepare(field.image, channels, normalisation, scale)
         if scale != 1.0:
             label = cv2.resize(label, (inp.width, inp.height), interpolation=cv2.INTER_NEAREST)
-        samples.append(Sample(image_path.stem, inp.region(0, inp.height, 0, inp.width), label))
+        samples.append(Sample(image_path.stem, inp.region(0, inp.height, 0, inp.width), label, image_path))
     return samples

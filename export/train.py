@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -47,7 +48,8 @@ from phasewatch.runtime.service.config import tomllib
 # this version does not know) is refused, since an ignored key silently trains something else.
 CONFIG_KEYS: dict[str, set[str]] = {
     "": {"name", "seed", "data", "classes", "model", "normalisation", "augment", "train", "export"},
-    "data": {"root", "train", "val", "test", "holdout", "label_format", "palette", "default_class"},
+    "data": {"root", "train", "val", "test", "holdout", "label_format", "palette", "default_class", "specimen",
+             "val_specimens", "leave_out_specimens"},
     "data.split": {"images", "labels"},
     "classes": {"id", "name", "colour", "role"},
     "model": {"architecture", "kwargs", "in_channels", "tile", "export_tile", "scale", "pixel_size_um",
@@ -141,7 +143,11 @@ def load_splits(config: dict[str, Any], data_root: Path) -> Splits:
 
     train = split("train")
     holdout = int(data.get("holdout", 0))
-    if "val" in data:
+    groups: dict[str, Any] = {}
+    if "specimen" in data:
+        pool = train + (split("val") if "val" in data else [])
+        train, val, groups = specimen_splits(pool, data, config["config_file"])
+    elif "val" in data:
         val = split("val")
     elif holdout > 0:
         # Deterministic hold-out: every k-th training image, so that each kind of image stays represented.
@@ -159,11 +165,47 @@ def load_splits(config: dict[str, Any], data_root: Path) -> Splits:
         "train_images": [s.name for s in train],
         "val_images": [s.name for s in val],
         "label_format": data.get("label_format", "index"),
+        **({"specimens": groups} if groups else {}),
     }
     if "palette" in data:
         description["palette"] = dict(data["palette"])
         description["default_class"] = int(data.get("default_class", 0))
     return Splits(train, val, description)
+
+
+def specimen_of(name: str, pattern: str) -> str:
+    """The specimen an image belongs to: the first match of ``[data] specimen`` (a regular
+    expression) in its file stem, the whole stem when it does not match."""
+    found = re.search(pattern, name)
+    return found.group(0) if found else name
+
+
+def specimen_splits(pool: list[Sample], data: dict[str, Any], where: str,
+                    ) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
+    """Training and validation by specimen: the images of ``val_specimens`` validate, those of
+    ``leave_out_specimens`` are not used at all (cross-validation's held-out specimens), the rest
+    train. Fields of one specimen resemble each other far more than fields of two, so a model
+    picked on a specimen it also trained on is picked for memory, not for the next specimen."""
+    pattern = str(data["specimen"])
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise TrainError(f"{where}: [data] specimen {pattern!r} is not a regular expression: {exc}") from exc
+    by_name = {s.name: specimen_of(s.name, pattern) for s in pool}
+    known = set(by_name.values())
+    val_ids, left_out = set(data.get("val_specimens", [])), set(data.get("leave_out_specimens", []))
+    for label, ids in (("val_specimens", val_ids), ("leave_out_specimens", left_out)):
+        if unknown := sorted(ids - known):
+            raise TrainError(f"{where}: [data] {label} names {unknown}, not among the specimens {sorted(known)}")
+    if not val_ids:
+        raise TrainError(f"{where}: [data] specimen is set, so val_specimens must name the validation specimens")
+    val = [s for s in pool if by_name[s.name] in val_ids]
+    train = [s for s in pool if by_name[s.name] not in val_ids | left_out]
+    if not train:
+        raise TrainError(f"{where}: no training images left after the validation and left-out specimens")
+    groups = {"pattern": pattern, "train": sorted(known - val_ids - left_out), "val": sorted(val_ids),
+              "left_out": sorted(left_out)}
+    return train, val, groups
 
 
 class ArrayInput:
@@ -251,6 +293,12 @@ def learning_rate(step: int, total: int, base: float, schedule: str, warmup: int
     raise TrainError(f"unknown schedule '{schedule}' (cosine or poly)")
 
 
+def schedule_step(step: int, total: int, elapsed: float, time_limit: float) -> int:
+    """Where the learning-rate schedule stands: a run with a time limit advances by the clock
+    too, so one that the limit cuts short still ends annealed instead of mid-schedule."""
+    return max(step, min(total, int(total * elapsed / time_limit)))
+
+
 def make_optimiser(model: torch.nn.Module, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
     name, lr = train_cfg.get("optimizer", "adamw"), float(train_cfg.get("lr", 1e-3))
     decay = float(train_cfg.get("weight_decay", 1e-4))
@@ -293,9 +341,11 @@ def batch_of(samples: list[Sample], weights: np.ndarray, size: int, tile: int, a
 
 
 def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, device: str = "auto",
-          seed: int | None = None, epochs: int | None = None, max_steps: int | None = None) -> Path:
+          seed: int | None = None, epochs: int | None = None, max_steps: int | None = None,
+          splits: Splits | None = None) -> Path:
     """Train, keep the best checkpoint in ``out_dir/checkpoint.pt``, log to ``out_dir/log.jsonl``;
-    export a bundle to ``out_dir/bundle`` when the config's [export] asks. Returns the checkpoint."""
+    export a bundle to ``out_dir/bundle`` when the config's [export] asks. Returns the checkpoint.
+    ``splits`` (already loaded) replaces the config's data, as cross-validation's folds do."""
     started = time.time()
     seed = int(config.get("seed", 0) if seed is None else seed)
     rng = seed_everything(seed)
@@ -303,7 +353,7 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
     if dev.type == "cpu":
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     data_root = data_root or Path(config["data"].get("root") or default_data_root())
-    splits = load_splits(config, data_root)
+    splits = splits or load_splits(config, data_root)
     ckpt_config = checkpoint_config(config)
     tile, num_classes = ckpt_config["tile"], len(ckpt_config["classes"])
     train_cfg = config["train"]
@@ -333,7 +383,8 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
         bar = tqdm(range(min(steps_per_epoch, total - step)), desc=f"epoch {epoch}", unit="step",
                    leave=False, file=sys.stderr, disable=None)
         for _ in bar:
-            lr = learning_rate(step, total, float(train_cfg.get("lr", 1e-3)), train_cfg.get("schedule", "cosine"),
+            lr = learning_rate(schedule_step(step, total, time.time() - started, time_limit), total,
+                               float(train_cfg.get("lr", 1e-3)), train_cfg.get("schedule", "cosine"),
                                int(train_cfg.get("warmup_steps", 0)))
             for group in optimiser.param_groups:
                 group["lr"] = lr
@@ -380,7 +431,7 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
     finish_checkpoint(checkpoint_path, time.time() - started, step, stopped_early)
     export = config.get("export", {})
     if export.get("enabled", False):
-        export_trained(checkpoint_path, out_dir / "bundle", config, splits, data_root, int(export.get("tiles", 4)))
+        export_trained(checkpoint_path, out_dir / "bundle", config, splits, int(export.get("tiles", 4)))
     return checkpoint_path
 
 
@@ -392,11 +443,10 @@ def finish_checkpoint(path: Path, seconds: float, steps: int, stopped_early: boo
 
 
 def export_trained(checkpoint: Path, bundle_dir: Path, config: dict[str, Any], splits: Splits,
-                   data_root: Path, count: int) -> Path:
+                   count: int) -> Path:
     from phasewatch.export.onnx_export import cut_reference_tiles, export_bundle
 
-    val_dir = data_root / config["data"].get("val", config["data"]["train"])["images"]
-    images = sorted(p for p in val_dir.iterdir() if p.stem in set(splits.description["val_images"]))
+    images = sorted(s.path for s in splits.val)
     ckpt_config = checkpoint_config(config)
     tiles = cut_reference_tiles(images, ckpt_config, count)
     if bundle_dir.exists():
@@ -405,8 +455,7 @@ def export_trained(checkpoint: Path, bundle_dir: Path, config: dict[str, Any], s
                            tiles_source=f"validation images: {[p.name for p in images]}",
                            tile=ckpt_config["export_tile"])
     # The trust record's reference is the model's own experience: its training and validation fields.
-    train_dir = data_root / config["data"]["train"]["images"]
-    seen = sorted(p for p in train_dir.iterdir() if p.stem in set(splits.description["train_images"]))
+    seen = sorted(s.path for s in splits.train)
     with closing(open_model(bundle, "cpu")) as model:
         calibrate_bundle(model, seen + images, f"training and validation images of {config.get('name')}")
     return bundle

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from phasewatch.export.train import TrainError, learning_rate, load_config, load_splits, train
+from phasewatch.export.train import TrainError, learning_rate, load_config, load_splits, schedule_step, train
 from phasewatch.runtime.bundle import load_bundle
 from phasewatch.runtime.commands.cli import main
 
@@ -69,6 +69,13 @@ def test_holdout_validation_never_uses_the_test_split(shared_data):
     val, train_names = {s.name for s in splits.val}, {s.name for s in splits.train}
     test_names = {p.stem for p in (shared_data / "uhcs/validate/images").iterdir()}
     assert len(val) == 3 and not val & train_names and not (val | train_names) & test_names
+
+
+def test_a_time_limited_run_anneals_by_the_clock():
+    assert schedule_step(10, 1000, elapsed=30.0, time_limit=60.0) == 500  # half the time: half the schedule
+    assert schedule_step(900, 1000, elapsed=30.0, time_limit=60.0) == 900  # ahead of the clock: by steps
+    assert schedule_step(10, 1000, elapsed=90.0, time_limit=60.0) == 1000
+    assert schedule_step(10, 1000, elapsed=30.0, time_limit=float("inf")) == 10  # no limit: by steps only
 
 
 def test_learning_rate_schedules_by_hand():

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                         "set a bundle's trust calibration from its training images"),
     "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
     "train": ("phasewatch.export.commands.train", "train a segmentation model from a config file (needs torch)"),
+    "cross-validate": ("phasewatch.export.commands.cross_validate",
+                       "train a recipe once per group of held-out specimens and score each (needs torch)"),
     "evaluate": ("phasewatch.export.commands.evaluate", "score a model bundle on labelled micrographs"),
     "export": ("phasewatch.export.commands.export", "checkpoint -> model bundle (ONNX, FP16 ONNX, parity report)"),
     "build-engine": ("phasewatch.export.commands.build_engine", "build a validated FP16 TensorRT engine for a bundle"),
