@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import tifffile
 from onnx_graphs import make_bundle
-from test_daemon_e2e import MODEL_LAYERS, MODEL_WIDTH, NUM_CLASSES, STOP_TIMEOUT_S, ServeProcess, wait_for
+from test_daemon_e2e import MODEL_LAYERS, MODEL_WIDTH, NUM_CLASSES, ServeProcess, wait_for
 
 GOOD_FILES = 46
 KILLS = 25
@@ -118,7 +118,8 @@ def test_good_files_survive_any_number_of_kills(serve: ServeProcess) -> None:
     assert Counter(r["state"] for r in rows) == {"done": GOOD_FILES}, [r["error"] for r in rows if r["error"]]
     assert all(i["state"] == "done" for i in images)
     # How often a kill found good files inside inference (printed for the record with -s).
-    print(f"{kills} kills; crashes charged per file: {sorted(Counter(r['crashes'] for r in rows).items())}")
+    print(f"{kills} kills; files charged a crash: {sum(r['crashes'] > 0 for r in rows)}; "
+          f"files split from a batch a kill found in inference: {sum(r['alone'] for r in rows)}")
     assert serve.terminate() == 0
 
 
@@ -172,7 +173,7 @@ def test_sigterm_is_prompt_while_another_process_holds_the_database_lock(serve: 
         assert wait_for(database_problem, "the locked database on /healthz").endswith("database is locked")
         started = time.monotonic()
         assert serve.terminate() == 0  # fails the test beyond systemd's stop timeout
-        assert time.monotonic() - started < STOP_TIMEOUT_S
+        print(f"stopped {time.monotonic() - started:.1f} s after SIGTERM with the database locked")
     finally:
         other.execute("ROLLBACK")
         other.close()
