@@ -219,3 +219,29 @@ def freeze_encoder(model: nn.Module) -> None:
 
 def _stay_in_eval(module: nn.Module, _inputs: Any) -> None:
     module.eval()
+
+
+def checkpoint_from_bundle(bundle: Bundle, path: Path) -> Path:
+    """A training checkpoint holding a bundle's model (rebuilt from its ``model.onnx`` and
+    ``batchnorm.npy``), so that the export stage can export it again, e.g. under a newer
+    exporter that gives the ONNX dynamic sizes; its training record says where it came from."""
+    manifest = bundle.manifest
+    model = build_model(bundle.architecture, bundle.channels, bundle.num_classes, **manifest["model_kwargs"])
+    load_parent_weights(model, bundle)
+    config = {
+        "architecture": bundle.architecture,
+        "model_kwargs": dict(manifest["model_kwargs"]),
+        "in_channels": bundle.channels,
+        "classes": [dict(c) for c in manifest["classes"]],
+        "tile": int(manifest.get("training_tile", bundle.tile)),
+        "export_tile": bundle.tile,
+        "normalisation": dict(manifest.get("normalisation", {})),
+        "scale": bundle.scale,
+        "pixel_size_um": bundle.pixel_size_um,
+    }
+    training = {**manifest.get("training", {}),
+                "reexported_from": {"name": bundle.name, "onnx_sha256": sha256_file(bundle.onnx_path)}}
+    checkpoint = {"model": model.state_dict(), "config": config, "metrics": manifest.get("metrics", {}),
+                  "training": training, **({"data": manifest["data"]} if "data" in manifest else {})}
+    torch.save(checkpoint, path)
+    return path

@@ -41,7 +41,9 @@ model for a new class count, for fine-tuning from another data set.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -428,6 +430,16 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "pspnet": PSPNet,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def spatial_multiple(name: str, **kwargs: Any) -> int:
+    """The input sizes an architecture runs at once exported: any multiple of this (its
+    total stride), or 0 for one fixed size. A U-Net halves the size ``depth`` times and
+    doubles it back exactly. The others stay fixed until their dynamic export is proven:
+    PSPNet's pooling bins are sized for one input."""
+    if name in ("unet", "unet25d"):
+        return 2 ** int(kwargs.get("depth", inspect.signature(UNet).parameters["depth"].default))
+    return 0
 
 
 def build_model(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:

@@ -102,12 +102,18 @@ def model_from_checkpoint(ckpt: dict[str, Any], where: Path):
 # --------------------------------------------------------------------------- ONNX
 
 
-def export_onnx(model, in_channels: int, tile: int, path: Path) -> None:
-    """Write ``model`` as ONNX with a dynamic batch and a fixed ``tile`` x ``tile`` input."""
+def export_onnx(model, in_channels: int, tile: int, path: Path, multiple: int = 0) -> None:
+    """Write ``model`` as ONNX with a dynamic batch and either a fixed ``tile`` x ``tile``
+    input or (``multiple`` > 0) any height and width that are multiples of ``multiple``."""
     import torch
 
     example = torch.zeros(1, in_channels, tile, tile)
     batch = torch.export.Dim("batch", min=1, max=1024)
+    shapes: dict[int, Any] = {0: batch}
+    if multiple:
+        # Up to 16384 px a side; the engine keeps within its memory budget far below that.
+        shapes[2] = multiple * torch.export.Dim("height_steps", min=1, max=16384 // multiple)
+        shapes[3] = multiple * torch.export.Dim("width_steps", min=1, max=16384 // multiple)
     # The exporter prints progress, warns, and logs about absent torchvision ops: noise here.
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -123,7 +129,7 @@ def export_onnx(model, in_channels: int, tile: int, path: Path) -> None:
                 output_names=["logits"],
                 opset_version=OPSET,
                 dynamo=True,
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=(shapes,),
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean the same here
@@ -311,6 +317,42 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def other_sizes(tiles: np.ndarray, multiple: int) -> list[np.ndarray]:
+    """Inputs of other sizes for the parity gates of a dynamic-size export, made from the
+    first reference tile (mirrored out, or cut): taller-than-wide, wider-than-tall and small."""
+    tile = tiles.shape[-1]
+    first = tiles[:1]
+    tall = np.pad(first, ((0, 0), (0, 0), (0, multiple), (0, 0)), mode="reflect")[..., : tile - multiple]
+    wide = np.pad(first, ((0, 0), (0, 0), (0, 0), (0, tile - multiple)), mode="reflect")
+    small = first[..., : 3 * multiple, : 5 * multiple]
+    return [np.ascontiguousarray(a) for a in (tall, wide, small)]
+
+
+def sized_parity(model, onnx_path: Path, fp16_path: Path | None, inputs: list[np.ndarray],
+                 where: Path) -> list[dict[str, Any]]:
+    """FP32 ONNX against PyTorch (and the FP16 copy against FP32) at each input's size; an
+    export whose graph only holds at the tile it was traced at is refused here."""
+    records = []
+    for inp in inputs:
+        reference, fp32 = torch_logits(model, inp), onnx_logits(onnx_path, inp)
+        parity = compare_logits(reference, fp32)
+        tolerance = LOGIT_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+        if parity.argmax_agreement < ARGMAX_AGREEMENT_MIN or parity.max_abs_logit_diff > tolerance:
+            raise ExportError(f"{where}: ONNX differs from PyTorch at {inp.shape[2]} x {inp.shape[3]} (argmax "
+                              f"agreement {parity.argmax_agreement:.6f}, max |logit diff| "
+                              f"{parity.max_abs_logit_diff:.3g}); export refused")
+        record: dict[str, Any] = {"size": [int(inp.shape[2]), int(inp.shape[3])],
+                                  "argmax_agreement": parity.argmax_agreement,
+                                  "max_abs_logit_diff": parity.max_abs_logit_diff}
+        if fp16_path is not None:
+            fp16 = compare_logits(fp32, onnx_logits(fp16_path, inp))
+            if not fp16.passed:
+                raise ExportError(f"{where}: FP16 ONNX refused at {inp.shape[2]} x {inp.shape[3]}: {fp16.reason()}")
+            record["fp16_argmax_agreement"] = fp16.argmax_agreement
+        records.append(record)
+    return records
+
+
 def _check_tiles(tiles: np.ndarray, channels: int, tile: int) -> np.ndarray:
     if tiles.ndim != 4 or tiles.shape[1:] != (channels, tile, tile) or len(tiles) == 0:
         raise ExportError(f"reference tiles must be N x {channels} x {tile} x {tile}, got {tiles.shape}")
@@ -344,6 +386,7 @@ def export_bundle(
     """
     from tqdm import tqdm
 
+    from phasewatch.export.models import spatial_multiple
     from phasewatch.export.receptive_field import DEFAULT_THRESHOLD, measure_halo
 
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
@@ -362,6 +405,10 @@ def export_bundle(
                 raise ExportError(f"{checkpoint_path}: PSPNet's pooling is fixed to its training tile "
                                   f"{config['tile']}; it cannot be exported at tile {tile}")
             model = model_from_checkpoint(ckpt, checkpoint_path)
+            multiple = spatial_multiple(config["architecture"], **config["model_kwargs"])
+            if multiple and tile % multiple:
+                raise ExportError(f"{checkpoint_path}: tile {tile} is not a multiple of the network's stride "
+                                  f"{multiple}")
             if tiles is None:
                 tiles, tiles_source = (
                     synthetic_tiles(channels, tile),
@@ -376,7 +423,7 @@ def export_bundle(
 
             bar.set_postfix_str(steps[2])
             onnx_path = work / "model.onnx"
-            export_onnx(model, channels, tile, onnx_path)
+            export_onnx(model, channels, tile, onnx_path, multiple)
             bar.update()
 
             bar.set_postfix_str(steps[3])
@@ -407,6 +454,9 @@ def export_bundle(
             fp16_parity = compare_logits(fp32, onnx_logits(fp16_path, tiles))
             if not fp16_parity.passed:
                 raise ExportError(f"{checkpoint_path}: FP16 ONNX refused: {fp16_parity.reason()}")
+            if multiple:
+                parity["sizes"] = sized_parity(model, onnx_path, fp16_path, other_sizes(tiles, multiple),
+                                               checkpoint_path)
             bar.update()
 
             bar.set_postfix_str(steps[5])
@@ -422,7 +472,8 @@ def export_bundle(
                     "channels": channels,
                     "dtype": "float32",
                     "layout": "NCHW",
-                    "shape": ["batch", channels, tile, tile],
+                    "shape": ["batch", channels, *(("height", "width") if multiple else (tile, tile))],
+                    **({"spatial_multiple": multiple} if multiple else {}),
                 },
                 "normalisation": _plain(config["normalisation"]),
                 "tile": tile,
@@ -435,7 +486,7 @@ def export_bundle(
                     "name": "logits",
                     "kind": "logits",
                     "layout": "NKHW",
-                    "shape": ["batch", len(config["classes"]), tile, tile],
+                    "shape": ["batch", len(config["classes"]), *(("height", "width") if multiple else (tile, tile))],
                 },
                 "onnx_opset": OPSET,
                 "onnx_sha256": sha256_file(onnx_path),

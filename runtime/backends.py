@@ -39,6 +39,13 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def any_size(backend: Backend) -> bool:
+    """Whether ``backend`` runs inputs of any height and width (a model exported with
+    dynamic spatial axes on ONNX Runtime), so the engine may plan tiles per field; a
+    backend without the attribute (a TensorRT engine built for one tile) takes one size."""
+    return bool(getattr(backend, "any_size", False))
+
+
 class BackendKind(NamedTuple):
     """One entry of :data:`BACKENDS`."""
 
@@ -108,7 +115,10 @@ class OrtBackend:
             raise BackendError(f"{onnx_path}: {provider} failed to initialise (CUDA libraries?)")
         self.name = kind
         self.max_batch = max(1, int(max_batch))
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        # Symbolic height and width (an export with dynamic spatial axes): any size runs.
+        self.any_size = not any(isinstance(dim, int) for dim in model_input.shape[2:])
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)

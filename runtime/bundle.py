@@ -72,6 +72,9 @@ class Bundle:
     pixel_size_um: float | None  # pixel size the model was trained at, if known
     onnx_sha256: str
     manifest: dict[str, Any] = field(repr=False)
+    # > 0: model.onnx takes any height and width that are multiples of this (its total
+    # stride), so the engine can plan tiles per field; 0: only tile x tile.
+    spatial_multiple: int = 0
 
     @property
     def onnx_path(self) -> Path:
@@ -189,6 +192,9 @@ def parse_manifest(manifest: dict[str, Any], path: Path) -> Bundle:
     if not 0 < scale <= 8:
         raise BundleError(f"{where}: scale {scale} out of range (0, 8]")
     px = manifest.get("pixel_size_um")
+    multiple = int(inp.get("spatial_multiple", 0))
+    if multiple < 0 or (multiple and tile % multiple):
+        raise BundleError(f"{where}: input spatial_multiple {multiple} must be >= 0 and divide the tile {tile}")
     return Bundle(
         path=path,
         name=str(manifest.get("name", path.name)),
@@ -202,6 +208,7 @@ def parse_manifest(manifest: dict[str, Any], path: Path) -> Bundle:
         pixel_size_um=float(px) if px is not None else None,
         onnx_sha256=str(manifest.get("onnx_sha256", "")),
         manifest=manifest,
+        spatial_multiple=multiple,
     )
 
 

@@ -1,8 +1,14 @@
-"""Sliding-window inference: fixed tiles, mirror padding at the image border, a Gaussian
-window on the logits, stitching band by band into a uint8 class map and a uint8 map of
-the model's confidence.
+"""Sliding-window inference: tiles planned per image (or fixed), mirror padding at the
+image border, a Gaussian window on the logits, stitching band by band into a uint8 class
+map and a uint8 map of the model's confidence.
 
-Geometry along each axis: tiles of ``tile`` pixels advance by ``tile - overlap``; the
+Planned tiles (:class:`Plan`, for a model that runs at any multiple of its stride): the
+whole image in one pass when it fits the memory budget, else the largest tiles that fit,
+overlapping by twice the halo, trimmed only where they meet (:class:`Geometry`). The
+network then computes each pixel about once: the cost of a field is one pass over its
+own pixels, where fixed 256-px tiles with a 60-80 px halo computed most pixels 4-6 times.
+
+Fixed tiles, along each axis: tiles of ``tile`` pixels advance by ``tile - overlap``; the
 first starts ``overlap // 2`` pixels before the image (mirror padding), the last is
 pulled back to end ``overlap // 2`` past it (or at ``tile``, for images smaller than a
 tile).
@@ -29,8 +35,10 @@ a pixel the model could as well have given another class; the trust record
 from __future__ import annotations
 
 import functools
+import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -74,22 +82,95 @@ def default_overlap(tile: int, halo: int) -> int:
     return overlap
 
 
-@functools.lru_cache(maxsize=8)
+class Geometry(NamedTuple):
+    """How one image is cut: tile height and width, and the overlap of neighbouring tiles
+    along each axis (0 where one tile spans the axis).
+
+    ``multiple`` 0 (fixed tiles): tiles reach ``overlap / 2`` past every border into the
+    mirrored image, so that the trimmed tile edges fall outside it. ``multiple`` > 0
+    (planned tiles): the image is extended by mirroring at its far ends to a multiple of
+    this, tiles stay within that extent and are not trimmed at its borders, so the result
+    equals one pass of the network over the extended image, however it is cut.
+    """
+
+    tile_h: int
+    tile_w: int
+    overlap_h: int
+    overlap_w: int
+    multiple: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tiles chosen per image, for a model that runs at any size that is a multiple of
+    ``multiple`` (its total stride): the whole image when it fits ``max_pixels`` (the
+    pixels one backend call may hold: the memory budget), else the largest tiles that
+    fit, overlapping by twice the ``halo``. A tile's cost grows with its area, the halo's
+    share of it with its perimeter, so few large tiles waste least."""
+
+    multiple: int
+    max_pixels: int
+    halo: int
+
+    def geometry(self, height: int, width: int) -> Geometry:
+        whole_h, whole_w, m = self._up(height), self._up(width), self.multiple
+        if whole_h * whole_w <= self.max_pixels:
+            return Geometry(whole_h, whole_w, 0, 0, m)
+        side = max(m, math.isqrt(self.max_pixels) // m * m)
+        if whole_w <= side:  # a tall strip: one tile wide, as tall as the budget allows
+            tile_h = self._down(self.max_pixels // whole_w)
+            return Geometry(tile_h, whole_w, self._overlap(tile_h), 0, m)
+        if whole_h <= side:
+            tile_w = self._down(self.max_pixels // whole_h)
+            return Geometry(whole_h, tile_w, 0, self._overlap(tile_w), m)
+        return Geometry(side, side, self._overlap(side), self._overlap(side), m)
+
+    def batch(self, geometry: Geometry, backend_batch: int) -> int:
+        """Tiles of this geometry per backend call within the budget (at least one)."""
+        return max(1, min(backend_batch, self.max_pixels // (geometry.tile_h * geometry.tile_w)))
+
+    def _up(self, n: int) -> int:
+        return -(-n // self.multiple) * self.multiple
+
+    def _down(self, n: int) -> int:
+        return max(self.multiple, n // self.multiple * self.multiple)
+
+    def _overlap(self, tile: int) -> int:
+        overlap = max(2 * self.halo, self.multiple)
+        if overlap >= tile:
+            raise ValueError(f"a memory budget of {self.max_pixels} pixels gives {tile}-pixel tiles, too small "
+                             f"for the model's halo {self.halo}")
+        return overlap
+
+
 def gaussian_window(tile: int, trim: int = 0) -> np.ndarray:
     """tile x tile importance weights, sigma = tile / 8 (MONAI's 'gaussian', sigma_scale
     0.125), zero within ``trim`` pixels of the edge; read-only as it is shared."""
-    offsets = np.arange(tile, dtype=np.float64) - (tile - 1) / 2
-    profile = np.exp(-0.5 * (offsets / (tile / 8)) ** 2)
-    profile[:trim] = 0
-    profile[tile - trim :] = 0
-    window = np.outer(profile, profile).astype(np.float32)
+    return window_for(tile, tile, (trim, trim, trim, trim))
+
+
+@functools.lru_cache(maxsize=64)
+def window_for(tile_h: int, tile_w: int, trims: tuple[int, int, int, int]) -> np.ndarray:
+    """tile_h x tile_w Gaussian weights (sigma = a side / 8), zero within (top, bottom,
+    left, right) ``trims`` pixels of each edge; read-only as it is shared."""
+    top, bottom, left, right = trims
+    window = np.outer(_profile(tile_h, top, bottom), _profile(tile_w, left, right)).astype(np.float32)
     window.flags.writeable = False
     return window
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> np.ndarray:
-    """Tile origins along one axis in image coordinates (negative = in the mirror margin)."""
-    margin = overlap // 2
+def _profile(length: int, start: int, end: int) -> np.ndarray:
+    offsets = np.arange(length, dtype=np.float64) - (length - 1) / 2
+    profile = np.exp(-0.5 * (offsets / (length / 8)) ** 2)
+    profile[:start] = 0
+    profile[length - end :] = 0
+    return profile
+
+
+def tile_starts(length: int, tile: int, overlap: int, margin: int | None = None) -> np.ndarray:
+    """Tile origins along one axis in image coordinates (negative = in the mirror margin,
+    ``overlap // 2`` unless given)."""
+    margin = overlap // 2 if margin is None else margin
     span = max(length + 2 * margin, tile)
     stride = tile - overlap
     count = -(-(span - tile) // stride) + 1
@@ -110,37 +191,55 @@ def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
 class _Job:
     """One image in flight: its tile grid, its current band's accumulator, its output."""
 
-    def __init__(self, inp: ModelInput, tile: int, overlap: int) -> None:
+    def __init__(self, inp: ModelInput, geometry: Geometry, halo: int) -> None:
         if inp.height < 1 or inp.width < 1:
             raise ValueError(f"cannot segment an empty image ({inp.height} x {inp.width})")
         self.inp = inp
-        self.tile = tile
-        self.rows = tile_starts(inp.height, tile, overlap)
-        self.cols = tile_starts(inp.width, tile, overlap)
-        self.col_map = mirror_indices(int(self.cols[0]), int(self.cols[-1]) + tile, inp.width)
+        self.geometry = geometry
+        self.tile_h, self.tile_w = geometry.tile_h, geometry.tile_w
+        self.trim_h, self.trim_w = min(halo, geometry.overlap_h // 2), min(halo, geometry.overlap_w // 2)
+        if geometry.multiple:
+            extent = [-(-n // geometry.multiple) * geometry.multiple for n in (inp.height, inp.width)]
+            self.rows = tile_starts(extent[0], geometry.tile_h, geometry.overlap_h, margin=0)
+            self.cols = tile_starts(extent[1], geometry.tile_w, geometry.overlap_w, margin=0)
+        else:
+            self.rows = tile_starts(inp.height, geometry.tile_h, geometry.overlap_h)
+            self.cols = tile_starts(inp.width, geometry.tile_w, geometry.overlap_w)
+        self.col_map = mirror_indices(int(self.cols[0]), int(self.cols[-1]) + geometry.tile_w, inp.width)
         self.classes = np.empty((inp.height, inp.width), np.uint8)
         self.margin = np.empty((inp.height, inp.width), np.uint8)
-        self.acc: np.ndarray | None = None  # K x tile x padded width, made once K is known
-        self.weight = np.zeros((tile, len(self.col_map)), np.float32)  # window sum per pixel
+        self.acc: np.ndarray | None = None  # K x tile height x padded width, made once K is known
+        self.weight = np.zeros((geometry.tile_h, len(self.col_map)), np.float32)  # window sum per pixel
 
     def band(self, index: int) -> np.ndarray:
-        """C x tile x padded-width input of band ``index``, mirror padded on all sides."""
+        """C x tile height x padded-width input of band ``index``, mirror padded on all sides."""
         y0 = int(self.rows[index])
-        row_map = mirror_indices(y0, y0 + self.tile, self.inp.height)
+        row_map = mirror_indices(y0, y0 + self.tile_h, self.inp.height)
         lo, hi = int(row_map.min()), int(row_map.max()) + 1
         pixels = self.inp.region(lo, hi, 0, self.inp.width)
-        if hi - lo != self.tile:  # only border bands need rows reflected
+        if hi - lo != self.tile_h:  # only border bands need rows reflected
             pixels = pixels[:, row_map - lo]
         return np.take(pixels, self.col_map, axis=2)
 
-    def add(self, col: int, logits: np.ndarray, window: np.ndarray, scratch: np.ndarray) -> None:
+    def window(self, row: int, col: int) -> np.ndarray:
+        """The tile's weights: trimmed by the halo at every edge (fixed tiles, whose outer
+        edges lie in the mirror margin), or at the edges it shares with another tile."""
+        planned = bool(self.geometry.multiple)
+        top = 0 if planned and row == 0 else self.trim_h
+        bottom = 0 if planned and row + 1 == len(self.rows) else self.trim_h
+        left = 0 if planned and col == 0 else self.trim_w
+        right = 0 if planned and col + 1 == len(self.cols) else self.trim_w
+        return window_for(self.tile_h, self.tile_w, (top, bottom, left, right))
+
+    def add(self, row: int, col: int, logits: np.ndarray, scratch: np.ndarray) -> None:
+        window = self.window(row, col)
         if self.acc is None:
-            self.acc = np.zeros((len(logits), self.tile, len(self.col_map)), np.float32)
+            self.acc = np.zeros((len(logits), self.tile_h, len(self.col_map)), np.float32)
         x = int(self.cols[col] - self.cols[0])
         np.multiply(logits, window, out=scratch)
-        target = self.acc[:, :, x : x + self.tile]
+        target = self.acc[:, :, x : x + self.tile_w]
         np.add(target, scratch, out=target)
-        weight = self.weight[:, x : x + self.tile]
+        weight = self.weight[:, x : x + self.tile_w]
         np.add(weight, window, out=weight)
 
     def finish_band(self, index: int) -> None:
@@ -148,7 +247,7 @@ class _Job:
         assert self.acc is not None
         y0 = int(self.rows[index])
         last = index + 1 == len(self.rows)
-        done = self.tile if last else int(self.rows[index + 1]) - y0
+        done = self.tile_h if last else int(self.rows[index + 1]) - y0
         top, bottom = max(y0, 0), min(y0 + done, self.inp.height)
         if bottom > top:
             x0 = int(-self.cols[0])
@@ -161,10 +260,10 @@ class _Job:
         if last:
             self.acc = None
             return
-        self.acc[:, : self.tile - done] = self.acc[:, done:]
-        self.acc[:, self.tile - done :] = 0
-        self.weight[: self.tile - done] = self.weight[done:]
-        self.weight[self.tile - done :] = 0
+        self.acc[:, : self.tile_h - done] = self.acc[:, done:]
+        self.acc[:, self.tile_h - done :] = 0
+        self.weight[: self.tile_h - done] = self.weight[done:]
+        self.weight[self.tile_h - done :] = 0
 
 
 def argmax_classes(logits: np.ndarray) -> np.ndarray:
@@ -209,25 +308,25 @@ def softmax_margin(weighted_logits: np.ndarray, weight: np.ndarray) -> np.ndarra
     return np.round(margin * 255).astype(np.uint8)
 
 
-def _tiles(inputs: Iterable[ModelInput], tile: int, overlap: int) -> Iterator[tuple]:
-    """(job, band index, column index, C x tile x tile view) for every tile, in order."""
+def _tiles(inputs: Iterable[ModelInput], geometry_of: Callable[[ModelInput], Geometry],
+           halo: int) -> Iterator[tuple]:
+    """(job, band index, column index, C x tile height x tile width view) for every tile, in order."""
     for inp in inputs:
-        job = _Job(inp, tile, overlap)
+        job = _Job(inp, geometry_of(inp), halo)
         for r in range(len(job.rows)):
             band = job.band(r)
             for c in range(len(job.cols)):
                 x = int(job.cols[c] - job.cols[0])
-                yield job, r, c, band[:, :, x : x + tile]
+                yield job, r, c, band[:, :, x : x + job.tile_w]
 
 
 def _infer_and_stitch(
     batch: np.ndarray,
     slots: list[tuple[_Job, int, int]],
     backend: Backend,
-    window: np.ndarray,
     stats: dict[str, float],
 ) -> list[Segmentation]:
-    """Run one batch and stitch its tiles; return the images it completed."""
+    """Run one batch (tiles of one geometry) and stitch its tiles; return the images it completed."""
     start = time.perf_counter()
     logits = backend.run(batch)
     stitched = time.perf_counter()
@@ -235,12 +334,12 @@ def _infer_and_stitch(
     if logits.ndim != 4 or logits.shape[0] != len(batch) or logits.shape[2:] != batch.shape[2:]:
         raise ValueError(
             f"backend {backend.name} returned logits of shape {logits.shape} for a batch of "
-            f"shape {batch.shape} (expected N x K x T x T)"
+            f"shape {batch.shape} (expected N x K x H x W)"
         )
     scratch = np.empty(logits.shape[1:], np.float32)
     finished = []
     for (job, r, c), tile_logits in zip(slots, logits, strict=True):
-        job.add(c, tile_logits, window, scratch)
+        job.add(r, c, tile_logits, scratch)
         if c + 1 == len(job.cols):
             job.finish_band(r)
             if r + 1 == len(job.rows):
@@ -257,19 +356,23 @@ def segment_many(
     batch: int | None = None,
     timings: dict[str, float] | None = None,
     halo: int = 0,
+    plan: Plan | None = None,
 ) -> Iterator[Segmentation]:
     """Yield a :class:`Segmentation` per input, in input order.
 
     A batch is filled with the next image's tiles when the current image runs out, so
     the next input is pulled from ``inputs`` before the current map is yielded: pass an
-    iterable of images that are ready now. ``overlap`` defaults to tile / 4; pass
-    :func:`default_overlap` of the model's ``halo``, the tile-edge strip whose logits
-    are discarded (at most overlap / 2 of it, so that every pixel keeps some weight).
+    iterable of images that are ready now. Without a ``plan``, every image is cut into
+    ``tile`` x ``tile`` tiles (a backend that runs one input size); ``overlap`` defaults
+    to tile / 4; pass :func:`default_overlap` of the model's ``halo``, the tile-edge strip
+    whose logits are discarded (at most overlap / 2 of it, so that every pixel keeps some
+    weight). With a ``plan``, each image gets its own geometry (:class:`Plan`), and a
+    batch holds tiles of one geometry, as many as the plan's budget allows.
     ``batch`` defaults to the backend's ``max_batch``. ``timings`` (if given)
     accumulates milliseconds per stage (STAGES).
     """
     overlap = tile // 4 if overlap is None else int(overlap)
-    if not 0 <= overlap < tile:
+    if plan is None and not 0 <= overlap < tile:
         raise ValueError(f"overlap {overlap} must be in [0, tile {tile})")
     size = int(batch or backend.max_batch)
     if size < 1:
@@ -279,24 +382,39 @@ def segment_many(
         stats.setdefault(key, 0.0)
     if halo < 0:
         raise ValueError(f"halo must be >= 0, got {halo}")
-    window = gaussian_window(tile, min(halo, overlap // 2))
+    fixed = Geometry(tile, tile, overlap, overlap)
+
+    def geometry_of(inp: ModelInput) -> Geometry:
+        return fixed if plan is None else plan.geometry(inp.height, inp.width)
+
     buffer: np.ndarray | None = None
     slots: list[tuple[_Job, int, int]] = []
+    capacity = size
     start = time.perf_counter()
-    for job, r, c, pixels in _tiles(inputs, tile, overlap):
-        if buffer is None:
-            buffer = np.empty((size, *pixels.shape), np.float32)
+    for job, r, c, pixels in _tiles(inputs, geometry_of, halo):
+        if slots and slots[0][0].geometry[:2] != job.geometry[:2]:  # a batch holds one tile size
+            yield from _flush(buffer, slots, backend, stats, start)
+            slots, start = [], time.perf_counter()
+        if not slots:
+            capacity = size if plan is None else plan.batch(job.geometry, size)
+            if buffer is None or buffer.shape[1:] != pixels.shape or len(buffer) < capacity:
+                buffer = np.empty((capacity, *pixels.shape), np.float32)
+        assert buffer is not None
         buffer[len(slots)] = pixels
         slots.append((job, r, c))
-        if len(slots) == size:
-            stats["prepare_ms"] += (time.perf_counter() - start) * 1000
-            yield from _infer_and_stitch(buffer, slots, backend, window, stats)
-            slots = []
-            start = time.perf_counter()
+        if len(slots) == capacity:
+            yield from _flush(buffer, slots, backend, stats, start)
+            slots, start = [], time.perf_counter()
     if slots:
-        assert buffer is not None
-        stats["prepare_ms"] += (time.perf_counter() - start) * 1000
-        yield from _infer_and_stitch(buffer[: len(slots)], slots, backend, window, stats)
+        yield from _flush(buffer, slots, backend, stats, start)
+
+
+def _flush(buffer: np.ndarray | None, slots: list[tuple[_Job, int, int]], backend: Backend,
+           stats: dict[str, float], start: float) -> list[Segmentation]:
+    """Infer and stitch the first ``len(slots)`` tiles of ``buffer`` (all of one size)."""
+    assert buffer is not None
+    stats["prepare_ms"] += (time.perf_counter() - start) * 1000
+    return _infer_and_stitch(buffer[: len(slots)], slots, backend, stats)
 
 
 def segment(
@@ -307,6 +425,7 @@ def segment(
     batch: int | None = None,
     timings: dict[str, float] | None = None,
     halo: int = 0,
+    plan: Plan | None = None,
 ) -> Segmentation:
     """Classes and margins of one image (see :func:`segment_many`)."""
-    return next(segment_many([inp], backend, tile, overlap, batch, timings, halo))
+    return next(segment_many([inp], backend, tile, overlap, batch, timings, halo, plan))

@@ -30,9 +30,9 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from phasewatch.runtime.backends import Backend, open_backend
+from phasewatch.runtime.backends import Backend, any_size, open_backend
 from phasewatch.runtime.bundle import Bundle, load_bundle
-from phasewatch.runtime.engine import default_overlap, segment_many
+from phasewatch.runtime.engine import Plan, default_overlap, segment_many
 from phasewatch.runtime.imageio import DEFAULT_MAX_PIXELS, Field, read_fields
 from phasewatch.runtime.measure import combine_pages, measure
 from phasewatch.runtime.normalise import ModelInput, prepare
@@ -47,19 +47,36 @@ class Model:
 
     bundle: Bundle
     backend: Backend
+    plan: Plan | None = None  # tiles per field (None: the bundle's fixed tile)
 
     def close(self) -> None:
         self.backend.close()
 
 
+# Model-input pixels one backend call may hold. On the CPU backend a U-Net of width 12 holds
+# about 0.3 KB per pixel in flight, so 4 MP is about 1.2 GB; whole 2048 x 2048 fields fit.
+DEFAULT_TILE_MEGAPIXELS = 4.0
+
+
 def open_model(
-    ref: str | Path, kind: str = "auto", batch: int = 8, threads: int | None = None, tta: str = "none"
+    ref: str | Path, kind: str = "auto", batch: int = 8, threads: int | None = None, tta: str = "none",
+    tile_megapixels: float = DEFAULT_TILE_MEGAPIXELS,
 ) -> Model:
     """Load a bundle (folder or bundled name) and open a backend for it, with test-time
-    augmentation ``tta`` (``runtime/tta.py``) unless it is ``none``."""
+    augmentation ``tta`` (``runtime/tta.py``) unless it is ``none``; tiles are planned per
+    field within ``tile_megapixels`` when the bundle and backend take any size."""
     bundle = load_bundle(ref)
     backend: Backend = open_backend(bundle, kind, batch, threads)
-    return Model(bundle, backend if tta == "none" else TtaBackend(backend, tta))
+    if tta != "none":
+        backend = TtaBackend(backend, tta)
+    return Model(bundle, backend, tile_plan(bundle, backend, tile_megapixels))
+
+
+def tile_plan(bundle: Bundle, backend: Backend, megapixels: float) -> Plan | None:
+    """The per-field tile plan for ``bundle`` on ``backend``, or None for fixed tiles."""
+    if not bundle.spatial_multiple or not any_size(backend):
+        return None
+    return Plan(bundle.spatial_multiple, int(megapixels * 1e6), bundle.halo)
 
 
 @dataclass
@@ -147,7 +164,8 @@ def segment_files(
     The time is shared out per field, since one batch holds tiles of several fields.
     """
     started = time.perf_counter()
-    maps = segment_images((f.image for d in decoded for f in d.fields), model.bundle, model.backend, overlap, batch)
+    maps = segment_images((f.image for d in decoded for f in d.fields), model.bundle, model.backend, overlap, batch,
+                          plan=model.plan)
     per_file = [[next(maps) for _ in d.fields] for d in decoded]
     fields = sum(len(d.fields) for d in decoded)
     per_field_ms = (time.perf_counter() - started) * 1000 / max(1, fields)
@@ -212,11 +230,13 @@ def segment_images(
     overlap: int | None = None,
     batch: int | None = None,
     timings: dict[str, float] | None = None,
+    plan: Plan | None = None,
 ) -> Iterator[ImageSegmentation]:
     """Yield an :class:`ImageSegmentation` per image, at the image's own width and height.
 
     Tiles of consecutive images share backend batches; the model's ``scale`` is applied
-    on the way in and undone (nearest neighbour, so ids stay ids) on the way out.
+    on the way in and undone (nearest neighbour, so ids stay ids) on the way out. With a
+    ``plan`` (:func:`tile_plan`) each field gets its own tiles; ``overlap`` is then unused.
     """
     overlap = default_overlap(bundle.tile, bundle.halo) if overlap is None else overlap
     pending: collections.deque[tuple[tuple[int, int], InputFeatures]] = collections.deque()
@@ -227,7 +247,8 @@ def segment_images(
             pending.append(((image.shape[0], image.shape[1]), input_features(inp)))
             yield inp
 
-    for classes, margin in segment_many(inputs(), backend, bundle.tile, overlap, batch, timings, halo=bundle.halo):
+    for classes, margin in segment_many(inputs(), backend, bundle.tile, overlap, batch, timings, halo=bundle.halo,
+                                        plan=plan):
         (height, width), features = pending.popleft()
         if classes.shape != (height, width):
             classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from phasewatch.runtime.backends import Backend
+from phasewatch.runtime.backends import Backend, any_size
 
 Transform = tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
@@ -60,6 +60,7 @@ class TtaBackend:
             raise ValueError(f"test-time augmentation '{mode}' is not one of {', '.join(MODES)}")
         self.inner, self.mode = backend, mode
         self.name, self.max_batch = f"{backend.name}+tta-{mode}", backend.max_batch
+        self.any_size = any_size(backend)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         total: np.ndarray | None = None

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from phasewatch.runtime.engine import Plan
 from phasewatch.runtime.imageio import images_in, read_fields
 from phasewatch.runtime.pipeline import Model, open_model, process_file, segment_images
 
@@ -75,3 +76,23 @@ def test_few_held_out_fields_of_the_right_material_are_flagged(model: Model, sha
     paths = images_in(shared_data / HELD_OUT[model.bundle.name])
     flagged = [p.name for p in paths if not process_file(p, model).record["trust"]["ok"]]
     assert len(flagged) <= 0.1 * len(paths), f"{model.bundle.name} flagged {flagged} of {len(paths)} held-out fields"
+
+
+@pytest.mark.parametrize("size", [(1100, 900), (700, 1500), (333, 2000)])
+def test_tiles_planned_per_field_equal_a_whole_field_pass(model: Model, shared_data: Path,
+                                                          size: tuple[int, int]) -> None:
+    """A field too large for the memory budget is cut into large tiles; they must agree with
+    the whole field in one pass (the geometry a field that fits gets)."""
+    assert model.plan is not None, f"{model.bundle.name} should take any size on the CPU backend"
+    field = read_fields(images_in(shared_data / HELD_OUT[model.bundle.name])[0])[0].image
+    reps = (-(-size[0] // field.shape[0]), -(-size[1] // field.shape[1])) + (1,) * (field.ndim - 2)
+    large = np.ascontiguousarray(np.tile(field, reps)[: size[0], : size[1]])
+    whole_plan = Plan(model.plan.multiple, 10**8, model.plan.halo)
+    scaled = (round(size[0] * model.bundle.scale), round(size[1] * model.bundle.scale))
+    whole_tile = whole_plan.geometry(*scaled)
+    tiled_plan = Plan(model.plan.multiple, whole_tile.tile_h * whole_tile.tile_w // 3, model.plan.halo)
+    assert tiled_plan.geometry(*scaled)[:2] != whole_tile[:2]  # a third of the field per tile
+    (whole,) = segment_images([large], model.bundle, model.backend, plan=whole_plan)
+    (tiled,) = segment_images([large], model.bundle, model.backend, plan=tiled_plan)
+    agreement = float(np.mean(whole.classes == tiled.classes))
+    assert agreement >= 0.999, f"{model.bundle.name} at {size}: {agreement:.5f} of pixels agree"

@@ -12,6 +12,8 @@ from onnx_graphs import conv_net_halo, make_conv_net
 from phasewatch.runtime.backends import OrtBackend
 from phasewatch.runtime.engine import (
     STAGES,
+    Geometry,
+    Plan,
     default_overlap,
     gaussian_window,
     mirror_indices,
@@ -75,6 +77,68 @@ def test_tiled_equals_whole_image_pass(net, backend, height, width):
     assert tiled.shape == (height, width) and tiled.dtype == np.uint8
     agreement = np.mean(tiled == whole)
     assert agreement >= 0.999, f"{agreement:.5f} of pixels agree"
+
+
+def plain_pass_classes(net, image: np.ndarray) -> np.ndarray:
+    """The network once over the image itself: what a field that fits the budget gets."""
+    session = ort.InferenceSession(str(net), providers=["CPUExecutionProvider"])
+    return np.argmax(session.run(None, {"input": image[None]})[0][0], axis=0).astype(np.uint8)
+
+
+def test_plan_geometry_by_hand():
+    plan = Plan(multiple=16, max_pixels=4_000_000, halo=80)
+    assert plan.geometry(512, 512) == Geometry(512, 512, 0, 0, 16)  # the whole field
+    assert plan.geometry(484, 645) == Geometry(496, 656, 0, 0, 16)  # up to multiples of the stride
+    assert plan.geometry(20000, 20000) == Geometry(2000, 2000, 160, 160, 16)  # isqrt(4e6) = 2000
+    assert plan.geometry(20000, 1000) == Geometry(3968, 1008, 160, 0, 16)  # a strip: as tall as fits
+    assert plan.geometry(1000, 20000) == Geometry(1008, 3968, 0, 160, 16)
+    assert plan.batch(Geometry(512, 512, 0, 0, 16), 8) == 8  # 15 would fit: the backend's batch wins
+    assert plan.batch(Geometry(1024, 1024, 0, 0, 16), 8) == 3
+    assert plan.batch(Geometry(2000, 2000, 160, 160, 16), 8) == 1
+    with pytest.raises(ValueError, match="too small for the model's halo"):
+        Plan(16, 100 * 100, 80).geometry(1000, 1000)
+
+
+@pytest.mark.parametrize("height, width, budget", [
+    (70, 90, 10**6), (257, 131, 40 * 40), (300, 1, 50), (1, 300, 50), (150, 600, 64 * 64), (1, 1, 10**6),
+])
+def test_planned_tiles_equal_one_pass_over_the_image(net, backend, height, width, budget):
+    image = random_image(height, width, seed=height * 7 + width)
+    plan = Plan(multiple=1, max_pixels=budget, halo=HALO)
+    planned = segment(ArrayInput(image), backend, TILE, halo=HALO, plan=plan).classes
+    agreement = np.mean(planned == plain_pass_classes(net, image))
+    assert agreement >= 0.999, f"{agreement:.5f} of pixels agree ({plan.geometry(height, width)})"
+
+
+def test_planned_tiles_need_their_edges_trimmed(net, backend):
+    # Guards the test above: the same tiles with every edge kept (halo 0) let
+    # context-starved logits into the seams.
+    image = random_image(257, 131, seed=11)
+    plan = Plan(multiple=1, max_pixels=40 * 40, halo=0)
+    planned = segment(ArrayInput(image), backend, TILE, halo=HALO, plan=Plan(1, 40 * 40, HALO)).classes
+    untrimmed = segment(ArrayInput(image), backend, TILE, halo=0, plan=plan).classes
+    whole = plain_pass_classes(net, image)
+    assert np.mean(planned == whole) >= 0.999 > np.mean(untrimmed == whole)
+
+
+def test_a_batch_holds_tiles_of_one_size_within_the_budget(backend):
+    shapes = []
+
+    class Recording:
+        name, max_batch, any_size = "recording", 8, True
+
+        def run(self, batch):
+            shapes.append(batch.shape)
+            return backend.run(batch)
+
+        def close(self):
+            pass
+
+    images = [random_image(h, w, seed=i) for i, (h, w) in enumerate([(30, 40), (30, 40), (30, 40), (50, 20)])]
+    plan = Plan(multiple=8, max_pixels=2 * 32 * 40, halo=HALO)  # two whole 32 x 40 fields per call
+    maps = list(segment_many((ArrayInput(im) for im in images), Recording(), TILE, halo=HALO, plan=plan))
+    assert [m.classes.shape for m in maps] == [(30, 40), (30, 40), (30, 40), (50, 20)]
+    assert shapes == [(2, 2, 32, 40), (1, 2, 32, 40), (1, 2, 56, 24)]
 
 
 @pytest.mark.parametrize("overlap, halo", [(0, 0), (OVERLAP, 0)])

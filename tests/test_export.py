@@ -85,7 +85,15 @@ def test_cli_exports_a_bundle_with_parity_on_real_tiles(shared_data, tmp_path, c
 
     # Parity numbers recomputed independently from the files in the bundle.
     session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
-    assert session.get_inputs()[0].shape[1:] == [1, TILE, TILE]
+    # A U-Net of depth 2 takes any height and width that are multiples of 4, checked at other sizes.
+    assert bundle.spatial_multiple == 4 and manifest["input"]["shape"] == ["batch", 1, "height", "width"]
+    assert all(isinstance(dim, str) for dim in session.get_inputs()[0].shape[2:])
+    assert [r["size"] for r in parity_sizes(manifest)] == [[TILE + 4, TILE - 4], [TILE, 2 * TILE - 4], [12, 20]]
+    assert all(r["argmax_agreement"] >= 0.9999 and r["fp16_argmax_agreement"] >= 0.999 for r in parity_sizes(manifest))
+    wide = np.pad(tiles[:1], ((0, 0), (0, 0), (0, 0), (0, TILE - 4)), mode="reflect")
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(["logits"], {"input": wide})[0], model(torch.from_numpy(wide)).numpy(),
+                                   atol=1e-4)
     onnx_out = np.concatenate([session.run(["logits"], {"input": t[None]})[0] for t in tiles])
     with torch.no_grad():
         torch_out = model(torch.from_numpy(tiles)).numpy()
@@ -115,14 +123,18 @@ def test_api_without_tiles_uses_synthetic_tiles_and_says_so(tmp_path, checkpoint
     assert load_bundle(out).onnx_sha256 == sha256_file(out / "model.onnx")
 
 
+def parity_sizes(manifest: dict) -> list[dict]:
+    return manifest["parity"]["sizes"]
+
+
 def test_onnx_that_differs_from_pytorch_is_refused_and_leaves_nothing(tmp_path, checkpoint, monkeypatch):
     real_export = onnx_export.export_onnx
 
-    def export_a_different_model(model, in_channels, tile, path):
+    def export_a_different_model(model, in_channels, tile, path, multiple=0):
         broken = copy.deepcopy(model)
         with torch.no_grad():
             broken.classifier.bias[0] += 0.5
-        real_export(broken, in_channels, tile, path)
+        real_export(broken, in_channels, tile, path, multiple)
 
     monkeypatch.setattr(onnx_export, "export_onnx", export_a_different_model)
     with pytest.raises(ExportError, match="ONNX differs from PyTorch"):

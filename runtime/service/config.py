@@ -125,6 +125,9 @@ class ModelConfig:
     batch: int = _rule(8, min=1, max=1024)
     overlap: int = _rule(0, min=0)  # pixels; 0 = the model's halo, the smallest safe overlap
     tta: str = _rule("none", choices=TTA_MODES)  # test-time augmentation: none, flips (4 passes), d4 (8)
+    # Model-input pixels one backend call may hold (the memory budget of inference): a field
+    # that fits is run whole, a larger one in tiles as large as fit (bundles with dynamic sizes).
+    tile_megapixels: float = _rule(4.0, above=0.0)
 
     @property
     def ref(self) -> str | None:

@@ -40,6 +40,7 @@ only ever read. A multi-page TIFF is one queue row and one field of its specimen
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import faulthandler
 import logging
@@ -55,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from phasewatch.runtime.backends import Backend
+from phasewatch.runtime.backends import Backend, any_size
 from phasewatch.runtime.bundle import sha256_file
 from phasewatch.runtime.errors import PhasewatchError, one_line
 from phasewatch.runtime.imageio import DecoderClosed, DecoderUnavailable, IsolatedReader
@@ -163,6 +164,7 @@ class _Beating:
     def __init__(self, backend: Backend, beat: Callable[[], None]) -> None:
         self.inner, self.beat = backend, beat
         self.name, self.max_batch = backend.name, backend.max_batch
+        self.any_size = any_size(backend)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         logits = self.inner.run(batch)
@@ -223,7 +225,8 @@ class CrashRecord:
 def model_factory(config: Config) -> ModelFactory:
     """What the service opens at start and at every reload: the configured bundle and backend."""
     model = config.model
-    return lambda: open_model(model.ref or DEFAULT_MODEL, model.backend, model.batch, tta=model.tta)
+    return lambda: open_model(model.ref or DEFAULT_MODEL, model.backend, model.batch, tta=model.tta,
+                              tile_megapixels=model.tile_megapixels)
 
 
 def _batches(works: list[_Work]) -> list[list[_Work]]:
@@ -453,7 +456,7 @@ class Daemon:
             w.staged = True
         try:
             started = time.perf_counter()
-            beating = Model(model.bundle, _Beating(model.backend, self.infer.beat))
+            beating = dataclasses.replace(model, backend=_Beating(model.backend, self.infer.beat))
             segmented = segment_files([w.decoded for w in group if w.decoded is not None], beating,
                                       self.config.model.overlap or None, self.config.model.batch)
             for w, s in zip(group, segmented, strict=True):
