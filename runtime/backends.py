@@ -117,8 +117,10 @@ class OrtBackend:
         self.max_batch = max(1, int(max_batch))
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
-        # Symbolic height and width (an export with dynamic spatial axes): any size runs.
-        self.any_size = not any(isinstance(dim, int) for dim in model_input.shape[2:])
+        # Symbolic height and width (an export with dynamic spatial axes): any size runs, except
+        # on the TensorRT provider, whose engine profile is built for the bundle's one tile.
+        self.any_size = (provider != "TensorrtExecutionProvider"
+                         and not any(isinstance(dim, int) for dim in model_input.shape[2:]))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
