@@ -50,7 +50,14 @@ is stored with a replacement character for each undecodable byte.
 
 Specimens. There is always a current specimen (a first one, ``default``, is created
 with the database); a new field belongs to it unless ``enqueue`` names another, e.g.
-the sub-folder specimen of :meth:`Store.specimen_for_path`.
+the sub-folder specimen of :meth:`Store.specimen_for_path`. A specimen holds the fields
+of one model only: its classes and calibration are what its statistics compare. The
+first field recorded with a model identity (:meth:`Store.mark_done`'s ``model``: name and
+ONNX sha256) claims the specimen for that model; a field of another model is moved to a
+specimen derived from it for that model (``"<name> (model X)"``, created on first need,
+current when the original was), so that restarting the service with another model on
+the same data folder never mixes two models' classes in one set of statistics. A closed
+specimen is signed off: it cannot be made current, and the current one cannot be closed.
 
 Results. ``results`` keeps per field what the statistics need (``fractions``,
 ``particles``, ``valid_area_px``, ``valid_area_um2``, ``pixel_size_um``, as
@@ -70,16 +77,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
 from phasewatch.runtime.errors import PhasewatchError
+
+log = logging.getLogger(__name__)
 
 STATES = ("pending", "processing", "done", "failed")
 DEFAULT_SPECIMEN = "default"
@@ -146,8 +157,17 @@ MIGRATIONS = [
     ALTER TABLE files ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE files ADD COLUMN alone INTEGER NOT NULL DEFAULT 0;  -- run alone: crashed in a batch
     """,
+    """
+    ALTER TABLE specimens ADD COLUMN model_name TEXT;     -- the one model whose fields it holds
+    ALTER TABLE specimens ADD COLUMN model_sha256 TEXT;
+    ALTER TABLE specimens ADD COLUMN derived_from INTEGER REFERENCES specimens(id);  -- model change
+    ALTER TABLE specimens ADD COLUMN closed REAL;         -- when it was closed, NULL while open
+    ALTER TABLE results ADD COLUMN model TEXT;            -- JSON: identity of the model that measured it
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# The suffix a specimen started for another model gets (Store._derive_specimen).
+_MODEL_SUFFIX = re.compile(r" \(model [^()]*\)$")
 # Surrogates: how Python spells the bytes of a name that are not UTF-8; never valid text.
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -212,7 +232,7 @@ def _image(row: sqlite3.Row) -> dict[str, Any]:
     """A files row joined with its (or its original's) result, JSON decoded, with the
     record's ``trust`` (None without a result or from before the trust record)."""
     image = _file(row)
-    for key in ("fractions", "particles", "measurement", "outputs"):
+    for key in ("fractions", "particles", "measurement", "outputs", "model"):
         if image.get(key) is not None:
             image[key] = json.loads(image[key])
     image["trust"] = (image.get("measurement") or {}).get("trust")
@@ -242,10 +262,51 @@ def _fail_duplicates(conn: sqlite3.Connection) -> None:
     )
 
 
+@dataclass(frozen=True)
+class ImageFilter:
+    """What :meth:`Store.list_images` narrows a list to: paths containing ``name`` (ASCII
+    letters in any case), one of :data:`STATES` or :data:`IMAGE_KINDS` as ``state``, and
+    arrival (``created``, epoch seconds) within ``since`` .. ``until``."""
+
+    name: str = ""
+    state: str = ""
+    since: float | None = None
+    until: float | None = None
+
+    def conditions(self) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if self.name:
+            where.append("instr(lower(CAST(f.path AS TEXT)), ?) > 0")
+            args.append(self.name.lower())
+        if self.state in STATES:
+            where.append("f.state = ?")
+            args.append(self.state)
+        elif self.state:
+            where.append(_KIND_CONDITIONS[self.state])
+        if self.since is not None:
+            where.append("f.created >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            where.append("f.created < ?")
+            args.append(self.until)
+        return where, args
+
+
+_KIND_CONDITIONS = {
+    "excluded": "f.excluded = 1",
+    # A record's trust.ok is JSON false for a field the model flagged.
+    "flagged": "json_extract(r.measurement, '$.trust.ok') = 0",
+    "duplicate": "f.duplicate_of IS NOT NULL",
+}
+# What a list of images can be narrowed to besides a state (:meth:`Store.list_images`).
+IMAGE_KINDS = tuple(_KIND_CONDITIONS)
+
+
 # The result of a duplicate is its original's: join on COALESCE(duplicate_of, id).
 _IMAGE_SELECT = """
     SELECT f.*, s.name AS specimen, r.fractions, r.particles, r.valid_area_px,
-           r.valid_area_um2, r.pixel_size_um, r.measurement, r.outputs
+           r.valid_area_um2, r.pixel_size_um, r.measurement, r.outputs, r.model
     FROM files f
     LEFT JOIN specimens s ON s.id = f.specimen_id
     LEFT JOIN results r ON r.file_id = COALESCE(f.duplicate_of, f.id)
@@ -373,12 +434,95 @@ class Store:
         return _specimen(row) if row is not None else None
 
     def list_specimens(self) -> list[dict[str, Any]]:
-        """Newest first, each with its number of files."""
-        rows = self._conn().execute(
-            """SELECT s.*, COUNT(f.id) AS files FROM specimens s
-               LEFT JOIN files f ON f.specimen_id = s.id GROUP BY s.id ORDER BY s.id DESC"""
+        """Newest first, each with its number of files, of measured and of failed ones,
+        and when its last file arrived."""
+        rows = self._read(
+            """SELECT s.*, COUNT(f.id) AS files, COALESCE(SUM(f.state = 'done'), 0) AS done,
+                      COALESCE(SUM(f.state = 'failed'), 0) AS failed, MAX(f.created) AS last_file
+               FROM specimens s LEFT JOIN files f ON f.specimen_id = s.id GROUP BY s.id ORDER BY s.id DESC"""
         )
         return [_specimen(r) for r in rows]
+
+    def update_specimen(self, specimen_id: int, name: str | None = None, notes: str | None = None) -> None:
+        """Rename a specimen and/or replace its notes (None: leave as is)."""
+        if name is not None and not name.strip():
+            raise StoreError(f"{self.path}: a specimen needs a name")
+        with self._write() as conn:
+            self._existing_specimen(conn, specimen_id)
+            if name is not None:
+                conn.execute("UPDATE specimens SET name = ? WHERE id = ?", (display_text(name.strip()), specimen_id))
+            if notes is not None:
+                conn.execute("UPDATE specimens SET notes = ? WHERE id = ?", (display_text(notes), specimen_id))
+
+    def make_current(self, specimen_id: int) -> None:
+        """New fields go to this open specimen from now on."""
+        with self._write() as conn:
+            if self._existing_specimen(conn, specimen_id)["closed"] is not None:
+                raise StoreError(f"{self.path}: specimen {specimen_id} is closed; reopen it first")
+            conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
+            conn.execute("UPDATE specimens SET is_current = 1 WHERE id = ?", (specimen_id,))
+
+    def close_specimen(self, specimen_id: int) -> None:
+        """Sign a specimen off; the current one cannot be (new fields need a home)."""
+        with self._write() as conn:
+            specimen = self._existing_specimen(conn, specimen_id)
+            if specimen["is_current"]:
+                raise StoreError(f"{self.path}: specimen {specimen_id} is the current one; "
+                                 "start or switch to another before closing it")
+            if specimen["closed"] is None:
+                conn.execute("UPDATE specimens SET closed = ? WHERE id = ?", (time.time(), specimen_id))
+
+    def reopen_specimen(self, specimen_id: int) -> None:
+        with self._write() as conn:
+            self._existing_specimen(conn, specimen_id)
+            conn.execute("UPDATE specimens SET closed = NULL WHERE id = ?", (specimen_id,))
+
+    def _existing_specimen(self, conn: sqlite3.Connection, specimen_id: int) -> sqlite3.Row:
+        row: sqlite3.Row | None = conn.execute("SELECT * FROM specimens WHERE id = ?", (specimen_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: no specimen {specimen_id}")
+        return row
+
+    def _keep_to_one_model(self, conn: sqlite3.Connection, file_id: int, model: Mapping[str, Any]) -> None:
+        """Claim the field's specimen for ``model``, or move the field to the specimen
+        derived from it for that model (module doc)."""
+        name, sha256 = str(model["name"]), str(model["onnx_sha256"])
+        specimen = conn.execute(
+            "SELECT s.* FROM specimens s JOIN files f ON f.specimen_id = s.id WHERE f.id = ?", (file_id,)
+        ).fetchone()
+        if specimen["model_name"] is None:
+            conn.execute("UPDATE specimens SET model_name = ?, model_sha256 = ? WHERE id = ?",
+                         (name, sha256, specimen["id"]))
+            return
+        if (specimen["model_name"], specimen["model_sha256"]) == (name, sha256):
+            return
+        derived = conn.execute(
+            """SELECT id FROM specimens WHERE derived_from = ? AND model_name = ? AND model_sha256 = ?
+               AND closed IS NULL ORDER BY id DESC LIMIT 1""",
+            (specimen["id"], name, sha256),
+        ).fetchone()
+        if derived is not None:
+            target: int = derived["id"]
+        else:
+            target = self._derive_specimen(conn, specimen, name, sha256)
+        conn.execute("UPDATE files SET specimen_id = ? WHERE id = ?", (target, file_id))
+
+    def _derive_specimen(self, conn: sqlite3.Connection, specimen: sqlite3.Row, name: str, sha256: str) -> int:
+        # "S-1 (model ebc)" from "S-1 (model superalloy)" too, not a growing chain of suffixes.
+        base = _MODEL_SUFFIX.sub("", specimen["name"]) or specimen["name"]
+        if specimen["is_current"]:
+            conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
+        derived = _inserted(conn.execute(
+            """INSERT INTO specimens (name, notes, created, is_current, model_name, model_sha256, derived_from)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (f"{base} (model {name})", f"started automatically: the model changed from "
+             f"{specimen['model_name']} to {name}", time.time(), specimen["is_current"], name, sha256,
+             specimen["id"]),
+        ))
+        log.warning("specimen %d (%s) holds fields of model %s (%s); fields of model %s (%s) go to a new "
+                    "specimen %d", specimen["id"], specimen["name"], specimen["model_name"],
+                    specimen["model_sha256"][:12], name, sha256[:12], derived)
+        return derived
 
     def specimen_for_path(self, path: Path | str, watch_root: Path | str) -> int:
         """The specimen of a file when every sub-folder is a specimen: the one named after
@@ -486,15 +630,24 @@ class Store:
             raise StoreError(f"{self.path}: file {file_id} is not being processed")
 
     def mark_done(
-        self, file_id: int, result: Mapping[str, Any], outputs: Mapping[str, str] | None = None
+        self,
+        file_id: int,
+        result: Mapping[str, Any],
+        outputs: Mapping[str, str] | None = None,
+        model: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store a claimed file's measurement (``measure.measure``'s dict) and outputs."""
+        """Store a claimed file's measurement (``measure.measure``'s dict) and outputs;
+        ``model`` is the identity of the model that measured it (``name``, ``onnx_sha256``
+        and whatever else the caller records, JSON-able), which keeps each specimen to one
+        model (module doc)."""
         with self._write() as conn:
             self._finish(conn, file_id, "done", None)
+            if model is not None:
+                self._keep_to_one_model(conn, file_id, model)
             conn.execute(
                 """INSERT OR REPLACE INTO results (file_id, fractions, particles, valid_area_px,
-                       valid_area_um2, pixel_size_um, measurement, outputs)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                       valid_area_um2, pixel_size_um, measurement, outputs, model)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     file_id,
                     json.dumps(result.get("fractions", {})),
@@ -504,6 +657,7 @@ class Store:
                     result.get("pixel_size_um"),
                     json.dumps(result),
                     json.dumps({k: str(v) for k, v in (outputs or {}).items()}),
+                    None if model is None else json.dumps(model),
                 ),
             )
 
@@ -568,19 +722,25 @@ class Store:
     # -- images and results ------------------------------------------------------
 
     def list_images(
-        self, limit: int = 100, specimen: int | None = None, before_id: int | None = None
+        self,
+        limit: int = 100,
+        specimen: int | None = None,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        only: ImageFilter | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first, with results; ``before_id`` pages back through older ones."""
-        where, args = [], []
-        if specimen is not None:
-            where.append("f.specimen_id = ?")
-            args.append(specimen)
-        if before_id is not None:
-            where.append("f.id < ?")
-            args.append(before_id)
+        """Newest first, with results; ``before_id`` pages back through older ones and
+        ``after_id`` forward through newer ones (the ``limit`` oldest of them); ``only``
+        narrows the list (:class:`ImageFilter`)."""
+        where, args = (only or ImageFilter()).conditions()
+        for condition, value in (("f.specimen_id = ?", specimen), ("f.id < ?", before_id), ("f.id > ?", after_id)):
+            if value is not None:
+                where.append(condition)
+                args.append(value)
         sql = _IMAGE_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        rows = self._conn().execute(sql + " ORDER BY f.id DESC LIMIT ?", (*args, limit))
-        return [_image(r) for r in rows]
+        order = "ASC" if after_id is not None else "DESC"
+        rows = [_image(r) for r in self._read(f"{sql} ORDER BY f.id {order} LIMIT ?", (*args, limit))]
+        return rows[::-1] if after_id is not None else rows
 
     def get_image(self, file_id: int) -> dict[str, Any] | None:
         rows = self._read(_IMAGE_SELECT + " WHERE f.id = ?", (file_id,))
