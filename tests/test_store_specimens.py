@@ -158,3 +158,20 @@ def test_image_filters_and_paging_both_ways(store):
     assert names(limit=2, before_id=duplicate) == ["broken.tif", "gamma.tif"]
     assert names(limit=2, after_id=ids[0]) == ["alphabet.tif", "Beta.tif"]  # the next two, newest first
     assert names(limit=5, after_id=flagged) == []
+
+
+def test_the_daemon_records_the_model_identity_it_measured_with():
+    from phasewatch.runtime.pipeline import open_model
+    from phasewatch.runtime.provenance import model_identity, software_version
+
+    model = open_model("superalloy", "cpu", 1, threads=1)
+    try:
+        identity = model_identity(model)
+    finally:
+        model.close()
+    assert (identity["name"], identity["onnx_sha256"]) == ("superalloy", model.bundle.onnx_sha256)
+    assert [c["name"] for c in identity["classes"]] == ["gamma matrix", "secondary gamma prime",
+                                                       "tertiary gamma prime"]
+    assert identity["classes"][1]["colour"] == list(model.bundle.classes[1].colour)
+    assert identity["backend"] == "cpu" and identity["tiling"]["tile"] == model.bundle.tile
+    assert identity["software"] == software_version() != "unknown"

@@ -71,6 +71,7 @@ from phasewatch.runtime.pipeline import (
     record_file,
     segment_files,
 )
+from phasewatch.runtime.provenance import model_identity
 from phasewatch.runtime.service.config import Config
 from phasewatch.runtime.service.logs import fields as log_fields
 from phasewatch.runtime.service.metrics import DaemonMetrics
@@ -502,7 +503,8 @@ class Daemon:
             if work.result is None:
                 return
         with _database():
-            self.store.mark_done(work.id, work.result.record, work.result.outputs)
+            self.store.mark_done(work.id, work.result.record, work.result.outputs,
+                                 model=model_identity(work.result.model))
         settled = self._settled_at.pop(work.row["sha256"], work.row["created"])
         self.metrics.result_done(max(0.0, time.time() - settled))
         self._finished(work)
