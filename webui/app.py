@@ -19,7 +19,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from phasewatch.runtime.service.store import StoreError
-from phasewatch.webui import api, events_view, login, openapi, pages
+from phasewatch.webui import api, events_view, login, openapi, pages, report
 from phasewatch.webui.context import AppContext, install
 from phasewatch.webui.payloads import image_json
 from phasewatch.webui.rest import ApiError, api_error, http_error, store_error
@@ -41,6 +41,6 @@ def create_app(ctx: AppContext) -> Flask:
     app.register_error_handler(StoreError, store_error)
     install_guards(app)
     for blueprint in (pages.blueprint, api.blueprint, openapi.blueprint, events_view.blueprint,
-                      login.blueprint):
+                      login.blueprint, report.blueprint):
         app.register_blueprint(blueprint)
     return app
