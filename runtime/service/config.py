@@ -169,7 +169,7 @@ class WorkersConfig:
 class LimitsConfig:
     # A field larger than this is refused from its header, one line: on a CPU backend an
     # 8000 x 8000 (64 MP) field holds inference, and every file behind it, for minutes (the
-    # bundled superalloy model: about 6 s per megapixel on one core). Raise it where the
+    # bundled superalloy model: about 1.4 s per megapixel on one core). Raise it where the
     # backend is fast enough (a GPU).
     max_megapixels: float = _rule(50.0, above=0.0)
     # Files are decoded in a child process under these bounds; a file that needs more time
