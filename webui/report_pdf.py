@@ -244,9 +244,10 @@ def thumbnail_jpeg(path: str) -> bytes | None:
     return encoded.tobytes() if ok else None
 
 
-def render_pdf(report: Report, paper: str = "a4") -> bytes:
-    """The report as PDF bytes on ``paper`` (a key of :data:`PAPERS`)."""
-    fonts = pdf_fonts()
+def render_pdf(report: Report, paper: str = "a4", fonts: PdfFonts | None = None) -> bytes:
+    """The report as PDF bytes on ``paper`` (a key of :data:`PAPERS`), in ``fonts``
+    (:func:`.report_fonts.pdf_fonts` unless given)."""
+    fonts = fonts or pdf_fonts()
     size = PAPERS[paper]
     out = io.BytesIO()
     name = fonts.text(str(report.specimen["name"]))
