@@ -4,6 +4,8 @@ Every backend has ``name``, ``max_batch``, ``run(batch) -> logits`` and ``close(
 :data:`BACKENDS` is the one list of backend kinds, fastest first: adding a backend is
 one entry there. ONNX Runtime covers CPU, CUDA and the TensorRT execution provider; the
 native TensorRT backend lives in ``tensorrt_backend.py`` and is imported only when asked for.
+``cpu-int8`` runs the bundle's INT8 model (``phasewatch quantise``) on the CPU provider; it
+changes the numbers (within the gate's bars), so only a user who names it gets it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from phasewatch.runtime.bundle import Bundle
+from phasewatch.runtime.bundle import Bundle, sha256_file
 from phasewatch.runtime.errors import PhasewatchError, one_line
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class BackendKind(NamedTuple):
     # Loads no model: None, or one line saying why ``open`` cannot work on this machine.
     unavailable: Callable[[Bundle], str | None]
     provider: str | None = None  # the ONNX Runtime execution provider, for kinds OrtBackend runs
+    # 'auto' may pick it; False for a kind that changes the numbers (INT8): asked for by name only.
+    auto: bool = True
 
 
 def physical_cores() -> int:
@@ -177,6 +181,24 @@ def _onnxruntime(
     return BackendKind(open_, unavailable, provider)
 
 
+def _int8_unavailable(bundle: Bundle) -> str | None:
+    path = bundle.int8_path
+    if path is None:
+        return f"{bundle.path} has no INT8 model (run phasewatch quantise)"
+    if not path.is_file() or sha256_file(path) != bundle.manifest["int8"].get("sha256"):
+        return f"{path}: missing or not the file the manifest's sha256 names"
+    return None
+
+
+def _open_int8(bundle: Bundle, batch: int, threads: int | None) -> Backend:
+    if (reason := _int8_unavailable(bundle)) is not None:
+        raise BackendError(reason)
+    assert bundle.int8_path is not None
+    backend = OrtBackend(bundle.int8_path, "cpu", batch, threads)
+    backend.name = "cpu-int8"
+    return backend
+
+
 def _native_tensorrt_unavailable(bundle: Bundle) -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "python package 'tensorrt' is not installed"
@@ -200,6 +222,7 @@ BACKENDS: dict[str, BackendKind] = {
     "tensorrt-ep": _onnxruntime("tensorrt-ep", "TensorrtExecutionProvider", tensorrt_ep_options),
     "cuda": _onnxruntime("cuda", "CUDAExecutionProvider", _cuda_options),
     "cpu": _onnxruntime("cpu", "CPUExecutionProvider"),
+    "cpu-int8": BackendKind(_open_int8, _int8_unavailable, auto=False),
 }
 KINDS = ("auto", *BACKENDS)  # the choices of --backend and model.backend
 
@@ -224,6 +247,8 @@ def choose_backend(
         return Choice(BACKENDS[kind].open(bundle, batch, threads), {})
     passed_over: dict[str, str] = {}
     for name, entry in BACKENDS.items():
+        if not entry.auto:
+            continue
         reason = entry.unavailable(bundle)
         if reason is None:
             try:

@@ -17,6 +17,7 @@ from phasewatch.runtime.errors import PhasewatchError
 
 MANIFEST_FORMAT = 1
 ROLES = ("phase", "background", "excluded")
+INT8_FILE = "model.int8.onnx"
 SIXTEEN_BIT_RULES = ("full_range", "percentile")
 NORMALISATION_RULES = ("per-image-percentile", "bit-depth")
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -83,6 +84,12 @@ class Bundle:
     @property
     def onnx_fp16_path(self) -> Path:
         return self.path / "model.fp16.onnx"
+
+    @property
+    def int8_path(self) -> Path | None:
+        """The INT8 model ``phasewatch quantise`` kept (it passed the gate), if any."""
+        block = self.manifest.get("int8")
+        return self.path / str(block["file"]) if isinstance(block, dict) and "file" in block else None
 
     @property
     def engines_dir(self) -> Path:

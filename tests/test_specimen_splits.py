@@ -69,6 +69,7 @@ def test_bundled_ebc_recipe_validates_on_a_specimen_it_never_trains_on(shared_da
 def test_cross_validation_scores_every_specimen_on_a_model_that_never_saw_it(shared_data, tmp_path):
     config = load_config(CONFIGS / "ebc.toml")
     config["model"].update(kwargs={"width": 4, "depth": 2}, tile=64, export_tile=64)
+    del config["model"]["init_from"]  # the bundled parent is a full-size U-Net
     config["train"].update(batch=2, epochs=1, steps_per_epoch=2, warmup_steps=1, time_limit_min=0)
     report = cross_validate(config, tmp_path / "cv", 3, shared_data, "cpu")
     specimens = [e["specimen"] for e in report["specimens"]]

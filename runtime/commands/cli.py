@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "train a recipe once per group of held-out specimens and score each (needs torch)"),
     "evaluate": ("phasewatch.export.commands.evaluate", "score a model bundle on labelled micrographs"),
     "export": ("phasewatch.export.commands.export", "checkpoint -> model bundle (ONNX, FP16 ONNX, parity report)"),
+    "quantise": ("phasewatch.export.commands.quantise", "add a gated INT8 model for the CPU to a bundle"),
     "build-engine": ("phasewatch.export.commands.build_engine", "build a validated FP16 TensorRT engine for a bundle"),
 }
 
