@@ -31,8 +31,11 @@ from phasewatch.webui.report_chart import layout_trend, nice_ticks
 from phasewatch.webui.report_data import SIGN_OFF, gather_report, number, picture
 from phasewatch.webui.report_fonts import FONT_DIRS, pdf_fonts
 from phasewatch.webui.report_pdf import render_pdf
+from phasewatch.webui.server import serve_in_thread
 
-ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 TOKEN = "report-token-0123456789abcdef"
 UNLIKE = "unlike any of this model's training images (novelty 4.73 > limit 1.00)"
 FLAGGED = {"ok": False, "score": 4.73, "reasons": [UNLIKE]}
@@ -345,7 +348,8 @@ def test_csv_has_provenance_columns(client, specimen):
     assert first["model_onnx_sha256"] == load_bundle("superalloy").onnx_sha256
     assert (first["backend"], first["pixel_size_um"], first["pixel_size_source"]) == ("cpu", "0.5", "tiff")
     excluded = by_id[specimen.excluded]
-    assert (excluded["counted"], excluded["status"], excluded["reason"]) == ("0", "excluded", "'=scratch across the field")
+    assert (excluded["counted"], excluded["status"]) == ("0", "excluded")
+    assert excluded["reason"] == "'=scratch across the field"  # never run as a formula
     accepted = by_id[specimen.accepted]
     assert (accepted["status"], accepted["accepted_by"], accepted["trust_ok"]) == ("accepted", "Ana", "0")
     assert accepted["accepted_at"].endswith("Z")
@@ -353,3 +357,41 @@ def test_csv_has_provenance_columns(client, specimen):
     assert (failed["status"], failed["model"], failed["model_onnx_sha256"], failed["error"]) == (
         "failed", "", "", "g.tif: truncated TIFF")
     assert sum(r["counted"] == "1" for r in rows) == 3
+
+
+PAPER_POINTS = {"a4": (595, 842), "letter": (612, 792)}
+CONTROLS = "a, button, input, select, textarea, form, nav"
+VISIBLE = f"() => [...document.querySelectorAll('{CONTROLS}')].filter(e => e.getClientRects().length).length"
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install -y chromium)")
+def test_chromium_prints_the_page_on_a4_and_letter_without_its_links(specimen):
+    """Debian's chromium (driven by Playwright) prints the page as a person would."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    ctx = specimen.context()
+    handle = serve_in_thread(create_app(ctx), "127.0.0.1", 0)
+    refused: list[str] = []
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.on("console", lambda m: "Content Security Policy" in m.text and refused.append(m.text))
+            page.on("response", lambda r: r.status >= 400 and not r.url.endswith("/favicon.ico")
+                    and refused.append(r.url))
+            for paper, points in PAPER_POINTS.items():
+                page.emulate_media(media="screen")
+                page.goto(f"{handle.url}/specimens/{specimen.id}/report?paper={paper}")
+                assert page.evaluate(VISIBLE) > 0  # on screen: the toolbar's links
+                page.emulate_media(media="print")
+                assert page.evaluate(VISIBLE) == 0, paper
+                printed = page.pdf(prefer_css_page_size=True)
+                pages = pypdf.PdfReader(io.BytesIO(printed)).pages
+                assert {(round(float(p.mediabox.width)), round(float(p.mediabox.height))) for p in pages} == {points}
+                text = pdf_text(printed)
+                assert "Specimen report: S-17 γ′" in text and f"{SIGN_OFF}:" in text
+                assert "Download PDF" not in text and f"page 1 of {len(pages)}" in text
+            browser.close()
+    finally:
+        ctx.events.close()
+        handle.stop()
+    assert refused == []
