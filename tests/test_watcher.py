@@ -305,3 +305,41 @@ def test_files_in_a_linked_folder_are_not_followed(watch, tmp_path, caplog, obse
     collector.wait_for_name("plain.tif")
     settle_longer()
     assert collector.names() == ["plain.tif"]
+
+
+# A settle time no test waits for: a report before it can only come from close-write or a rename.
+LONG_SETTLE_S = 600.0
+
+
+def test_a_file_closed_after_writing_is_reported_without_the_settle_wait(watch):
+    watcher, got, root = watch(observer="native", settle_s=LONG_SETTLE_S)
+    assert wait_for(lambda: watcher.observer_kind == "native")
+    with open(root / "field.tif", "wb") as fh:
+        fh.write(b"II*\0" + bytes(1000))
+        fh.flush()
+        time.sleep(0.5)
+        assert got.names() == []  # open for writing: not complete yet
+    got.wait_for_name("field.tif")
+    assert got.reports == [(root / "field.tif", 1004)]
+
+
+def test_a_file_renamed_into_the_folder_is_reported_without_the_settle_wait(watch, tmp_path):
+    watcher, got, root = watch(observer="native", settle_s=LONG_SETTLE_S)
+    assert wait_for(lambda: watcher.observer_kind == "native")
+    (root / ".field.tif.part").write_bytes(b"II*\0" + bytes(10))
+    os.rename(root / ".field.tif.part", root / "field.tif")
+    got.wait_for_name("field.tif")
+
+
+def test_without_close_write_every_file_waits_its_settle_time(watch):
+    watcher, got, root = watch(observer="native", settle_s=LONG_SETTLE_S, close_write=False)
+    assert wait_for(lambda: watcher.observer_kind == "native")
+    (root / "field.tif").write_bytes(b"II*\0" + bytes(10))
+    assert not wait_for(lambda: got.names() != [], timeout=1.5)
+
+
+def test_polling_never_takes_a_close_for_completion(watch):
+    watcher, got, root = watch(observer="polling", settle_s=LONG_SETTLE_S)
+    (root / ".field.tif.part").write_bytes(b"II*\0" + bytes(10))
+    os.rename(root / ".field.tif.part", root / "field.tif")
+    assert not wait_for(lambda: got.names() != [], timeout=1.5)

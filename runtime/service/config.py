@@ -81,6 +81,10 @@ class WatchConfig:
     observer: str = _rule("auto", choices=OBSERVERS)
     poll_interval_s: float = _rule(2.0, above=0.0)
     settle_s: float = _rule(1.0, min=0.0)
+    # A file closed after writing (inotify close-write) or renamed into the folder is complete:
+    # reported at once, without the settle wait. false: every file waits settle_s (writers
+    # that close and reopen a file while writing it). Polling observers always settle.
+    close_write: bool = True
 
 
 @dataclass(frozen=True)

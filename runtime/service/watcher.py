@@ -7,7 +7,12 @@ in ``/proc/mounts`` is a network one.
 
 An event only makes a file a *candidate*. A settle thread re-stats candidates every
 ``settle_s / 4``; a file has *arrived* once its size and mtime have not changed for
-``settle_s`` and it opens for reading. Then ``on_ready(path, stat)`` is called, from
+``settle_s`` and it opens for reading. With ``close_write`` (default) a file that inotify
+reports closed after writing, or that was renamed into the folder (the write-then-rename
+of careful writers), has arrived as soon as it opens for reading with the size and mtime it
+had then: the settle thread is woken at once, so a local file is picked up in milliseconds,
+not after ``settle_s``. Polling observers (network shares) see no closes and always settle.
+Then ``on_ready(path, stat)`` is called, from
 the settle thread: it should only hand the file on (hashing and queueing belong to the
 daemon). A file is reported again only if it changes after that (a rewrite).
 
@@ -46,6 +51,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from watchdog.events import (
+    EVENT_TYPE_CLOSED,
     EVENT_TYPE_CREATED,
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MOVED,
@@ -159,6 +165,15 @@ def _readable(path: Path) -> bool:
 class _Candidate:
     signature: tuple[int, int] | None = None  # (size, mtime_ns) at the last stat
     since: float = 0.0  # monotonic time the signature was first seen
+    complete: tuple[int, int] | None = None  # (size, mtime_ns) when closed after writing or moved in
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 class _Handler(FileSystemEventHandler):
@@ -195,6 +210,7 @@ class FolderWatcher:
         self._reported: dict[Path, tuple[int, int]] = {}
         self._ignored: set[Path] = set()  # logged as ignored; forgotten when deleted or moved
         self._lock = threading.Lock()
+        self._wake = threading.Event()  # a file is complete: settle now
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -209,13 +225,18 @@ class FolderWatcher:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
         self._stop_observer()
 
     def _run(self) -> None:
         interval = max(0.02, self.config.settle_s / 4)
-        while not self._stopping.wait(interval):
+        while not self._stopping.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
             self._supervise()
             self._settle()
 
@@ -295,14 +316,18 @@ class FolderWatcher:
             for name in filenames:
                 self._touch(Path(dirpath) / name)
 
-    def _touch(self, path: Path) -> None:
+    def _touch(self, path: Path, complete: bool = False) -> None:
         reason = ignored_because(path, self.root, self.config)
         if reason is not None:
             self._ignore(path, logging.DEBUG, reason)
             return
+        # A fresh candidate: the file must settle again from this event on, unless the event
+        # says its writer is done with it.
+        candidate = _Candidate(complete=_signature(path) if complete else None)
         with self._lock:
-            # A fresh candidate: the file must settle again from this event on.
-            self._candidates[path] = _Candidate()
+            self._candidates[path] = candidate
+        if candidate.complete is not None:
+            self._wake.set()
 
     def _ignore(self, path: Path, level: int, reason: str) -> None:
         """Log once why ``path`` is not processed (module doc)."""
@@ -329,7 +354,11 @@ class FolderWatcher:
                 return
             target = Path(os.fsdecode(event.dest_path))
         if not event.is_directory:
-            self._touch(target)
+            # Through polling (a network share) a rename may show before the other machine's
+            # writes do: only the local, native observer's word is taken.
+            done = (self.config.close_write and self.observer_kind == "native"
+                    and event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED))
+            self._touch(target, complete=done)
         elif self.config.recursive and event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED):
             # Files inside a folder that is moved in (or filled before its watch was
             # added) produce no events of their own.
@@ -357,10 +386,11 @@ class FolderWatcher:
                     self._ignore(path, logging.INFO, f"not a regular file ({_file_kind(st.st_mode)})")
                 continue
             signature = (st.st_size, st.st_mtime_ns)
-            if signature != candidate.signature:
+            complete = candidate.complete == signature
+            if signature != candidate.signature and not complete:
                 candidate.signature, candidate.since = signature, now
                 continue
-            if now - candidate.since < self.config.settle_s:
+            if now - candidate.since < self.config.settle_s and not complete:
                 continue
             if self._reported.get(path) == signature:
                 self._drop(path, candidate)  # an event without a change, e.g. a touch of atime
