@@ -395,3 +395,12 @@ def test_chromium_prints_the_page_on_a4_and_letter_without_its_links(specimen):
         ctx.events.close()
         handle.stop()
     assert refused == []
+
+
+def test_a_specimen_without_fields_still_reports(client, specimen):
+    empty = specimen.store.start_specimen("S-18")
+    text = pdf_text(client.get(f"/specimens/{empty}/report.pdf").data)
+    assert "No field counts yet: nothing to estimate." in text and "No field has been measured yet." in text
+    page = client.get(f"/specimens/{empty}/report").get_data(as_text=True)
+    assert "No field counts yet" in page and "<svg" not in page
+    assert client.get(f"/specimens/{empty}/report.csv").get_data(as_text=True).startswith("id,file,specimen,")

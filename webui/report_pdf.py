@@ -129,7 +129,8 @@ class _Writer:
                 continue
             rows: list[Sequence[Any]] = [("Held-out set", "per-class IoU (%)", "images", "pixel accuracy",
                                           "mean IoU", "flagged")]
-            rows += [(e.dataset, ", ".join(f"{k} {100 * v:.1f}" for k, v in e.per_class_iou.items()),
+            rows += [(f"{e.dataset}\n{e.evaluated_at[:10]}",
+                      ", ".join(f"{k} {100 * v:.1f}" for k, v in e.per_class_iou.items()),
                       number(e.images, "d"), pct(e.pixel_accuracy), pct(e.mean_iou),
                       "–" if e.flagged is None else f"{e.flagged} of {e.images}")
                      for e in m.evaluations]
