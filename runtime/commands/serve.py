@@ -6,6 +6,10 @@ STOPPING=1 go to the systemd notify socket when there is one.
 
 The page is reachable only from this machine unless a token is set: ``serve`` refuses
 to listen on any other address without one (``[web]`` keys, ``webui.security``).
+
+:func:`start_service` and :func:`stop_service` are the service itself (store, daemon,
+event broker, web server), shared with ``phasewatch demo``; ``run`` adds the signals,
+the notify protocol and the watchdog.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from phasewatch.runtime.errors import PhasewatchError
@@ -49,39 +54,75 @@ def run(args: argparse.Namespace) -> int:
         print(f"phasewatch serve: {problem}", file=sys.stderr)
         return 2
     setup_logging(config.logging.level)
-    events = EventBroker(max_subscribers=config.web.max_streams, max_per_client=config.web.max_streams_per_client)
     try:
-        store, daemon = _open_service(config, events)
-    except (PhasewatchError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    try:
-        server = _serve_web(config, store, daemon, events)
-    except (OSError, ValueError) as exc:  # the port is taken, the address is not ours, ...
-        log.error("cannot start the web page on %s:%d: %s", config.server.host, config.server.port, exc)
-        store.close()
+        service = start_service(config)
+    except ServiceError as exc:
+        log.error("%s", exc)
         return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: _reload(daemon))
-    daemon.start()
-    watchdog = sdnotify.Watchdog(healthy=daemon.alive)
+    signal.signal(signal.SIGHUP, lambda *_: _reload(service.daemon))
+    watchdog = sdnotify.Watchdog(healthy=service.daemon.alive)
     watchdog.start()
-    log.info("serving", extra=log_fields(url=server.url, watch=str(config.watch.dir), data=str(config.data.dir),
-                                          model=daemon.model.bundle.name, backend=daemon.model.backend.name))
+    log.info("serving", extra=log_fields(url=service.url, watch=str(config.watch.dir), data=str(config.data.dir),
+                                          model=service.daemon.model.bundle.name,
+                                          backend=service.daemon.model.backend.name))
     sdnotify.ready()
-    sdnotify.status(f"watching {config.watch.dir}; page at {server.url}")
+    sdnotify.status(f"watching {config.watch.dir}; page at {service.url}")
     stop.wait()
     log.info("stopping: finishing the fields in hand")
     sdnotify.stopping()
     watchdog.stop()
-    daemon.stop()
-    events.close()
-    server.stop()  # before the store closes: a request in flight may still read it
-    store.close()
+    stop_service(service)
     log.info("stopped")
     return 0
+
+
+class ServiceError(PhasewatchError):
+    """The service cannot start; the message is one line for the log."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """A running service: its store, daemon, event broker and web server."""
+
+    store: Store
+    daemon: Daemon
+    events: EventBroker
+    server: ServerHandle
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+def start_service(config: Config) -> Service:
+    """Open the store, load the model, start the web page and then the daemon (so that
+    the page is up before the first field is taken); raises :class:`ServiceError`, with
+    the store closed again, when one of them cannot start."""
+    events = EventBroker(max_subscribers=config.web.max_streams, max_per_client=config.web.max_streams_per_client)
+    try:
+        store, daemon = _open_service(config, events)
+    except (PhasewatchError, OSError) as exc:
+        raise ServiceError(f"cannot start: {exc}") from exc
+    try:
+        server = _serve_web(config, store, daemon, events)
+    except (OSError, ValueError) as exc:  # the port is taken, the address is not ours, ...
+        store.close()
+        raise ServiceError(f"cannot start the web page on {config.server.host}:{config.server.port}: {exc}") from exc
+    daemon.start()
+    return Service(store, daemon, events, server)
+
+
+def stop_service(service: Service) -> None:
+    """Finish the fields in hand and stop, in the order that loses nothing: the daemon
+    (its last fields still publish events), the event streams (they free the server's
+    threads), the web server, and the store last, as a request in flight may still read it."""
+    service.daemon.stop()
+    service.events.close()
+    service.server.stop()
+    service.store.close()
 
 
 def _serve_web(config: Config, store: Store, daemon: Daemon, events: EventBroker) -> ServerHandle:
