@@ -38,6 +38,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=1536)
     parser.add_argument("--image-width", type=int, default=2048)
     parser.add_argument("--huge", type=int, default=0, help="memory check on an N x N image")
+    parser.add_argument("--plan-megapixels", type=float, default=0.0,
+                        help="with --huge: tiles planned per image within this budget (0: fixed --tile tiles)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     return parser.parse_args()
 
@@ -57,7 +59,7 @@ import numpy as np  # noqa: E402
 
 from phasewatch.runtime.backends import OrtBackend, physical_cores  # noqa: E402
 from phasewatch.runtime.bundle import Normalisation  # noqa: E402
-from phasewatch.runtime.engine import gaussian_window, segment, tile_starts  # noqa: E402
+from phasewatch.runtime.engine import Plan, gaussian_window, segment, tile_starts  # noqa: E402
 from phasewatch.runtime.normalise import prepare  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -251,12 +253,14 @@ def huge(args) -> dict:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start = time.perf_counter()
-        classes = segment(prepare(image, 1, NORMALISATION), Pointwise(), args.tile, args.overlap).classes
+        plan = Plan(16, int(args.plan_megapixels * 1e6), halo=0) if args.plan_megapixels else None
+        classes = segment(prepare(image, 1, NORMALISATION), Pointwise(), args.tile, args.overlap, plan=plan).classes
         seconds = time.perf_counter() - start
         stop.set()
         sampler.join()
     return {
         "image": f"{size}x{size} uint16 memmap",
+        "geometry": str(plan.geometry(size, size)) if plan else f"fixed {args.tile}-px tiles",
         "peak_rss_anon_mb": round(peak[0] / 2**20, 1),
         "baseline_rss_anon_mb": round(baseline / 2**20, 1),
         "class_map_mb": round(classes.nbytes / 2**20, 1),

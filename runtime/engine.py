@@ -100,6 +100,9 @@ class Geometry(NamedTuple):
     multiple: int = 0
 
 
+BAND_FACTOR = 4  # a band holds at most this many memory budgets of pixels (Plan.geometry)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Tiles chosen per image, for a model that runs at any size that is a multiple of
@@ -116,14 +119,17 @@ class Plan:
         whole_h, whole_w, m = self._up(height), self._up(width), self.multiple
         if whole_h * whole_w <= self.max_pixels:
             return Geometry(whole_h, whole_w, 0, 0, m)
-        side = max(m, math.isqrt(self.max_pixels) // m * m)
-        if whole_w <= side:  # a tall strip: one tile wide, as tall as the budget allows
-            tile_h = self._down(self.max_pixels // whole_w)
-            return Geometry(tile_h, whole_w, self._overlap(tile_h), 0, m)
-        if whole_h <= side:
-            tile_w = self._down(self.max_pixels // whole_h)
-            return Geometry(whole_h, tile_w, 0, self._overlap(tile_w), m)
-        return Geometry(side, side, self._overlap(side), self._overlap(side), m)
+        # The stitcher holds a band of tile_h rows across the whole width (logits, weights
+        # and input: about (classes + 2) x 4 bytes a pixel), so on a very wide image the
+        # band, not the tile, bounds the rows.
+        # (but never so few that the overlap would eat most of each band)
+        band_rows = max(self._down(BAND_FACTOR * self.max_pixels // whole_w),
+                        self._down(4 * max(2 * self.halo, self.multiple)))
+        side = self._down(math.isqrt(self.max_pixels))
+        tile_h = min(whole_h, band_rows, self._down(self.max_pixels // min(whole_w, side)))
+        tile_w = min(whole_w, self._down(self.max_pixels // tile_h))
+        return Geometry(tile_h, tile_w, self._overlap(tile_h) if tile_h < whole_h else 0,
+                        self._overlap(tile_w) if tile_w < whole_w else 0, m)
 
     def batch(self, geometry: Geometry, backend_batch: int) -> int:
         """Tiles of this geometry per backend call within the budget (at least one)."""

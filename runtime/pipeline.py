@@ -53,9 +53,10 @@ class Model:
         self.backend.close()
 
 
-# Model-input pixels one backend call may hold. On the CPU backend a U-Net of width 12 holds
-# about 0.3 KB per pixel in flight, so 4 MP is about 1.2 GB; whole 2048 x 2048 fields fit.
-DEFAULT_TILE_MEGAPIXELS = 4.0
+# Model-input pixels one backend call may hold. On the CPU backend the bundled U-Nets (width 12)
+# peak at about 0.5 KB per pixel in flight (2.2 GB measured for a 2000 x 2000 field), so 2 MP
+# is about 1 GB: whole 1024 x 1024 fields fit, larger ones go in tiles of about 1400 px.
+DEFAULT_TILE_MEGAPIXELS = 2.0
 
 
 def open_model(

@@ -89,9 +89,11 @@ def test_plan_geometry_by_hand():
     plan = Plan(multiple=16, max_pixels=4_000_000, halo=80)
     assert plan.geometry(512, 512) == Geometry(512, 512, 0, 0, 16)  # the whole field
     assert plan.geometry(484, 645) == Geometry(496, 656, 0, 0, 16)  # up to multiples of the stride
-    assert plan.geometry(20000, 20000) == Geometry(2000, 2000, 160, 160, 16)  # isqrt(4e6) = 2000
+    # A band across 20000 px holds 4 budgets (16 MP): 800 rows; the tiles as wide as the budget allows.
+    assert plan.geometry(20000, 20000) == Geometry(800, 4992, 160, 160, 16)
     assert plan.geometry(20000, 1000) == Geometry(3968, 1008, 160, 0, 16)  # a strip: as tall as fits
-    assert plan.geometry(1000, 20000) == Geometry(1008, 3968, 0, 160, 16)
+    assert plan.geometry(1000, 20000) == Geometry(800, 4992, 160, 160, 16)
+    assert plan.geometry(3000, 3000) == Geometry(2000, 2000, 160, 160, 16)  # isqrt(4e6) = 2000
     assert plan.batch(Geometry(512, 512, 0, 0, 16), 8) == 8  # 15 would fit: the backend's batch wins
     assert plan.batch(Geometry(1024, 1024, 0, 0, 16), 8) == 3
     assert plan.batch(Geometry(2000, 2000, 160, 160, 16), 8) == 1
@@ -195,14 +197,15 @@ class NearestCentre:
 
 
 @pytest.mark.parametrize("height, width", [(4000, 300), (1000, 3000)])
-def test_memory_is_bounded_by_a_band(height, width):
+@pytest.mark.parametrize("plan", [None, Plan(multiple=8, max_pixels=64 * 64, halo=4)])
+def test_memory_is_bounded_by_a_band(height, width, plan):
     classes = 4
     image = np.random.default_rng(3).uniform(-0.5, classes - 0.5, (1, height, width))
     image = image.astype(np.float32)
     inp = ArrayInput(image)
 
     tracemalloc.start()
-    result = segment(inp, NearestCentre(classes), TILE, overlap=16).classes
+    result = segment(inp, NearestCentre(classes), TILE, overlap=16, plan=plan).classes
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 

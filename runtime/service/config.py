@@ -131,7 +131,7 @@ class ModelConfig:
     tta: str = _rule("none", choices=TTA_MODES)  # test-time augmentation: none, flips (4 passes), d4 (8)
     # Model-input pixels one backend call may hold (the memory budget of inference): a field
     # that fits is run whole, a larger one in tiles as large as fit (bundles with dynamic sizes).
-    tile_megapixels: float = _rule(4.0, above=0.0)
+    tile_megapixels: float = _rule(2.0, above=0.0)  # about 1 GB on the CPU for the bundled models
 
     @property
     def ref(self) -> str | None:
