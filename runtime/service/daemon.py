@@ -309,6 +309,7 @@ class Daemon:
     def reload_model(self) -> None:
         """Ask the inference stage to reopen the model between batches (SIGHUP); a backend
         fault's backoff ends at once, as the reload may be its cure."""
+        log.info("model reload requested: the inference stage reopens the model between batches")
         self._reload.set()
         self._work_ready.set()
         self.infer.wake()
