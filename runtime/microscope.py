@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import itertools
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +46,21 @@ def tiff_bytes(image: np.ndarray, pixel_size_um: float) -> bytes:
     return buffer.getvalue()
 
 
-def capture(material: Material, seed: int, path: Path, truth_path: Path | None = None) -> np.ndarray:
-    """Draw the field of ``seed``, write its truth to ``truth_path`` (when given) and then
-    the field to ``path``, each atomically; the field's labels."""
+Truth = dict[str, Any]
+
+
+def capture(material: Material, seed: int, path: Path, record_truth: Callable[[Truth], None] | None = None,
+            ) -> np.ndarray:
+    """Draw the field of ``seed``, hand its truth to ``record_truth`` (when given) and then
+    write the field atomically to ``path``; the field's labels."""
     image, labels = material.draw(seed)
-    if truth_path is not None:
-        write_json_atomic(truth_path, truth_record(material, seed, path.name, labels))
+    if record_truth is not None:
+        record_truth(truth_record(material, seed, path.name, labels))
     write_bytes_atomic(path, tiff_bytes(image, material.pixel_size_um))
     return labels
 
 
-def truth_record(material: Material, seed: int, name: str, labels: np.ndarray) -> dict[str, Any]:
+def truth_record(material: Material, seed: int, name: str, labels: np.ndarray) -> Truth:
     """What the truth file of a drawn field says."""
     return {"file": name, "material": material.name, "seed": seed, "pixel_size_um": material.pixel_size_um,
             "main_phase": material.main_phase, "fractions": material.true_fractions(labels)}
@@ -70,12 +75,13 @@ def fields_in(truth_dir: Path) -> int:
 class Microscope:
     """Writes field after field of ``material`` into ``watch_dir`` every ``interval_s``
     seconds, the first at once, numbering on from ``first``; stops after ``count`` fields
-    (None: only at :meth:`stop`)."""
+    (None: only at :meth:`stop`). Each field's truth goes to ``truth_dir/NAME.json`` and to
+    ``on_truth``, before the field itself appears."""
 
     def __init__(self, material: Material, watch_dir: Path, truth_dir: Path, interval_s: float,
-                 count: int | None = None, first: int = 1) -> None:
+                 count: int | None = None, first: int = 1, on_truth: Callable[[Truth], None] | None = None) -> None:
         self.material, self.watch_dir, self.truth_dir = material, watch_dir, truth_dir
-        self.interval_s, self.count, self.first = interval_s, count, first
+        self.interval_s, self.count, self.first, self.on_truth = interval_s, count, first, on_truth
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="microscope", daemon=True)
 
@@ -95,5 +101,9 @@ class Microscope:
         for number in numbers:
             if number != self.first and self._stop.wait(self.interval_s):
                 return
-            stem = f"{FIELD_PREFIX}{number:04d}"
-            capture(self.material, number, self.watch_dir / f"{stem}.tif", self.truth_dir / f"{stem}.json")
+            capture(self.material, number, self.watch_dir / f"{FIELD_PREFIX}{number:04d}.tif", self._record_truth)
+
+    def _record_truth(self, truth: Truth) -> None:
+        write_json_atomic(self.truth_dir / f"{Path(truth['file']).stem}.json", truth)
+        if self.on_truth is not None:
+            self.on_truth(truth)

@@ -19,7 +19,7 @@ from typing import Any
 from phasewatch.runtime.bundle import resolve_bundle_path
 from phasewatch.runtime.commands.demo import _workspace
 
-TOLERANCE = 0.04  # measured main-phase fraction against the truth (the superalloy model: about -0.023)
+TOLERANCE = 0.03  # measured main-phase fraction against the truth (measured: within 0.3 points)
 
 
 class Demo:
@@ -91,15 +91,20 @@ def test_the_demo_serves_drawn_fields_measured_against_their_truth_and_cleans_up
         url = demo.wait_for(r"open (http://127\.0\.0\.1:\d+)$").group(1)
         images = finished_fields(url, 3)
         assert [i["file"] for i in images] == ["field-0003.tif", "field-0002.tif", "field-0001.tif"]
-        for image in images:
-            truth = json.loads((workspace / "truth" / image["file"].replace(".tif", ".json")).read_text())
+        truths = [json.loads((workspace / "truth" / i["file"].replace(".tif", ".json")).read_text()) for i in images]
+        for image, truth in zip(images, truths, strict=True):
             assert image["state"] == "done" and image["trust"]["ok"], image
             measured, true = (f["secondary gamma prime"] for f in (image["fractions"], truth["fractions"]))
             assert abs(measured - true) < TOLERANCE, (image["file"], measured, true)
         # the page has statistics: the trusted fields count
         stats = get_json(f"{url}/api/specimens/{images[0]['specimen_id']}/stats")
         assert stats["fields"] == 3 and stats["main_phase"] == "secondary gamma prime"
+        # ... and the truth beside them, in the specimen's notes
         assert stats["specimen"]["name"] == "demo microscope: drawn superalloy fields"
+        true_mean = sum(t["fractions"]["secondary gamma prime"] for t in truths) / 3
+        assert stats["specimen"]["notes"].startswith(
+            f"known truth: secondary gamma prime {100 * true_mean:.1f} % on average over the 3 fields drawn "
+            "(field-0003 ")
         # the served copy says what its trust was calibrated on; the bundled model is untouched
         copy = json.loads((workspace / "model" / "manifest.json").read_text())
         assert copy["trust"]["calibration"]["source"].startswith("demo microscope: 4 drawn superalloy")
@@ -107,7 +112,7 @@ def test_the_demo_serves_drawn_fields_measured_against_their_truth_and_cleans_up
         assert (resolve_bundle_path("superalloy") / "manifest.json").read_bytes() == bundled
         demo.wait_for(r"^3 fields done: measured - true secondary gamma prime fraction")
         assert len(re.findall(r"field-000\d\.tif  secondary gamma prime: measured .* trusted", demo.output)) == 3
-        assert demo.stop(signal.SIGINT) == 0
+        assert demo.stop(signal.SIGINT) == 0, demo.output
     finally:
         demo.kill()
     assert demo.lines[-1] == f"removed {workspace}"
@@ -119,7 +124,7 @@ def test_sigterm_stops_the_demo_and_removes_its_workspace(tmp_path):
     try:
         workspace = Path(demo.wait_for(r"^workspace: (.+) \(removed at exit\)$", 10).group(1))
         demo.wait_for(r"segmenting 4 drawn ebc micrographs")
-        assert demo.stop(signal.SIGTERM) == 0
+        assert demo.stop(signal.SIGTERM) == 0, demo.output
     finally:
         demo.kill()
     assert not workspace.exists()

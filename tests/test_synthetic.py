@@ -68,17 +68,19 @@ def test_a_model_is_paired_with_the_generator_of_its_classes():
     assert material_for([c.name for c in load_bundle("uhcs-carbide").classes]) is None
 
 
-def test_a_captured_field_carries_its_pixel_size_and_its_truth_is_written_beside(tmp_path):
+def test_a_captured_field_carries_its_pixel_size_and_its_truth_comes_first(tmp_path):
     material = MATERIALS["superalloy"]
-    (tmp_path / "watch").mkdir()
-    labels = capture(material, 3, tmp_path / "watch" / "f.tif", tmp_path / "truth.json")
-    (field,) = read_fields(tmp_path / "watch" / "f.tif")
+    path = tmp_path / "f.tif"
+    truths = []
+    labels = capture(material, 3, path, lambda truth: truths.append((truth, path.exists())))
+    (field,) = read_fields(path)
     assert field.pixel_size_um == pytest.approx(material.pixel_size_um)
     assert np.array_equal(field.image, material.draw(3)[0])
-    truth = json.loads((tmp_path / "truth.json").read_text())
+    [(truth, field_was_there)] = truths
+    assert not field_was_there
     assert truth["file"] == "f.tif" and truth["seed"] == 3 and truth["main_phase"] == material.main_phase
     assert truth["fractions"] == pytest.approx(material.true_fractions(labels))
-    assert sorted(p.name for p in (tmp_path / "watch").iterdir()) == ["f.tif"]  # no temporary left
+    assert [p.name for p in tmp_path.iterdir()] == ["f.tif"]  # no temporary left
 
 
 def wait_for_fields(truth_dir, count):
@@ -93,7 +95,9 @@ def test_the_microscope_writes_n_fields_numbering_on_and_never_a_calibration_see
     watch, truth = tmp_path / "watch", tmp_path / "truth"
     Microscope(material, watch, truth, interval_s=0.01, count=2).start()
     wait_for_fields(truth, 2)
-    second = Microscope(material, watch, truth, interval_s=0.01, count=1, first=fields_in(truth) + 1)
+    told = []
+    second = Microscope(material, watch, truth, interval_s=0.01, count=1, first=fields_in(truth) + 1,
+                        on_truth=told.append)
     second.start()
     wait_for_fields(truth, 3)
     time.sleep(0.2)  # ten more intervals: neither writes another
@@ -101,6 +105,7 @@ def test_the_microscope_writes_n_fields_numbering_on_and_never_a_calibration_see
     assert sorted(p.name for p in watch.iterdir()) == ["field-0001.tif", "field-0002.tif", "field-0003.tif"]
     seeds = [json.loads((truth / f"field-000{n}.json").read_text())["seed"] for n in (1, 2, 3)]
     assert seeds == [1, 2, 3] and not set(seeds) & set(calibration_seeds(10))
+    assert [t["file"] for t in told] == ["field-0003.tif"]
 
 
 def test_a_stopped_microscope_writes_no_more(tmp_path):

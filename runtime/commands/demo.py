@@ -40,7 +40,7 @@ from phasewatch.runtime.bundle import Bundle, load_bundle, write_manifest
 from phasewatch.runtime.calibration import calibrate_bundle
 from phasewatch.runtime.commands.serve import ServiceError, start_service, stop_service
 from phasewatch.runtime.errors import PhasewatchError
-from phasewatch.runtime.microscope import Microscope, calibration_seeds, capture, fields_in
+from phasewatch.runtime.microscope import Microscope, Truth, calibration_seeds, capture, fields_in
 from phasewatch.runtime.pipeline import decode_file, open_model, segment_files
 from phasewatch.runtime.service.config import (
     Config,
@@ -51,6 +51,7 @@ from phasewatch.runtime.service.config import (
     WatchConfig,
     WorkersConfig,
 )
+from phasewatch.runtime.service.logs import setup_logging
 from phasewatch.runtime.service.store import Store
 from phasewatch.runtime.synthetic import MATERIALS, Material, material_for
 from phasewatch.runtime.trust import assess, unsure_fraction
@@ -95,14 +96,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"phasewatch demo: the demo draws {' or '.join(MATERIALS)} micrographs; {bundle.name}'s classes "
               f"({', '.join(c.name for c in bundle.classes)}) are none of them", file=sys.stderr)
         return 2
-    # SIGTERM stops the demo as Ctrl-C does, so the workspace is removed either way.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C and SIGTERM only ask the demo to stop, so that it always stops in order and
+    # removes its workspace: a preparation step under way is finished first (seconds).
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     with _workspace(args.workspace) as workspace:
         try:
-            return _demo(args, bundle, material, workspace)
-        except KeyboardInterrupt:
-            _say("phasewatch demo: interrupted")
-            return 0
+            return _demo(args, bundle, material, workspace, stop)
         except (PhasewatchError, OSError) as exc:
             print(f"phasewatch demo: {exc}", file=sys.stderr)
             return 1
@@ -134,8 +135,11 @@ def _workspace(given: Path | None) -> Iterator[Path]:
         _say(f"removed {path}")
 
 
-def _demo(args: argparse.Namespace, bundle: Bundle, material: Material, workspace: Path) -> int:
+def _demo(args: argparse.Namespace, bundle: Bundle, material: Material, workspace: Path,
+          stop: threading.Event) -> int:
     model_ref = _trusted_model(bundle, material, workspace, args.backend)
+    if stop.is_set():
+        return 0
     config = Config(
         watch=WatchConfig(dir=workspace / "microscope", settle_s=SETTLE_S),
         data=DataConfig(dir=workspace / "data"),
@@ -145,20 +149,18 @@ def _demo(args: argparse.Namespace, bundle: Bundle, material: Material, workspac
         logging=LoggingConfig(level="WARNING"),  # the terminal is the demo's; problems still show
     )
     truth_dir = workspace / "truth"
-    microscope = Microscope(material, config.watch.dir, truth_dir, args.interval, args.fields,
-                            first=fields_in(truth_dir) + 1)
     config.watch.dir.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    setup_logging(config.logging.level)
     try:
         service = start_service(config)
     except ServiceError as exc:
         print(f"phasewatch demo: {exc}", file=sys.stderr)
         return 1
+    microscope: Microscope | None = None
     try:
-        service.store.start_specimen(f"demo microscope: drawn {material.name} fields",
-                                     notes=f"true fractions of each field: {truth_dir}")
+        notes = _TruthNotes(service.store, material, truth_dir)
+        microscope = Microscope(material, config.watch.dir, truth_dir, args.interval, args.fields,
+                                first=fields_in(truth_dir) + 1, on_truth=notes.add)
         _announce(service.url, material, args, truth_dir)
         report = _Report(service.store, truth_dir, material, args.fields)
         microscope.start()
@@ -166,7 +168,8 @@ def _demo(args: argparse.Namespace, bundle: Bundle, material: Material, workspac
             report.poll()
     finally:
         _say("stopping: finishing the fields in hand")
-        microscope.stop()
+        if microscope is not None:
+            microscope.stop()
         stop_service(service)
     return 0
 
@@ -273,3 +276,29 @@ class _Report:
             _say(f"{len(self.reported)} fields done: measured - true {self.material.main_phase} fraction "
                  f"{100 * float(np.mean(self.errors)):+.1f} points on average "
                  f"(largest {100 * max(self.errors, key=abs):+.1f}); the page stays up until Ctrl-C")
+
+
+class _TruthNotes:
+    """The demo specimen, whose notes say the true main-phase fraction of the fields drawn
+    so far: the page shows a specimen's notes beside its statistics, so measured and true
+    stand side by side there. Each field's truth is added before the field is written, so
+    the notes are in place when its result reaches the page."""
+
+    SHOWN = 6  # the newest fields listed one by one, as the page's recent fields
+
+    def __init__(self, store: Store, material: Material, truth_dir: Path) -> None:
+        self.store, self.material, self.truth_dir = store, material, truth_dir
+        self.specimen_id = store.start_specimen(f"demo microscope: drawn {material.name} fields",
+                                                notes=f"known truth in {truth_dir}")
+        self.values: list[tuple[str, float]] = []
+
+    def add(self, truth: Truth) -> None:
+        self.values.append((Path(truth["file"]).stem, truth["fractions"][self.material.main_phase]))
+        self.store.update_specimen(self.specimen_id, notes=self._text())
+
+    def _text(self) -> str:
+        mean = float(np.mean([value for _, value in self.values]))
+        newest = ", ".join(f"{name} {_percent(value)}" for name, value in reversed(self.values[-self.SHOWN:]))
+        more = ", ..." if len(self.values) > self.SHOWN else ""
+        return (f"known truth: {self.material.main_phase} {_percent(mean)} on average over the "
+                f"{len(self.values)} fields drawn ({newest}{more}); truth files in {self.truth_dir}")
