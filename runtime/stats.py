@@ -19,9 +19,13 @@ lower bound that uses the normal quantile (t > z always). ``s`` and the mean are
 current estimates, so the answer is an estimate too; ``fields_needed`` is ``m - n``,
 never negative.
 
-Trend. :func:`specimen_statistics` also follows the specimen's main phase field by
-field: its area % per field and :func:`field_statistics` after each one (the running
-mean and CI), so that an operator sees the estimate settle as fields come in.
+Trend. :func:`specimen_statistics` also follows every class field by field: its area %
+per field and :func:`field_statistics` after each one (the running mean and CI), so that
+an operator sees the estimate settle as fields come in; ``trend`` is the main phase's.
+
+Particle sizes. Each field's ECD histogram (``measure``: bin edges a geometric series of
+ratio sqrt(2)) is summed over the specimen's fields per class (:func:`ecd_histogram`),
+in µm when every field has a pixel size, else in pixels.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from phasewatch.runtime.measure import HISTOGRAM_RATIO
 from phasewatch.runtime.service.store import Store
 
 # t(0.975, df): two-sided 95 % quantiles of Student's t (checked against an
@@ -155,6 +160,41 @@ def phase_trend(fields: Sequence[dict[str, Any]], name: str, target_ra: float = 
     }
 
 
+def ecd_histogram(fields: Sequence[dict[str, Any]], name: str, physical: bool) -> dict[str, Any] | None:
+    """The ECD histogram of class ``name`` summed over ``fields`` (``edges``, ``counts``,
+    ``unit`` "um" when ``physical``, else "px"); None when no field has a whole particle
+    of it.
+
+    Fields with the same pixel size share their bin edges and are summed bin by bin; a
+    bin of another field goes to the bin of the common series (ratio sqrt(2) from the
+    smallest first edge) that holds its geometric centre.
+    """
+    bins: list[tuple[float, float, int]] = []
+    for f in fields:
+        particles = (f.get("particles") or {}).get(name)
+        if not particles or not particles.get("ecd_histogram", {}).get("counts"):
+            continue
+        histogram = particles["ecd_histogram"]
+        to_unit = 1.0 / f["pixel_size_um"] if particles["unit"] == "um" and not physical else 1.0
+        edges = [e * to_unit for e in histogram["edges"]]
+        bins.extend(zip(edges[:-1], edges[1:], histogram["counts"], strict=True))
+    if not bins:
+        return None
+    first = min(low for low, _, _ in bins)
+    step = math.log(HISTOGRAM_RATIO)
+    counts: dict[int, int] = {}
+    for low, high, count in bins:
+        # The tolerance keeps a centre that sits on an edge (rounding aside) in the bin above it.
+        index = math.floor(math.log(math.sqrt(low * high) / first) / step + 1e-9)
+        counts[index] = counts.get(index, 0) + count
+    size = max(counts) + 1
+    return {
+        "edges": [first * HISTOGRAM_RATIO**i for i in range(size + 1)],
+        "counts": [counts.get(i, 0) for i in range(size)],
+        "unit": "um" if physical else "px",
+    }
+
+
 def specimen_statistics(
     store: Store, specimen_id: int, target_ra: float = 0.10, count_flagged: bool = False
 ) -> dict[str, Any]:
@@ -170,7 +210,8 @@ def specimen_statistics(
       size), weighted by the number of whole particles; fields without a whole
       particle of the class do not count;
     * ``main_phase`` (:func:`main_phase`) and its ``trend`` (:func:`phase_trend`; None
-      without a main phase);
+      without a main phase); ``trends``: the same for every class;
+    * ``ecd_histograms``: per phase class with whole particles, :func:`ecd_histogram`;
     * ``flagged_pending``: how many flagged fields await an operator's acceptance, and
       ``count_flagged``: whether they are counted anyway (else they are left out), so
       that the page can say which.
@@ -209,6 +250,8 @@ def specimen_statistics(
         "mean_ecd": _per_class(ecd, target_ra, "um" if physical else "px"),
         "main_phase": phase,
         "trend": phase_trend(fields, phase, target_ra) if phase else None,
+        "trends": {name: phase_trend(fields, name, target_ra) for name in fractions},
+        "ecd_histograms": {name: h for name in density if (h := ecd_histogram(fields, name, physical))},
         "flagged_pending": store.flagged_pending(specimen_id),
         "count_flagged": count_flagged,
     }

@@ -421,9 +421,9 @@ def test_export_csv_has_one_row_per_field(client, daemon):
 def test_page_and_its_vendored_assets(client):
     page = client.get("/")
     html = page.get_data(as_text=True)
-    assert page.status_code == 200 and 'id="overlay"' in html and 'data-target-ra="10.0"' in html
+    assert page.status_code == 200 and 'id="picture"' in html and 'data-target-ra="10.0"' in html
     assert "http" not in html.replace("http://www.w3.org", "")  # nothing from the internet
-    script = client.get("/static/app.js")
+    script = client.get("/static/stream.js")
     assert script.status_code == 200 and "EventSource" in script.get_data(as_text=True)
     assert client.get("/static/app.css").status_code == 200
 

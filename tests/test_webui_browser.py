@@ -101,15 +101,17 @@ def test_a_finished_field_appears_live(served, browser, tmp_path):
     new_id = finish_field(store, out_dir, 3)
     events.publish("field", image_json(store.get_image(new_id)))
 
-    overlay = page.locator("#overlay")
-    sync_api.expect(overlay).to_have_attribute(
-        "src", re.compile(rf"/api/images/{new_id}/overlay\.png$"), timeout=WAIT_MS
-    )
+    # The viewer draws the new field (its canvas says which), the statistics and the strip follow.
+    sync_api.expect(page.locator("#picture")).to_have_attribute("data-field", str(new_id), timeout=WAIT_MS)
     sync_api.expect(n_cell).to_have_text("3", timeout=WAIT_MS)
     sync_api.expect(page.locator("#strip li")).to_have_count(3, timeout=WAIT_MS)
+    sync_api.expect(page.locator("#strip a").first).to_have_attribute("href", f"/fields/{new_id}")
+    sync_api.expect(page.locator("#announce")).to_have_text(re.compile(r"^New field field03\.tif, secondary "))
     sync_api.expect(page.locator("#trust")).to_be_hidden()  # a record without trust is trusted
-    # The overlay really loaded (a broken image has no natural width).
-    page.wait_for_function("document.getElementById('overlay').naturalWidth === 320", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#trusted")).to_contain_text("No trust record")
+    # Thumbnails are the small cached JPEGs, and they loaded.
+    page.wait_for_function("[...document.querySelectorAll('#strip img')].every((i) => i.naturalWidth > 0 && "
+                           "i.src.includes('/thumb-'))", timeout=WAIT_MS)
     shot = tmp_path / "webui.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 0
@@ -128,18 +130,20 @@ def test_a_flagged_field_is_marked_not_counted_and_accepted(served, browser):
     note = page.locator("#flagged-note")
     sync_api.expect(note).to_have_text("1 field outside the model's experience is not counted until someone "
                                        "accepts it.", timeout=WAIT_MS)
-    thumb = page.locator(f'#strip button[data-id="{flagged}"]')
+    thumb = page.locator(f'#strip a[data-id="{flagged}"]')
     sync_api.expect(thumb.locator(".trust-mark")).to_have_text("⚠ outside experience", timeout=WAIT_MS)
     sync_api.expect(page.locator("#strip .trust-mark")).to_have_count(1)
 
-    thumb.click()
+    thumb.click()  # a card is a link to the field's own page
+    sync_api.expect(page).to_have_url(f"{url}/fields/{flagged}")
     trust = page.locator("#trust")
     sync_api.expect(trust.locator("#trust-reason")).to_have_text(
         f"Outside this model's experience: {UNLIKE} (+1 more)", timeout=WAIT_MS)
     sync_api.expect(trust.locator("#trust-state")).to_have_text(
         "Not counted in the statistics until someone accepts it.")
     assert page.locator("#trust b").count() == 0
-    page.wait_for_function("document.getElementById('overlay').naturalWidth === 320", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#field-badges")).to_contain_text("⚠ outside experience")
+    sync_api.expect(page.locator("#picture")).to_have_attribute("data-field", str(flagged), timeout=WAIT_MS)
     SHOTS.mkdir(parents=True, exist_ok=True)
     for width in SHOT_WIDTHS:
         page.set_viewport_size({"width": width, "height": 1000})
@@ -160,12 +164,15 @@ def test_a_flagged_field_is_marked_not_counted_and_accepted(served, browser):
     sync_api.expect(trust.locator("#trust-state")).to_have_text(
         "Accepted by Ana: checked by eye: the segmentation is right", timeout=WAIT_MS)
     sync_api.expect(page.locator("#unaccept")).to_be_visible()
-    sync_api.expect(n_cell).to_have_text("3", timeout=WAIT_MS)  # the "specimen" event refreshed it
+    sync_api.expect(page.locator("#field-badges")).to_contain_text("outside experience · accepted")
+
+    page.goto(url)  # the live view counts it now
+    sync_api.expect(n_cell).to_have_text("3", timeout=WAIT_MS)
     sync_api.expect(note).to_be_hidden()
     sync_api.expect(thumb.locator(".trust-mark")).to_have_text("outside experience · accepted")
     page.screenshot(path=str(SHOTS / "accepted-1600.png"), full_page=True)
 
+    page.goto(f"{url}/fields/{flagged}")
     page.locator("#unaccept").click()
-    sync_api.expect(n_cell).to_have_text("2", timeout=WAIT_MS)
-    sync_api.expect(page.locator("#accept")).to_be_visible()
+    sync_api.expect(page.locator("#accept")).to_be_visible(timeout=WAIT_MS)
     assert store.get_image(flagged)["accepted"] == 0

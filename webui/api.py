@@ -1,8 +1,8 @@
-"""The JSON API (``/api/...``), the CSV export, health and metrics.
+"""The JSON API of fields (``/api/status``, ``/api/images/...``), the CSV export, health
+and metrics; the specimens' routes are in :mod:`.specimens_api`.
 
-Events. A specimen started here, or a field excluded, put back, accepted or
-un-accepted, publishes ``specimen`` (``{"id": ...}``) so that every open page refreshes
-its statistics.
+Events. A field excluded, put back, accepted or un-accepted publishes ``specimen``
+(``{"id": ...}``) so that every open page refreshes its statistics.
 
 Acceptance. A field the model flagged as outside its experience counts in the
 statistics only once an operator accepts it, naming who and why (the store keeps both);
@@ -13,7 +13,13 @@ store error.
 
 Files. Output pictures are served only from the paths the store recorded for a field
 (``mark_done``'s ``outputs``: ``overlay``, ``classes``, ``preview``), and only when
-they lie inside the data folder.
+they lie inside the data folder; so are thumbnails (:mod:`.thumbs`), which are cached
+for good under a versioned URL.
+
+History. ``/api/images`` narrows the list by file name (``q``), state or kind
+(``state``: a store state, ``excluded``, ``flagged``, ``duplicate``), arrival time
+(``since`` .. ``until``, epoch seconds) and specimen, and pages by id both ways
+(``before``, ``after``).
 """
 
 from __future__ import annotations
@@ -22,21 +28,30 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, send_file
+from flask import Blueprint, Response, jsonify, request, send_file
 
-from phasewatch.runtime.service.store import flagged
-from phasewatch.runtime.stats import specimen_statistics
+from phasewatch.runtime.service.store import IMAGE_KINDS, STATES, ImageFilter, flagged
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import fields_csv
-from phasewatch.webui.payloads import PICTURES, image_json
-from phasewatch.webui.rest import ApiError, checked_id, json_body, query_int, text_field
+from phasewatch.webui.payloads import PICTURES, image_detail_json, image_json
+from phasewatch.webui.rest import (
+    MAX_NAME,
+    MAX_TEXT,
+    ApiError,
+    checked_id,
+    json_body,
+    query_float,
+    query_int,
+    text_field,
+)
+from phasewatch.webui.thumbs import CACHE_FOREVER, thumbnail_bytes, thumbnail_source, thumbnail_version
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-MAX_NAME = 200
-MAX_TEXT = 2000
+MAX_QUERY = 200
+IMAGE_STATES = (*STATES, *IMAGE_KINDS)
 _EXPORT_PAGE = 1000
 
 blueprint = Blueprint("api", __name__)
@@ -47,13 +62,6 @@ def _image(file_id: int) -> dict[str, Any]:
     if image is None:
         raise ApiError(404, f"no image {file_id}")
     return image
-
-
-def _specimen(specimen_id: int) -> dict[str, Any]:
-    specimen = current_context().store.get_specimen(checked_id("specimen", specimen_id))
-    if specimen is None:
-        raise ApiError(404, f"no specimen {specimen_id}")
-    return specimen
 
 
 @blueprint.get("/api/status")
@@ -75,18 +83,43 @@ def metrics() -> Response:
     return Response(body, content_type=content_type)
 
 
+def _filter() -> ImageFilter:
+    state = request.args.get("state", "")
+    if state and state not in IMAGE_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(IMAGE_STATES)}, got {state!r}")
+    name = request.args.get("q", "").strip()
+    if len(name) > MAX_QUERY:
+        raise ApiError(400, f"q is longer than {MAX_QUERY} characters")
+    return ImageFilter(name=name, state=state, since=query_float("since"), until=query_float("until"))
+
+
 @blueprint.get("/api/images")
 def images() -> Response:
     limit = query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
     specimen = query_int("specimen", None, 1)
     before = query_int("before", None, 1)
-    return jsonify([image_json(i) for i in current_context().store.list_images(limit, specimen, before)])
+    after = query_int("after", None, 0)
+    if before is not None and after is not None:
+        raise ApiError(400, "give before or after, not both")
+    rows = current_context().store.list_images(limit, specimen, before, after, _filter())
+    return jsonify([image_json(i) for i in rows])
 
 
 @blueprint.get("/api/images/<int:file_id>")
 def image(file_id: int) -> Response:
-    found = _image(file_id)
-    return jsonify({**image_json(found), "measurement": found.get("measurement")})
+    return jsonify(image_detail_json(_image(file_id)))
+
+
+def _recorded_file(file_id: int, kind: str, recorded: str | Path) -> Path:
+    """A picture the store recorded for a field, refused unless it lies in the data folder."""
+    path = Path(recorded).resolve()
+    data_root = current_context().data_dir  # resolved by create_app
+    if not path.is_relative_to(data_root):
+        log.warning("web: refused %s of image %d: %s is outside %s", kind, file_id, path, data_root)
+        raise ApiError(403, f"image {file_id}: the {kind} picture is outside the data folder")
+    if not path.is_file():
+        raise ApiError(404, f"image {file_id}: the {kind} picture is missing on disk")
+    return path
 
 
 @blueprint.get("/api/images/<int:file_id>/<kind>.png")
@@ -96,14 +129,26 @@ def picture(file_id: int, kind: str) -> Response:
     recorded = (_image(file_id).get("outputs") or {}).get(kind)
     if recorded is None:
         raise ApiError(404, f"image {file_id} has no {kind} picture")
-    path = Path(recorded).resolve()
-    data_root = current_context().data_dir  # resolved by create_app
-    if not path.is_relative_to(data_root):
-        log.warning("web: refused %s of image %d: %s is outside %s", kind, file_id, path, data_root)
-        raise ApiError(403, f"image {file_id}: the {kind} picture is outside the data folder")
-    if not path.is_file():
-        raise ApiError(404, f"image {file_id}: the {kind} picture is missing on disk")
-    return send_file(path, mimetype="image/png")
+    return send_file(_recorded_file(file_id, kind, recorded), mimetype="image/png")
+
+
+@blueprint.get("/api/images/<int:file_id>/thumb-<version>.jpg")
+def thumbnail(file_id: int, version: str) -> Response:
+    found = _image(file_id)
+    source = thumbnail_source(found)
+    if source is None:
+        raise ApiError(404, f"image {file_id} has no picture to make a thumbnail of")
+    path = _recorded_file(file_id, "thumbnail", source)
+    if version != thumbnail_version(found):
+        # An old URL: what it named is gone. Never send other bytes under it, they would be kept a year.
+        raise ApiError(404, f"image {file_id}: thumbnail {version!r} is not its current one")
+    key = f"{found['duplicate_of'] or file_id}-{version}"
+    try:
+        data = thumbnail_bytes(path, current_context().data_dir / "thumbs", key)
+    except OSError as exc:
+        log.warning("web: no thumbnail for image %d: %s", file_id, exc)
+        raise ApiError(500, f"image {file_id}: cannot make its thumbnail") from exc
+    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": CACHE_FOREVER})
 
 
 def _measured(file_id: int) -> dict[str, Any]:
@@ -157,31 +202,6 @@ def unaccept(file_id: int) -> Response:
     found = _measured(file_id)
     current_context().store.unaccept_field(file_id)
     return _changed(found)
-
-
-@blueprint.get("/api/specimens")
-def specimens() -> Response:
-    store = current_context().store
-    return jsonify({"current": store.current_specimen(), "specimens": store.list_specimens()})
-
-
-@blueprint.post("/api/specimens")
-def start_specimen() -> tuple[Response, int]:
-    ctx = current_context()
-    body = json_body()
-    name = text_field(body, "name", MAX_NAME, required=True)
-    notes = text_field(body, "notes", MAX_TEXT)
-    specimen_id = ctx.store.start_specimen(name, notes)
-    ctx.events.publish("specimen", {"id": specimen_id})
-    return jsonify(_specimen(specimen_id)), 201
-
-
-@blueprint.get("/api/specimens/<int:specimen_id>/stats")
-def specimen_stats(specimen_id: int) -> Response:
-    ctx = current_context()
-    specimen = _specimen(specimen_id)
-    stats = specimen_statistics(ctx.store, specimen_id, ctx.target_ra, ctx.count_flagged)
-    return jsonify({**stats, "specimen": specimen})
 
 
 @blueprint.get("/export.csv")

@@ -12,6 +12,12 @@ number of streams is capped, in total (``max_subscribers``) and per client addre
 :meth:`EventBroker.subscribe` raises :class:`StreamRefused` beyond either, and the page
 falls back to retrying.
 
+A browser that goes away (a page closed or left for another) frees its stream within
+:data:`GONE_POLL_S` when the server can tell (``gone``: waitress's
+``client_disconnected``), not only at the next keep-alive write: a page that moves from
+view to view would otherwise hold a slot per view for up to a keep-alive period and soon
+be refused.
+
 Event ids count up from 1 for the life of a broker (one daemon run). A
 ``Last-Event-ID`` from an earlier run is at or above the newest id only by chance;
 then nothing is replayed, and the page reloads its data on every (re)connection anyway.
@@ -23,13 +29,15 @@ import contextlib
 import json
 import queue
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from phasewatch.runtime.errors import PhasewatchError
 
 KEEPALIVE_S = 15.0
+GONE_POLL_S = 1.0  # how often a stream checks whether its client went away
 # Stream threads kept below the server's thread count, so the API always has some left
 # (``[web] max_streams`` and ``max_streams_per_client``).
 MAX_SUBSCRIBERS = 16
@@ -92,10 +100,13 @@ class EventBroker:
                     self._end(sub)
             return self._last_id
 
-    def subscribe(self, last_event_id: int | None = None, client: str = "") -> Iterator[str]:
+    def subscribe(
+        self, last_event_id: int | None = None, client: str = "", gone: Callable[[], bool] | None = None
+    ) -> Iterator[str]:
         """A stream of SSE text for ``client`` (its address): first the events after
         ``last_event_id`` still in the history, then live events and keep-alive comments
-        until the client goes away, falls too far behind, or the broker closes.
+        until the client goes away (``gone()`` turns true, or a write fails), falls too
+        far behind, or the broker closes.
 
         The subscription starts here, not at the first ``next()``: nothing published
         after this call is missed.
@@ -109,7 +120,7 @@ class EventBroker:
                 if last_event_id is not None and last_event_id < self._last_id
                 else []
             )
-        return self._stream(sub, missed)
+        return self._stream(sub, missed, gone or (lambda: False))
 
     def _check_room(self, client: str) -> None:
         """Raise :class:`StreamRefused` unless a stream for ``client`` fits (lock held)."""
@@ -123,20 +134,26 @@ class EventBroker:
                 "close a page or try again later"
             )
 
-    def _stream(self, sub: _Subscriber, missed: list[str]) -> Iterator[str]:
+    def _stream(self, sub: _Subscriber, missed: list[str], gone: Callable[[], bool]) -> Iterator[str]:
         try:
             yield f"retry: {RETRY_MS}\n\n"
             yield from missed
+            written = time.monotonic()
             while True:
                 try:
-                    message = sub.queue.get(timeout=self.keepalive_s)
+                    message = sub.queue.get(timeout=min(self.keepalive_s, GONE_POLL_S))
                 except queue.Empty:
+                    if gone():
+                        return
+                    if time.monotonic() - written < self.keepalive_s:
+                        continue
                     # A comment line: keeps proxies from closing the connection and makes the
                     # server notice a vanished client at the next write.
                     message = ": keep-alive\n\n"
                 if sub.ended or message is None:
                     return
                 yield message
+                written = time.monotonic()
         finally:
             with self._lock:
                 self._subscribers.discard(sub)

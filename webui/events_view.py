@@ -29,8 +29,10 @@ def last_event_id(raw: str | None) -> int | None:
 @blueprint.get("/events")
 def events() -> Response | tuple[Response, int, dict[str, str]]:
     last = last_event_id(request.headers.get("Last-Event-ID"))
+    # waitress tells whether the browser has gone (it reads ahead on the connection).
+    gone = request.environ.get("waitress.client_disconnected")
     try:
-        stream = current_context().events.subscribe(last, client=request.remote_addr or "")
+        stream = current_context().events.subscribe(last, client=request.remote_addr or "", gone=gone)
     except StreamRefused as exc:
         return jsonify(error=str(exc)), 503, {"Retry-After": "10"}
     return Response(

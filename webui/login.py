@@ -2,7 +2,9 @@
 (fetch, EventSource, pictures) carry it without the script ever holding the token.
 
 The cookie is HttpOnly (no script can read it) and SameSite=Strict, and holds an HMAC of
-the token (:func:`phasewatch.webui.access.session_value`), not the token.
+the token (:func:`phasewatch.webui.access.session_value`), not the token. ``next`` (a
+path of this service: a deep link opened before signing in) is where the browser goes
+afterwards; anything else goes to ``/``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,18 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("login", __name__)
 
 
+def _next() -> str:
+    """Where to go after signing in: ``next`` when it is a path here, else ``/``. A
+    scheme, ``//host`` or a backslash (which browsers read as a slash) would leave the
+    service: an open redirect."""
+    target = request.values.get("next", "")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or any(c < " " for c in target):
+        return "/"
+    return target
+
+
 def _form(error: str, status: int = 200) -> tuple[Response, int]:
-    response = Response(render_template("login.html", error=error))
+    response = Response(render_template("login.html", error=error, next=_next()))
     # This page's form must carry its Origin: with "no-referrer" a browser sends
     # "Origin: null" for a form post, which the CSRF check refuses.
     response.headers["Referrer-Policy"] = "same-origin"
@@ -33,7 +45,7 @@ def _form(error: str, status: int = 200) -> tuple[Response, int]:
 def login_form() -> BaseResponse | tuple[Response, int]:
     token = current_context().access.token
     if not token or authorised(token):
-        return redirect("/", 303)
+        return redirect(_next(), 303)
     return _form("")
 
 
@@ -45,7 +57,7 @@ def login() -> BaseResponse | tuple[Response, int]:
     if not token_matches(request.form.get("token", ""), token):
         log.warning("web: wrong token from %s", request.remote_addr)
         return _form("That is not the token of this service.", 401)
-    response = redirect("/", 303)
+    response = redirect(_next(), 303)
     response.set_cookie(COOKIE, session_value(token), max_age=COOKIE_MAX_AGE_S, path="/",
                         httponly=True, samesite="Strict", secure=request.is_secure)
     return response

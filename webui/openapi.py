@@ -2,8 +2,9 @@
 
 Written by hand, next to the routes it describes; ``tests/test_web_security.py`` checks
 that every route of the app (``/api/...``, ``/events``, ``/export.csv``, ``/healthz``,
-``/metrics``) and its methods are here and that nothing here is missing from the app.
-The HTML page (``/``), ``/login`` and static files are not API and are left out.
+``/metrics``, the pages and the reports) and its methods are here and that nothing here
+is missing from the app. The pages are listed as what they are, HTML (tag ``pages``);
+``/``, ``/login`` and static files are left out.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from phasewatch.webui.api import DEFAULT_LIMIT, MAX_LIMIT, MAX_NAME, MAX_TEXT
+from phasewatch.webui.api import DEFAULT_LIMIT, IMAGE_STATES, MAX_LIMIT, MAX_QUERY
 from phasewatch.webui.payloads import PICTURES
-from phasewatch.webui.rest import MAX_ID
+from phasewatch.webui.rest import MAX_ID, MAX_NAME, MAX_TEXT
 from phasewatch.webui.security import COOKIE
 
 blueprint = Blueprint("openapi", __name__)
@@ -47,6 +48,10 @@ def _query_int(name: str, description: str, maximum: int = MAX_ID, default: int 
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
 def _text(limit: int) -> dict[str, Any]:
     return {"type": "string", "maxLength": limit}
 
@@ -66,6 +71,7 @@ _CHANGE_ERRORS = {
     "415": _error("the body is not sent as application/json"),
 }
 _IMAGE_ERRORS = {"400": _error("an id out of range"), "404": _error("no such image")}
+_SPECIMEN_ERRORS = {"400": _error("an id out of range"), "404": _error("no such specimen")}
 _MEASURED_ERRORS = {**_IMAGE_ERRORS, **_CHANGE_ERRORS,
                     "409": _error("the image is not a measured field (or, to accept, not flagged)")}
 
@@ -88,14 +94,43 @@ _SCHEMAS: dict[str, Any] = {
         "accept_reason": {"type": "string", "nullable": True},
         "accepted_at": {"type": "number", "nullable": True},
         "pictures": {"type": "object", "additionalProperties": {"type": "string"},
-                     "description": f"URL of each picture the field has: {', '.join(PICTURES)}"}}},
+                     "description": f"URL of each picture the field has: {', '.join(PICTURES)}"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"},
+                   "description": "display name of each class in fractions (e.g. 'secondary γ′')"},
+        "thumbnail": {"type": "string", "nullable": True,
+                      "description": "URL of a small JPEG, versioned: cached for good"}}},
+    "Class": {"type": "object", "properties": {
+        "id": {"type": "integer", "nullable": True}, "name": {"type": "string", "description": "as the model names it"},
+        "label": {"type": "string", "description": "display name"},
+        "colour": {"type": "string", "nullable": True, "description": "#rrggbb"},
+        "role": {"type": "string", "nullable": True, "enum": ["phase", "background", "excluded", None]}}},
+    "Provenance": {"type": "object", "description": "where a field's numbers come from", "properties": {
+        "file": {"type": "string"}, "path": {"type": "string"}, "sha256": {"type": "string"},
+        "size": {"type": "integer"}, "captured": {"type": "number", "description": "file modification time"},
+        "arrived": {"type": "number"}, "processed": {"type": "number", "nullable": True},
+        "model": {"type": "string", "nullable": True}, "onnx_sha256": {"type": "string", "nullable": True},
+        "architecture": {"type": "string", "nullable": True}, "exported_at": {"type": "string", "nullable": True},
+        "backend": {"type": "string", "nullable": True}, "tiling": {"type": "object", "nullable": True},
+        "software": {"type": "string", "nullable": True}, "width": {"type": "integer", "nullable": True},
+        "height": {"type": "integer", "nullable": True}, "page": {"type": "integer", "nullable": True},
+        "pages": {"type": "integer"}, "pixel_size_um": {"type": "number", "nullable": True},
+        "pixel_size_source": {"type": "string", "nullable": True}}},
     "ImageDetail": {"allOf": [_ref("Image"), {"type": "object", "properties": {
-        "measurement": {"type": "object", "nullable": True, "description": "the field's full record"}}}]},
+        "measurement": {"type": "object", "nullable": True, "description": "the field's full record"},
+        "classes": {"type": "array", "items": _ref("Class")}, "provenance": _ref("Provenance")}}]},
     "Specimen": {"type": "object", "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"}, "notes": {"type": "string"},
         "folder": {"type": "string", "nullable": True}, "created": {"type": "number"},
         "is_current": {"type": "integer", "enum": [0, 1]},
-        "files": {"type": "integer", "description": "only in the list of specimens"}}},
+        "model_name": {"type": "string", "nullable": True, "description": "the one model whose fields it holds"},
+        "model_sha256": {"type": "string", "nullable": True},
+        "derived_from": {"type": "integer", "nullable": True,
+                         "description": "the specimen it was started from when the model changed"},
+        "closed": {"type": "number", "nullable": True, "description": "when it was closed; null while open"},
+        "files": {"type": "integer", "description": "only in the list of specimens"},
+        "done": {"type": "integer", "description": "only in the list of specimens"},
+        "failed": {"type": "integer", "description": "only in the list of specimens"},
+        "last_file": {"type": "number", "nullable": True, "description": "only in the list of specimens"}}},
     "Stats": {"type": "object", "description": "runtime.stats.specimen_statistics plus the specimen",
               "properties": {
                   "specimen_id": {"type": "integer"}, "fields": {"type": "integer"},
@@ -103,10 +138,44 @@ _SCHEMAS: dict[str, Any] = {
                   "number_density": {"type": "object"}, "mean_ecd": {"type": "object"},
                   "main_phase": {"type": "string", "nullable": True},
                   "trend": {"type": "object", "nullable": True},
+                  "trends": {"type": "object", "description": "per class: ids, values, running mean and ci95"},
+                  "ecd_histograms": {"type": "object", "description": "per phase class: edges, counts, unit"},
                   "flagged_pending": {"type": "integer"}, "count_flagged": {"type": "boolean"},
-                  "specimen": _ref("Specimen")}},
+                  "specimen": _ref("Specimen"), "classes": {"type": "array", "items": _ref("Class")}}},
     "Health": {"type": "object", "required": ["ok"], "properties": {
         "ok": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}},
+}
+
+def _page(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"summary": summary, "tags": ["pages"], "parameters": list(params),
+                    "responses": {"200": {"description": "the page (its data comes from the API)",
+                                          "content": {"text/html": {"schema": {"type": "string"}}}}}}}
+
+
+_PAGES: dict[str, Any] = {
+    "/fields": _page("page: the history of fields, searchable (q, state, from, to, specimen), paged"),
+    "/fields/{file_id}": _page("page: one field (pictures, legend, measurements, trust, provenance)",
+                               _id_param("file_id", "image")),
+    "/specimens": _page("page: the specimens; start, switch, close, reopen, compare"),
+    "/specimens/{specimen_id}": _page("page: one specimen's statistics", _id_param("specimen_id", "specimen")),
+    "/specimens/compare": _page("page: specimens side by side (ids=1,2,...)"),
+}
+
+
+def _report(summary: str, media: str, paper: bool = True) -> dict[str, Any]:
+    params = [_id_param("specimen_id", "specimen")]
+    if paper:
+        params.append(_query("paper", "page size", {"type": "string", "enum": ["a4", "letter"], "default": "a4"}))
+    return {"get": {"summary": summary, "tags": ["reports"], "parameters": params,
+                    "responses": {"200": {"description": summary, "content": {media: {"schema": {"type": "string"}}}},
+                                  **_SPECIMEN_ERRORS}}}
+
+
+_REPORTS: dict[str, Any] = {
+    "/specimens/{specimen_id}/report": _report("a specimen's report, as a page that prints", "text/html"),
+    "/specimens/{specimen_id}/report.pdf": _report("a specimen's report as PDF", "application/pdf"),
+    "/specimens/{specimen_id}/report.csv": _report("a specimen's fields with provenance columns", "text/csv",
+                                                   paper=False),
 }
 
 _PATHS: dict[str, Any] = {
@@ -122,7 +191,17 @@ _PATHS: dict[str, Any] = {
         "summary": "fields, newest first",
         "parameters": [_query_int("limit", "how many", MAX_LIMIT, DEFAULT_LIMIT),
                        _query_int("specimen", "only this specimen's fields"),
-                       _query_int("before", "only fields with a smaller id (paging)")],
+                       _query_int("before", "only fields with a smaller id (paging back)"),
+                       _query("after", "only the oldest fields with a larger id (paging forward; not with before)",
+                              {"type": "integer", "minimum": 0, "maximum": MAX_ID}),
+                       _query("q", "only files whose path contains this (ASCII letters in any case)",
+                              {"type": "string", "maxLength": MAX_QUERY}),
+                       _query("state", "only fields in this state or of this kind",
+                              {"type": "string", "enum": list(IMAGE_STATES)}),
+                       _query("since", "only fields that arrived at or after this time (epoch seconds)",
+                              {"type": "number"}),
+                       _query("until", "only fields that arrived before this time (epoch seconds)",
+                              {"type": "number"})],
         "responses": {"200": _json({"type": "array", "items": _ref("Image")}, "fields"),
                       "400": _error("a parameter out of range")}}},
     "/api/images/{file_id}": {"get": {
@@ -138,6 +217,16 @@ _PATHS: dict[str, Any] = {
             "type": "string", "format": "binary"}}}},
             "400": _error("an id out of range"), "403": _error("the recorded file is outside the data folder"),
             "404": _error("no such image, picture kind or file")}}},
+    "/api/images/{file_id}/thumb-{version}.jpg": {"get": {
+        "summary": "a small JPEG of the field's overlay; the URL (from Image.thumbnail) never changes its bytes",
+        "parameters": [_id_param("file_id", "image"),
+                       {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "JPEG, Cache-Control: public, max-age=31536000, immutable",
+                              "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                      "400": _error("an id out of range"),
+                      "403": _error("the recorded picture is outside the data folder"),
+                      "404": _error("no such image or picture, or not the current version"),
+                      "500": _error("the thumbnail could not be made")}}},
     "/api/images/{file_id}/exclude": {"post": {
         "summary": "leave a measured field out of the statistics, with a reason",
         "parameters": [_id_param("file_id", "image")],
@@ -166,6 +255,29 @@ _PATHS: dict[str, Any] = {
         "post": {"summary": "start a new specimen; it becomes the current one",
                  "requestBody": _body({"name": _text(MAX_NAME), "notes": _text(MAX_TEXT)}, ["name"]),
                  "responses": {"201": _json(_ref("Specimen"), "the new specimen"), **_CHANGE_ERRORS}}},
+    "/api/specimens/{specimen_id}": {
+        "get": {"summary": "one specimen", "parameters": [_id_param("specimen_id", "specimen")],
+                "responses": {"200": _json(_ref("Specimen"), "the specimen"), **_SPECIMEN_ERRORS}},
+        "patch": {"summary": "rename a specimen and/or replace its notes",
+                  "parameters": [_id_param("specimen_id", "specimen")],
+                  "requestBody": _body({"name": _text(MAX_NAME), "notes": _text(MAX_TEXT)}, []),
+                  "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                                **_CHANGE_ERRORS}}},
+    "/api/specimens/{specimen_id}/current": {"post": {
+        "summary": "make an open specimen the current one: new fields go to it (body: {})",
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, [], optional_body=True),
+        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                      **_CHANGE_ERRORS, "409": _error("the specimen is closed")}}},
+    "/api/specimens/{specimen_id}/close": {"post": {
+        "summary": "sign a specimen off (body: {}); not the current one",
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, [], optional_body=True),
+        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                      **_CHANGE_ERRORS, "409": _error("the specimen is the current one")}}},
+    "/api/specimens/{specimen_id}/reopen": {"post": {
+        "summary": "reopen a closed specimen (body: {})",
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, [], optional_body=True),
+        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                      **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}/stats": {"get": {
         "summary": "a specimen's statistics (ASTM E562 / E1245)",
         "parameters": [_id_param("specimen_id", "specimen")],
@@ -184,6 +296,8 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": {"description": "the stream", "content": {"text/event-stream": {
             "schema": {"type": "string"}}}},
             "503": _error("every stream slot (in total or for this client address) is taken; retry later")}}},
+    **_PAGES,
+    **_REPORTS,
     "/healthz": {"get": {
         "summary": "health for monitoring; needs no token", "security": [],
         "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "unhealthy")}}},

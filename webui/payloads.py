@@ -1,4 +1,5 @@
-"""How the API and the ``field`` event show a store image row."""
+"""How the API and the ``field`` event show a store image row, a field's classes and
+its provenance."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from phasewatch.runtime.service.store import display_text
+from phasewatch.webui.names import display_name
+from phasewatch.webui.thumbs import thumbnail_url
 
 PICTURES = ("overlay", "classes", "preview")
 
@@ -20,9 +23,11 @@ def trust_json(trust: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def image_json(image: dict[str, Any]) -> dict[str, Any]:
     """A store image row as the API and the ``field`` event show it; a path whose name is
-    not UTF-8 is shown with U+FFFD for each byte that is not (JSON has no other way)."""
+    not UTF-8 is shown with U+FFFD for each byte that is not (JSON has no other way).
+    ``labels`` gives the display name (:mod:`.names`) of every class in ``fractions``."""
     outputs = image.get("outputs") or {}
     path = display_text(image["path"])
+    fractions = image.get("fractions")
     return {
         "id": image["id"],
         "file": Path(path).name,
@@ -31,7 +36,8 @@ def image_json(image: dict[str, Any]) -> dict[str, Any]:
         "error": image["error"],
         "specimen": image["specimen"],
         "specimen_id": image["specimen_id"],
-        "fractions": image.get("fractions"),
+        "fractions": fractions,
+        "labels": {name: display_name(name) for name in fractions or {}},
         "phases": sorted(image.get("particles") or {}),
         "created": image["created"],
         "processed": image["processed"],
@@ -46,4 +52,58 @@ def image_json(image: dict[str, Any]) -> dict[str, Any]:
         "pictures": {
             kind: f"/api/images/{image['id']}/{kind}.png" for kind in PICTURES if kind in outputs
         },
+        "thumbnail": thumbnail_url(image),
     }
+
+
+def _hex(colour: list[int] | tuple[int, ...]) -> str:
+    return "#" + "".join(f"{int(c):02x}" for c in colour)
+
+
+def classes_json(model: dict[str, Any] | None, names: list[str]) -> list[dict[str, Any]]:
+    """A legend: every class of the model that measured a field (id, manifest ``name``,
+    display ``label``, ``colour`` as #rrggbb, ``role``); for a result recorded before the
+    model identity was, only the ``names`` it measured, without ids or colours."""
+    if model and model.get("classes"):
+        return [{"id": c["id"], "name": c["name"], "label": display_name(c["name"]), "colour": _hex(c["colour"]),
+                 "role": c["role"]} for c in model["classes"]]
+    return [{"id": None, "name": n, "label": display_name(n), "colour": None, "role": None} for n in names]
+
+
+def provenance_json(image: dict[str, Any]) -> dict[str, Any]:
+    """Where a field's numbers come from: the file (name, sha256, size, when it was
+    captured, i.e. its modification time, arrived and processed), the model that measured
+    it and the calibration. Model keys are None for a result recorded before the model
+    identity was (or a field not measured)."""
+    record = image.get("measurement") or {}
+    model = image.get("model") or {}
+    return {
+        "file": Path(display_text(image["path"])).name,
+        "path": display_text(image["path"]),
+        "sha256": image["sha256"],
+        "size": image["size"],
+        "captured": image["mtime_ns"] / 1e9,
+        "arrived": image["created"],
+        "processed": image["processed"],
+        "model": model.get("name") or record.get("model"),
+        "onnx_sha256": model.get("onnx_sha256"),
+        "architecture": model.get("architecture"),
+        "exported_at": model.get("exported_at"),
+        "backend": model.get("backend") or record.get("backend"),
+        "tiling": model.get("tiling"),
+        "software": model.get("software"),
+        "width": record.get("width"),
+        "height": record.get("height"),
+        "page": record.get("page"),
+        "pages": len(record["pages"]) if record.get("pages") else 1,
+        "pixel_size_um": record.get("pixel_size_um"),
+        "pixel_size_source": record.get("pixel_size_source"),
+    }
+
+
+def image_detail_json(image: dict[str, Any]) -> dict[str, Any]:
+    """One field as ``GET /api/images/ID`` shows it: :func:`image_json`, the whole
+    record (``measurement``), its ``classes`` (:func:`classes_json`) and ``provenance``."""
+    names = list(image.get("fractions") or {})
+    return {**image_json(image), "measurement": image.get("measurement"),
+            "classes": classes_json(image.get("model"), names), "provenance": provenance_json(image)}

@@ -5,6 +5,7 @@ that raises it, and the JSON answers for every error (the app registers the hand
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -25,6 +26,10 @@ class ApiError(PhasewatchError):
         self.message = message
 
 
+# Longest names (who, a specimen) and texts (reasons, notes) a request may set.
+MAX_NAME = 200
+MAX_TEXT = 2000
+
 # The largest id SQLite stores: a larger one in a URL or query is refused with 400 before
 # it reaches the store, whose driver would fail on it (a 500).
 MAX_ID = 2**63 - 1
@@ -42,6 +47,20 @@ def query_int(name: str, default: int | None, low: int, high: int = MAX_ID) -> i
     if value < low or value > high:
         bound = f"{low}..{high}" if high != MAX_ID else f">= {low}"
         raise ApiError(400, f"{name} must be {bound}, got {value}")
+    return value
+
+
+def query_float(name: str) -> float | None:
+    """Query argument ``name`` as a finite number; None when absent or empty."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"{name} must be a number, got {raw[:40]!r}") from exc
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a finite number, got {raw[:40]!r}")
     return value
 
 

@@ -8,8 +8,9 @@ In order (:func:`install_guards` registers them so):
    a browser's ``Sec-Fetch-Site`` too), else 403 (CSRF; another port on localhost is
    another origin but the *same site*, so SameSite cookies alone would not stop it).
 3. With a token configured, every route but ``/healthz`` and ``/login`` needs it:
-   ``Authorization: Bearer TOKEN`` or the login cookie. Otherwise the page redirects to
-   ``/login`` and everything else answers 401 JSON.
+   ``Authorization: Bearer TOKEN`` or the login cookie. Otherwise a browser opening a
+   page is sent to ``/login`` (which brings it back to that page) and everything else
+   answers 401 JSON (:func:`signs_in`).
 4. A state-changing request must carry ``Content-Type: application/json``, else 415: a
    cross-origin page can send a form or ``text/plain`` without asking, but JSON only
    after a CORS preflight, which this app never grants.
@@ -22,6 +23,7 @@ script builds its SVG with attributes and classes, not ``style``.
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlencode
 
 from flask import Flask, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
@@ -35,8 +37,9 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 COOKIE = "phasewatch_session"
 COOKIE_MAX_AGE_S = 30 * 24 * 3600  # an appliance's browser stays signed in for a month
-OPEN_PATHS = frozenset({"/healthz", "/login"})  # answer without the token
-PAGE_PATHS = frozenset({"/"})  # a browser is sent to /login instead of a 401
+# Answer without the token: health, the sign-in form and what it shows (nothing of the data).
+OPEN_PATHS = frozenset({"/healthz", "/login", "/static/app.css", "/static/favicon.svg"})
+PAGES = "pages"  # the blueprint of the HTML pages (webui/pages.py)
 FORM_PATHS = frozenset({"/login"})  # the one state-changing route that takes a form
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # "none": the user typed or bookmarked it
@@ -87,12 +90,26 @@ def authorised(token: str) -> bool:
     return cookie is not None and session_matches(cookie, token)
 
 
+def signs_in() -> bool:
+    """Whether a request without the token is sent to sign in rather than answered 401:
+    a page opened by a browser, i.e. asking for HTML (``/`` always). A script that
+    fetches a page without saying it wants HTML gets the 401 it can act on."""
+    if request.blueprint != PAGES or request.method not in ("GET", "HEAD"):
+        return False
+    return request.path == "/" or "text/html" in request.headers.get("Accept", "")
+
+
+def sign_in_url(path: str) -> str:
+    """``/login``, bringing the browser back to ``path`` (a path of this service) after."""
+    return "/login" if path == "/" else "/login?" + urlencode({"next": path})
+
+
 def check_token() -> BaseResponse | None:
     token = current_context().access.token
     if not token or request.path in OPEN_PATHS or authorised(token):
         return None
-    if request.path in PAGE_PATHS and request.method in ("GET", "HEAD"):
-        return redirect("/login", 303)
+    if signs_in():
+        return redirect(sign_in_url(request.full_path.rstrip("?")), 303)
     response = jsonify(error="authentication required: send Authorization: Bearer TOKEN, or sign in at /login")
     response.status_code = 401
     response.headers["WWW-Authenticate"] = 'Bearer realm="phasewatch"'

@@ -1,0 +1,33 @@
+// The JSON API as the pages use it: every failure is an Error with the server's one-line message.
+
+// Send the browser to sign in, and back here afterwards (a deep link survives).
+export function signIn() {
+  const here = window.location.pathname + window.location.search;
+  window.location.assign(here === "/" ? "/login" : `/login?next=${encodeURIComponent(here)}`);
+}
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+export async function api(url, options) {
+  const response = await fetch(url, options);
+  if (response.status === 401) {
+    // The service wants its token (or the sign-in cookie expired): sign in again.
+    signIn();
+    throw new ApiError(401, "signing in");
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new ApiError(response.status, body.error || `${url}: HTTP ${response.status}`);
+  return body;
+}
+
+// Every change is JSON: the server refuses other content types (CSRF).
+const send = (method) => (url, body = {}) =>
+  api(url, { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+
+export const postJson = send("POST");
+export const patchJson = send("PATCH");

@@ -1,0 +1,207 @@
+// The parts of a field shown on the live view and on its own page (templates/_field.html):
+// state badges, the viewer and its controls, the legend, the trust record with
+// acceptance, and exclusion. A failed field shows its reason and no picture at all.
+
+import { postJson } from "./api.js";
+import { $, element, link, showError, swatch } from "./dom.js";
+import { fixed } from "./format.js";
+import { Viewer } from "./viewer.js";
+
+const WHO_KEY = "phasewatch.who"; // the last operator who accepted a field, offered again
+const ZOOM_STEP = 1.5;
+
+// Records from before the trust record have trust null: trusted.
+export const isFlagged = (image) => image.trust != null && !image.trust.ok;
+
+// Whether a key press is typing (then it is not a shortcut).
+export function typing(event) {
+  const target = event.target;
+  return event.ctrlKey || event.metaKey || event.altKey || target.isContentEditable ||
+    ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName) || Boolean(document.querySelector("dialog[open]"));
+}
+
+export function stateBadges(image) {
+  const badges = [];
+  const badge = (text, cls) => badges.push(element("span", text, `badge ${cls}`));
+  const names = { done: "measured", failed: "failed", pending: "queued", processing: "processing" };
+  badge(names[image.state] || image.state, image.state);
+  if (image.duplicate_of != null) {
+    badges.push(link(`/fields/${image.duplicate_of}`, `duplicate of #${image.duplicate_of}, not counted`,
+      "badge duplicate"));
+  }
+  if (image.excluded) badge("excluded", "excluded");
+  if (isFlagged(image)) badge(image.accepted ? "outside experience · accepted" : "⚠ outside experience", "flagged");
+  badges.push(link(`/specimens/${image.specimen_id}`, `specimen ${image.specimen}`, "badge"));
+  return badges;
+}
+
+function trustText(image) {
+  const [first, ...more] = image.trust.reasons;
+  return `Outside this model's experience: ${first || "no reason given"}` +
+    (more.length ? ` (+${more.length} more)` : "");
+}
+
+export class FieldView {
+  // onChanged(image): after this view changed the field (accepted, excluded, ...).
+  constructor(onChanged = () => {}) {
+    this.field = null;
+    this.countFlagged = false;
+    this.onChanged = onChanged;
+    this.viewer = new Viewer($("picture"), (viewer) => this.showZoom(viewer));
+    this.wire();
+  }
+
+  wire() {
+    for (const radio of document.querySelectorAll('input[name="mode"]')) {
+      radio.addEventListener("change", () => this.setMode(radio.value));
+    }
+    $("opacity").addEventListener("input", () => {
+      $("opacity-value").textContent = `${$("opacity").value} %`;
+      this.viewer.setOpacity(Number($("opacity").value) / 100);
+    });
+    $("zoom-in").addEventListener("click", () => this.viewer.zoomBy(ZOOM_STEP));
+    $("zoom-out").addEventListener("click", () => this.viewer.zoomBy(1 / ZOOM_STEP));
+    $("zoom-fit").addEventListener("click", () => this.viewer.fit());
+    $("zoom-one").addEventListener("click", () => this.viewer.actualSize());
+    document.addEventListener("keydown", (event) => this.key(event));
+    $("exclude").addEventListener("click", () => this.setExcluded(true));
+    $("include").addEventListener("click", () => this.setExcluded(false));
+    $("accept").addEventListener("click", () => this.openAccept());
+    $("unaccept").addEventListener("click", () => this.change("unaccept"));
+    $("accept-form").addEventListener("submit", (event) => this.submitAccept(event));
+    $("accept-cancel").addEventListener("click", () => $("accept-dialog").close());
+  }
+
+  key(event) {
+    if (typing(event) || !this.field || $("viewer").hidden) return;
+    const modes = { 1: "overlay", 2: "original", 3: "classes" };
+    const zooms = { "+": () => this.viewer.zoomBy(ZOOM_STEP), "=": () => this.viewer.zoomBy(ZOOM_STEP),
+      "-": () => this.viewer.zoomBy(1 / ZOOM_STEP), 0: () => this.viewer.fit() };
+    if (modes[event.key]) this.setMode(modes[event.key]);
+    else if (zooms[event.key]) zooms[event.key]();
+    else return;
+    event.preventDefault();
+  }
+
+  setMode(mode) {
+    const radio = document.querySelector(`input[name="mode"][value="${mode}"]`);
+    if (radio.disabled) return;
+    radio.checked = true;
+    this.viewer.setMode(mode);
+    $("opacity").disabled = mode !== "overlay" || !this.viewer.colourable;
+  }
+
+  showZoom(viewer) {
+    $("zoom-value").textContent = viewer.fitted ? `fit (${Math.round(viewer.scale * 100)} %)`
+      : `${Math.round(viewer.scale * 100)} %`;
+  }
+
+  // Show `field` (the API's image detail: with classes and provenance).
+  async show(field) {
+    this.field = field;
+    const failed = field.state === "failed";
+    $("field-badges").replaceChildren(...stateBadges(field));
+    $("field-error").hidden = !failed;
+    $("field-error").textContent = failed ? `Failed: ${field.error}` : "";
+    this.showLegend(field);
+    this.showTrust(field);
+    this.showActions(field);
+    const pictured = !failed && Object.keys(field.pictures).length > 0;
+    $("viewer").hidden = !pictured;
+    if (!pictured) {
+      this.viewer.clear(); // never leave another field's picture on screen
+      return;
+    }
+    $("picture").setAttribute("aria-label", `${field.file}: micrograph and its classes`);
+    try {
+      if (await this.viewer.show(field)) {
+        document.querySelector('input[name="mode"][value="classes"]').disabled = !this.viewer.colourable;
+        this.setMode(this.viewer.colourable ? this.viewer.mode : "overlay");
+      }
+    } catch (err) {
+      $("field-error").textContent = err.message;
+      $("field-error").hidden = false;
+    }
+  }
+
+  showLegend(field) {
+    const fractions = field.fractions || {};
+    const items = field.state === "failed" ? [] : field.classes.map((c) => {
+      const item = element("li");
+      item.dataset.class = c.name;
+      const value = c.name in fractions ? `${fixed(100 * fractions[c.name], 1)} %` : c.role === "excluded" ? "not counted" : "";
+      item.append(swatch(c.colour), element("span", c.label, "name"), element("span", value, "value"));
+      return item;
+    });
+    $("legend").replaceChildren(...items);
+  }
+
+  showTrust(field) {
+    const flagged = isFlagged(field);
+    $("trust").hidden = !flagged;
+    $("trusted").hidden = flagged || field.state !== "done";
+    $("trusted").textContent = field.trust == null ? "No trust record (measured before trust records were kept)."
+      : `Inside this model's experience (score ${fixed(field.trust.score, 3)}).`;
+    if (!flagged) return;
+    $("trust").classList.toggle("accepted", field.accepted);
+    $("trust-reason").textContent = trustText(field);
+    $("trust-reason").title = field.trust.reasons.join("\n");
+    $("trust-state").textContent = field.accepted ? `Accepted by ${field.accepted_by}: ${field.accept_reason}`
+      : this.countFlagged ? "Counted in the statistics although nobody has accepted it."
+        : "Not counted in the statistics until someone accepts it.";
+    // A duplicate's acceptance would be its original's: decide there.
+    $("accept").hidden = field.accepted;
+    $("accept").disabled = field.duplicate_of != null;
+    $("unaccept").hidden = !field.accepted;
+    $("unaccept").disabled = field.duplicate_of != null;
+  }
+
+  showActions(field) {
+    // A duplicate is not counted anyway; excluding it would exclude its original.
+    const measured = field.state === "done" && field.duplicate_of == null;
+    $("exclude").disabled = !measured || field.excluded;
+    $("exclude").hidden = field.excluded;
+    $("include").hidden = !field.excluded;
+    $("exclude-reason").value = field.exclude_reason || "";
+    $("field-actions").hidden = field.state !== "done";
+  }
+
+  async change(action, body = {}) {
+    const changed = await postJson(`/api/images/${this.field.id}/${action}`, body);
+    this.onChanged(changed);
+    return changed;
+  }
+
+  // x on the field page: exclude, or put back.
+  toggleExcluded() {
+    if (this.field && this.field.state === "done" && this.field.duplicate_of == null) {
+      this.setExcluded(!this.field.excluded);
+    }
+  }
+
+  setExcluded(exclude) {
+    return this.change(exclude ? "exclude" : "include", exclude ? { reason: $("exclude-reason").value } : {});
+  }
+
+  openAccept() {
+    const form = $("accept-form");
+    form.reset();
+    form.elements.namedItem("who").value = localStorage.getItem(WHO_KEY) || "";
+    $("accept-field").textContent = `${this.field.file} (#${this.field.id}): ${trustText(this.field)}`;
+    showError($("accept-error"), null);
+    $("accept-dialog").showModal();
+  }
+
+  async submitAccept(event) {
+    event.preventDefault();
+    const form = event.target;
+    const who = form.elements.namedItem("who").value;
+    try {
+      await this.change("accept", { who, reason: form.elements.namedItem("reason").value });
+      localStorage.setItem(WHO_KEY, who.trim());
+      $("accept-dialog").close();
+    } catch (err) {
+      showError($("accept-error"), err);
+    }
+  }
+}
