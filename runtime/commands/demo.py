@@ -66,8 +66,6 @@ IN_FLIGHT_MEGAPIXELS = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("the appliance in one command: the service and its page on a temporary workspace, "
-                          "fed by a simulated microscope that writes micrographs of known truth")
     parser.add_argument("--model", default="superalloy",
                         help=f"bundle folder or bundled model name whose material the demo can draw "
                              f"({', '.join(MATERIALS)}; default superalloy)")
