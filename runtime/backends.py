@@ -10,6 +10,7 @@ changes the numbers (within the gate's bars), so only a user who names it gets i
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -43,9 +44,21 @@ class Backend(Protocol):
 
 def any_size(backend: Backend) -> bool:
     """Whether ``backend`` runs inputs of any height and width (a model exported with
-    dynamic spatial axes on ONNX Runtime), so the engine may plan tiles per field; a
-    backend without the attribute (a TensorRT engine built for one tile) takes one size."""
+    dynamic spatial axes on ONNX Runtime, or a TensorRT engine built with a spatial profile),
+    so the engine may plan tiles per field; a backend without the attribute (a TensorRT
+    engine built for one tile) takes one size."""
     return bool(getattr(backend, "any_size", False))
+
+
+def max_side(backend: Backend) -> int:
+    """The largest tile height and width ``backend`` takes (a TensorRT engine's profile), 0
+    for no limit; a wrapper (test-time augmentation) is asked through to what it wraps."""
+    current: Any = backend
+    while current is not None:
+        if getattr(current, "max_side", 0):
+            return int(current.max_side)
+        current = getattr(current, "inner", None)
+    return 0
 
 
 class BackendKind(NamedTuple):
@@ -60,11 +73,14 @@ class BackendKind(NamedTuple):
 
 
 def physical_cores() -> int:
+    """Physical cores, but no more than the CPUs this process may run on (systemd's
+    CPUAffinity=, a container's cpuset, taskset): more threads than that only contend."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         import psutil
     except ImportError:  # psutil is optional at runtime
-        return os.cpu_count() or 1
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        return allowed
+    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -106,7 +122,10 @@ class OrtBackend:
                 f"lacks (available: {', '.join(ort.get_available_providers())})"
             )
         providers: list[Any] = [(provider, provider_options or {})]
+        if provider == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.append(("CUDAExecutionProvider", _cuda_options()))  # nodes TensorRT lacks stay on the GPU
         if provider != "CPUExecutionProvider":
+            preload_gpu_libraries(provider)
             providers.append("CPUExecutionProvider")  # for the odd node a GPU provider lacks
         try:
             self.session = ort.InferenceSession(
@@ -138,9 +157,29 @@ class OrtBackend:
         self.session = None
 
 
+@functools.cache
+def preload_gpu_libraries(provider: str) -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* wheels (``onnxruntime.preload_dlls()``, ONNX
+    Runtime 1.21+) and, for the TensorRT provider, pip TensorRT's libnvinfer (its wheel keeps
+    the libraries in its package folder, where the loader would not look); without these a
+    pip-installed GPU stack is not found and ONNX Runtime falls back to the CPU. Where they are
+    absent (JetPack, a system CUDA), the system's libraries are found as before."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except OSError as exc:  # a missing library shows when the session starts; say which here
+            log.warning("onnxruntime.preload_dlls: %s", one_line(exc))
+    if provider == "TensorrtExecutionProvider" and importlib.util.find_spec("tensorrt_libs") is not None:
+        importlib.import_module("tensorrt_libs")  # its import loads libnvinfer and the ONNX parser
+
+
 def tensorrt_ep_options(bundle: Bundle, batch: int) -> dict[str, str]:
     """Build the TensorRT engine once for tile-sized batches of 1..batch and cache it in
-    the bundle, so that a restart does not pay minutes of engine building again."""
+    the bundle, so that a restart does not pay minutes of engine building again. FP16, as
+    the native engine is (TensorRT builds it from the FP32 ONNX; the native backend's gate
+    does not cover this provider); the CUDA provider after it runs what TensorRT cannot."""
     name = bundle.manifest.get("input", {}).get("name", "input")
     shape = f"{bundle.channels}x{bundle.tile}x{bundle.tile}"
     cache = bundle.engines_dir / "ort-tensorrt"
@@ -149,6 +188,7 @@ def tensorrt_ep_options(bundle: Bundle, batch: int) -> dict[str, str]:
     except OSError as exc:
         raise BackendError(f"{cache}: cannot create the TensorRT engine cache: {exc}") from exc
     return {
+        "trt_fp16_enable": "True",
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": "True",
@@ -158,8 +198,9 @@ def tensorrt_ep_options(bundle: Bundle, batch: int) -> dict[str, str]:
     }
 
 
-def _cuda_options(bundle: Bundle, batch: int) -> dict[str, str]:
-    # Tiles always have one shape, so the slow exhaustive search pays off after one run.
+def _cuda_options(bundle: Bundle | None = None, batch: int = 0) -> dict[str, str]:
+    # The slow exhaustive search runs once per input shape, and a microscope's fields mostly
+    # share one, so it pays off after a few runs.
     return {"cudnn_conv_algo_search": "EXHAUSTIVE"}
 
 
