@@ -14,7 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("phasewatch.runtime.commands.segment", "segment micrographs: class maps, overlays, measurements"),
     "serve": ("phasewatch.runtime.commands.serve", "run the daemon: watch a folder, segment, serve the web page"),
-    "demo": ("phasewatch.runtime.commands.demo", "the appliance in one command: service and page on a simulated microscope of known truth"),
+    "demo": ("phasewatch.runtime.commands.demo",
+             "the appliance in one command: service and page on a simulated microscope of known truth"),
     "calibrate-trust": ("phasewatch.runtime.commands.calibrate_trust",
                         "set a bundle's trust calibration from its training images"),
     "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
