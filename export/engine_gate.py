@@ -6,6 +6,12 @@ engine built from that ONNX; both compare on the bundle's reference tiles
 ``phasewatch export``). The bars are the product's: argmax agreement >= 99.9 % of pixels and
 every class's pixel fraction within 0.1 percentage point. Fractions are over all tile pixels,
 every class included (excluded classes such as a data bar must not drift either).
+
+What the gate measures depends on where the candidate runs. At export, the FP16 ONNX runs on
+ONNX Runtime's CPU provider, which has few float16 kernels and computes most nodes in float32
+after casting (it inserts the casts itself): that gate measures the rounding of the weights to
+float16 and little of float16 arithmetic. At ``build-engine`` the candidate is the TensorRT
+engine on the GPU, whose kernels compute in float16: that gate measures the arithmetic too.
 """
 
 from __future__ import annotations
@@ -94,6 +100,17 @@ def load_reference_tiles(bundle: Bundle) -> np.ndarray:
         raise GateError(f"{path}: reference tiles have shape {tiles.shape}, expected N x "
                         f"{' x '.join(map(str, expected))}")
     return np.ascontiguousarray(tiles, dtype=np.float32)
+
+
+def resize_tiles(tiles: np.ndarray, side: int) -> np.ndarray:
+    """N x C x side x side inputs from the reference tiles: cropped at the centre when smaller,
+    mirrored outwards when larger (real texture at every size, not padding)."""
+    height, width = tiles.shape[2:]
+    if side <= min(height, width):
+        y0, x0 = (height - side) // 2, (width - side) // 2
+        return np.ascontiguousarray(tiles[:, :, y0 : y0 + side, x0 : x0 + side])
+    pad = ((0, 0), (0, 0), (0, max(0, side - height)), (0, max(0, side - width)))
+    return np.ascontiguousarray(np.pad(tiles, pad, mode="symmetric")[:, :, :side, :side])
 
 
 def fp32_logits(onnx_path: Path, tiles: np.ndarray) -> np.ndarray:

@@ -109,15 +109,19 @@ class Plan:
     ``multiple`` (its total stride): the whole image when it fits ``max_pixels`` (the
     pixels one backend call may hold: the memory budget), else the largest tiles that
     fit, overlapping by twice the ``halo``. A tile's cost grows with its area, the halo's
-    share of it with its perimeter, so few large tiles waste least."""
+    share of it with its perimeter, so few large tiles waste least. ``max_side`` (0: none)
+    caps a tile's height and width, for a backend built for sizes up to it (a TensorRT
+    engine's profile)."""
 
     multiple: int
     max_pixels: int
     halo: int
+    max_side: int = 0
 
     def geometry(self, height: int, width: int) -> Geometry:
         whole_h, whole_w, m = self._up(height), self._up(width), self.multiple
-        if whole_h * whole_w <= self.max_pixels:
+        cap = self._down(self.max_side) if self.max_side else max(whole_h, whole_w)
+        if whole_h * whole_w <= self.max_pixels and max(whole_h, whole_w) <= cap:
             return Geometry(whole_h, whole_w, 0, 0, m)
         # The stitcher holds a band of tile_h rows across the whole width (logits, weights
         # and input: about (classes + 2) x 4 bytes a pixel), so on a very wide image the
@@ -125,9 +129,9 @@ class Plan:
         # (but never so few that the overlap would eat most of each band)
         band_rows = max(self._down(BAND_FACTOR * self.max_pixels // whole_w),
                         self._down(4 * max(2 * self.halo, self.multiple)))
-        side = self._down(math.isqrt(self.max_pixels))
-        tile_h = min(whole_h, band_rows, self._down(self.max_pixels // min(whole_w, side)))
-        tile_w = min(whole_w, self._down(self.max_pixels // tile_h))
+        side = min(self._down(math.isqrt(self.max_pixels)), cap)
+        tile_h = min(whole_h, band_rows, cap, self._down(self.max_pixels // min(whole_w, side)))
+        tile_w = min(whole_w, cap, self._down(self.max_pixels // tile_h))
         return Geometry(tile_h, tile_w, self._overlap(tile_h) if tile_h < whole_h else 0,
                         self._overlap(tile_w) if tile_w < whole_w else 0, m)
 

@@ -1,4 +1,4 @@
-"""`phasewatch build-engine` against the fake TensorRT 10 / pycuda in tests/fakes (no GPU here).
+"""`phasewatch build-engine` against the fake TensorRT 10 / cuda-python in tests/fakes (no GPU here).
 
 The fake engine runs the bundle's FP16 ONNX with onnxruntime, so the gate numbers are real
 FP16-vs-FP32 numbers; what is fake is everything TensorRT- and CUDA-specific.
@@ -19,24 +19,25 @@ from onnx_graphs import make_bundle
 
 from phasewatch.export.build_engine import EngineBuildError, build_engine
 from phasewatch.export.engine_gate import GateError, compare_logits
-from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file
+from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file, write_manifest
 from phasewatch.runtime.commands.cli import main
 
 FAKES = Path(__file__).resolve().parent / "fakes"
-FAKE_MODULES = ("tensorrt", "pycuda", "pycuda.driver")
+FAKE_MODULES = ("tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime")
 TILE = 64
+NOTHING_LIVE = {"device_bytes": 0, "device": 0, "host": 0, "streams": 0}
 
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """Fresh fake tensorrt + pycuda.driver importable for one test, gone afterwards."""
+    """Fresh fake tensorrt + cuda.bindings.runtime importable for one test, gone afterwards."""
     monkeypatch.syspath_prepend(str(FAKES))
     for name in FAKE_MODULES:
         sys.modules.pop(name, None)
-    import pycuda.driver
     import tensorrt
+    from cuda.bindings import runtime
 
-    yield SimpleNamespace(trt=tensorrt, cuda=pycuda.driver)
+    yield SimpleNamespace(trt=tensorrt, cuda=runtime)
     for name in FAKE_MODULES:
         sys.modules.pop(name, None)
 
@@ -58,6 +59,15 @@ def fp16_bundle(tmp_path) -> Bundle:
     convert_fp16(path / "model.onnx", path / "model.fp16.onnx")
     np.save(path / "reference_tiles.npy", smooth_tiles(4))
     return load_bundle(path)
+
+
+@pytest.fixture
+def spatial_bundle(fp16_bundle) -> Bundle:
+    """The same bundle declared as exported with dynamic height and width (multiples of 8)."""
+    manifest = dict(fp16_bundle.manifest)
+    manifest["input"] = {**manifest["input"], "spatial_multiple": 8}
+    write_manifest(fp16_bundle.path, manifest)
+    return load_bundle(fp16_bundle.path)
 
 
 def engines_dir_files(bundle: Bundle) -> list[str]:
@@ -111,13 +121,16 @@ def test_build_stamps_name_and_sidecar_and_passes_gate(fake_gpu, fp16_bundle, mo
     assert sidecar["onnx_sha256"] == onnx_sha
     assert sidecar["engine_sha256"] == sha256_file(path)
     assert sidecar["batch"] == {"min": 1, "opt": 2, "max": 4}
-    gate = sidecar["gate"]
+    assert sidecar["side"] == {"min": TILE, "opt": TILE, "max": TILE}  # a bundle of one tile size
+    gate = sidecar["gate"][str(TILE)]
     assert gate["passed"] and gate["argmax_agreement"] >= 0.999 and gate["tiles"] == 4
     assert gate["pixels"] == 4 * TILE * TILE
-    assert engines_dir_files(fp16_bundle) == sorted([path.name, path.name + ".json", "timing.cache"])
+    cache_name = "nvidia-geforce-rtx-3090-ti-pcie.sm86.trt10.3.0.timing.cache"
+    assert engines_dir_files(fp16_bundle) == sorted([path.name, path.name + ".json", cache_name])
     config = fake_gpu.trt.Builder(fake_gpu.trt.Logger()).create_builder_config()
-    cache = config.create_timing_cache((fp16_bundle.engines_dir / "timing.cache").read_bytes())
+    cache = config.create_timing_cache((fp16_bundle.engines_dir / cache_name).read_bytes())
     assert len(cache.entries) == 7  # one per node: 2 casts, 3 convs, 2 relus
+    assert fake_gpu.cuda.live() == NOTHING_LIVE  # the gate's backend freed what it took
 
 
 def test_existing_engine_is_kept_unless_forced(fake_gpu, fp16_bundle, monkeypatch):
@@ -140,7 +153,7 @@ def test_gate_refuses_drifting_engine_and_leaves_no_engine(fake_gpu, fp16_bundle
     monkeypatch.setattr(fake_gpu.trt, "OUTPUT_PERTURBATION", drift)
     assert main(["build-engine", str(fp16_bundle.path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert "FP16 engine refused: argmax agreement" in err[-1]
+    assert "FP16 engine refused at 64 x 64: argmax agreement" in err[-1]
     assert not any(name.endswith((".engine", ".json", ".tmp")) for name in engines_dir_files(fp16_bundle))
 
 
@@ -174,3 +187,81 @@ def test_bad_requests_are_one_line_errors(fake_gpu, fp16_bundle):
     np.save(fp16_bundle.path / "reference_tiles.npy", smooth_tiles(2, channels=3))
     with pytest.raises(GateError, match="expected N x 1 x 64 x 64"):
         build_engine(fp16_bundle, max_batch=2)
+
+
+# Defect 1: one timing cache for every GPU, set_timing_cache's False ignored, a None from
+# get_timing_cache raising AttributeError after the build.
+
+def test_each_gpu_keeps_its_own_timing_cache(fake_gpu, fp16_bundle, monkeypatch):
+    build_engine(fp16_bundle, max_batch=2)
+    monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_NAME", "NVIDIA Jetson AGX Orin")
+    build_engine(fp16_bundle, max_batch=2)  # the same bundle on a second machine (shared folder)
+    caches = sorted(p.name for p in fp16_bundle.engines_dir.glob("*.timing.cache"))
+    assert caches == ["nvidia-fake-rtx-a2000.sm86.trt10.3.0.timing.cache",
+                      "nvidia-jetson-agx-orin.sm86.trt10.3.0.timing.cache"]
+
+
+def test_another_gpus_timing_cache_is_replaced_not_ignored(fake_gpu, fp16_bundle, monkeypatch, tmp_path):
+    shared_cache = tmp_path / "shared.timing.cache"
+    build_engine(fp16_bundle, max_batch=2, timing_cache=shared_cache)
+    monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_NAME", "NVIDIA Jetson AGX Orin")
+    messages: list[str] = []
+    path = build_engine(fp16_bundle, max_batch=2, timing_cache=shared_cache, progress=messages.append)
+    assert path.is_file()
+    assert any("from another GPU, starting afresh" in m for m in messages)
+    config = fake_gpu.trt.Builder(fake_gpu.trt.Logger()).create_builder_config()
+    assert config.create_timing_cache(shared_cache.read_bytes()).device[0] == "NVIDIA Jetson AGX Orin"
+
+
+def test_no_timing_cache_from_tensorrt_costs_the_cache_not_the_engine(fake_gpu, fp16_bundle, monkeypatch):
+    monkeypatch.setattr(fake_gpu.trt.IBuilderConfig, "get_timing_cache", lambda self: None)
+    messages: list[str] = []
+    path = build_engine(fp16_bundle, max_batch=2, progress=messages.append)
+    assert path.is_file() and any("no timing cache; not saved" in m for m in messages)
+
+
+def test_an_unreadable_timing_cache_is_replaced(fake_gpu, fp16_bundle, tmp_path):
+    cache = tmp_path / "garbage.cache"
+    cache.write_bytes(b"not a cache")
+    assert build_engine(fp16_bundle, max_batch=2, timing_cache=cache).is_file()
+    assert cache.read_bytes().startswith(b"FAKETCACHE")
+
+
+# Engines for bundles with dynamic height and width: a spatial profile, gated at several sizes.
+
+def test_spatial_bundle_gets_a_spatial_profile_gated_at_each_end(fake_gpu, spatial_bundle):
+    path = build_engine(spatial_bundle, max_batch=2, max_side=128)
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["side"] == {"min": 8, "opt": TILE, "max": 128}
+    assert sorted(sidecar["gate"], key=int) == ["8", str(TILE), "128"]
+    assert all(gate["passed"] for gate in sidecar["gate"].values())
+    assert sidecar["gate"]["128"]["pixels"] == 4 * 128 * 128
+
+
+def test_gate_failing_at_one_size_refuses_the_engine(fake_gpu, spatial_bundle, monkeypatch):
+    def drift_when_large(logits: np.ndarray) -> np.ndarray:
+        if logits.shape[-1] < 128:
+            return logits
+        logits = logits.copy()
+        logits[:, 0, :32, :32] += 100
+        return logits
+
+    monkeypatch.setattr(fake_gpu.trt, "OUTPUT_PERTURBATION", drift_when_large)
+    with pytest.raises(EngineBuildError, match=r"refused at 128 x 128: argmax agreement"):
+        build_engine(spatial_bundle, max_batch=2, max_side=128)
+    assert not any(name.endswith((".engine", ".json")) for name in engines_dir_files(spatial_bundle))
+
+
+@pytest.mark.parametrize("sides", [(100, None), (128, 256), (128, 4)])
+def test_spatial_sides_must_be_multiples_in_order(fake_gpu, spatial_bundle, sides):
+    max_side, opt_side = sides
+    with pytest.raises(EngineBuildError, match="multiples of 8"):
+        build_engine(spatial_bundle, max_batch=2, max_side=max_side, opt_side=opt_side)
+
+
+def test_fake_set_shape_raises_like_pycore(fake_gpu):
+    profile = fake_gpu.trt.Builder(fake_gpu.trt.Logger()).create_optimization_profile()
+    with pytest.raises(ValueError):
+        profile.set_shape("input", (2, 1, 8, 8), (1, 1, 8, 8), (4, 1, 8, 8))  # min > opt
+    with pytest.raises(ValueError):
+        profile.set_shape("input", (1, 1, 8), (1, 1, 8, 8), (4, 1, 8, 8))

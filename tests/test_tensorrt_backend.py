@@ -1,4 +1,4 @@
-"""The native TensorRT backend against the fake TensorRT 10 / pycuda in tests/fakes (no GPU here).
+"""The native TensorRT backend against the fake TensorRT 10 / cuda-python in tests/fakes (no GPU here).
 
 The fake moves data for real (device memory is numpy bytes behind integer addresses, work runs
 when its stream is synchronised), so a missing copy, a wrong address or a missing sync fails.
@@ -18,13 +18,17 @@ import pytest
 import test_build_engine as shared
 
 from phasewatch.export.build_engine import build_engine
-from phasewatch.runtime.backends import BackendError
+from phasewatch.runtime.backends import BackendError, choose_backend
+from phasewatch.runtime.pipeline import tile_plan
 from phasewatch.runtime.tensorrt_backend import open_tensorrt_backend
+from phasewatch.runtime.tta import TtaBackend
 
 # the fake-GPU and bundle fixtures are shared with the build-engine tests
 fake_gpu = shared.fake_gpu
 fp16_bundle = shared.fp16_bundle
+spatial_bundle = shared.spatial_bundle
 smooth_tiles = shared.smooth_tiles
+NOTHING_LIVE = shared.NOTHING_LIVE
 
 
 def fp32_logits(bundle, tiles: np.ndarray) -> np.ndarray:
@@ -78,7 +82,10 @@ def test_runs_from_another_thread(backend, fp16_bundle):
 def test_the_fake_catches_a_missing_copy(backend, fake_gpu, monkeypatch):
     tiles = smooth_tiles(2, seed=4)
     good = backend.run(tiles)
-    monkeypatch.setattr(fake_gpu.cuda, "memcpy_htod_async", lambda dest, src, stream=None: None)
+    copy = fake_gpu.cuda.cudaMemcpyAsync
+    h2d = fake_gpu.cuda.cudaMemcpyKind.cudaMemcpyHostToDevice
+    monkeypatch.setattr(fake_gpu.cuda, "cudaMemcpyAsync", lambda dst, src, count, kind, stream: (
+        (fake_gpu.cuda.cudaError_t.cudaSuccess,) if kind == h2d else copy(dst, src, count, kind, stream)))
     stale = backend.run(smooth_tiles(2, seed=5))
     assert np.array_equal(stale, good)  # the device still holds the previous batch's input
 
@@ -134,7 +141,7 @@ def test_without_tensorrt_installed_the_error_says_what_to_install(fp16_bundle):
 
 def test_importing_the_backend_pulls_in_neither_tensorrt_nor_torch():
     code = ("import sys, phasewatch.runtime.tensorrt_backend; "
-            "print(sorted({'tensorrt', 'pycuda', 'torch'} & set(sys.modules)))")
+            "print(sorted({'tensorrt', 'cuda', 'torch'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -144,9 +151,125 @@ def test_fake_enforces_what_tensorrt_enforces(backend, fake_gpu):
     context = backend._engine.create_execution_context()
     assert not context.set_input_shape("input", (5, 1, 64, 64))  # outside the profile 1..4
     assert not context.set_input_shape("input", (1, 1, 32, 32))  # outside the profile's tile
-    stream_handle = backend._stream.handle
+    stream_handle = int(backend._stream)
     assert not context.execute_async_v3(stream_handle)  # no input shape set
     assert context.set_input_shape("input", (1, 1, 64, 64))
     assert not context.execute_async_v3(stream_handle)  # no addresses set
     assert trt.Builder(trt.Logger()).create_network(0).get_flag(
         trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) is False
+
+
+# Defect 2: pinned host memory (and the rest) must be freed on close, from whichever thread.
+
+def in_thread(work):
+    """Run ``work`` on a new thread (one that never bound the CUDA device); its result or error."""
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed back to the test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def test_close_frees_pinned_and_device_memory_and_the_stream(fake_gpu, fp16_bundle):
+    build_engine(fp16_bundle, max_batch=4)
+    backend = open_tensorrt_backend(fp16_bundle, batch=4)
+    backend.run(smooth_tiles(4))
+    assert fake_gpu.cuda.live()["host"] == 2 and fake_gpu.cuda.live()["streams"] == 1
+    backend.close()
+    assert fake_gpu.cuda.live() == NOTHING_LIVE
+
+
+def test_close_from_another_thread_frees_everything(fake_gpu, fp16_bundle):
+    build_engine(fp16_bundle, max_batch=4)
+    backend = in_thread(lambda: open_tensorrt_backend(fp16_bundle, batch=4))
+    in_thread(lambda: backend.run(smooth_tiles(2)))
+    in_thread(backend.close)
+    assert fake_gpu.cuda.live() == NOTHING_LIVE
+
+
+def test_twenty_reloads_across_threads_leak_nothing(fake_gpu, fp16_bundle):
+    build_engine(fp16_bundle, max_batch=4)
+    tiles = smooth_tiles(3, seed=6)
+    for _ in range(20):  # what SIGHUP reloads do: open on one thread, run and close on others
+        backend = in_thread(lambda: open_tensorrt_backend(fp16_bundle, batch=4))
+        assert_matches_fp32(fp16_bundle, tiles, in_thread(lambda b=backend: b.run(tiles)))
+        in_thread(backend.close)
+        assert fake_gpu.cuda.live() == NOTHING_LIVE
+
+
+# Defect 3: a context TensorRT could not create, and CUDA errors, are BackendErrors.
+
+def activation_bytes(fake_gpu, batch: int) -> int:
+    return batch * 1 * shared.TILE * shared.TILE * 4 * fake_gpu.trt.ACTIVATION_FACTOR
+
+
+def test_no_execution_context_is_a_backend_error_and_frees_everything(fake_gpu, fp16_bundle, monkeypatch):
+    build_engine(fp16_bundle, max_batch=4)
+    monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_MEMORY", activation_bytes(fake_gpu, 4) - 1)
+    with pytest.raises(BackendError, match="could not create an execution context"):
+        open_tensorrt_backend(fp16_bundle, batch=4)
+    assert fake_gpu.cuda.live() == NOTHING_LIVE
+
+
+def test_out_of_gpu_memory_lets_auto_fall_back(fake_gpu, fp16_bundle, monkeypatch):
+    build_engine(fp16_bundle, max_batch=4)
+    # room for TensorRT's activations, none for the I/O buffers: cudaMalloc fails
+    monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_MEMORY", activation_bytes(fake_gpu, 4) + 1024)
+    backend, passed_over = choose_backend(fp16_bundle, "auto", batch=4)
+    try:
+        assert backend.name == "cpu"
+        assert "cudaMalloc" in passed_over["tensorrt"] and "cudaErrorMemoryAllocation" in passed_over["tensorrt"]
+    finally:
+        backend.close()
+    assert fake_gpu.cuda.live() == NOTHING_LIVE
+
+
+def test_a_cuda_error_while_running_is_a_backend_error(backend, fake_gpu, monkeypatch):
+    illegal = (fake_gpu.cuda.cudaError_t.cudaErrorIllegalAddress,)
+    monkeypatch.setattr(fake_gpu.cuda, "cudaStreamSynchronize", lambda stream: illegal)
+    with pytest.raises(BackendError, match="cudaStreamSynchronize failed: cudaErrorIllegalAddress"):
+        backend.run(smooth_tiles(1))
+    with pytest.raises(BackendError, match="cudaStreamSynchronize"):
+        backend.close()  # every release step still ran; the error is reported, not swallowed
+    assert fake_gpu.cuda.live() == NOTHING_LIVE
+
+
+# Engines with a spatial profile run any size within it, and the tile planner respects its max side.
+
+def test_spatial_engine_runs_any_size_within_its_profile(fake_gpu, spatial_bundle):
+    build_engine(spatial_bundle, max_batch=2, max_side=128)
+    backend = open_tensorrt_backend(spatial_bundle, batch=2)
+    try:
+        assert backend.any_size and backend.max_side == 128
+        for shape in ((1, 8, 8), (2, 40, 128), (3, 128, 96), (1, 64, 64)):  # grows, then shrinks
+            count, height, width = shape
+            tiles = shared.smooth_tiles(count, seed=height)[:, :, :1, :1].repeat(height, 2).repeat(width, 3)
+            tiles = tiles + np.random.default_rng(width).normal(0, 1, tiles.shape).astype(np.float32)
+            assert_matches_fp32(spatial_bundle, tiles, backend.run(tiles))
+        with pytest.raises(ValueError, match=r"\(8, 8\) <= \(H, W\) <= \(128, 128\)"):
+            backend.run(np.zeros((1, 1, 136, 64), np.float32))
+    finally:
+        backend.close()
+    assert fake_gpu.cuda.live() == NOTHING_LIVE
+
+
+def test_tile_plan_keeps_tiles_within_the_engines_max_side(fake_gpu, spatial_bundle):
+    build_engine(spatial_bundle, max_batch=2, max_side=128)
+    backend = TtaBackend(open_tensorrt_backend(spatial_bundle, batch=2), "flips")
+    try:
+        plan = tile_plan(spatial_bundle, backend, megapixels=1.0)
+        assert plan is not None and plan.max_side == 128
+        geometry = plan.geometry(1000, 300)
+        assert geometry.tile_h <= 128 and geometry.tile_w <= 128
+        assert plan.geometry(100, 120)[:2] == (104, 120)  # a field within the profile runs whole
+    finally:
+        backend.close()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from phasewatch.export.build_engine import (
     DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_SIDE,
     DEFAULT_WORKSPACE_MB,
-    TIMING_CACHE_NAME,
+    TIMING_CACHE_SUFFIX,
     EngineBuildError,
     build_engine,
 )
@@ -30,7 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB,
                         help=f"TensorRT workspace memory pool limit (default {DEFAULT_WORKSPACE_MB})")
     parser.add_argument("--timing-cache", type=Path, default=None,
-                        help=f"timing cache file (default BUNDLE/engines/{TIMING_CACHE_NAME})")
+                        help=f"timing cache file (default BUNDLE/engines/GPU.smXY.trtVERSION{TIMING_CACHE_SUFFIX}, "
+                             "one per GPU: TensorRT refuses another GPU's timings)")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                        help="largest tile height and width the engine accepts, for a bundle exported with "
+                             f"dynamic height and width (default {DEFAULT_MAX_SIDE}; a multiple of the bundle's "
+                             "spatial_multiple; GPU memory grows with max-batch x max-side squared)")
+    parser.add_argument("--opt-side", type=int, default=None,
+                        help="tile side TensorRT tunes for (default: the bundle's tile)")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even when an engine for this GPU and TensorRT exists")
 
@@ -43,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle)
         path = build_engine(bundle, args.max_batch, args.opt_batch, args.workspace_mb,
-                            args.timing_cache, args.force, _progress)
+                            args.timing_cache, args.force, _progress, args.max_side, args.opt_side)
     except PhasewatchError as exc:
         if isinstance(exc, EngineBuildError):
             for line in exc.details:

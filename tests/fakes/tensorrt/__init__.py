@@ -10,11 +10,17 @@ deserialize_cuda_engine -> ICudaEngine | None``, the name-based I/O tensor API o
 ``IExecutionContext`` (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``).
 
 Real where it matters: the "engine" runs the parsed ONNX with onnxruntime on the CPU, reading its
-input from and writing its output to the fake pycuda device memory at the addresses it was given,
-queued on the stream whose handle it was given. It enforces what TensorRT enforces: dynamic
-inputs need an optimisation profile; ``BuilderFlag.FP16`` is refused on a strongly typed network;
-execution needs every input shape set (inside the profile) and every I/O address set; a plan from
-another TensorRT version or another compute capability does not deserialize.
+input from and writing its output to the fake CUDA device memory (``cuda.bindings.runtime`` in
+this folder) at the addresses it was given, queued on the stream whose handle it was given. It
+enforces what TensorRT enforces: dynamic inputs need an optimisation profile, and ``set_shape``
+raises on an inconsistent one; ``BuilderFlag.FP16`` is refused on a strongly typed network;
+execution needs every input shape set (inside the profile) and every I/O address set; a plan
+from another TensorRT version or another compute capability does not deserialize. As the real
+API does, it can say no where callers forget to look: ``set_timing_cache`` returns False for a
+cache made on a GPU with other properties, ``get_timing_cache`` returns None when no cache is
+set, ``create_timing_cache`` returns None for bytes that are no timing cache, and
+``create_execution_context`` returns None when its activation memory does not fit the device
+(each context takes its own, from the fake device memory, and gives it back when deleted).
 
 Test hooks: ``__version__`` (simulate another TensorRT) and ``OUTPUT_PERTURBATION`` (a function
 applied to every output, to simulate an engine whose FP16 arithmetic drifts).
@@ -31,9 +37,10 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 import onnxruntime as ort
-from pycuda import driver
+from cuda.bindings import runtime as driver
 
 __version__ = "10.3.0"
+ACTIVATION_FACTOR = 4  # fake activation memory per context: bytes of the largest input x this
 OUTPUT_PERTURBATION: Callable[[np.ndarray], np.ndarray] | None = None
 
 _PLAN_MAGIC = b"FAKETRT\x01"
@@ -234,29 +241,37 @@ class OnnxParser:
 class IOptimizationProfile:
     def __init__(self) -> None:
         self._shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
-        self._valid = True
 
     def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's names
         shapes = tuple(tuple(int(v) for v in s) for s in (min, opt, max))
-        ordered = all(a <= b <= c for a, b, c in zip(*shapes, strict=True))
-        self._valid = self._valid and ordered and len({len(s) for s in shapes}) == 1
+        # pyCore's setShape raises when IOptimizationProfile::setDimensions refuses a shape
+        if len({len(s) for s in shapes}) != 1 or any(v < 0 for s in shapes for v in s):
+            raise ValueError("min input provided to optimization profile is invalid.")
+        if not all(a <= b <= c for a, b, c in zip(*shapes, strict=True)):
+            raise ValueError("opt input provided to optimization profile is invalid.")
         self._shapes[input] = shapes
 
     def get_shape(self, input: str) -> list[tuple[int, ...]]:  # noqa: A002
         return list(self._shapes[input])
 
-    def __bool__(self) -> bool:
-        return self._valid
+    def __bool__(self) -> bool:  # isValid(): every shape set is consistent, checked by set_shape
+        return bool(self._shapes)
+
+
+def _device_properties() -> list:
+    return [driver.FAKE_DEVICE_NAME, list(driver.FAKE_COMPUTE_CAPABILITY)]
 
 
 class ITimingCache:
-    def __init__(self, entries: dict[str, int]) -> None:
+    """Timings are only valid for the GPU they were measured on: the cache carries its device."""
+
+    def __init__(self, entries: dict[str, int], device: list) -> None:
         self.entries = dict(entries)
+        self.device = device
 
     def serialize(self) -> IHostMemory:
-        body = json.dumps({"tensorrt": __version__, "entries": self.entries}).encode()
-        return IHostMemory(_CACHE_MAGIC + body)
-
+        body = json.dumps({"tensorrt": __version__, "device": self.device, "entries": self.entries})
+        return IHostMemory(_CACHE_MAGIC + body.encode())
 
 
 class IBuilderConfig:
@@ -288,17 +303,21 @@ class IBuilderConfig:
     def num_optimization_profiles(self) -> int:
         return len(self._profiles)
 
-    def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache:
+    def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache | None:
         blob = bytes(serialized_timing_cache)
         if not blob:
-            return ITimingCache({})
+            return ITimingCache({}, _device_properties())
         if not blob.startswith(_CACHE_MAGIC):
-            raise TypeError("create_timing_cache: the blob is not a TensorRT timing cache")
+            return None  # TensorRT logs an error and the binding returns None
         body = json.loads(blob[len(_CACHE_MAGIC):])
         # a cache from another TensorRT version is dropped, as TensorRT does
-        return ITimingCache(body["entries"] if body["tensorrt"] == __version__ else {})
+        entries = body["entries"] if body["tensorrt"] == __version__ else {}
+        return ITimingCache(entries, body["device"])
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        # IBuilderConfig::setTimingCache refuses a cache from a device with other properties
+        if cache.device != _device_properties() and not ignore_mismatch:
+            return False
         self._cache = cache
         return True
 
@@ -439,8 +458,15 @@ class ICudaEngine:
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
         return [tuple(s) for s in self._profiles[profile_index][name]]
 
-    def create_execution_context(self) -> IExecutionContext:
-        return IExecutionContext(self)
+    def create_execution_context(self) -> IExecutionContext | None:
+        # activation memory for the profile's largest shapes; None when it does not fit
+        largest = max(int(np.prod(s[2])) for p in self._profiles for s in p.values()) if self._profiles else 1
+        address = driver.reserve(largest * 4 * ACTIVATION_FACTOR)
+        if address is None:
+            self._logger.log(ILogger.Severity.ERROR, "IExecutionContext: Error Code 2: OutOfMemory "
+                             "(Requested size was too large)")
+            return None
+        return IExecutionContext(self, address)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
@@ -454,10 +480,15 @@ class ICudaEngine:
 
 
 class IExecutionContext:
-    def __init__(self, engine: ICudaEngine) -> None:
+    def __init__(self, engine: ICudaEngine, activations: int) -> None:
         self.engine = engine
+        self._activations = activations
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._addresses: dict[str, int] = {}
+
+    def __del__(self) -> None:
+        # TensorRT frees a context's activation memory when the context is destroyed
+        driver.release(self._activations)
 
     def _error(self, msg: str) -> None:
         self.engine._logger.log(ILogger.Severity.ERROR, msg)

@@ -1,0 +1,1 @@
+"""Test fake of cuda-python: see ``bindings.runtime`` for what it models."""

@@ -1,0 +1,1 @@
+"""Test fake of ``cuda.bindings`` (cuda-python): only ``runtime`` is faked."""
