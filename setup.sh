@@ -7,5 +7,5 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.13.0
-python -m pip install --quiet -e ".[export,test,bench]"
+python -m pip install --quiet -e ".[cpu,export,test,bench]"   # cpu: onnxruntime (gpu is the alternative)
 echo "phasewatch installed in $(pwd)/.venv  (activate: . .venv/bin/activate)"

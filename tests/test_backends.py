@@ -188,3 +188,32 @@ def test_native_tensorrt_backend_is_imported_only_when_asked_for():
               "assert 'tensorrt' in KINDS\nassert 'phasewatch.runtime.tensorrt_backend' not in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_tensorrt_ep_builds_fp16_with_cuda_after_it_and_preloads_gpu_libraries(bundle, monkeypatch):
+    sessions, preloads = [], []
+
+    class Session:
+        def __init__(self, path, sess_options=None, providers=()):
+            sessions.append(providers)
+
+        def get_providers(self):
+            return [sessions[-1][0][0], "CPUExecutionProvider"]
+
+        def get_inputs(self):
+            return [type("Input", (), {"name": "input", "shape": ["N", 1, 64, 64]})()]
+
+    available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: available)
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append(1), raising=False)
+    backends.preload_gpu_libraries.cache_clear()
+    try:
+        BACKENDS["tensorrt-ep"].open(bundle, 2, None)
+        BACKENDS["tensorrt-ep"].open(bundle, 2, None)
+    finally:
+        backends.preload_gpu_libraries.cache_clear()
+    (trt, trt_options), (cuda, _), cpu = sessions[0]
+    assert (trt, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert trt_options["trt_fp16_enable"] == "True"
+    assert preloads == [1]  # once per process
