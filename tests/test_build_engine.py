@@ -7,6 +7,7 @@ FP16-vs-FP32 numbers; what is fake is everything TensorRT- and CUDA-specific.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,17 +29,26 @@ TILE = 64
 NOTHING_LIVE = {"device_bytes": 0, "device": 0, "host": 0, "streams": 0}
 
 
+# bench/gpu_check.sh sets this on a GPU machine: the real cuda-python, the fake TensorRT engine
+# on ONNX Runtime's CUDA provider; tests that turn the fake GPU's knobs are skipped there.
+REAL_CUDA = os.environ.get("PHASEWATCH_REAL_CUDA") == "1"
+fake_cuda_only = pytest.mark.skipif(REAL_CUDA, reason="turns the fake CUDA's knobs")
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """Fresh fake tensorrt + cuda.bindings.runtime importable for one test, gone afterwards."""
+    modules = FAKE_MODULES[:1] if REAL_CUDA else FAKE_MODULES
+    if REAL_CUDA:
+        import cuda.bindings.runtime  # noqa: F401 - the real one, imported before the fakes' folder
     monkeypatch.syspath_prepend(str(FAKES))
-    for name in FAKE_MODULES:
+    for name in modules:
         sys.modules.pop(name, None)
     import tensorrt
     from cuda.bindings import runtime
 
     yield SimpleNamespace(trt=tensorrt, cuda=runtime)
-    for name in FAKE_MODULES:
+    for name in modules:
         sys.modules.pop(name, None)
 
 
@@ -101,6 +111,7 @@ def test_gate_bars_on_many_pixels():
     assert not result.passed
 
 
+@fake_cuda_only
 def test_build_stamps_name_and_sidecar_and_passes_gate(fake_gpu, fp16_bundle, monkeypatch):
     monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_NAME", "NVIDIA GeForce RTX 3090 Ti/PCIe")
     monkeypatch.setattr(fake_gpu.cuda, "FAKE_COMPUTE_CAPABILITY", (8, 6))
@@ -192,6 +203,7 @@ def test_bad_requests_are_one_line_errors(fake_gpu, fp16_bundle):
 # Defect 1: one timing cache for every GPU, set_timing_cache's False ignored, a None from
 # get_timing_cache raising AttributeError after the build.
 
+@fake_cuda_only
 def test_each_gpu_keeps_its_own_timing_cache(fake_gpu, fp16_bundle, monkeypatch):
     build_engine(fp16_bundle, max_batch=2)
     monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_NAME", "NVIDIA Jetson AGX Orin")
@@ -201,6 +213,7 @@ def test_each_gpu_keeps_its_own_timing_cache(fake_gpu, fp16_bundle, monkeypatch)
                       "nvidia-jetson-agx-orin.sm86.trt10.3.0.timing.cache"]
 
 
+@fake_cuda_only
 def test_another_gpus_timing_cache_is_replaced_not_ignored(fake_gpu, fp16_bundle, monkeypatch, tmp_path):
     shared_cache = tmp_path / "shared.timing.cache"
     build_engine(fp16_bundle, max_batch=2, timing_cache=shared_cache)
@@ -259,6 +272,7 @@ def test_spatial_sides_must_be_multiples_in_order(fake_gpu, spatial_bundle, side
         build_engine(spatial_bundle, max_batch=2, max_side=max_side, opt_side=opt_side)
 
 
+@fake_cuda_only
 def test_fake_set_shape_raises_like_pycore(fake_gpu):
     profile = fake_gpu.trt.Builder(fake_gpu.trt.Logger()).create_optimization_profile()
     with pytest.raises(ValueError):

@@ -24,6 +24,11 @@ set, ``create_timing_cache`` returns None for bytes that are no timing cache, an
 
 Test hooks: ``__version__`` (simulate another TensorRT) and ``OUTPUT_PERTURBATION`` (a function
 applied to every output, to simulate an engine whose FP16 arithmetic drifts).
+
+On a GPU machine with the real cuda-python imported first (``bench/gpu_check.sh``), the same
+engine works on real device memory and streams: it waits for its stream, copies its input from
+the device, runs the ONNX on ONNX Runtime's CUDA provider and copies the output back, and its
+activation memory is a real ``cudaMalloc``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __version__ = "10.3.0"
 ACTIVATION_FACTOR = 4  # fake activation memory per context: bytes of the largest input x this
 OUTPUT_PERTURBATION: Callable[[np.ndarray], np.ndarray] | None = None
 
+REAL_CUDA = not hasattr(driver, "FAKE_DEVICE_NAME")  # the real cuda.bindings.runtime was imported
 _PLAN_MAGIC = b"FAKETRT\x01"
 _CACHE_MAGIC = b"FAKETCACHE\x01"
 
@@ -259,7 +265,52 @@ class IOptimizationProfile:
 
 
 def _device_properties() -> list:
+    if REAL_CUDA:
+        _, props = driver.cudaGetDeviceProperties(0)
+        return [props.name.decode().rstrip("\0"), [props.major, props.minor]]
     return [driver.FAKE_DEVICE_NAME, list(driver.FAKE_COMPUTE_CAPABILITY)]
+
+
+def _compute_capability() -> tuple[int, int]:
+    return tuple(_device_properties()[1])
+
+
+def _reserve(nbytes: int) -> int | None:
+    if not REAL_CUDA:
+        return driver.reserve(nbytes)
+    error, address = driver.cudaMalloc(nbytes)
+    return int(address) if error == driver.cudaError_t.cudaSuccess else None
+
+
+def _release(address: int) -> None:
+    if REAL_CUDA:
+        driver.cudaFree(address)
+    else:
+        driver.release(address)
+
+
+def _read(address: int, nbytes: int) -> np.ndarray:
+    if not REAL_CUDA:
+        return driver.device_bytes(address, nbytes).copy()
+    host = np.empty(nbytes, np.uint8)
+    driver.cudaMemcpy(host.ctypes.data, address, nbytes, driver.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+    return host
+
+
+def _write(address: int, data: np.ndarray) -> None:
+    data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if not REAL_CUDA:
+        driver.device_bytes(address, data.nbytes)[:] = data
+        return
+    driver.cudaMemcpy(address, data.ctypes.data, data.nbytes, driver.cudaMemcpyKind.cudaMemcpyHostToDevice)
+
+
+def _submit(stream_handle: int, work: Callable[[], None]) -> None:
+    if REAL_CUDA:  # run in stream order, synchronously: wait for what came before
+        driver.cudaStreamSynchronize(stream_handle)
+        work()
+    else:
+        driver.submit(driver.stream_from_handle(stream_handle), work)
 
 
 class ITimingCache:
@@ -331,7 +382,7 @@ class Builder:
 
     @property
     def platform_has_fast_fp16(self) -> bool:
-        return driver.FAKE_COMPUTE_CAPABILITY >= (5, 3)
+        return _compute_capability() >= (5, 3)
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
         return INetworkDefinition(int(flags))
@@ -383,7 +434,7 @@ class Builder:
         io += [{"name": t.name, "mode": "OUTPUT", "dtype": int(t.dtype)} for t in network._outputs]
         header = {
             "tensorrt": __version__,
-            "compute_capability": list(driver.FAKE_COMPUTE_CAPABILITY),
+            "compute_capability": list(_compute_capability()),
             "io": io,
             "dims": network._dims,
             "profiles": profiles,
@@ -410,7 +461,7 @@ class Runtime:
                              f"this version of TensorRT, expecting library version {__version__} "
                              f"got {header['tensorrt']}, please rebuild.")
             return None
-        if tuple(header["compute_capability"]) != tuple(driver.FAKE_COMPUTE_CAPABILITY):
+        if tuple(header["compute_capability"]) != _compute_capability():
             self._logger.log(ILogger.Severity.ERROR, "The engine plan file is generated on an "
                              "incompatible device, please rebuild.")
             return None
@@ -461,7 +512,7 @@ class ICudaEngine:
     def create_execution_context(self) -> IExecutionContext | None:
         # activation memory for the profile's largest shapes; None when it does not fit
         largest = max(int(np.prod(s[2])) for p in self._profiles for s in p.values()) if self._profiles else 1
-        address = driver.reserve(largest * 4 * ACTIVATION_FACTOR)
+        address = _reserve(largest * 4 * ACTIVATION_FACTOR)
         if address is None:
             self._logger.log(ILogger.Severity.ERROR, "IExecutionContext: Error Code 2: OutOfMemory "
                              "(Requested size was too large)")
@@ -472,9 +523,8 @@ class ICudaEngine:
         if self._session is None:
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
-            self._session = ort.InferenceSession(
-                self._onnx, options, providers=["CPUExecutionProvider"]
-            )
+            providers = ["CUDAExecutionProvider"] if REAL_CUDA else []
+            self._session = ort.InferenceSession(self._onnx, options, providers=[*providers, "CPUExecutionProvider"])
         names = [t["name"] for t in self._io if t["mode"] == "OUTPUT"]
         return dict(zip(names, self._session.run(names, feeds), strict=True))
 
@@ -488,7 +538,7 @@ class IExecutionContext:
 
     def __del__(self) -> None:
         # TensorRT frees a context's activation memory when the context is destroyed
-        driver.release(self._activations)
+        _release(self._activations)
 
     def _error(self, msg: str) -> None:
         self.engine._logger.log(ILogger.Severity.ERROR, msg)
@@ -544,8 +594,7 @@ class IExecutionContext:
             self._error(f"IExecutionContext::enqueueV3: Error Code 3: API Usage Error (address is "
                         f"not set for tensor {missing[0]}. Call setTensorAddress)")
             return False
-        stream = driver.stream_from_handle(int(stream_handle))
-        if stream is None and int(stream_handle) != 0:
+        if not REAL_CUDA and driver.stream_from_handle(int(stream_handle)) is None and int(stream_handle) != 0:
             self._error(f"IExecutionContext::enqueueV3: invalid stream {stream_handle:#x}")
             return False
         shapes, addresses = dict(self._shapes), dict(self._addresses)
@@ -555,12 +604,11 @@ class IExecutionContext:
             for name, shape in shapes.items():
                 dtype = nptype(self.engine.get_tensor_dtype(name))
                 nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-                feeds[name] = driver.device_bytes(addresses[name], nbytes).view(dtype).reshape(shape)
+                feeds[name] = _read(addresses[name], nbytes).view(dtype).reshape(shape)
             for name, value in self.engine._run(feeds).items():
                 if OUTPUT_PERTURBATION is not None:
                     value = OUTPUT_PERTURBATION(value)
-                value = np.ascontiguousarray(value, dtype=nptype(self.engine.get_tensor_dtype(name)))
-                driver.device_bytes(addresses[name], value.nbytes)[:] = value.reshape(-1).view(np.uint8)
+                _write(addresses[name], np.asarray(value, dtype=nptype(self.engine.get_tensor_dtype(name))))
 
-        driver.submit(stream, work)
+        _submit(int(stream_handle), work)
         return True

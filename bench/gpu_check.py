@@ -1,0 +1,153 @@
+"""The GPU device check's measurements (run by bench/gpu_check.sh, which installs what it needs).
+
+On a GPU machine with onnxruntime-gpu and cuda-python but no TensorRT:
+  * per bundled model: the CUDA backend's throughput on tile batches, and FP16 vs FP32 agreement
+    computed on the GPU (model.fp16.onnx and model.onnx both on the CUDA provider, the gate's
+    numbers on the bundle's reference tiles);
+  * reloads: each backend (the CUDA backend, and the native TensorRT backend around the test
+    fake's engine, which runs on the CUDA provider with real buffers and stream) opened on one
+    thread, then run, closed and reopened 20 times from another; GPU memory (cudaMemGetInfo) and
+    host memory (RSS) before and after. Growth of more than a few MB over 20 reloads is a leak.
+Prints one line per measurement; exits 1 if a backend fails or memory grows past LEAK_MB.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phasewatch.export.engine_gate import compare_logits, load_reference_tiles
+from phasewatch.runtime.backends import Backend, OrtBackend, open_backend, preload_gpu_libraries
+from phasewatch.runtime.bundle import Bundle, bundled_model_names, load_bundle
+
+RELOADS = 20
+LEAK_MB = 64.0  # allocator caches settle within the first reloads; a leak grows with each
+FAKES = Path(__file__).resolve().parent.parent / "tests" / "fakes"
+
+
+def gpu_used_mb() -> float:
+    from cuda.bindings import runtime as cudart
+
+    cudart.cudaSetDevice(0)
+    error, free, total = cudart.cudaMemGetInfo()
+    if error != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError(f"cudaMemGetInfo failed: {error}")
+    return (total - free) / 2**20
+
+
+def host_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def on_thread(work: Callable[[], Any]) -> Any:
+    """``work()`` on a new thread; its result, or its exception raised here."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # handed back to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def throughput(bundle: Bundle, backend: Backend, batch: int = 8, runs: int = 20) -> str:
+    tiles = np.random.default_rng(0).normal(0, 1, (batch, bundle.channels, bundle.tile, bundle.tile))
+    tiles = tiles.astype(np.float32)
+    for _ in range(3):  # warm-up: cuDNN's algorithm search, allocator growth
+        backend.run(tiles)
+    start = time.perf_counter()
+    for _ in range(runs):
+        backend.run(tiles)
+    seconds = time.perf_counter() - start
+    return (f"{runs * batch / seconds:.1f} tiles/s, "
+            f"{runs * batch * bundle.tile**2 / seconds / 1e6:.1f} Mpx/s ({bundle.tile}x{bundle.tile}, batch {batch})")
+
+
+def fp16_agreement(bundle: Bundle) -> str:
+    """FP16 vs FP32 ONNX, both on the CUDA provider: FP16 arithmetic, unlike the CPU export gate."""
+    tiles = load_reference_tiles(bundle)
+    fp32 = OrtBackend(bundle.onnx_path, "cuda", 8).run(tiles)
+    fp16 = OrtBackend(bundle.onnx_fp16_path, "cuda", 8).run(tiles)
+    result = compare_logits(fp32, fp16)
+    verdict = "passes" if result.passed else "FAILS"
+    return f"{verdict} the gate: {result.reason()}, max |logit diff| {result.max_abs_logit_diff:.4f}"
+
+
+def reloads(name: str, open_: Callable[[], Backend], tiles: np.ndarray) -> bool:
+    """Open on one thread, then run/close/reopen RELOADS times from another; memory before/after."""
+    backend = on_thread(open_)
+    backend.run(tiles)  # first run: allocator and kernel caches settle before the baseline
+    gpu0, host0 = gpu_used_mb(), host_rss_mb()
+
+    def cycle() -> Backend:
+        current = backend
+        for _ in range(RELOADS):
+            current.run(tiles)
+            current.close()
+            current = open_()
+        return current
+
+    backend = on_thread(cycle)
+    backend.close()
+    gpu1, host1 = gpu_used_mb(), host_rss_mb()
+    grew = max(gpu1 - gpu0, host1 - host0)
+    print(f"reloads {name}: {RELOADS} x run/close/open from another thread: GPU {gpu0:.0f} -> {gpu1:.0f} MB, "
+          f"host RSS {host0:.0f} -> {host1:.0f} MB {'OK' if grew <= LEAK_MB else 'LEAK?'}")
+    return grew <= LEAK_MB
+
+
+def native_backend_opener(bundle: Bundle, workdir: Path) -> Callable[[], Backend]:
+    """The native TensorRT backend around the test fake's engine on the real CUDA (no TensorRT
+    here): the engine is built by build-engine, with the fake, into a copy of the bundle."""
+    import cuda.bindings.runtime  # noqa: F401 - the real one, before the fakes' folder
+
+    sys.path.insert(0, str(FAKES))
+    from phasewatch.export.build_engine import build_engine
+    from phasewatch.runtime.tensorrt_backend import open_tensorrt_backend
+
+    copy = load_bundle(shutil.copytree(bundle.path, workdir / bundle.name))
+    build_engine(copy, max_batch=8, max_side=2 * copy.tile,  # a multiple of any spatial_multiple
+                 progress=lambda message: print(f"  build-engine (fake TensorRT): {message}"))
+    return lambda: open_tensorrt_backend(copy, 8)
+
+
+def main() -> int:
+    preload_gpu_libraries("CUDAExecutionProvider")
+    ok = True
+    for name in bundled_model_names():
+        bundle = load_bundle(name)
+        backend = open_backend(bundle, "cuda", batch=8)
+        try:
+            print(f"{name}: CUDA backend {throughput(bundle, backend)}")
+        finally:
+            backend.close()
+        print(f"{name}: FP16 vs FP32 on the GPU {fp16_agreement(bundle)}")
+    bundle = load_bundle(bundled_model_names()[0])
+    tiles = load_reference_tiles(bundle)
+    ok &= reloads(f"cuda ({bundle.name})", lambda: open_backend(bundle, "cuda", batch=8), tiles)
+    with tempfile.TemporaryDirectory() as workdir:
+        ok &= reloads(f"tensorrt, fake engine on real CUDA ({bundle.name})",
+                      native_backend_opener(bundle, Path(workdir)), tiles)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
