@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BLOCK = "import sys\nfor name in ('torch', 'tensorrt', 'pycuda'):\n    sys.modules[name] = None\n"
+BLOCK = "import sys\nfor name in ('torch', 'tensorrt', 'cuda'):\n    sys.modules[name] = None\n"
 
 
 def test_runtime_and_webui_run_without_torch_or_tensorrt(tmp_path):

@@ -34,7 +34,7 @@ from phasewatch.runtime.service.daemon import DEFAULT_MODEL, MIN_FREE_DISK_BYTES
 from phasewatch.runtime.service.watcher import choose_observer, filesystem_type
 
 PACKAGES = ("phasewatch", "numpy", "opencv-python-headless", "tifffile", "imagecodecs", "onnxruntime",
-            "onnxruntime-gpu", "watchdog", "flask", "waitress", "prometheus-client", "tensorrt", "pycuda")
+            "onnxruntime-gpu", "watchdog", "flask", "waitress", "prometheus-client", "tensorrt", "cuda-bindings")
 NVIDIA_SMI_QUERY = ("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
 NVIDIA_SMI_TIMEOUT_S = 10
 JETSON_RELEASE = Path("/etc/nv_tegra_release")
@@ -111,9 +111,16 @@ def backends_check() -> Check:
     import onnxruntime as ort
 
     native = "tensorrt " + ("importable" if importlib.util.find_spec("tensorrt") else "not installed")
-    pycuda = "pycuda " + ("importable" if importlib.util.find_spec("pycuda") else "not installed")
+    cuda = "cuda.bindings " + ("importable" if _importable("cuda.bindings") else "not installed")
     providers = ", ".join(ort.get_available_providers())
-    return Check(INFO, "backends", f"onnxruntime {ort.__version__} providers: {providers}; {native}; {pycuda}")
+    return Check(INFO, "backends", f"onnxruntime {ort.__version__} providers: {providers}; {native}; {cuda}")
+
+
+def _importable(name: str) -> bool:
+    try:  # find_spec of a dotted name imports its parent, which may be missing
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def model_check(bundle: Bundle) -> Check:
