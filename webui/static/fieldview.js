@@ -13,11 +13,15 @@ const ZOOM_STEP = 1.5;
 // Records from before the trust record have trust null: trusted.
 export const isFlagged = (image) => image.trust != null && !image.trust.ok;
 
-// Whether a key press is typing (then it is not a shortcut).
+const TEXT_INPUTS = /^(text|search|email|number|password|date|datetime-local|month|week|time|url|tel)$/;
+
+// Whether a key press belongs to the control that has the focus (typing; arrows on a
+// slider or radio button) or a dialog: then it is not a shortcut.
 export function typing(event) {
   const target = event.target;
-  return event.ctrlKey || event.metaKey || event.altKey || target.isContentEditable ||
-    ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName) || Boolean(document.querySelector("dialog[open]"));
+  if (event.ctrlKey || event.metaKey || event.altKey || target.isContentEditable) return true;
+  if (["TEXTAREA", "SELECT"].includes(target.tagName) || document.querySelector("dialog[open]")) return true;
+  return target.tagName === "INPUT" && (TEXT_INPUTS.test(target.type) || event.key.startsWith("Arrow"));
 }
 
 export function stateBadges(image) {
