@@ -248,6 +248,13 @@ def test_a_field_page_shows_its_measurements_and_provenance(daemon, browser, sho
     sync_api.expect(page.locator('#fractions tr[data-class="secondary gamma prime"] td').first).to_have_text(
         "secondary γ′")
     sync_api.expect(page.locator("#trusted")).to_contain_text("Inside this model's experience")
+    # x excludes the field from the statistics, and x again puts it back.
+    page.locator("body").press("x")
+    sync_api.expect(page.locator("#field-badges .excluded")).to_have_text("excluded", timeout=WAIT_MS)
+    assert service.get_json(f"/api/images/{file_id}")["excluded"] is True
+    page.locator("body").press("x")
+    sync_api.expect(page.locator("#field-badges .excluded")).to_have_count(0, timeout=WAIT_MS)
+    assert service.get_json(f"/api/images/{file_id}")["excluded"] is False
     assert save_shot(page, shots / "page-field.png") < MAX_SHOT_BYTES
     for width in (400, 2560):
         page.set_viewport_size({"width": width, "height": 1000})
@@ -321,6 +328,34 @@ def test_starting_a_specimen_and_switching_back(daemon, browser):
 
 
 # Each page, and what shows that it has its data.
+def test_the_history_searches_and_every_field_links_to_its_page(daemon, browser):
+    service, known = daemon
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url(service, "/fields"))
+    sync_api.expect(page.locator("#list li")).to_have_count(len(known["ids"]), timeout=WAIT_MS)
+    page.locator('#filter input[name="q"]').fill("copy")
+    page.locator("#filter").get_by_role("button", name="Search").click()
+    sync_api.expect(page).to_have_url(url(service, "/fields?q=copy"))  # the search is in the address
+    sync_api.expect(page.locator("#list li")).to_have_count(1, timeout=WAIT_MS)
+    page.locator('#filter select[name="state"]').select_option("failed")
+    page.locator('#filter input[name="q"]').fill("")
+    page.locator("#filter").get_by_role("button", name="Search").click()
+    sync_api.expect(page).to_have_url(url(service, "/fields?state=failed"))
+    card = page.locator("#list li a")
+    sync_api.expect(card).to_have_count(1, timeout=WAIT_MS)
+    sync_api.expect(card.locator("img")).to_have_count(0)  # a failed field has no picture, not another's
+    card.click()
+    sync_api.expect(page).to_have_url(url(service, f"/fields/{known['ids']['broken.tif']}"))
+    # Thumbnails are the small cached JPEGs.
+    page.goto(url(service, "/fields?state=done"))
+    thumb = page.locator("#list img").first
+    thumb.wait_for(timeout=WAIT_MS)
+    response = page.request.get(url(service, thumb.get_attribute("src")))
+    assert response.headers["content-type"] == "image/jpeg" and len(response.body()) < 30_000
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+    page.close()
+
+
 PAGES = {"/": "#strip li", "/fields": "#list li", "/fields/{field}": "#picture[data-field]",
          "/fields/{failed}": "#field-error:not([hidden])", "/specimens": "#specimens tbody tr",
          "/specimens/{default}": "#stats tbody tr",

@@ -39,7 +39,7 @@ COOKIE = "phasewatch_session"
 COOKIE_MAX_AGE_S = 30 * 24 * 3600  # an appliance's browser stays signed in for a month
 # Answer without the token: health, the sign-in form and what it shows (nothing of the data).
 OPEN_PATHS = frozenset({"/healthz", "/login", "/static/app.css", "/static/favicon.svg"})
-PAGES = "pages"  # the blueprint of the HTML pages (webui/pages.py)
+PAGE_BLUEPRINTS = frozenset({"pages", "report"})  # HTML a person opens: webui/pages.py, webui/report.py
 FORM_PATHS = frozenset({"/login"})  # the one state-changing route that takes a form
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # "none": the user typed or bookmarked it
@@ -94,7 +94,7 @@ def signs_in() -> bool:
     """Whether a request without the token is sent to sign in rather than answered 401:
     a page opened by a browser, i.e. asking for HTML (``/`` always). A script that
     fetches a page without saying it wants HTML gets the 401 it can act on."""
-    if request.blueprint != PAGES or request.method not in ("GET", "HEAD"):
+    if request.blueprint not in PAGE_BLUEPRINTS or request.method not in ("GET", "HEAD"):
         return False
     return request.path == "/" or "text/html" in request.headers.get("Accept", "")
 
