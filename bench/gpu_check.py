@@ -1,9 +1,12 @@
 """The GPU device check's measurements (run by bench/gpu_check.sh, which installs what it needs).
 
-On a GPU machine with onnxruntime-gpu and cuda-python but no TensorRT:
-  * per bundled model: the CUDA backend's throughput on tile batches, and FP16 vs FP32 agreement
-    computed on the GPU (model.fp16.onnx and model.onnx both on the CUDA provider, the gate's
-    numbers on the bundle's reference tiles);
+On a GPU machine with cuda-python but no TensorRT:
+  * per bundled model, where onnxruntime-gpu is installed: the CUDA backend's throughput on tile
+    batches, and FP16 vs FP32 agreement computed on the GPU (model.fp16.onnx and model.onnx both
+    on the CUDA provider, the gate's numbers on the bundle's reference tiles);
+  * per bundled model, where PyTorch with CUDA is installed: the network rebuilt from the bundle
+    by the export stage's own code, FP16 vs FP32 on the GPU, FP32 on the GPU vs the ONNX on the
+    CPU, and one whole-field pass (the GPU floor) in FP32 and FP16;
   * reloads: each backend (the CUDA backend, and the native TensorRT backend around the test
     fake's engine, which runs on the CUDA provider with real buffers and stream) opened on one
     thread, then run, closed and reopened 20 times from another; GPU memory (cudaMemGetInfo) and
@@ -129,20 +132,81 @@ def native_backend_opener(bundle: Bundle, workdir: Path) -> Callable[[], Backend
     return lambda: open_tensorrt_backend(copy, 8)
 
 
+def ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def torch_on_gpu(bundle: Bundle, device: str = "cuda") -> None:
+    """The bundle's network rebuilt in PyTorch (the export stage's own architecture and the
+    bundle's weights) on the GPU: FP16 arithmetic against FP32 on the gate's reference tiles,
+    FP32 on the GPU against the bundle's ONNX on the CPU, and one pass over a whole 1024 x 1024
+    field (the GPU floor) in FP32 and FP16. Needs no ONNX Runtime GPU build."""
+    import torch
+
+    from phasewatch.export.finetune import load_parent_weights
+    from phasewatch.export.models import build_model
+
+    model = build_model(bundle.architecture, bundle.channels, bundle.num_classes, **bundle.manifest["model_kwargs"])
+    load_parent_weights(model, bundle)
+    model = model.eval().to(device)
+    tiles = load_reference_tiles(bundle)
+    with torch.inference_mode():
+        fp32 = model(torch.from_numpy(tiles).to(device)).float().cpu().numpy()
+        fp16 = model.half()(torch.from_numpy(tiles).to(device).half()).float().cpu().numpy()
+        model.float()
+    cpu = OrtBackend(bundle.onnx_path, "cpu", 8).run(tiles)
+    for label, reference, candidate in (("FP16 vs FP32 on the GPU (PyTorch)", fp32, fp16),
+                                        ("FP32 on the GPU (PyTorch) vs ONNX on the CPU", cpu, fp32)):
+        result = compare_logits(reference, candidate)
+        verdict = "passes" if result.passed else "FAILS"
+        print(f"{bundle.name}: {label} {verdict} the gate: {result.reason()}, "
+              f"max |logit diff| {result.max_abs_logit_diff:.4f}")
+    field = torch.randn(1, bundle.channels, 1024, 1024, device=device)
+    for label, dtype in (("FP32", torch.float32), ("FP16", torch.float16)):
+        net, x = model.to(dtype), field.to(dtype)
+        with torch.inference_mode():
+            for _ in range(3):
+                net(x)
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(20):
+                net(x)
+            synchronize(device)
+        print(f"{bundle.name}: one pass over a 1024 x 1024 field on the GPU, PyTorch {label}: "
+              f"{(time.perf_counter() - start) / 20 * 1e3:.2f} ms")
+    model.float()
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def main() -> int:
-    preload_gpu_libraries("CUDAExecutionProvider")
     ok = True
+    cuda_ort = ort_has_cuda()
+    if cuda_ort:
+        preload_gpu_libraries("CUDAExecutionProvider")
+    else:
+        print("CUDA backend: skipped, this onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu not installed)")
     for name in bundled_model_names():
         bundle = load_bundle(name)
-        backend = open_backend(bundle, "cuda", batch=8)
-        try:
-            print(f"{name}: CUDA backend {throughput(bundle, backend)}")
-        finally:
-            backend.close()
-        print(f"{name}: FP16 vs FP32 on the GPU {fp16_agreement(bundle)}")
+        if cuda_ort:
+            backend = open_backend(bundle, "cuda", batch=8)
+            try:
+                print(f"{name}: CUDA backend {throughput(bundle, backend)}")
+            finally:
+                backend.close()
+            print(f"{name}: FP16 vs FP32 on the GPU (ONNX Runtime) {fp16_agreement(bundle)}")
+        torch_on_gpu(bundle)
     bundle = load_bundle(bundled_model_names()[0])
     tiles = load_reference_tiles(bundle)
-    ok &= reloads(f"cuda ({bundle.name})", lambda: open_backend(bundle, "cuda", batch=8), tiles)
+    if cuda_ort:
+        ok &= reloads(f"cuda ({bundle.name})", lambda: open_backend(bundle, "cuda", batch=8), tiles)
     with tempfile.TemporaryDirectory() as workdir:
         ok &= reloads(f"tensorrt, fake engine on real CUDA ({bundle.name})",
                       native_backend_opener(bundle, Path(workdir)), tiles)

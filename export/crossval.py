@@ -92,7 +92,7 @@ def cross_validate(config: dict[str, Any], out_dir: Path, folds: int, data_root:
         checkpoint = train(fold_config, out_dir / f"fold-{index + 1}", data_root, device,
                            splits=Splits(train_samples, val_samples, description))
         ckpt = load_checkpoint(checkpoint)
-        model = model_from_checkpoint(ckpt, checkpoint)
+        model = model_from_checkpoint(ckpt, checkpoint).to(pick_device(device))
         for specimen in held_out:
             samples = [s for s in pool if specimen_of(s.name, pattern) == specimen]
             scores = validate(model, samples, ckpt_config["export_tile"], len(classes), pick_device(device),
@@ -105,6 +105,9 @@ def cross_validate(config: dict[str, Any], out_dir: Path, folds: int, data_root:
                 "checkpoint_epoch": ckpt["metrics"]["epoch"],
                 "training_seconds": ckpt["training"]["seconds"],
             })
+            # as each fold ends, so that a run stopped part-way still says what it measured
+            print(f"fold {index + 1}: {specimen}: mIoU {scores['mean_iou']:.2%}, "
+                  + ", ".join(f"{c} IoU {v:.2%}" for c, v in specimens[-1]["iou"].items()), file=sys.stderr)
     report = {"config": where, "specimen_pattern": pattern, "folds": groups, "specimens": specimens,
               "parent": config["model"].get("init_from"),
               "time_limit_min": config["train"].get("time_limit_min"),

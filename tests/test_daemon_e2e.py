@@ -119,12 +119,14 @@ class ServeProcess:
         return self.get_json("/api/images?limit=1000")
 
     def idle_with(self, expected: int) -> list[dict[str, Any]] | None:
-        """All rows, once ``expected`` files are queued and none is waiting or in work."""
-        status = self.get_json("/api/status")
-        if status["queued"] + status["processing"]:
-            return None
+        """All rows, once ``expected`` files are queued and none is waiting or in work. The
+        list is read before the counts: a file queued between the two reads shows in the
+        counts, where read the other way round it would appear in the list still pending."""
         images = self.images()
-        return images if len(images) >= expected else None
+        if len(images) < expected or any(i["state"] not in ("done", "failed") for i in images):
+            return None
+        status = self.get_json("/api/status")
+        return None if status["queued"] + status["processing"] else images
 
     def wait_idle(self, expected: int) -> list[dict[str, Any]]:
         return wait_for(lambda: self.idle_with(expected), f"{expected} files to be finished")

@@ -523,7 +523,10 @@ class ICudaEngine:
         if self._session is None:
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
-            providers = ["CUDAExecutionProvider"] if REAL_CUDA else []
+            # On a GPU machine with onnxruntime-gpu; a CPU onnxruntime there computes on the CPU
+            # (the buffers and stream stay real CUDA).
+            cuda = REAL_CUDA and "CUDAExecutionProvider" in ort.get_available_providers()
+            providers = ["CUDAExecutionProvider"] if cuda else []
             self._session = ort.InferenceSession(self._onnx, options, providers=[*providers, "CPUExecutionProvider"])
         names = [t["name"] for t in self._io if t["mode"] == "OUTPUT"]
         return dict(zip(names, self._session.run(names, feeds), strict=True))
