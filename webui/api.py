@@ -99,8 +99,6 @@ def images() -> Response:
     specimen = query_int("specimen", None, 1)
     before = query_int("before", None, 1)
     after = query_int("after", None, 0)
-    if before is not None and after is not None:
-        raise ApiError(400, "give before or after, not both")
     rows = current_context().store.list_images(limit, specimen, before, after, _filter())
     return jsonify([image_json(i) for i in rows])
 

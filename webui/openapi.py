@@ -56,11 +56,18 @@ def _text(limit: int) -> dict[str, Any]:
     return {"type": "string", "maxLength": limit}
 
 
-def _body(properties: dict[str, Any], required: list[str], optional_body: bool = False) -> dict[str, Any]:
+def _name(limit: int) -> dict[str, Any]:
+    """A text field that must hold something besides spaces when given."""
+    return {"type": "string", "maxLength": limit, "pattern": r"\S"}
+
+
+def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    # Required even where the API takes an empty body: it must still be sent as
+    # application/json (a body-less POST is what another origin's form can send).
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
-    return {"required": not optional_body, "content": {JSON: {"schema": schema}}}
+    return {"required": True, "content": {JSON: {"schema": schema}}}
 
 
 # Answers every state-changing route can give besides its own.
@@ -192,7 +199,7 @@ _PATHS: dict[str, Any] = {
         "parameters": [_query_int("limit", "how many", MAX_LIMIT, DEFAULT_LIMIT),
                        _query_int("specimen", "only this specimen's fields"),
                        _query_int("before", "only fields with a smaller id (paging back)"),
-                       _query("after", "only the oldest fields with a larger id (paging forward; not with before)",
+                       _query("after", "the oldest fields with a larger id (paging forward; with before: between)",
                               {"type": "integer", "minimum": 0, "maximum": MAX_ID}),
                        _query("q", "only files whose path contains this (ASCII letters in any case)",
                               {"type": "string", "maxLength": MAX_QUERY}),
@@ -230,22 +237,22 @@ _PATHS: dict[str, Any] = {
     "/api/images/{file_id}/exclude": {"post": {
         "summary": "leave a measured field out of the statistics, with a reason",
         "parameters": [_id_param("file_id", "image")],
-        "requestBody": _body({"reason": _text(MAX_TEXT)}, [], optional_body=True),
+        "requestBody": _body({"reason": _text(MAX_TEXT)}, []),
         "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
     "/api/images/{file_id}/include": {"post": {
         "summary": "put an excluded field back into the statistics (body: {})",
         "parameters": [_id_param("file_id", "image")],
-        "requestBody": _body({}, [], optional_body=True),
+        "requestBody": _body({}, []),
         "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
     "/api/images/{file_id}/accept": {"post": {
         "summary": "count a flagged field, naming who and why",
         "parameters": [_id_param("file_id", "image")],
-        "requestBody": _body({"who": _text(MAX_NAME), "reason": _text(MAX_TEXT)}, ["who", "reason"]),
+        "requestBody": _body({"who": _name(MAX_NAME), "reason": _name(MAX_TEXT)}, ["who", "reason"]),
         "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
     "/api/images/{file_id}/unaccept": {"post": {
         "summary": "withdraw an acceptance (body: {})",
         "parameters": [_id_param("file_id", "image")],
-        "requestBody": _body({}, [], optional_body=True),
+        "requestBody": _body({}, []),
         "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
     "/api/specimens": {
         "get": {"summary": "the current specimen and all specimens, newest first",
@@ -253,29 +260,29 @@ _PATHS: dict[str, Any] = {
                     "current": _ref("Specimen"), "specimens": {"type": "array", "items": _ref("Specimen")}}},
                     "specimens")}},
         "post": {"summary": "start a new specimen; it becomes the current one",
-                 "requestBody": _body({"name": _text(MAX_NAME), "notes": _text(MAX_TEXT)}, ["name"]),
+                 "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT)}, ["name"]),
                  "responses": {"201": _json(_ref("Specimen"), "the new specimen"), **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}": {
         "get": {"summary": "one specimen", "parameters": [_id_param("specimen_id", "specimen")],
                 "responses": {"200": _json(_ref("Specimen"), "the specimen"), **_SPECIMEN_ERRORS}},
         "patch": {"summary": "rename a specimen and/or replace its notes",
                   "parameters": [_id_param("specimen_id", "specimen")],
-                  "requestBody": _body({"name": _text(MAX_NAME), "notes": _text(MAX_TEXT)}, []),
+                  "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT)}, []),
                   "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                                 **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}/current": {"post": {
         "summary": "make an open specimen the current one: new fields go to it (body: {})",
-        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, [], optional_body=True),
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
         "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                       **_CHANGE_ERRORS, "409": _error("the specimen is closed")}}},
     "/api/specimens/{specimen_id}/close": {"post": {
         "summary": "sign a specimen off (body: {}); not the current one",
-        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, [], optional_body=True),
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
         "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                       **_CHANGE_ERRORS, "409": _error("the specimen is the current one")}}},
     "/api/specimens/{specimen_id}/reopen": {"post": {
         "summary": "reopen a closed specimen (body: {})",
-        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, [], optional_body=True),
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
         "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                       **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}/stats": {"get": {

@@ -109,7 +109,10 @@ def api_error(exc: ApiError) -> tuple[Response, int]:
 
 def http_error(exc: HTTPException) -> tuple[Response, int]:
     # Flask hands only exceptions with a code to a handler; the fallback is for the type.
-    return jsonify(error=exc.description), exc.code or 500
+    response = jsonify(error=exc.description)
+    # e.g. a 405's Allow (RFC 9110); the exception's own Content-Type is its HTML page's
+    response.headers.extend((k, v) for k, v in exc.get_headers() if k.lower() != "content-type")
+    return response, exc.code or 500
 
 
 def store_error(exc: StoreError) -> tuple[Response, int]:
