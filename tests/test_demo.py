@@ -16,9 +16,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from phasewatch.runtime.bundle import resolve_bundle_path
 from phasewatch.runtime.commands.demo import _workspace
 
+CHROMIUM = Path("/usr/bin/chromium")
 TOLERANCE = 0.03  # measured main-phase fraction against the truth (measured: within 0.3 points)
 
 
@@ -147,3 +150,33 @@ def test_a_given_workspace_is_kept_and_a_temporary_one_removed(tmp_path, monkeyp
     with _workspace(None) as temporary:
         (temporary / "x").write_text("gone")
     assert temporary.parent == tmp_path and not temporary.exists()
+
+
+def test_the_demo_fills_the_page_with_five_fields_and_their_legend(tmp_path):
+    """As a newcomer sees it: ``phasewatch demo --fields 5 --interval 1`` in Debian's chromium."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
+    demo = Demo(tmp_path, "--fields", "5", "--interval", "1", "--port", "0")
+    try:
+        url = demo.wait_for(r"open (http://127\.0\.0\.1:\d+)$").group(1)
+        images = finished_fields(url, 5)
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            cards = page.locator("#strip li")
+            sync_api.expect(cards).to_have_count(5, timeout=30_000)
+            assert sorted(page.locator("#strip li a").evaluate_all("as => as.map(a => +a.dataset.id)")) == sorted(
+                i["id"] for i in images)
+            newest = images[0]
+            sync_api.expect(page.locator("#field-title")).to_have_text(f"{newest['file']} (#{newest['id']})")
+            legend = page.locator("#legend li")
+            sync_api.expect(legend).to_have_count(3)
+            assert [t.split("\n")[0] for t in legend.locator(".name").all_inner_texts()] == [
+                "γ matrix", "secondary γ′", "tertiary γ′"]
+            assert page.locator("#picture").evaluate("c => c.width > 0 && c.height > 0")
+            browser.close()
+        assert demo.stop(signal.SIGINT) == 0, demo.output
+    finally:
+        demo.kill()
