@@ -654,12 +654,16 @@ def serve_reads(fd: int, memory_bytes: int) -> None:
         signal.signal(stop, signal.SIG_IGN)
     conn = Connection(fd)
     _limit_address_space(memory_bytes)
+    try:
+        _answer_reads(conn, memory_bytes)
+    except (EOFError, ConnectionError):  # the service closed its end, or died (kill -9)
+        return
+
+
+def _answer_reads(conn: Connection, memory_bytes: int) -> None:
     conn.send(_READY)
     while True:
-        try:
-            path, pixel_size_um, max_pixels = conn.recv()
-        except EOFError:  # the service closed its end
-            return
+        path, pixel_size_um, max_pixels = conn.recv()
         try:
             fields = read_fields(path, pixel_size_um, max_pixels)
         except Exception as exc:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from multiprocessing import Pipe
 from pathlib import Path
 
 import cv2
@@ -21,7 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasewatch.runtime.imageio import DecoderClosed, ImageReadError, IsolatedReader, read_fields
+from phasewatch.runtime.imageio import _CHILD_MAIN, DecoderClosed, ImageReadError, IsolatedReader, read_fields
 
 MEMORY = 256 << 20
 
@@ -140,3 +143,15 @@ def test_a_stop_signal_to_the_whole_group_does_not_end_a_read(reader: IsolatedRe
     time.sleep(0.3)
     assert_same_fields(reader.read_fields(tmp_path / "warm.tif"), read_fields(tmp_path / "warm.tif"))
     assert reader._child is child
+
+
+def test_the_decoder_ends_quietly_when_the_service_dies_with_its_answer_unread() -> None:
+    """kill -9 of the service leaves the child a reset connection, not a traceback in the log."""
+    ours, theirs = Pipe()
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(256 << 20)],
+                             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    theirs.close()
+    assert ours.poll(30)  # the child's "ready" waits unread, as a dead service leaves it
+    ours.close()
+    _, stderr = child.communicate(timeout=30)
+    assert (child.returncode, stderr.decode()) == (0, "")
