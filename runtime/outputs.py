@@ -87,21 +87,36 @@ def overlay(
     if classes.size and int(classes.max()) >= len(lut):
         raise ValueError(f"class map holds id {int(classes.max())} but the palette has {len(lut)}")
     base = _display_rgb(image)
-    blended = cv2.addWeighted(base, 1.0 - alpha, lut[classes], alpha, 0.0)
+    if len(lut) > 256:  # beyond what cv2.LUT indexes (no bundle has so many classes)
+        colours = lut[classes]
+    else:  # cv2.LUT: a fraction of the time of NumPy's fancy indexing on a large field
+        table = np.zeros((256, 1, 3), np.uint8)
+        table[: len(lut), 0] = lut
+        colours = cv2.LUT(cv2.merge([classes.astype(np.uint8, copy=False)] * 3), table)
+    blended = cv2.addWeighted(base, 1.0 - alpha, colours, alpha, 0.0)
     if skip:
-        keep = np.isin(classes, list(skip))
-        blended[keep] = base[keep]
+        keep = np.isin(classes, list(skip)).view(np.uint8)
+        cv2.copyTo(base, keep, blended)
     return blended
 
 
 def preview(image: np.ndarray, max_side: int = 1024) -> np.ndarray:
-    """8-bit picture (gray or RGB as given) whose longer side is at most ``max_side``."""
+    """8-bit picture whose longer side is at most ``max_side``: gray when the image is gray,
+    also when it is stored as RGB with three equal channels (as many SEMs save it), which
+    encodes in a third of the time and space."""
+    if image.ndim == 3 and image.shape[2] == 3 and _equal_channels(image):
+        image = image[:, :, 0]
     height, width = image.shape[:2]
     factor = max_side / max(height, width)
     if factor < 1.0:
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return to_display_8bit(image)
+
+
+def _equal_channels(image: np.ndarray) -> bool:
+    red = image[:, :, 0]
+    return bool(np.array_equal(red, image[:, :, 1]) and np.array_equal(red, image[:, :, 2]))
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:

@@ -98,7 +98,23 @@ def test_preview_downscales_the_longer_side_and_keeps_small_images():
     assert small.shape == (75, 500) and small.dtype == np.uint8
     assert small[0, 0] < small[0, -1]
     rgb = np.zeros((100, 80, 3), np.uint8)
+    rgb[:, :, 0] = 50
     assert preview(rgb, max_side=1024).shape == (100, 80, 3)
+
+
+def test_preview_of_gray_stored_as_rgb_is_gray():
+    gray = np.random.default_rng(0).integers(0, 255, (100, 80), dtype=np.uint8)
+    shown = preview(np.dstack([gray] * 3), max_side=1024)
+    assert shown.shape == (100, 80) and np.array_equal(shown, gray)
+
+
+def test_overlay_blends_every_class_but_the_skipped_ones():
+    image = np.full((4, 6), 100, np.uint8)
+    classes = np.array([[0, 1, 2] * 2] * 4, np.uint8)
+    palette = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+    picture = overlay(image, classes, palette, alpha=0.5, skip={0})
+    assert picture[0, 0].tolist() == [100, 100, 100]  # skipped: the micrograph as it is
+    assert picture[0, 1].tolist() == [178, 50, 50] and picture[0, 2].tolist() == [50, 50, 178]
 
 
 def test_json_round_trip_with_numpy_values(tmp_path):
