@@ -17,7 +17,12 @@ share a sha256 (the daemon would answer a repeat from its store). Each file is s
 
 The floor is one pass of the network over a field's own pixels (model input extended to the
 stride, one backend call, no tiles or stitching), measured in this process on the first file.
+A second baseline, ``in_process``, runs ``pipeline.process_file`` on the burst's files one after
+another in this process: the daemon's own work (decode, segment, measure, write the outputs)
+without its stages, queue, store and web server.
+
 Ratios: ``throughput_ratio`` = daemon files/s / engine files/s (target >= 0.90);
+``throughput_ratio_in_process`` = daemon files/s / in-process files/s;
 ``p95_over_floor_s`` = paced p95 latency - floor (target <= 0.3 s). The model is ``--model``
 (bundle folder or bundled name), else the material's bundled model when installed, else a
 stand-in conv net from ``tests/onnx_graphs.py``.
@@ -49,7 +54,7 @@ from phasewatch.runtime.backends import KINDS
 from phasewatch.runtime.bundle import bundled_model_names
 from phasewatch.runtime.imageio import read_fields
 from phasewatch.runtime.normalise import prepare
-from phasewatch.runtime.pipeline import open_model, segment_images
+from phasewatch.runtime.pipeline import open_model, process_file, segment_images
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MATERIALS = ("superalloy", "ebc")  # each bundled model's name is its material's
@@ -106,9 +111,12 @@ def stage_files(data: Path, material: str, copies: int, extra: int, staging: Pat
     return staged
 
 
-def engine_seconds(paths: list[Path], model: str, backend_kind: str, batch: int) -> tuple[float, float, str]:
+def engine_seconds(paths: list[Path], model: str, backend_kind: str, batch: int,
+                   out_dir: Path) -> tuple[float, float, float, str]:
     """Seconds ``segment_images`` takes for all of ``paths`` (decoded beforehand, tiles planned as
-    the daemon plans them), the floor of the first (best of 3), and the backend."""
+    the daemon plans them); seconds ``process_file`` takes for them one after another (decode,
+    segment, measure, write the outputs into ``out_dir``: the daemon's work without its
+    machinery); the floor of the first (best of 3); and the backend."""
     from field_limit import floor_input
 
     opened = open_model(model, backend_kind, batch)
@@ -120,6 +128,10 @@ def engine_seconds(paths: list[Path], model: str, backend_kind: str, batch: int)
         for _ in segment_images(images, bundle, backend, batch=batch, plan=opened.plan):
             pass
         engine = time.perf_counter() - started
+        started = time.perf_counter()
+        for n, path in enumerate(paths):
+            process_file(path, opened, out_dir / f"{n:04d}", batch=batch)
+        pipeline = time.perf_counter() - started
         whole = floor_input(prepare(images[0], bundle.channels, bundle.normalisation, bundle.scale),
                             bundle.spatial_multiple or 1)
         floors = []
@@ -127,7 +139,7 @@ def engine_seconds(paths: list[Path], model: str, backend_kind: str, batch: int)
             begun = time.perf_counter()
             backend.run(whole)
             floors.append(time.perf_counter() - begun)
-        return engine, min(floors[1:]), backend.name
+        return engine, pipeline, min(floors[1:]), backend.name
     finally:
         backend.close()
 
@@ -226,7 +238,8 @@ def main() -> int:
         model, model_name = resolve_model(args.model, args.material, workdir)
         staged = stage_files(args.data, args.material, args.copies, args.paced, workdir / "staging")
         burst = len(staged) - args.paced
-        engine_s, floor_s, engine_backend = engine_seconds(staged[:burst], model, args.backend, args.batch)
+        engine_s, pipeline_s, floor_s, engine_backend = engine_seconds(
+            staged[:burst], model, args.backend, args.batch, workdir / "in-process")
         daemon = run_daemon(staged, burst, workdir / "daemon", model, args)
         load_after = os.getloadavg()
     engine_per_image = engine_s / burst
@@ -238,12 +251,14 @@ def main() -> int:
         "files": {"burst": burst, "paced": args.paced},
         "settle_s": args.settle if args.settle is not None else "default",
         "engine": {"seconds": engine_s, "files_per_s": engine_fps, "seconds_per_image": engine_per_image},
+        "in_process": {"seconds": pipeline_s, "files_per_s": burst / pipeline_s},
         "floor_s": floor_s,
         "daemon": {"burst_seconds": daemon["burst_seconds"], "files_per_s": daemon_fps,
                    "inference_seconds_sum": daemon["inference_seconds_sum"],
                    "burst_latency_s": daemon["burst_latency_s"], "queue_latency_s": daemon["queue_latency_s"],
                    "paced_latency_s": daemon["paced_latency_s"]},
         "throughput_ratio": daemon_fps / engine_fps,
+        "throughput_ratio_in_process": daemon_fps * pipeline_s / burst,
         "throughput_target": THROUGHPUT_TARGET,
         "p95_over_floor_s": daemon["paced_latency_s"]["p95"] - floor_s,
         "p95_over_floor_target_s": LATENCY_OVER_FLOOR_TARGET_S,
@@ -259,9 +274,12 @@ def main() -> int:
           f"{result['settle_s']}")
     print(f"engine (baseline): {engine_s:.2f} s, {engine_fps:.2f} files/s, {engine_per_image:.3f} s/image; "
           f"floor (one pass over a field) {floor_s:.3f} s")
+    print(f"in process:        {pipeline_s:.2f} s, {burst / pipeline_s:.2f} files/s (decode, segment, measure, "
+          "write outputs, one file after another)")
     print(f"daemon burst:      {daemon['burst_seconds']:.2f} s, {daemon_fps:.2f} files/s "
           f"(daemon inference total {daemon['inference_seconds_sum']:.2f} s)")
-    print(f"throughput ratio daemon/engine: {result['throughput_ratio']:.2f} (target >= {THROUGHPUT_TARGET})")
+    print(f"throughput ratio daemon/engine: {result['throughput_ratio']:.2f} (target >= {THROUGHPUT_TARGET}); "
+          f"daemon/in process: {result['throughput_ratio_in_process']:.2f}")
     print(f"burst latency write->result p50 {lat['burst_latency_s']['p50']:.2f} s, "
           f"p95 {lat['burst_latency_s']['p95']:.2f} s (queueing behind the burst)")
     print(f"paced latency write->result ({args.paced} files) p50 {lat['paced_latency_s']['p50']:.2f} s, "

@@ -11,7 +11,10 @@ process, with the same thread count throughout, by
 - ``fixed_tiles``: the engine as it was before tiles were planned per field (the bundle's
   256-px tiles overlapping by 2 x halo), the named baseline;
 - ``monai``: MONAI's ``sliding_window_inference`` at its defaults (roi 256, overlap 0.25,
-  Gaussian window, batch 1) with the same weights in PyTorch.
+  Gaussian window, batch 1) with the same weights in PyTorch (FP32, whatever ``--backend``).
+
+``--backend cpu-int8`` runs the engine and the floor on the bundle's quantised model (the
+bundles whose INT8 model passed its gate: ``phasewatch quantise``).
 
 It prints each time, ``engine / floor`` and ``monai / engine``, and the machine's float32
 matmul peak with the fraction of it the floor reaches (model FLOPs / time / peak).
@@ -55,6 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=list(FIELDS), choices=list(FIELDS))
     parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backend", choices=("cpu", "cpu-int8"), default="cpu",
+                        help="the engine's and the floor's (cpu-int8: bundles with a quantised model only)")
     parser.add_argument("--no-monai", action="store_true", help="skip MONAI (slow on a small CPU)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     return parser.parse_args()
@@ -123,7 +128,8 @@ def torch_model(bundle: Any) -> Any:
     return model.eval()
 
 
-def measure(name: str, data: Path, threads: int, repeats: int, peak: float, monai: bool) -> dict[str, Any]:
+def measure(name: str, data: Path, backend_kind: str, threads: int, repeats: int, peak: float,
+            monai: bool) -> dict[str, Any]:
     import torch
 
     from phasewatch.runtime.imageio import images_in, read_fields
@@ -132,7 +138,7 @@ def measure(name: str, data: Path, threads: int, repeats: int, peak: float, mona
 
     path = images_in(data / FIELDS[name])[0]
     image = read_fields(path)[0].image
-    model = open_model(name, "cpu", threads=threads)
+    model = open_model(name, backend_kind, threads=threads)
     bundle, backend = model.bundle, model.backend
     if model.plan is None:
         raise SystemExit(f"{name}: the bundle runs fixed tiles only; re-export it (phasewatch export --bundle)")
@@ -173,9 +179,10 @@ def main() -> int:
         print(f"field_limit: no shared data at {data} (set PHASEWATCH_DATA)", file=sys.stderr)
         return 2
     peak = matmul_peak()
-    report: dict[str, Any] = {"threads": threads, "matmul_peak_gflops": peak / 1e9, "models": {}}
+    report: dict[str, Any] = {"threads": threads, "backend": args.backend, "matmul_peak_gflops": peak / 1e9,
+                              "models": {}}
     for name in args.models:
-        report["models"][name] = measure(name, data, threads, args.repeats, peak, not args.no_monai)
+        report["models"][name] = measure(name, data, args.backend, threads, args.repeats, peak, not args.no_monai)
         if not args.json:
             r = report["models"][name]
             monai = (f", MONAI {r['monai_s']:.3f} s ({r['monai_over_engine']:.1f}x the engine)"
@@ -186,7 +193,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"threads {threads}, float32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+        print(f"backend {args.backend}, threads {threads}, float32 matmul peak {peak / 1e9:.0f} GFLOP/s")
     return 0
 
 

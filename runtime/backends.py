@@ -27,6 +27,10 @@ from phasewatch.runtime.errors import PhasewatchError, one_line
 log = logging.getLogger(__name__)
 
 
+# Pixels per call on ONNX Runtime's CPU provider (call_pixels): two 256 x 256 tiles, one 362 x 362.
+CPU_CALL_PIXELS = 1 << 17
+
+
 class BackendError(PhasewatchError):
     """A backend that cannot be opened or run; the message is one line."""
 
@@ -53,10 +57,22 @@ def any_size(backend: Backend) -> bool:
 def max_side(backend: Backend) -> int:
     """The largest tile height and width ``backend`` takes (a TensorRT engine's profile), 0
     for no limit; a wrapper (test-time augmentation) is asked through to what it wraps."""
+    return _wrapped_attribute(backend, "max_side")
+
+
+def call_pixels(backend: Backend) -> int:
+    """The most pixels one call of ``backend`` should hold for speed (0: as many as memory
+    allows). On ONNX Runtime's CPU provider a batch gains nothing over one tile at a time and
+    large ones fall out of the cache: per pixel, 512 x 512 tiles cost 20 % more in batches of
+    8 than one by one, 256 x 256 ones 10 % (bench/batch_pixels.py, one core)."""
+    return _wrapped_attribute(backend, "call_pixels")
+
+
+def _wrapped_attribute(backend: Backend, name: str) -> int:
     current: Any = backend
     while current is not None:
-        if getattr(current, "max_side", 0):
-            return int(current.max_side)
+        if getattr(current, name, 0):
+            return int(getattr(current, name))
         current = getattr(current, "inner", None)
     return 0
 
@@ -138,6 +154,7 @@ class OrtBackend:
             raise BackendError(f"{onnx_path}: {provider} failed to initialise (CUDA libraries?)")
         self.name = kind
         self.max_batch = max(1, int(max_batch))
+        self.call_pixels = CPU_CALL_PIXELS if provider == "CPUExecutionProvider" else 0
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         # Symbolic height and width (an export with dynamic spatial axes): any size runs, except

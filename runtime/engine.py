@@ -111,12 +111,14 @@ class Plan:
     fit, overlapping by twice the ``halo``. A tile's cost grows with its area, the halo's
     share of it with its perimeter, so few large tiles waste least. ``max_side`` (0: none)
     caps a tile's height and width, for a backend built for sizes up to it (a TensorRT
-    engine's profile)."""
+    engine's profile). ``call_pixels`` (0: none) caps a batch's pixels further, for a backend
+    that runs fastest on few tiles at a time (a CPU: :func:`backends.call_pixels`)."""
 
     multiple: int
     max_pixels: int
     halo: int
     max_side: int = 0
+    call_pixels: int = 0
 
     def geometry(self, height: int, width: int) -> Geometry:
         whole_h, whole_w, m = self._up(height), self._up(width), self.multiple
@@ -137,7 +139,8 @@ class Plan:
 
     def batch(self, geometry: Geometry, backend_batch: int) -> int:
         """Tiles of this geometry per backend call within the budget (at least one)."""
-        return max(1, min(backend_batch, self.max_pixels // (geometry.tile_h * geometry.tile_w)))
+        budget = min(self.max_pixels, self.call_pixels) if self.call_pixels else self.max_pixels
+        return max(1, min(backend_batch, budget // (geometry.tile_h * geometry.tile_w)))
 
     def _up(self, n: int) -> int:
         return -(-n // self.multiple) * self.multiple

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from phasewatch.runtime.backends import Backend, any_size, max_side, open_backend
+from phasewatch.runtime.backends import Backend, any_size, call_pixels, max_side, open_backend
 from phasewatch.runtime.bundle import Bundle, load_bundle
 from phasewatch.runtime.engine import Plan, default_overlap, segment_many
 from phasewatch.runtime.imageio import DEFAULT_MAX_PIXELS, Field, read_fields
@@ -77,7 +77,7 @@ def tile_plan(bundle: Bundle, backend: Backend, megapixels: float) -> Plan | Non
     """The per-field tile plan for ``bundle`` on ``backend``, or None for fixed tiles."""
     if not bundle.spatial_multiple or not any_size(backend):
         return None
-    return Plan(bundle.spatial_multiple, int(megapixels * 1e6), bundle.halo, max_side(backend))
+    return Plan(bundle.spatial_multiple, int(megapixels * 1e6), bundle.halo, max_side(backend), call_pixels(backend))
 
 
 @dataclass

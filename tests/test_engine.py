@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx_graphs import conv_net_halo, make_conv_net
 
-from phasewatch.runtime.backends import OrtBackend
+from phasewatch.runtime.backends import CPU_CALL_PIXELS, OrtBackend, call_pixels
 from phasewatch.runtime.engine import (
     STAGES,
     Geometry,
@@ -22,6 +22,7 @@ from phasewatch.runtime.engine import (
     softmax_margin,
     tile_starts,
 )
+from phasewatch.runtime.tta import TtaBackend
 
 TILE = 64
 LAYERS = (1, 2, 3)  # halo 6
@@ -99,6 +100,20 @@ def test_plan_geometry_by_hand():
     assert plan.batch(Geometry(2000, 2000, 160, 160, 16), 8) == 1
     with pytest.raises(ValueError, match="too small for the model's halo"):
         Plan(16, 100 * 100, 80).geometry(1000, 1000)
+    # A CPU's per-call cap: the whole field still in one tile, but one field per call.
+    cpu = Plan(multiple=16, max_pixels=4_000_000, halo=80, call_pixels=1 << 17)
+    assert cpu.geometry(512, 512) == Geometry(512, 512, 0, 0, 16)
+    assert cpu.batch(Geometry(512, 512, 0, 0, 16), 8) == 1
+    assert cpu.batch(Geometry(256, 256, 0, 0, 16), 8) == 2
+    assert cpu.batch(Geometry(128, 128, 0, 0, 16), 16) == 8
+
+
+def test_the_cpu_backend_asks_for_few_pixels_per_call(tmp_path):
+    path = tmp_path / "net.onnx"
+    make_conv_net(path, 1, 2)
+    backend = OrtBackend(path, "cpu", 8)
+    assert call_pixels(backend) == CPU_CALL_PIXELS
+    assert call_pixels(TtaBackend(backend, "flips")) == CPU_CALL_PIXELS  # asked through the wrapper
 
 
 @pytest.mark.parametrize("height, width, budget", [
