@@ -61,12 +61,14 @@ def _name(limit: int) -> dict[str, Any]:
     return {"type": "string", "maxLength": limit, "pattern": r"\S"}
 
 
-def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+def _body(properties: dict[str, Any], required: list[str], min_properties: int = 0) -> dict[str, Any]:
     # Required even where the API takes an empty body: it must still be sent as
     # application/json (a body-less POST is what another origin's form can send).
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
+    if min_properties:
+        schema["minProperties"] = min_properties
     return {"required": True, "content": {JSON: {"schema": schema}}}
 
 
@@ -154,9 +156,11 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 def _page(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
-    return {"get": {"summary": summary, "tags": ["pages"], "parameters": list(params),
-                    "responses": {"200": {"description": "the page (its data comes from the API)",
-                                          "content": {"text/html": {"schema": {"type": "string"}}}}}}}
+    responses: dict[str, Any] = {"200": {"description": "the page (its data comes from the API)",
+                                         "content": {"text/html": {"schema": {"type": "string"}}}}}
+    if params:
+        responses |= {"400": _error("an id beyond the largest one"), "404": _error("an id that is not a number >= 0")}
+    return {"get": {"summary": summary, "tags": ["pages"], "parameters": list(params), "responses": responses}}
 
 
 _PAGES: dict[str, Any] = {
@@ -267,7 +271,7 @@ _PATHS: dict[str, Any] = {
                 "responses": {"200": _json(_ref("Specimen"), "the specimen"), **_SPECIMEN_ERRORS}},
         "patch": {"summary": "rename a specimen and/or replace its notes",
                   "parameters": [_id_param("specimen_id", "specimen")],
-                  "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT)}, []),
+                  "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT)}, [], min_properties=1),
                   "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                                 **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}/current": {"post": {
