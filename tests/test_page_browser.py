@@ -311,10 +311,12 @@ def test_starting_a_specimen_and_switching_back(daemon, browser):
     form = page.locator("#new-specimen")
     form.locator('input[name="name"]').fill("S-17 γ′")
     form.locator('input[name="notes"]').fill("etched 10 s")
+    form.get_by_label("Operator", exact=True).fill("Ana Kovač")
     form.locator('button[type="submit"]').click()
     new_row = page.locator("#specimens tr", has_text="S-17 γ′")
     sync_api.expect(new_row.locator(".state")).to_have_text("current", timeout=WAIT_MS)
-    assert service.get_json("/api/specimens")["current"]["name"] == "S-17 γ′"
+    current = service.get_json("/api/specimens")["current"]
+    assert (current["name"], current["operator"]) == ("S-17 γ′", "Ana Kovač")
     default_row = page.locator(f'#specimens tr[data-id="{known["default"]}"]')
     default_row.get_by_role("button", name="Make current").click()
     sync_api.expect(default_row.locator(".state")).to_have_text("current", timeout=WAIT_MS)
@@ -324,6 +326,25 @@ def test_starting_a_specimen_and_switching_back(daemon, browser):
     new_row.get_by_role("button", name="Close").click()
     sync_api.expect(new_row.locator(".state")).to_contain_text("closed", timeout=WAIT_MS)
     sync_api.expect(new_row.get_by_role("button", name="Reopen")).to_be_visible()
+    # Its page shows the operator in the edit form, and saves a new one.
+    page.goto(url(service, f"/specimens/{current['id']}"))
+    operator = page.locator("#edit").get_by_label("Operator", exact=True)
+    sync_api.expect(operator).to_have_value("Ana Kovač", timeout=WAIT_MS)
+    operator.fill("B. Ruiz")
+    with page.expect_response(lambda r: r.request.method == "PATCH") as patched:
+        page.locator("#edit").get_by_role("button", name="Save").click()
+    assert patched.value.ok
+    assert service.get_json(f"/api/specimens/{current['id']}")["operator"] == "B. Ruiz"
+    # The live page's form starts one with an operator too.
+    page.goto(url(service, "/"))
+    form = page.locator("#new-specimen")
+    form.locator('input[name="name"]').fill("S-18")
+    form.get_by_label("Operator", exact=True).fill("C. Lee")
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/api/specimens")) as started:
+        form.locator('button[type="submit"]').click()
+    assert started.value.status == 201
+    assert service.get_json("/api/specimens")["current"]["operator"] == "C. Lee"
+    post(service.port, f"/api/specimens/{known['default']}/current", {})
     page.close()
 
 

@@ -251,6 +251,20 @@ def test_pdf_holds_the_statistics_fields_decisions_and_sign_off(client, specimen
     assert len(pypdf.PdfReader(io.BytesIO(response.data)).pages[0].mediabox) == 4
 
 
+def test_the_operator_is_printed_or_left_as_a_line_to_fill_in(client, specimen):
+    def views() -> tuple[str, str]:
+        page = client.get(f"/specimens/{specimen.id}/report").get_data(as_text=True)
+        return page, pdf_text(client.get(f"/specimens/{specimen.id}/report.pdf").data)
+
+    page, text = views()
+    assert '<th scope="row">Operator</th><td><span class="blank"></span></td>' in page
+    assert re.search(r"Operator\s*_{40}", text)
+    assert client.patch(f"/api/specimens/{specimen.id}", json={"operator": "Zoë O'Brien"}).status_code == 200
+    page, text = views()
+    assert '<th scope="row">Operator</th><td>Zoë O&#39;Brien</td>' in page
+    assert re.search(r"Operator\s*Zoë O'Brien", text) and "_" * 40 not in text
+
+
 @pytest.mark.parametrize(("paper", "size"), [("a4", (595.3, 841.9)), ("letter", (612.0, 792.0))])
 def test_pdf_paper(client, specimen, paper, size):
     page = pypdf.PdfReader(io.BytesIO(client.get(f"/specimens/{specimen.id}/report.pdf?paper={paper}").data)).pages[0]

@@ -28,6 +28,7 @@ from phasewatch.webui.server import serve_in_thread
 
 NAME = "IN738 S-17 γ′ ageing check"
 REASON = "polishing scratch across the lower third"
+OPERATOR = "Ana Kovač"
 TOKEN = "real-report-token-0123456789"
 
 
@@ -37,7 +38,7 @@ class Processed:
     def __init__(self, data_dir: Path, shared: Path) -> None:
         self.data = data_dir.resolve()
         self.store = Store(self.data / "phasewatch.sqlite3")
-        self.specimen = self.store.start_specimen(NAME, "etched 10 s, SEM 5000x")
+        self.specimen = self.store.start_specimen(NAME, "etched 10 s, SEM 5000x", OPERATOR)
         files = sorted((shared / "superalloy" / "test" / "images").glob("*.tif"))
         files.append(sorted((shared / "ebc" / "test" / "images").iterdir())[0])
         model = open_model("superalloy", "cpu", threads=1)
@@ -88,6 +89,7 @@ def test_report_pdf_holds_the_specimens_statistics_as_the_api_reports_them(proce
     stats = client.get(f"/api/specimens/{processed.specimen}/stats").get_json()
     assert stats["fields"] == 3 and stats["flagged_pending"] == 1  # 5 fields less one excluded, one flagged
     assert "3 counted of 5 measured" in text
+    assert re.search(rf"Operator\s*{OPERATOR}", text)
     for name, st in stats["fractions"].items():
         row = rf"{name}\n\s*{st['n']}\n\s*{st['mean']:.2f}\n\s*{st['std']:.2f}\n\s*{st['ci95']:.2f}\n"
         assert re.search(row, text), f"{name}: mean {st['mean']:.2f} ± {st['ci95']:.2f} not in the PDF"

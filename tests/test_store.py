@@ -360,6 +360,31 @@ def test_a_database_of_schema_1_is_upgraded_and_keeps_its_fields(tmp_path):
     store.close()
 
 
+def test_a_database_of_schema_4_gains_the_operator_and_keeps_its_specimens(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        conn.executescript(script)
+    conn.executescript(
+        """INSERT INTO specimens (id, name, created, is_current) VALUES (1, 'default', 0, 0);
+            INSERT INTO specimens (id, name, notes, created, is_current, model_name)
+                VALUES (2, 'S-9', 'etched 5 s', 1, 1, 'superalloy');
+            INSERT INTO files (id, path, size, mtime_ns, sha256, state, specimen_id, created)
+                VALUES (1, '/in/old.tif', 1, 1, 'sha-old', 'pending', 2, 0);
+            PRAGMA user_version = 4;"""
+    )
+    conn.close()
+    store = Store(path)
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [(s["id"], s["name"], s["notes"], s["model_name"], s["files"], s["operator"])
+            for s in store.list_specimens()] == [(2, "S-9", "etched 5 s", "superalloy", 1, ""),
+                                                 (1, "default", "", None, 0, "")]
+    assert store.current_specimen()["id"] == 2
+    store.update_specimen(2, operator=" A.  Metallographer\n")  # the new column is writable, one line
+    assert store.get_specimen(2)["operator"] == "A. Metallographer"
+    store.close()
+
+
 # A Latin-1 "café.tif" from an SMB client: not UTF-8, so Python names it with a surrogate escape.
 LATIN1_NAME = os.fsdecode(b"caf\xe9.tif")
 

@@ -51,6 +51,7 @@ def test_the_first_field_claims_the_specimen_for_its_model(store):
 
 
 def test_another_model_starts_a_derived_current_specimen_and_never_mixes_classes(store, caplog):
+    store.update_specimen(store.current_specimen()["id"], operator="Ana")
     finish(store, "a.tif", SUPERALLOY, result=record({"gamma matrix": 0.5, "secondary gamma prime": 0.5}))
     original = store.current_specimen()
     # Queued before the restart, measured by the new model (after the next one).
@@ -59,6 +60,7 @@ def test_another_model_starts_a_derived_current_specimen_and_never_mixes_classes
     moved = finish(store, "b.tif", EBC, result=record({"background": 0.7, "oxide": 0.3}))
     derived = specimen_of(store, moved)
     assert derived["id"] != original["id"]
+    assert derived["operator"] == original["operator"] == "Ana"  # the same physical specimen
     assert (derived["name"], derived["model_name"], derived["derived_from"]) == (
         "default (model ebc)", "ebc", original["id"])
     assert store.current_specimen()["id"] == derived["id"]
@@ -99,13 +101,17 @@ def test_fields_without_a_model_identity_never_move(store):
     assert store.get_image(legacy)["model"] is None
 
 
-def test_rename_notes_switch_close_reopen(store):
+def test_rename_notes_operator_switch_close_reopen(store):
     default = store.current_specimen()["id"]
-    other = store.start_specimen("S-2", "etched")
+    assert store.get_specimen(default)["operator"] == ""
+    other = store.start_specimen("S-2", "etched", operator=" Ana\nKovač ")
+    assert store.get_specimen(other)["operator"] == "Ana Kovač"
     store.update_specimen(other, name="  S-2b ", notes="etched 10 s")
     assert (store.get_specimen(other)["name"], store.get_specimen(other)["notes"]) == ("S-2b", "etched 10 s")
-    store.update_specimen(other, notes="")
-    assert store.get_specimen(other)["name"] == "S-2b" and store.get_specimen(other)["notes"] == ""
+    assert store.get_specimen(other)["operator"] == "Ana Kovač"  # None: left as is
+    store.update_specimen(other, notes="", operator="B. Ruiz")
+    specimen = store.get_specimen(other)
+    assert (specimen["name"], specimen["notes"], specimen["operator"]) == ("S-2b", "", "B. Ruiz")
     with pytest.raises(StoreError, match="needs a name"):
         store.update_specimen(other, name=" ")
     with pytest.raises(StoreError, match="is the current one"):

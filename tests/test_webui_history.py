@@ -238,8 +238,23 @@ def test_rename_switch_close_and_reopen_a_specimen(service):
     assert service.client.get(f"/api/specimens/{created['id']}").get_json()["name"] == "S-2b"
 
 
+def test_a_specimen_has_an_operator_set_when_started_and_changed_alone(service):
+    started = service.client.post("/api/specimens", json={"name": "S-3", "operator": " Ana Kovač "})
+    assert (started.status_code, started.get_json()["operator"]) == (201, "Ana Kovač")
+    specimen = started.get_json()["id"]
+    changed = service.client.patch(f"/api/specimens/{specimen}", json={"operator": "B. Ruiz"}).get_json()
+    assert (changed["name"], changed["notes"], changed["operator"]) == ("S-3", "", "B. Ruiz")
+    cleared = service.client.patch(f"/api/specimens/{specimen}", json={"name": "S-3b", "operator": ""}).get_json()
+    assert (cleared["name"], cleared["operator"]) == ("S-3b", "")
+    assert service.client.post("/api/specimens", json={"name": "S-4"}).get_json()["operator"] == ""
+    listed = service.client.get("/api/specimens").get_json()["specimens"]
+    assert [s["operator"] for s in listed if s["id"] == specimen] == [""]
+
+
 @pytest.mark.parametrize(("body", "message"), [
-    ({}, "send name, notes or both"), ({"name": " "}, "name is required"), ({"notes": 3}, "notes must be a string"),
+    ({}, "send name, notes, operator or several of them"), ({"name": " "}, "name is required"),
+    ({"notes": 3}, "notes must be a string"), ({"operator": None}, "operator must be a string"),
+    ({"operator": "x" * 201}, "operator is longer than 200 characters"),
 ])
 def test_specimen_updates_are_validated(service, body, message):
     specimen = service.store.current_specimen()["id"]

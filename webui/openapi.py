@@ -129,6 +129,7 @@ _SCHEMAS: dict[str, Any] = {
         "classes": {"type": "array", "items": _ref("Class")}, "provenance": _ref("Provenance")}}]},
     "Specimen": {"type": "object", "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"}, "notes": {"type": "string"},
+        "operator": {"type": "string", "description": "who prepared and imaged it; empty when nobody said"},
         "folder": {"type": "string", "nullable": True}, "created": {"type": "number"},
         "is_current": {"type": "integer", "enum": [0, 1]},
         "model_name": {"type": "string", "nullable": True, "description": "the one model whose fields it holds"},
@@ -264,14 +265,16 @@ _PATHS: dict[str, Any] = {
                     "current": _ref("Specimen"), "specimens": {"type": "array", "items": _ref("Specimen")}}},
                     "specimens")}},
         "post": {"summary": "start a new specimen; it becomes the current one",
-                 "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT)}, ["name"]),
+                 "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT),
+                                       "operator": _text(MAX_NAME)}, ["name"]),
                  "responses": {"201": _json(_ref("Specimen"), "the new specimen"), **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}": {
         "get": {"summary": "one specimen", "parameters": [_id_param("specimen_id", "specimen")],
                 "responses": {"200": _json(_ref("Specimen"), "the specimen"), **_SPECIMEN_ERRORS}},
-        "patch": {"summary": "rename a specimen and/or replace its notes",
+        "patch": {"summary": "rename a specimen and/or replace its notes or operator",
                   "parameters": [_id_param("specimen_id", "specimen")],
-                  "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT)}, [], min_properties=1),
+                  "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT),
+                                        "operator": _text(MAX_NAME)}, [], min_properties=1),
                   "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                                 **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}/current": {"post": {

@@ -263,8 +263,7 @@ def gather_report(
     made_by = Counter(e.model for e in entries if e.measured and e.model)
     return Report(
         specimen=specimen,
-        # The store keeps no operator per specimen yet: blank, the print's line is filled in by hand.
-        operator=str(specimen.get("operator") or ""),
+        operator=specimen["operator"],
         stats=stats,
         fields=tuple(entries),
         models=tuple(model_info(name, n) for name, n in sorted(made_by.items())),

@@ -2,10 +2,11 @@
 reopen (``/api/specimens/...``), and a specimen's statistics.
 
 Every change publishes ``specimen`` (``{"id": ...}``) so that every open page refreshes.
-A specimen row is the store's (``runtime/service/store.py``): ``model_name`` and
-``model_sha256`` name the one model whose fields it holds (None until its first measured
-field), ``derived_from`` the specimen it was started from when the model changed,
-``closed`` when it was signed off (None while open).
+A specimen row is the store's (``runtime/service/store.py``): ``operator`` is who prepared
+and imaged it ("" when nobody said), ``model_name`` and ``model_sha256`` name the one model
+whose fields it holds (None until its first measured field), ``derived_from`` the specimen
+it was started from when the model changed, ``closed`` when it was signed off (None while
+open).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def start_specimen() -> tuple[Response, int]:
     body = json_body()
     name = text_field(body, "name", MAX_NAME, required=True)
     notes = text_field(body, "notes", MAX_TEXT)
-    specimen_id = current_context().store.start_specimen(name, notes)
+    operator = text_field(body, "operator", MAX_NAME)
+    specimen_id = current_context().store.start_specimen(name, notes, operator)
     return _changed(specimen_id), 201
 
 
@@ -62,9 +64,10 @@ def update_specimen(specimen_id: int) -> Response:
     body = json_body()
     name = text_field(body, "name", MAX_NAME, required=True) if "name" in body else None
     notes = text_field(body, "notes", MAX_TEXT) if "notes" in body else None
-    if name is None and notes is None:
-        raise ApiError(400, "send name, notes or both")
-    current_context().store.update_specimen(specimen_id, name, notes)
+    operator = text_field(body, "operator", MAX_NAME) if "operator" in body else None
+    if name is None and notes is None and operator is None:
+        raise ApiError(400, "send name, notes, operator or several of them")
+    current_context().store.update_specimen(specimen_id, name, notes, operator)
     return _changed(specimen_id)
 
 

@@ -55,9 +55,11 @@ of one model only: its classes and calibration are what its statistics compare. 
 first field recorded with a model identity (:meth:`Store.mark_done`'s ``model``: name and
 ONNX sha256) claims the specimen for that model; a field of another model is moved to a
 specimen derived from it for that model (``"<name> (model X)"``, created on first need,
-current when the original was), so that restarting the service with another model on
-the same data folder never mixes two models' classes in one set of statistics. A closed
-specimen is signed off: it cannot be made current, and the current one cannot be closed.
+current when the original was, with its operator), so that restarting the service with
+another model on the same data folder never mixes two models' classes in one set of
+statistics. A closed specimen is signed off: it cannot be made current, and the current
+one cannot be closed. A specimen's ``operator`` is who prepared and imaged it ("" when
+nobody said), one line like an acceptance's ``accepted_by``.
 
 Results. ``results`` keeps per field what the statistics need (``fractions``,
 ``particles``, ``valid_area_px``, ``valid_area_um2``, ``pixel_size_um``, as
@@ -163,6 +165,9 @@ MIGRATIONS = [
     ALTER TABLE specimens ADD COLUMN derived_from INTEGER REFERENCES specimens(id);  -- model change
     ALTER TABLE specimens ADD COLUMN closed REAL;         -- when it was closed, NULL while open
     ALTER TABLE results ADD COLUMN model TEXT;            -- JSON: identity of the model that measured it
+    """,
+    """
+    ALTER TABLE specimens ADD COLUMN operator TEXT NOT NULL DEFAULT '';  -- who prepared and imaged it
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -412,15 +417,15 @@ class Store:
 
     # -- specimens ---------------------------------------------------------------
 
-    def start_specimen(self, name: str, notes: str = "") -> int:
+    def start_specimen(self, name: str, notes: str = "", operator: str = "") -> int:
         """A new specimen that becomes the current one; returns its id."""
         if not name.strip():
             raise StoreError(f"{self.path}: a specimen needs a name")
         with self._write() as conn:
             conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
             return _inserted(conn.execute(
-                "INSERT INTO specimens (name, notes, created, is_current) VALUES (?, ?, ?, 1)",
-                (display_text(name.strip()), display_text(notes), time.time()),
+                "INSERT INTO specimens (name, notes, operator, created, is_current) VALUES (?, ?, ?, ?, 1)",
+                (display_text(name.strip()), display_text(notes), _one_line(operator), time.time()),
             ))
 
     def current_specimen(self) -> dict[str, Any]:
@@ -443,8 +448,10 @@ class Store:
         )
         return [_specimen(r) for r in rows]
 
-    def update_specimen(self, specimen_id: int, name: str | None = None, notes: str | None = None) -> None:
-        """Rename a specimen and/or replace its notes (None: leave as is)."""
+    def update_specimen(
+        self, specimen_id: int, name: str | None = None, notes: str | None = None, operator: str | None = None
+    ) -> None:
+        """Rename a specimen and/or replace its notes or operator (None: leave as is)."""
         if name is not None and not name.strip():
             raise StoreError(f"{self.path}: a specimen needs a name")
         with self._write() as conn:
@@ -453,6 +460,8 @@ class Store:
                 conn.execute("UPDATE specimens SET name = ? WHERE id = ?", (display_text(name.strip()), specimen_id))
             if notes is not None:
                 conn.execute("UPDATE specimens SET notes = ? WHERE id = ?", (display_text(notes), specimen_id))
+            if operator is not None:
+                conn.execute("UPDATE specimens SET operator = ? WHERE id = ?", (_one_line(operator), specimen_id))
 
     def make_current(self, specimen_id: int) -> None:
         """New fields go to this open specimen from now on."""
@@ -513,11 +522,12 @@ class Store:
         if specimen["is_current"]:
             conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
         derived = _inserted(conn.execute(
-            """INSERT INTO specimens (name, notes, created, is_current, model_name, model_sha256, derived_from)
-               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            """INSERT INTO specimens (name, notes, operator, created, is_current, model_name, model_sha256,
+                                      derived_from)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
             (f"{base} (model {name})", f"started automatically: the model changed from "
-             f"{specimen['model_name']} to {name}", time.time(), specimen["is_current"], name, sha256,
-             specimen["id"]),
+             f"{specimen['model_name']} to {name}", specimen["operator"], time.time(), specimen["is_current"],
+             name, sha256, specimen["id"]),
         ))
         log.warning("specimen %d (%s) holds fields of model %s (%s); fields of model %s (%s) go to a new "
                     "specimen %d", specimen["id"], specimen["name"], specimen["model_name"],

@@ -54,6 +54,7 @@ async function startSpecimen(event) {
   try {
     await postJson("/api/specimens", {
       name: form.elements.namedItem("name").value, notes: form.elements.namedItem("notes").value,
+      operator: form.elements.namedItem("operator").value,
     });
     form.reset();
     showError($("form-error"), null);

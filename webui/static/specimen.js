@@ -1,5 +1,5 @@
-// One specimen (/specimens/ID): what it is (model, state, notes), renaming and notes,
-// making it current, closing and reopening, and its statistics.
+// One specimen (/specimens/ID): what it is (model, state, notes), renaming, its operator
+// and notes, making it current, closing and reopening, and its statistics.
 
 import { api, patchJson, postJson } from "./api.js";
 import { boot, stream } from "./app.js";
@@ -38,8 +38,7 @@ async function load() {
     about(s);
     const form = $("edit");
     if (!form.contains(document.activeElement)) { // never overwrite what someone is typing
-      form.elements.namedItem("name").value = s.name;
-      form.elements.namedItem("notes").value = s.notes;
+      for (const key of ["name", "operator", "notes"]) form.elements.namedItem(key).value = s[key];
     }
     $("make-current").disabled = Boolean(s.is_current) || s.closed != null;
     $("close").disabled = Boolean(s.is_current) || s.closed != null;
@@ -64,7 +63,8 @@ $("edit").addEventListener("submit", (event) => {
   event.preventDefault();
   const form = event.target;
   act(() => patchJson(`/api/specimens/${id}`, {
-    name: form.elements.namedItem("name").value, notes: form.elements.namedItem("notes").value,
+    name: form.elements.namedItem("name").value, operator: form.elements.namedItem("operator").value,
+    notes: form.elements.namedItem("notes").value,
   }).then(() => document.activeElement.blur()));
 });
 $("make-current").addEventListener("click", () => act(() => postJson(`/api/specimens/${id}/current`)));

@@ -75,6 +75,7 @@ $("new-specimen").addEventListener("submit", async (event) => {
   try {
     await postJson("/api/specimens", {
       name: form.elements.namedItem("name").value, notes: form.elements.namedItem("notes").value,
+      operator: form.elements.namedItem("operator").value,
     });
     form.reset();
     showError($("form-error"), null);
