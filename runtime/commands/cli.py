@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate-trust": ("phasewatch.runtime.commands.calibrate_trust",
                         "set a bundle's trust calibration from its training images"),
     "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
+    "measure-volume": ("phasewatch.runtime.commands.measure_volume",
+                       "3D measurements of a stack of class maps: fractions, components, Euler number"),
     "train": ("phasewatch.export.commands.train", "train a segmentation model from a config file (needs torch)"),
     "cross-validate": ("phasewatch.export.commands.cross_validate",
                        "train a recipe once per group of held-out specimens and score each (needs torch)"),
