@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import cv2
 import numpy as np
@@ -124,8 +125,19 @@ def _plane_codes(mask: np.ndarray) -> np.ndarray:
 
 def _euler_pair(lower: np.ndarray, upper: np.ndarray) -> tuple[int, int]:
     """8 x Euler contributions (26, 6) of the lattice vertices between two slices' plane codes."""
-    counts = np.bincount((lower | (upper << 4)).ravel(), minlength=256)
+    counts = _histogram256(lower | (upper << 4))
     return int(counts @ _LUT[26]), int(counts @ _LUT[6])
+
+
+def _histogram256(codes: np.ndarray) -> np.ndarray:
+    """Counts of each uint8 value. OpenCV's histogram needs no int64 copy of the slice (as
+    ``np.bincount`` does); its float32 counts are exact for the <= 2^22 pixels of each block."""
+    counts = np.zeros(256, np.int64)
+    rows = max(1, (1 << 22) // max(codes.shape[1], 1))
+    for start in range(0, codes.shape[0], rows):
+        block = np.ascontiguousarray(codes[start:start + rows])
+        counts += cv2.calcHist([block], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    return counts
 
 
 # --- connected components: per-slice labels merged across slices -------------------------
@@ -157,17 +169,52 @@ def _merge(n_nodes: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _touching_pairs(previous: np.ndarray, current: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique (previous label, current label) pairs of voxels adjacent across the two slices."""
-    height, width = current.shape
-    shifts = [(0, 0)] if connectivity == 6 else list(product((-1, 0, 1), (-1, 0, 1)))
-    padded = np.pad(previous, 1) if connectivity == 26 else previous
     here = current > 0
-    keys: list[np.ndarray] = []
-    for dy, dx in shifts:
-        below = padded if connectivity == 6 else padded[1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
-        both = here & (below > 0)
-        keys.append(_unique_keys(below[both], current[both]))
-    unique = np.unique(np.concatenate(keys))
-    return unique >> 32, unique & 0xFFFFFFFF
+    if connectivity == 6:
+        both = here & (previous > 0)
+        keys = _unique_keys(previous[both], current[both])
+    else:
+        keys = _pairs_26(previous, current, here)
+    return keys >> 32, keys & 0xFFFFFFFF
+
+
+_KERNEL_3X3 = np.ones((3, 3), np.uint8)
+_EXACT_FLOAT32 = 1 << 24  # ids below this survive a float32 round trip (OpenCV morphology has no int32)
+
+
+def _pairs_26(previous: np.ndarray, current: np.ndarray, here: np.ndarray) -> np.ndarray:
+    """Keys of (previous, current) label pairs within a 3 x 3 neighbourhood across two slices.
+
+    Nine shifted comparisons of whole slices would cost nine passes and many temporaries;
+    instead a 3 x 3 max and min (over labelled voxels) of the previous slice say, for every
+    voxel, which one label is below it. Only where two or more labels are within reach
+    (rare: components of one class two voxels apart) are the nine neighbours looked up.
+    """
+    if int(previous.max(initial=0)) >= _EXACT_FLOAT32:
+        return _pairs_by_shifts(previous, current, *np.nonzero(here))
+    labels = previous.astype(np.float32)
+    highest = cv2.dilate(labels, _KERNEL_3X3)  # out-of-slice neighbours do not count (OpenCV's default border)
+    labels[labels == 0] = np.inf
+    lowest = cv2.erode(labels, _KERNEL_3X3)
+    del labels
+    reach = here & (highest > 0)
+    single = reach & (lowest == highest)
+    keys = [_unique_keys(highest[single], current[single])]
+    mixed = np.nonzero(reach & ~single)
+    if len(mixed[0]):
+        keys.append(_pairs_by_shifts(previous, current, *mixed))
+    return np.unique(np.concatenate(keys))
+
+
+def _pairs_by_shifts(previous: np.ndarray, current: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Keys of the pairs at the voxels (ys, xs) of ``current`` with their 9 neighbours below."""
+    padded = np.pad(previous, 1)
+    keys = []
+    for dy, dx in product((-1, 0, 1), (-1, 0, 1)):
+        below = padded[ys + 1 + dy, xs + 1 + dx]
+        touching = below > 0
+        keys.append(_unique_keys(below[touching], current[ys[touching], xs[touching]]))
+    return np.unique(np.concatenate(keys))
 
 
 def _unique_keys(high: np.ndarray, low: np.ndarray) -> np.ndarray:
@@ -184,16 +231,11 @@ def _unique_keys(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     return np.unique(keys)
 
 
-def _edge_labels(labels: np.ndarray, n_labels: int, whole_slice: bool) -> np.ndarray:
-    """Boolean per label (index 0 = background) of labels on the slice's edge (or all, for an end slice)."""
-    touches = np.zeros(n_labels, bool)
-    if whole_slice:
-        touches[1:] = True
-        return touches
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        touches[edge] = True
-    touches[0] = False
-    return touches
+def _on_edge(stats: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Which 2D components (rows of OpenCV's stats) touch the slice's edge, from their boxes."""
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
+    return (left == 0) | (top == 0) | (right == shape[1]) | (bottom == shape[0])
 
 
 @dataclass
@@ -209,9 +251,10 @@ class _Components:
 
     def add(self, mask: np.ndarray, first: bool) -> None:
         in_plane = 8 if self.connectivity == 26 else 4
-        n_labels, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=in_plane, ltype=cv2.CV_32S)
-        new_sizes = np.bincount(labels.ravel(), minlength=n_labels)[1:].astype(np.int64)
-        new_border = _edge_labels(labels, n_labels, whole_slice=first)[1:]
+        n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(
+            mask.view(np.uint8), connectivity=in_plane, ltype=cv2.CV_32S)
+        new_sizes = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+        new_border = _on_edge(stats[1:], labels.shape) | first
         n_open = len(self.sizes)
         if self.previous is None or n_open == 0:
             a = b = np.zeros(0, np.int64)
@@ -442,16 +485,22 @@ _UM_PER_UNIT = {"um": 1.0, "µm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns"
 
 @dataclass(frozen=True)
 class LabelStack:
-    """A multi-page TIFF of class ids, read one page at a time."""
+    """A multi-page TIFF of class ids, read one page (one slice) at a time."""
 
     path: Path
     n_slices: int
     spacing_um: tuple[float, float, float] | None  # from the file's metadata, when it has all three
+    # ImageJ writes stacks over 4 GB as one page followed by every slice, contiguous and
+    # uncompressed (``images`` in its metadata): (offset of slice 0, dtype, height, width)
+    contiguous: tuple[int, np.dtype, int, int] | None = None
 
     def slices(self) -> Iterator[np.ndarray]:
-        import tifffile  # only this command reads stacks: keep the import here
+        import tifffile  # only volume commands read stacks: keep the import here
 
         with tifffile.TiffFile(self.path) as tif:
+            if self.contiguous is not None:
+                yield from self._contiguous_slices(tif)
+                return
             for index, page in enumerate(tif.pages):
                 image = page.asarray()
                 if image.ndim != 2:
@@ -459,34 +508,86 @@ class LabelStack:
                                              f"(shape {image.shape})")
                 yield image
 
+    def _contiguous_slices(self, tif: Any) -> Iterator[np.ndarray]:
+        assert self.contiguous is not None
+        offset, dtype, height, width = self.contiguous
+        count = height * width
+        handle = tif.filehandle
+        for index in range(self.n_slices):
+            handle.seek(offset + index * count * dtype.itemsize)
+            plane = handle.read_array(dtype, count)
+            if plane.size != count:
+                raise VolumeMeasureError(f"{self.path}: slice {index} of {self.n_slices} is cut short")
+            yield plane.reshape(height, width)
+
 
 def open_label_stack(path: Path) -> LabelStack:
-    """Open a multi-page TIFF of class ids; spacing from ImageJ ``spacing`` + ``unit`` and the
-    resolution tags (pixels per unit) when the file has them."""
+    """Open a multi-page TIFF of class ids (plain, ImageJ or OME): its slices, and its spacing
+    from ImageJ ``spacing`` + ``unit`` + resolution tags or OME ``PhysicalSizeZ/Y/X``."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            n_slices = len(tif.pages)
+            n_pages = len(tif.pages)
+            meta = tif.imagej_metadata or {}
             spacing = _tiff_spacing(tif)
+            contiguous = _imagej_contiguous(tif, meta, n_pages)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise VolumeMeasureError(f"{path}: not a readable TIFF ({exc})") from exc
-    if n_slices == 0:
+    if n_pages == 0:
         raise VolumeMeasureError(f"{path}: the TIFF has no page")
-    return LabelStack(Path(path), n_slices, spacing)
+    # one axis of slices, whatever ImageJ calls it: tifffile writes a plain 3D array as channels
+    axes = {axis: int(meta[axis]) for axis in ("channels", "slices", "frames") if int(meta.get(axis, 1)) > 1}
+    if len(axes) > 1:
+        described = " x ".join(f"{n} {axis}" for axis, n in axes.items())
+        raise VolumeMeasureError(f"{path}: an ImageJ hyperstack of {described}; "
+                                 f"a class-id volume has one axis of slices")
+    n_slices = int(meta["images"]) if contiguous is not None else n_pages
+    return LabelStack(Path(path), n_slices, spacing, contiguous)
+
+
+def _imagej_contiguous(tif: Any, meta: dict[str, Any], n_pages: int) -> tuple[int, np.dtype, int, int] | None:
+    images = int(meta.get("images", 0) or 0)
+    if images <= n_pages:
+        return None
+    page = tif.pages.first
+    if page.compression != 1 or not page.is_contiguous or len(page.shape) != 2:
+        raise ValueError(f"ImageJ says {images} slices but the file has {n_pages} page(s) and no plain data after them")
+    return int(page.dataoffsets[0]), np.dtype(page.dtype).newbyteorder(tif.byteorder), *page.shape
 
 
 def _tiff_spacing(tif: Any) -> tuple[float, float, float] | None:
+    for reader in (_imagej_spacing, _ome_spacing):
+        try:
+            values = reader(tif)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, ElementTree.ParseError):
+            continue  # malformed optional metadata: the volume is still measurable, in voxels
+        if values is not None and all(math.isfinite(v) and v > 0 for v in values):
+            return values
+    return None
+
+
+def _imagej_spacing(tif: Any) -> tuple[float, float, float] | None:
     meta = tif.imagej_metadata or {}
     scale = _UM_PER_UNIT.get(str(meta.get("unit", "")).strip().lower())
     if scale is None or "spacing" not in meta:
         return None
-    try:
-        page = tif.pages.first
-        x_per_unit, y_per_unit = page.resolution
-        z = float(meta["spacing"]) * scale
-        y, x = scale / float(y_per_unit), scale / float(x_per_unit)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None  # malformed optional metadata: the volume is still measurable, in voxels
-    values = (z, y, x)
-    return values if all(math.isfinite(v) and v > 0 for v in values) else None
+    x_per_unit, y_per_unit = tif.pages.first.resolution
+    return float(meta["spacing"]) * scale, scale / float(y_per_unit), scale / float(x_per_unit)
+
+
+def _ome_spacing(tif: Any) -> tuple[float, float, float] | None:
+    if not tif.ome_metadata:
+        return None
+    for element in ElementTree.fromstring(tif.ome_metadata).iter():
+        if element.tag.rsplit("}", 1)[-1] != "Pixels":
+            continue
+        values = []
+        for axis in "ZYX":
+            size = element.get(f"PhysicalSize{axis}")
+            scale = _UM_PER_UNIT.get(element.get(f"PhysicalSize{axis}Unit", "µm").strip().lower())  # OME's default
+            if size is None or scale is None:
+                return None
+            values.append(float(size) * scale)
+        return values[0], values[1], values[2]
+    return None

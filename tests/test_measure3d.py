@@ -189,6 +189,19 @@ def test_components_match_breadth_first_search(seed):
     assert result["esd_voxels"]["median"] == pytest.approx(np.median(expected_esd))
 
 
+def test_pairs_across_slices_by_neighbourhood_extremes_match_the_nine_shifts():
+    """The fast path (3 x 3 max and min of the labels below) against looking up all 9 neighbours."""
+    from phasewatch.runtime.measure3d import _pairs_26, _pairs_by_shifts
+
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        previous = (rng.integers(0, 6, (30, 31)) * (rng.random((30, 31)) < 0.4)).astype(np.uint16)
+        current = (rng.integers(0, 6, (30, 31)) * (rng.random((30, 31)) < 0.5)).astype(np.int32)
+        fast = _pairs_26(previous, current, current > 0)
+        assert np.array_equal(fast, _pairs_by_shifts(previous, current, *np.nonzero(current > 0)))
+        assert len(fast) > 10
+
+
 # --- invariances and streaming -------------------------------------------------------------
 
 TOPOLOGY_KEYS = ("voxels", "volume_fraction", "components", "components_6", "interconnectivity",
@@ -392,3 +405,35 @@ def test_measure_volume_names_a_missing_or_bad_file(tmp_path, capsys):
     assert main(["measure-volume", str(garbage)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(garbage) in err
+
+
+def test_measure_volume_reads_ome_spacing(tmp_path, capsys):
+    _, volume = _two_balls_stack(tmp_path, spacing=None)
+    path = tmp_path / "labels.ome.tif"
+    tifffile.imwrite(path, volume, metadata={"axes": "ZYX", "PhysicalSizeZ": 3.0, "PhysicalSizeY": 0.25,
+                                             "PhysicalSizeX": 0.25})
+    assert main(["measure-volume", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["spacing_um"] == pytest.approx([3.0, 0.25, 0.25])
+
+
+def test_measure_volume_reads_an_imagej_stack_with_one_page_for_all_slices(tmp_path, capsys):
+    """ImageJ writes stacks over 4 GB as one page and contiguous slices after it."""
+    _, volume = _two_balls_stack(tmp_path, spacing=None)
+    path = tmp_path / "truncated.tif"
+    tifffile.imwrite(path, volume, imagej=True, truncate=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "spacing": 1.5, "unit": "um"})
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1  # really the case under test
+    assert main(["measure-volume", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["shape"] == list(volume.shape)
+    assert result["spacing_um"] == pytest.approx([1.5, 0.5, 0.5])
+    assert result == {**measure_volume(volume, spacing_um=(1.5, 0.5, 0.5)), "file": str(path)}
+
+
+def test_measure_volume_refuses_a_multichannel_imagej_stack(tmp_path, capsys):
+    path = tmp_path / "channels.tif"
+    tifffile.imwrite(path, np.zeros((3, 2, 8, 8), np.uint8), imagej=True, metadata={"axes": "ZCYX"})
+    assert main(["measure-volume", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "2 channels x 3 slices" in err
