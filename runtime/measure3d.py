@@ -190,11 +190,16 @@ def _pairs_26(previous: np.ndarray, current: np.ndarray, here: np.ndarray) -> np
     voxel, which one label is below it. Only where two or more labels are within reach
     (rare: components of one class two voxels apart) are the nine neighbours looked up.
     """
-    if int(previous.max(initial=0)) >= _EXACT_FLOAT32:
+    top = int(previous.max(initial=0))
+    if top >= _EXACT_FLOAT32:
         return _pairs_by_shifts(previous, current, *np.nonzero(here))
-    labels = previous.astype(np.float32)
+    # OpenCV's morphology takes uint8, uint16 or float32; the smallest that also holds a
+    # sentinel above every id for "no label" (ignored by the minimum)
+    dtype: type[np.uint8 | np.uint16 | np.float32] = next(
+        t for t in (np.uint8, np.uint16, np.float32) if top < _sentinel(t))
+    labels: np.ndarray[Any, np.dtype[np.uint8 | np.uint16 | np.float32]] = previous.astype(dtype)
     highest = cv2.dilate(labels, _KERNEL_3X3)  # out-of-slice neighbours do not count (OpenCV's default border)
-    labels[labels == 0] = np.inf
+    labels[labels == 0] = _sentinel(dtype)
     lowest = cv2.erode(labels, _KERNEL_3X3)
     del labels
     reach = here & (highest > 0)
@@ -204,6 +209,10 @@ def _pairs_26(previous: np.ndarray, current: np.ndarray, here: np.ndarray) -> np
     if len(mixed[0]):
         keys.append(_pairs_by_shifts(previous, current, *mixed))
     return np.unique(np.concatenate(keys))
+
+
+def _sentinel(dtype: Any) -> float:
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else _EXACT_FLOAT32
 
 
 def _pairs_by_shifts(previous: np.ndarray, current: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -385,8 +394,8 @@ class VolumeMeasurer:
                                      f"the first was {self.shape[0]} x {self.shape[1]}")
         if plane.size and (int(plane.min()) < 0 or int(plane.max()) >= self._n_ids()):
             bad = int(plane.max()) if int(plane.min()) >= 0 else int(plane.min())
-            raise VolumeMeasureError(f"slice {self.n_slices} has class id {bad}, "
-                                     f"outside the {self._n_ids()} classes")
+            raise VolumeMeasureError(f"slice {self.n_slices} has class id {bad}; "
+                                     f"the classes are ids 0..{self._n_ids() - 1}")
         return plane.astype(np.uint8, copy=False)
 
     def _n_ids(self) -> int:
@@ -532,7 +541,9 @@ def open_label_stack(path: Path) -> LabelStack:
             meta = tif.imagej_metadata or {}
             spacing = _tiff_spacing(tif)
             contiguous = _imagej_contiguous(tif, meta, n_pages)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+    except OSError as exc:
+        raise VolumeMeasureError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (ValueError, tifffile.TiffFileError) as exc:
         raise VolumeMeasureError(f"{path}: not a readable TIFF ({exc})") from exc
     if n_pages == 0:
         raise VolumeMeasureError(f"{path}: the TIFF has no page")

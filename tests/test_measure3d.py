@@ -194,8 +194,9 @@ def test_pairs_across_slices_by_neighbourhood_extremes_match_the_nine_shifts():
     from phasewatch.runtime.measure3d import _pairs_26, _pairs_by_shifts
 
     rng = np.random.default_rng(5)
-    for _ in range(5):
-        previous = (rng.integers(0, 6, (30, 31)) * (rng.random((30, 31)) < 0.4)).astype(np.uint16)
+    for base in (0, 250, 300, 70_000, 1 << 24):  # uint8, uint16, float32 and exact-lookup paths
+        ids = rng.integers(0, 6, (30, 31)) * (rng.random((30, 31)) < 0.4)
+        previous = np.where(ids > 0, ids + base, 0).astype(np.uint32)
         current = (rng.integers(0, 6, (30, 31)) * (rng.random((30, 31)) < 0.5)).astype(np.int32)
         fast = _pairs_26(previous, current, current > 0)
         assert np.array_equal(fast, _pairs_by_shifts(previous, current, *np.nonzero(current > 0)))
@@ -330,6 +331,7 @@ def test_a_256_x_256_x_300_stack_is_measured_in_memory_far_below_its_size(tmp_pa
     volume_bytes = int(np.prod(shape))
     from phasewatch.runtime.measure3d import open_label_stack
 
+    measure_volume(np.zeros((2, 3, 3), np.uint8))  # lazy imports (OpenCV's, numpy's) are not the volume's
     tracemalloc.start()
     try:
         stack = open_label_stack(path)
@@ -385,7 +387,7 @@ def test_measure_volume_spacing_option_and_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, reason", [
     (["--spacing", "1,1"], "--spacing"),
-    (["--classes", "matrix"], "class id 1"),
+    (["--classes", "matrix"], "class id 1; the classes are ids 0..0"),
     (["--classes", "[oops"], "not valid JSON"),
 ])
 def test_measure_volume_errors_are_one_line(tmp_path, capsys, argv, reason):
