@@ -259,18 +259,28 @@ class _Components:
     finished_border: list[np.ndarray] = field(default_factory=list)
 
     def add(self, mask: np.ndarray, first: bool) -> None:
+        """Label one slice in 2D, join its labels to the open components, retire the rest."""
         in_plane = 8 if self.connectivity == 26 else 4
         n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(
             mask.view(np.uint8), connectivity=in_plane, ltype=cv2.CV_32S)
         new_sizes = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
         new_border = _on_edge(stats[1:], labels.shape) | first
+        root = self._join(labels, n_labels)
+        self._advance(root, labels, new_sizes, new_border)
+
+    def _join(self, labels: np.ndarray, n_labels: int) -> np.ndarray:
+        """Root of every node: open components 0..n_open-1, then this slice's labels 1.. as n_open.."""
         n_open = len(self.sizes)
         if self.previous is None or n_open == 0:
             a = b = np.zeros(0, np.int64)
         else:
             a, b = _touching_pairs(self.previous, labels, self.connectivity)
-            a, b = a - 1, b - 1 + n_open  # nodes: open components 0..n_open-1, then this slice's labels
-        root = _merge(n_open + n_labels - 1, a, b)
+            a, b = a - 1, b - 1 + n_open
+        return _merge(n_open + n_labels - 1, a, b)
+
+    def _advance(self, root: np.ndarray, labels: np.ndarray, new_sizes: np.ndarray, new_border: np.ndarray) -> None:
+        """Finish the components this slice does not reach; the others, renumbered, stay open."""
+        n_open = len(self.sizes)
         sizes = np.bincount(root, weights=np.concatenate([self.sizes, new_sizes]), minlength=len(root))
         border = np.bincount(root, weights=np.concatenate([self.border, new_border]), minlength=len(root)) > 0
         reaches = np.zeros(len(root), bool)
@@ -283,6 +293,7 @@ class _Components:
         still_open = is_root & reaches
         renumber = np.cumsum(still_open)  # root -> new open id (1..)
         # the smallest integer type that holds the open ids: this array lives between slices
+        n_labels = len(root) - n_open + 1
         lookup = np.zeros(n_labels, np.min_scalar_type(max(int(renumber[-1]) if len(renumber) else 0, 1)))
         lookup[1:] = renumber[root[n_open:]]
         self.previous = lookup[labels]
