@@ -396,6 +396,8 @@ class VolumeMeasurer:
         self.n_slices += 1
 
     def _checked(self, plane: np.ndarray) -> np.ndarray:
+        if plane.dtype == bool:  # a binary mask: background 0, phase 1
+            plane = plane.view(np.uint8)
         if not np.issubdtype(plane.dtype, np.integer):
             raise VolumeMeasureError(f"class ids must be integers, not {plane.dtype}")
         if self.shape is None:

@@ -282,6 +282,11 @@ def test_excluded_classes_leave_the_valid_volume():
     assert result["classes"]["si"]["volume_fraction"] == pytest.approx(16 / 200)
 
 
+def test_a_boolean_mask_is_classes_0_and_1():
+    mask = ball((15, 15, 15), (7, 7, 7), 5)
+    assert measure_volume(mask) == measure_volume(mask.astype(np.uint8))
+
+
 def test_bad_input_is_refused_with_one_line():
     with pytest.raises(VolumeMeasureError, match="class id 3"):
         measure_volume(np.full((2, 4, 4), 3, np.uint8), classes=[ClassInfo(i, str(i), (0, 0, 0), "phase")
@@ -294,6 +299,8 @@ def test_bad_input_is_refused_with_one_line():
         VolumeMeasurer(spacing_um=(1.0, 0.0, 1.0))
     with pytest.raises(VolumeMeasureError, match="no slice"):
         VolumeMeasurer().result()
+    with pytest.raises(VolumeMeasureError, match="integers"):
+        measure_volume(np.zeros((2, 3, 3), np.float32))
 
 
 # --- bounded memory ------------------------------------------------------------------------
