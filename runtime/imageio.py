@@ -186,7 +186,8 @@ def _sniff(path: Path) -> ImageFormat:
     raise ImageReadError(path, f"not a {', '.join(others)} or {last} image (starts with {head[:8]!r})")
 
 
-def _check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
+def check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
+    """Refuse an image too small to segment or over ``max_pixels`` (one line, ``FILE: reason``)."""
     if height < MIN_SIDE or width < MIN_SIDE:
         raise ImageReadError(
             path,
@@ -280,7 +281,7 @@ def _tiff_page_image(path: Path, page: Any, file_size: int, max_pixels: int) -> 
     if page.axes not in ("YX", "YXS", "SYX"):
         raise ImageReadError(path, f"{where}: unsupported layout {page.axes} {page.shape}")
     height, width = page.shape[page.axes.index("Y")], page.shape[page.axes.index("X")]
-    _check_size(path, height, width, max_pixels)
+    check_size(path, height, width, max_pixels)
     ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
     if not ends:
         raise ImageReadError(path, f"{where}: holds no image data")
@@ -294,8 +295,18 @@ def _tiff_page_image(path: Path, page: Any, file_size: int, max_pixels: int) -> 
     image = page.asarray()
     if page.axes == "SYX":
         image = np.moveaxis(image, 0, -1)
-    if photometric == tifffile.PHOTOMETRIC.PALETTE:
-        return _apply_palette(image, page.colormap)
+    return page_pixels(path, image, photometric, page.colormap)
+
+
+def page_pixels(path: Path, image: np.ndarray, photometric: int = tifffile.PHOTOMETRIC.MINISBLACK,
+                colormap: np.ndarray | None = None) -> np.ndarray:
+    """A decoded TIFF page (H x W or H x W x S) as a field's image (the module's conversions).
+
+    Public so that a volume's slices, read from a stack page by page (``runtime/volume.py``),
+    become the same images as the fields of the same pages.
+    """
+    if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
+        return _apply_palette(image, colormap)
     image = _drop_alpha(path, image)
     image = _to_supported_dtype(path, image)
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
@@ -447,7 +458,7 @@ def _opencv_reader(kind: str, header: Callable[[Path, bytes], _Header]) -> Reade
         except OSError as exc:
             raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
         size = header(path, data)
-        _check_size(path, size.height, size.width, max_pixels)
+        check_size(path, size.height, size.width, max_pixels)
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise ImageReadError(path, f"cannot decode the {kind} data (corrupt or truncated)")

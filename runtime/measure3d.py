@@ -507,7 +507,8 @@ _UM_PER_UNIT = {"um": 1.0, "µm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns"
 
 @dataclass(frozen=True)
 class LabelStack:
-    """A multi-page TIFF of class ids, read one page (one slice) at a time."""
+    """A multi-page TIFF, read one page (one slice) at a time: class ids here, micrographs
+    for ``segment`` on a volume (``runtime/volume.py``), so that both read stacks one way."""
 
     path: Path
     n_slices: int
@@ -515,20 +516,27 @@ class LabelStack:
     # ImageJ writes stacks over 4 GB as one page followed by every slice, contiguous and
     # uncompressed (``images`` in its metadata): (offset of slice 0, dtype, height, width)
     contiguous: tuple[int, np.dtype, int, int] | None = None
+    spacing_source: str = "none"  # "imagej" or "ome" when spacing_um came from the file
+    says_volume: bool = False  # the metadata call it a Z stack: ImageJ slices > 1 or OME SizeZ > 1
 
     def slices(self) -> Iterator[np.ndarray]:
+        """The pages as class maps (single-channel)."""
+        for index, image in enumerate(self.planes()):
+            if image.ndim != 2:
+                raise VolumeMeasureError(f"{self.path}: page {index} is not a single-channel class map "
+                                         f"(shape {image.shape})")
+            yield image
+
+    def planes(self) -> Iterator[np.ndarray]:
+        """The pages' pixels as stored, one at a time."""
         import tifffile  # only volume commands read stacks: keep the import here
 
         with tifffile.TiffFile(self.path) as tif:
             if self.contiguous is not None:
                 yield from self._contiguous_slices(tif)
                 return
-            for index, page in enumerate(tif.pages):
-                image = page.asarray()
-                if image.ndim != 2:
-                    raise VolumeMeasureError(f"{self.path}: page {index} is not a single-channel class map "
-                                             f"(shape {image.shape})")
-                yield image
+            for page in tif.pages:
+                yield page.asarray()
 
     def _contiguous_slices(self, tif: Any) -> Iterator[np.ndarray]:
         assert self.contiguous is not None
@@ -552,8 +560,9 @@ def open_label_stack(path: Path) -> LabelStack:
         with tifffile.TiffFile(path) as tif:
             n_pages = len(tif.pages)
             meta = tif.imagej_metadata or {}
-            spacing = _tiff_spacing(tif)
+            spacing, spacing_source = _tiff_spacing(tif)
             contiguous = _imagej_contiguous(tif, meta, n_pages)
+            says_volume = int(meta.get("slices", 1)) > 1 or _ome_size_z(tif) > 1
     except OSError as exc:
         raise VolumeMeasureError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except (ValueError, tifffile.TiffFileError) as exc:
@@ -567,7 +576,7 @@ def open_label_stack(path: Path) -> LabelStack:
         raise VolumeMeasureError(f"{path}: an ImageJ hyperstack of {described}; "
                                  f"a class-id volume has one axis of slices")
     n_slices = int(meta["images"]) if contiguous is not None else n_pages
-    return LabelStack(Path(path), n_slices, spacing, contiguous)
+    return LabelStack(Path(path), n_slices, spacing, contiguous, spacing_source, says_volume)
 
 
 def _imagej_contiguous(tif: Any, meta: dict[str, Any], n_pages: int) -> tuple[int, np.dtype, int, int] | None:
@@ -580,15 +589,35 @@ def _imagej_contiguous(tif: Any, meta: dict[str, Any], n_pages: int) -> tuple[in
     return int(page.dataoffsets[0]), np.dtype(page.dtype).newbyteorder(tif.byteorder), *page.shape
 
 
-def _tiff_spacing(tif: Any) -> tuple[float, float, float] | None:
-    for reader in (_imagej_spacing, _ome_spacing):
+def _tiff_spacing(tif: Any) -> tuple[tuple[float, float, float] | None, str]:
+    """The spacing the file's metadata give, and which metadata ("imagej", "ome" or "none")."""
+    for source, reader in (("imagej", _imagej_spacing), ("ome", _ome_spacing)):
         try:
             values = reader(tif)
         except (KeyError, TypeError, ValueError, ZeroDivisionError, ElementTree.ParseError):
             continue  # malformed optional metadata: the volume is still measurable, in voxels
         if values is not None and all(math.isfinite(v) and v > 0 for v in values):
-            return values
-    return None
+            return values, source
+    return None, "none"
+
+
+def _ome_size_z(tif: Any) -> int:
+    """OME ``SizeZ`` of the first image; 1 where there is none (or it is unreadable)."""
+    pixels = _ome_pixels(tif)
+    try:
+        return int(pixels.get("SizeZ", 1)) if pixels is not None else 1
+    except ValueError:
+        return 1
+
+
+def _ome_pixels(tif: Any) -> ElementTree.Element | None:
+    if not tif.ome_metadata:
+        return None
+    try:
+        root = ElementTree.fromstring(tif.ome_metadata)
+    except ElementTree.ParseError:
+        return None
+    return next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
 
 
 def _imagej_spacing(tif: Any) -> tuple[float, float, float] | None:
@@ -601,17 +630,14 @@ def _imagej_spacing(tif: Any) -> tuple[float, float, float] | None:
 
 
 def _ome_spacing(tif: Any) -> tuple[float, float, float] | None:
-    if not tif.ome_metadata:
+    element = _ome_pixels(tif)
+    if element is None:
         return None
-    for element in ElementTree.fromstring(tif.ome_metadata).iter():
-        if element.tag.rsplit("}", 1)[-1] != "Pixels":
-            continue
-        values = []
-        for axis in "ZYX":
-            size = element.get(f"PhysicalSize{axis}")
-            scale = _UM_PER_UNIT.get(element.get(f"PhysicalSize{axis}Unit", "µm").strip().lower())  # OME's default
-            if size is None or scale is None:
-                return None
-            values.append(float(size) * scale)
-        return values[0], values[1], values[2]
-    return None
+    values = []
+    for axis in "ZYX":
+        size = element.get(f"PhysicalSize{axis}")
+        scale = _UM_PER_UNIT.get(element.get(f"PhysicalSize{axis}Unit", "µm").strip().lower())  # OME's default
+        if size is None or scale is None:
+            return None
+        values.append(float(size) * scale)
+    return values[0], values[1], values[2]

@@ -184,12 +184,10 @@ def record_file(segmented: Segmented, out_dir: Path | None) -> FileResult:
     count = len(decoded.fields)
     results: list[FieldResult] = []
     outputs: dict[str, str] = {}
-    excluded = [c.id for c in model.bundle.classes if c.role == "excluded"]
-    for field_, (classes, margin, features) in zip(decoded.fields, segmented.maps, strict=True):
+    for field_, segmentation in zip(decoded.fields, segmented.maps, strict=True):
+        classes, margin = segmentation.classes, segmentation.margin
         started = time.perf_counter()
-        record = field_record(decoded.path, field_, classes, model)
-        unsure = unsure_fraction(margin, ~np.isin(classes, excluded) if excluded else None)
-        record["trust"] = assess(features, unsure, model.bundle, field_.pixel_size_um)
+        record = assessed_record(decoded.path, field_, segmentation, model)
         measured = time.perf_counter()
         record["timing_ms"] = {"decode": round(decoded.decode_ms / count, 2),
                                "segment": round(segmented.segment_ms / count, 2),
@@ -295,6 +293,17 @@ def field_record(path: Path, field: Field, classes: np.ndarray, model: Model) ->
         "pixel_size_source": field.pixel_size_source,
         **measured,
     }
+
+
+def assessed_record(path: Path, field: Field, segmentation: ImageSegmentation, model: Model) -> dict[str, Any]:
+    """:func:`field_record` with its trust record (``runtime/trust.py``): what every field,
+    and every slice of a volume, is recorded as."""
+    classes = segmentation.classes
+    record = field_record(path, field, classes, model)
+    excluded = [c.id for c in model.bundle.classes if c.role == "excluded"]
+    unsure = unsure_fraction(segmentation.margin, ~np.isin(classes, excluded) if excluded else None)
+    record["trust"] = assess(segmentation.features, unsure, model.bundle, field.pixel_size_um)
+    return record
 
 
 def write_field(out_dir: Path, stem: str, result: FieldResult, bundle: Bundle) -> dict[str, Path]:

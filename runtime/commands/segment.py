@@ -1,4 +1,9 @@
-"""``phasewatch segment IMAGE... --model M --out DIR``: one-off segmentation of files."""
+"""``phasewatch segment IMAGE... --model M --out DIR``: one-off segmentation of files.
+
+A volume (``runtime/volume.py``: a Z stack by its metadata, or with ``--volume`` any
+multi-page TIFF or folder of numbered slices) is segmented as one, into ``NAME.classes.tif``
+and ``NAME.volume.json``, with one line on stdout giving its slice throughput.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from phasewatch.runtime.backends import KINDS
+from phasewatch.runtime.commands.measure_volume import parse_spacing
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.imageio import images_in
-from phasewatch.runtime.pipeline import open_model, process_file
+from phasewatch.runtime.pipeline import Model, open_model, process_file
 from phasewatch.runtime.tta import MODES
+from phasewatch.runtime.volume import Spacing, open_volume, says_volume, segment_volume, summary_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test-time augmentation: average probabilities over flips (4 passes) or d4 (8)")
     parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
                         help="pixel size in µm, overriding what the files say")
+    parser.add_argument("--volume", action="store_true",
+                        help="each multi-page TIFF and each folder given is one volume (a folder: its "
+                             "numbered slices); Z stacks by their ImageJ/OME metadata are volumes anyway")
+    parser.add_argument("--spacing", metavar="Z,Y,X",
+                        help="voxel size of volumes in µm (default: from the file's ImageJ or OME metadata)")
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
@@ -41,18 +53,36 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     return files
 
 
+def plan_inputs(paths: list[Path], volume: bool) -> list[tuple[Path, bool]]:
+    """(input, is a volume) in order: with ``volume`` every input given is one; otherwise
+    folders are expanded and a file is a volume when its metadata say it is a Z stack."""
+    if volume:
+        return [(path, True) for path in paths]
+    return [(path, says_volume(path)) for path in expand_inputs(paths)]
+
+
+def segment_one(path: Path, is_volume: bool, model: Model, args: argparse.Namespace,
+                spacing: Spacing | None) -> None:
+    if not is_volume:
+        process_file(path, model, args.out, args.pixel_size, args.overlap, args.batch)
+        return
+    record = segment_volume(open_volume(path, spacing), model, args.out, args.overlap, args.batch)
+    tqdm.write(summary_line(record))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        spacing = parse_spacing(args.spacing) if args.spacing else None
         model = open_model(args.model, args.backend, args.batch, tta=args.tta)
     except PhasewatchError as exc:
         print(f"phasewatch segment: {exc}", file=sys.stderr)
         return 2
-    files = expand_inputs(args.images)
+    files = plan_inputs(args.images, args.volume)
     failures = 0
     try:
-        for path in tqdm(files, unit="file", disable=len(files) < 2, file=sys.stderr):
+        for path, is_volume in tqdm(files, unit="file", disable=len(files) < 2, file=sys.stderr):
             try:
-                process_file(path, model, args.out, args.pixel_size, args.overlap, args.batch)
+                segment_one(path, is_volume, model, args, spacing)
             except PhasewatchError as exc:
                 failures += 1
                 tqdm.write(f"error: {exc}", file=sys.stderr)

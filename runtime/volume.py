@@ -1,0 +1,257 @@
+"""Volumes: stacks of slices segmented as one specimen, streamed slice by slice.
+
+What is a volume (``phasewatch segment``):
+
+* a multi-page TIFF whose metadata call it a Z stack: ImageJ ``slices`` > 1, or OME-TIFF
+  ``SizeZ`` > 1;
+* with ``--volume``: any multi-page TIFF (without it, a plain multi-page TIFF stays separate
+  fields), and any folder, whose image files are the slices, one per file, in the order of the
+  numbers in their names (natural order: ``slice_2`` before ``slice_10``).
+
+Spacing (z, y, x) in µm, first match wins: ``--spacing Z,Y,X`` (source ``user``); the TIFF's
+ImageJ ``spacing`` + ``unit`` with the resolution tags for Y and X (``imagej``); OME
+``PhysicalSizeZ/Y/X`` (``ome``); else none (``none``: 3D measurements in voxels). A folder's
+spacing comes from ``--spacing`` only. Every slice is recorded with the X spacing as its pixel
+size.
+
+Reading is one slice at a time, never the whole volume: a TIFF's pages through
+:class:`~phasewatch.runtime.measure3d.LabelStack` (the one stack reader; ImageJ stacks over
+4 GB included), converted by :func:`~phasewatch.runtime.imageio.page_pixels` so that a slice
+is the same image as the same page read as a field; a folder's files one at a time through
+:func:`~phasewatch.runtime.imageio.read_fields`. Every slice must have the first one's size.
+
+Segmenting (:func:`segment_volume`): the slices go through the engine of fields
+(:func:`~phasewatch.runtime.pipeline.segment_images`, tiles of consecutive slices sharing
+batches); as each class map comes out it is recorded like a field
+(:func:`~phasewatch.runtime.pipeline.assessed_record`: fractions, trust), fed to
+:class:`~phasewatch.runtime.measure3d.VolumeMeasurer` and written as the next page of
+``NAME.classes.tif``. Memory is a few slices, whatever the depth.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.imageio import (
+    DEFAULT_MAX_PIXELS,
+    Field,
+    ImageReadError,
+    check_size,
+    images_in,
+    page_pixels,
+    read_fields,
+)
+from phasewatch.runtime.measure3d import VolumeMeasurer, open_label_stack
+from phasewatch.runtime.outputs import write_json_atomic
+from phasewatch.runtime.pipeline import Model, assessed_record, segment_images
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+Spacing = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume to segment: where it is, its depth and spacing, and its slices' reader."""
+
+    path: Path
+    n_slices: int
+    spacing_um: Spacing | None
+    spacing_source: str  # user, imagej, ome or none
+    read: Callable[[], Iterator[np.ndarray]]  # the slices' images in order, one at a time
+    files: tuple[Path, ...] = ()  # a folder's slice files, to name the one at fault
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @property
+    def name(self) -> str:
+        """Output name: a file's stem, a folder's name."""
+        return self.path.name if self.files else self.path.stem
+
+    def slices(self) -> Iterator[np.ndarray]:
+        """The slices' images, each checked against the first (size and channels)."""
+        first: tuple[int, ...] | None = None
+        for index, image in enumerate(self.read()):
+            if first is None:
+                check_size(self.path, image.shape[0], image.shape[1], self.max_pixels)
+                first = image.shape
+            elif image.shape != first:
+                raise ImageReadError(self.path, f"slice {index}{self._file(index)} is {_size(image.shape)}, "
+                                                f"slice 0 is {_size(first)}: a volume's slices are one size")
+            yield image
+
+    def _file(self, index: int) -> str:
+        return f" ({self.files[index].name})" if self.files else ""
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    channels = f" x {shape[2]} channels" if len(shape) == 3 else ""
+    return f"{shape[1]} x {shape[0]}{channels}"
+
+
+def says_volume(path: Path) -> bool:
+    """Whether a file's own metadata make it a volume (ImageJ slices > 1, OME SizeZ > 1)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+        return False
+    try:
+        return open_label_stack(path).says_volume
+    except PhasewatchError:
+        return False  # read as fields, whose reader says in one line what is wrong with it
+
+
+def open_volume(path: Path, spacing_um: Spacing | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
+    """A multi-page TIFF or a folder of numbered slices as one :class:`Volume` (module doc);
+    ``spacing_um`` overrides the file's. Raises a one-line ``PhasewatchError`` naming it."""
+    path = Path(path)
+    if path.is_dir():
+        return _folder_volume(path, spacing_um, max_pixels)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        raise ImageReadError(path, "a volume is a multi-page TIFF or a folder of numbered slices")
+    stack = open_label_stack(path)
+    spacing, source = (spacing_um, "user") if spacing_um else (stack.spacing_um, stack.spacing_source)
+    photometric, colormap = _colour_model(path)
+
+    def read() -> Iterator[np.ndarray]:
+        for plane in stack.planes():
+            yield page_pixels(path, plane, photometric, colormap)
+
+    return Volume(path, stack.n_slices, spacing, source, read, max_pixels=max_pixels)
+
+
+def _colour_model(path: Path) -> tuple[int, np.ndarray | None]:
+    """The first page's photometric and colour map: a stack's pages share them."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        return int(page.photometric), page.colormap
+
+
+def _folder_volume(folder: Path, spacing_um: Spacing | None, max_pixels: int) -> Volume:
+    files = tuple(numbered_slices(folder))
+    if not files:
+        raise ImageReadError(folder, "no image files in the folder: a volume needs at least one slice")
+
+    def read() -> Iterator[np.ndarray]:
+        for file in files:
+            fields = read_fields(file, None, max_pixels)
+            if len(fields) != 1:
+                raise ImageReadError(file, f"{len(fields)} pages: a folder's slices are one image per file")
+            yield fields[0].image
+
+    source = "user" if spacing_um else "none"
+    return Volume(folder, len(files), spacing_um, source, read, files, max_pixels)
+
+
+def numbered_slices(folder: Path) -> list[Path]:
+    """The folder's image files in natural order: numbers compare as numbers (2 before 10)."""
+    return sorted(images_in(folder), key=_natural_key)
+
+
+def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
+    # (0, number) and (1, text) so that numbers and text never compare with each other
+    return tuple((0, int(part)) if part.isdigit() else (1, part.lower())
+                 for part in re.split(r"(\d+)", path.name) if part)
+
+
+# --- segmenting ----------------------------------------------------------------------------
+
+
+def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | None = None,
+                   batch: int | None = None) -> dict[str, Any]:
+    """Segment every slice, write ``NAME.classes.tif`` and ``NAME.volume.json`` in ``out_dir``
+    and return the volume's record (what the JSON holds)."""
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    measurer = VolumeMeasurer(model.bundle.classes, volume.spacing_um)
+    records: list[dict[str, Any]] = []
+    classes_path = out_dir / f"{volume.name}.classes.tif"
+    _write_stack(classes_path, _class_maps(volume, model, overlap, batch, measurer, records),
+                 volume.n_slices, volume.spacing_um)
+    if measurer.n_slices != volume.n_slices:  # the metadata promised more slices than there were
+        raise ImageReadError(volume.path, f"{measurer.n_slices} slices read, {volume.n_slices} expected")
+    seconds = time.perf_counter() - started
+    json_path = out_dir / f"{volume.name}.volume.json"
+    record = volume_record(volume, model, records, measurer.result(), seconds)
+    record["outputs"] = {"classes": str(classes_path), "json": str(json_path)}
+    write_json_atomic(json_path, record)
+    return record
+
+
+def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | None,
+                measurer: VolumeMeasurer, records: list[dict[str, Any]]) -> Iterator[np.ndarray]:
+    """Each slice's class map as it comes out of the engine, recorded and measured on the way."""
+    pixel_size = volume.spacing_um[2] if volume.spacing_um else None
+    source = volume.spacing_source if volume.spacing_um else "none"
+    in_flight: collections.deque[Field] = collections.deque()  # slices in the engine's batches
+
+    def images() -> Iterator[np.ndarray]:
+        for index, image in enumerate(volume.slices()):
+            in_flight.append(Field(image, index, pixel_size, source))
+            yield image
+
+    for segmentation in segment_images(images(), model.bundle, model.backend, overlap, batch, plan=model.plan):
+        field = in_flight.popleft()
+        record = assessed_record(volume.path, field, segmentation, model)
+        records.append({"slice": field.page, "fractions": record["fractions"], "trust": record["trust"]})
+        measurer.add(segmentation.classes)
+        yield segmentation.classes
+
+
+def _write_stack(path: Path, maps: Iterator[np.ndarray], n_slices: int, spacing_um: Spacing | None) -> None:
+    """A uint8 ImageJ stack written page by page, with the spacing where known (what
+    ``measure-volume`` reads back); under a temporary name until the last page is in."""
+    first = next(maps)
+    metadata: dict[str, Any] = {"axes": "ZYX"}
+    resolution = None
+    if spacing_um:
+        metadata.update(spacing=spacing_um[0], unit="um")
+        resolution = (1 / spacing_um[2], 1 / spacing_um[1])
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        tifffile.imwrite(partial, chain([first], maps), shape=(n_slices, *first.shape), dtype=np.uint8,
+                         imagej=True, resolution=resolution, metadata=metadata)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def volume_record(volume: Volume, model: Model, slices: Sequence[dict[str, Any]], measured: dict[str, Any],
+                  seconds: float) -> dict[str, Any]:
+    """The volume's JSON: producer (as a field's record names it), geometry, per-slice fractions
+    and trust, the 3D measurements and the time per slice."""
+    count = len(slices)
+    scores = [s["trust"]["score"] for s in slices if s["trust"].get("score") is not None]
+    return {
+        "volume": str(volume.path),
+        "model": model.bundle.name,
+        "backend": model.backend.name,
+        "slices": count,
+        "shape": measured["shape"],
+        "spacing_um": list(volume.spacing_um) if volume.spacing_um else None,
+        "spacing_source": volume.spacing_source if volume.spacing_um else "none",
+        # the volume is trusted when every slice is: the worst score, the slices that are not
+        "trust": {"ok": all(s["trust"]["ok"] for s in slices), "score": max(scores) if scores else None,
+                  "slices_not_ok": [s["slice"] for s in slices if not s["trust"]["ok"]]},
+        "per_slice": list(slices),
+        "measurements_3d": measured,
+        "timing": {"seconds": round(seconds, 4), "seconds_per_slice": round(seconds / count, 4),
+                   "slices_per_second": round(count / seconds, 3) if seconds > 0 else None},
+    }
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """One line per volume: its size and the slice throughput."""
+    z, y, x = record["shape"]
+    timing = record["timing"]
+    return (f"{record['volume']}: {z} slices of {x} x {y} segmented with {record['model']} on {record['backend']} "
+            f"in {timing['seconds']:.2f} s: {timing['seconds_per_slice']:.4f} s per slice, "
+            f"{timing['slices_per_second'] or 0:.3g} slices/s; {record['outputs']['classes']}")

@@ -1,0 +1,167 @@
+"""`phasewatch segment` on a volume: a Z stack (or, with --volume, any multi-page TIFF or a folder
+of numbered slices) in, one multi-page class-id TIFF and one volume JSON out."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from onnx_graphs import make_bundle
+
+from phasewatch.runtime.bundle import bundled_model_names, load_bundle
+from phasewatch.runtime.commands.cli import main
+from phasewatch.runtime.imageio import read_fields
+from phasewatch.runtime.measure3d import measure_volume
+from phasewatch.runtime.volume import numbered_slices
+
+SPACING = (2.0, 0.5, 0.5)  # z, y, x in µm
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny", in_channels=1, num_classes=2, tile=64)
+
+
+def ball_volume(slices: int = 7, side: int = 48, seed: int = 0) -> np.ndarray:
+    """A bright ball in a noisy dark box, uint8 (Z, Y, X)."""
+    z, y, x = np.ogrid[:slices, :side, :side]
+    inside = ((z - slices / 2) * 3) ** 2 + (y - side / 2) ** 2 + (x - side / 2) ** 2 <= (side / 3) ** 2
+    noise = np.random.default_rng(seed).normal(0, 12, (slices, side, side))
+    return np.clip(60 + 130 * inside + noise, 0, 255).astype(np.uint8)
+
+
+def write_imagej_stack(path, volume: np.ndarray, spacing=SPACING) -> None:
+    tifffile.imwrite(path, volume, imagej=True, resolution=(1 / spacing[2], 1 / spacing[1]),
+                     metadata={"axes": "ZYX", "spacing": spacing[0], "unit": "um"})
+
+
+def segment(*argv) -> int:
+    return main(["segment", *map(str, argv), "--backend", "cpu"])
+
+
+def test_an_imagej_stack_is_one_volume_with_classes_tiff_and_volume_json(tmp_path, bundle, capsys):
+    volume = ball_volume()
+    stack = tmp_path / "ball.tif"
+    write_imagej_stack(stack, volume)
+    out = tmp_path / "out"
+
+    assert segment(stack, "--model", bundle, "--out", out) == 0
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "ball.tif" in lines[0] and "s per slice" in lines[0] and "slices/s" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["ball.classes.tif", "ball.volume.json"]
+    with tifffile.TiffFile(out / "ball.classes.tif") as tif:
+        assert len(tif.pages) == len(volume)  # one page per slice
+        classes = tif.asarray()
+    assert classes.shape == volume.shape and classes.dtype == np.uint8
+    record = json.loads((out / "ball.volume.json").read_text())
+    assert record["slices"] == len(volume) and record["shape"] == list(volume.shape)
+    assert record["spacing_um"] == pytest.approx(SPACING) and record["spacing_source"] == "imagej"
+    assert [s["slice"] for s in record["per_slice"]] == list(range(len(volume)))
+    for entry, plane in zip(record["per_slice"], classes, strict=True):
+        assert entry["fractions"]["class1"] == pytest.approx(np.mean(plane == 1))
+        assert entry["trust"].keys() >= {"ok", "score", "reasons"}
+    timing = record["timing"]
+    assert timing["seconds_per_slice"] == pytest.approx(timing["seconds"] / len(volume), rel=1e-2, abs=1e-4)
+    assert timing["slices_per_second"] > 0
+
+    # The 3D numbers are measure3d's on the stack as written, and measure-volume reads it back calibrated.
+    classes_info = load_bundle(bundle).classes
+    assert record["measurements_3d"] == measure_volume(classes, classes_info, SPACING)
+    assert main(["measure-volume", str(out / "ball.classes.tif"), "--classes", "class0,class1", "--json"]) == 0
+    read_back = json.loads(capsys.readouterr().out)
+    assert read_back["spacing_um"] == pytest.approx(SPACING)
+    assert read_back["classes"]["class1"]["volume_fraction"] == pytest.approx(
+        record["measurements_3d"]["classes"]["class1"]["volume_fraction"])
+    assert read_back["classes"]["class1"]["euler_number"] == record["measurements_3d"]["classes"]["class1"][
+        "euler_number"]
+
+
+def test_per_slice_fractions_are_those_of_the_slices_as_fields(tmp_path, bundle):
+    """The same pages as a plain multi-page TIFF stay separate fields; their fractions are
+    the volume's per-slice fractions."""
+    volume = ball_volume(slices=6, seed=1)
+    write_imagej_stack(tmp_path / "vol.tif", volume)
+    tifffile.imwrite(tmp_path / "plain.tif", volume)  # no ImageJ or OME metadata: fields
+    out = tmp_path / "out"
+
+    assert segment(tmp_path / "vol.tif", tmp_path / "plain.tif", "--model", bundle, "--out", out) == 0
+
+    assert not (out / "plain.volume.json").exists() and not (out / "plain.classes.tif").exists()
+    record = json.loads((out / "vol.volume.json").read_text())
+    for index, entry in enumerate(record["per_slice"]):
+        field = json.loads((out / f"plain.p{index:04d}.json").read_text())
+        assert entry["fractions"] == pytest.approx(field["fractions"])
+        assert entry["trust"]["ok"] == field["trust"]["ok"]
+        assert (record["model"], record["backend"]) == (field["model"], field["backend"])  # the same identity
+
+
+def test_volume_option_makes_a_plain_stack_one_volume_with_given_spacing(tmp_path, bundle):
+    volume = ball_volume(slices=6, seed=2)
+    tifffile.imwrite(tmp_path / "plain.tif", volume)
+    out = tmp_path / "out"
+    assert segment(tmp_path / "plain.tif", "--volume", "--spacing", "3,1,1", "--model", bundle, "--out", out) == 0
+    record = json.loads((out / "plain.volume.json").read_text())
+    assert record["slices"] == 6
+    assert (record["spacing_um"], record["spacing_source"]) == ([3.0, 1.0, 1.0], "user")
+
+
+def test_a_folder_with_volume_is_its_numbered_slices_in_natural_order(tmp_path, bundle, capsys):
+    volume = ball_volume(slices=3, seed=3)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for number, plane in zip((1, 2, 10), volume, strict=True):
+        cv2.imwrite(str(folder / f"slice_{number}.png"), plane)
+    assert [p.name for p in numbered_slices(folder)] == ["slice_1.png", "slice_2.png", "slice_10.png"]
+    out = tmp_path / "out"
+
+    assert segment(folder, "--volume", "--model", bundle, "--out", out) == 0
+    assert segment(folder, "--model", bundle, "--out", tmp_path / "fields") == 0  # without: fields
+
+    with tifffile.TiffFile(out / "slices.classes.tif") as tif:
+        pages = [page.asarray() for page in tif.pages]
+    for number, page in zip((1, 2, 10), pages, strict=True):
+        field = cv2.imread(str(tmp_path / "fields" / f"slice_{number}.classes.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(page, field)
+    record = json.loads((out / "slices.volume.json").read_text())
+    assert record["slices"] == 3 and record["spacing_um"] is None and record["spacing_source"] == "none"
+
+
+def test_a_volume_of_slices_of_different_sizes_fails_with_one_line_naming_it(tmp_path, bundle, capsys):
+    bad = tmp_path / "bad.tif"
+    with tifffile.TiffWriter(bad) as tif:
+        tif.write(ball_volume(1, 48)[0])
+        tif.write(ball_volume(1, 40)[0])
+    assert segment(bad, "--volume", "--model", bundle, "--out", tmp_path / "out") == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(bad) in errors[0] and "slice 1" in errors[0]
+    assert not list((tmp_path / "out").glob("*.classes.tif"))  # no half-written stack left
+
+
+VALIDATE = 5  # slices of the shared tomography validate set stacked into one volume
+
+
+def test_tomography_model_on_a_stack_of_real_slices(shared_data, tmp_path):
+    if "tomography" not in bundled_model_names():
+        pytest.skip("no bundled 'tomography' model installed (runtime/models/tomography)")
+    images = shared_data / "tomography" / "validate" / "images"
+    if not images.is_dir():
+        pytest.skip(f"tomography validate slices not found in {images}")
+    paths = sorted(images.glob("*.png"))[:VALIDATE]
+    planes = [read_fields(path)[0].image for path in paths]
+    # the PNGs are gray stored as RGB: one channel of each makes the stack (the same image to the model)
+    planes = [p[..., 0] if p.ndim == 3 and (p == p[..., :1]).all() else p for p in planes]
+    stack = tmp_path / "tomography.tif"
+    tifffile.imwrite(stack, np.stack(planes), imagej=True, metadata={"axes": "ZYX"})
+    labels = np.stack([np.load(images.parent / "labels" / f"{path.stem}.npy") for path in paths])
+
+    assert segment(stack, "--model", "tomography", "--out", tmp_path / "out") == 0
+
+    record = json.loads((tmp_path / "out" / "tomography.volume.json").read_text())
+    second = next(c.name for c in load_bundle("tomography").classes if c.id == 1)
+    fraction = record["measurements_3d"]["classes"][second]["volume_fraction"]
+    assert abs(fraction - float(np.mean(labels == 1))) < 0.03, (fraction, float(np.mean(labels == 1)))
+    assert record["slices"] == VALIDATE and len(record["per_slice"]) == VALIDATE
