@@ -19,6 +19,7 @@ HELD_OUT = {
     "ebc": "ebc/test/images",
     "uhcs-microconstituent": "uhcs/validate/images",
     "uhcs-carbide": "uhcs/validate/images",
+    "tomography": "tomography/validate/images",
 }
 # model -> images of other materials it must refuse to vouch for
 FOREIGN = {
@@ -26,6 +27,7 @@ FOREIGN = {
     "ebc": ["uhcs/validate/images"],
     "uhcs-microconstituent": ["superalloy/test/images"],
     "uhcs-carbide": ["superalloy/test/images"],
+    "tomography": ["superalloy/test/images", "ebc/test/images", "uhcs/validate/images"],
 }
 
 
