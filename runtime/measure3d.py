@@ -574,7 +574,7 @@ def open_label_stack(path: Path) -> LabelStack:
     if len(axes) > 1:
         described = " x ".join(f"{n} {axis}" for axis, n in axes.items())
         raise VolumeMeasureError(f"{path}: an ImageJ hyperstack of {described}; "
-                                 f"a class-id volume has one axis of slices")
+                                 f"a volume has one axis of slices")
     n_slices = int(meta["images"]) if contiguous is not None else n_pages
     return LabelStack(Path(path), n_slices, spacing, contiguous, spacing_source, says_volume)
 

@@ -4,6 +4,7 @@ of numbered slices) in, one multi-page class-id TIFF and one volume JSON out."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -15,7 +16,8 @@ from phasewatch.runtime.bundle import bundled_model_names, load_bundle
 from phasewatch.runtime.commands.cli import main
 from phasewatch.runtime.imageio import read_fields
 from phasewatch.runtime.measure3d import measure_volume
-from phasewatch.runtime.volume import numbered_slices
+from phasewatch.runtime.pipeline import open_model
+from phasewatch.runtime.volume import numbered_slices, open_volume, segment_volume
 
 SPACING = (2.0, 0.5, 0.5)  # z, y, x in µm
 
@@ -107,6 +109,51 @@ def test_volume_option_makes_a_plain_stack_one_volume_with_given_spacing(tmp_pat
     record = json.loads((out / "plain.volume.json").read_text())
     assert record["slices"] == 6
     assert (record["spacing_um"], record["spacing_source"]) == ([3.0, 1.0, 1.0], "user")
+
+
+def test_an_ome_tiff_with_size_z_is_a_volume_with_its_physical_sizes(tmp_path, bundle):
+    volume = ball_volume(slices=6, seed=4)
+    stack = tmp_path / "ball.ome.tif"
+    tifffile.imwrite(stack, volume, metadata={"axes": "ZYX", "PhysicalSizeZ": 3.0, "PhysicalSizeY": 0.25,
+                                              "PhysicalSizeX": 0.25})
+    out = tmp_path / "out"
+    assert segment(stack, "--model", bundle, "--out", out) == 0
+    record = json.loads((out / "ball.ome.volume.json").read_text())
+    assert record["slices"] == 6
+    assert (record["spacing_um"], record["spacing_source"]) == ([3.0, 0.25, 0.25], "ome")
+
+
+def test_an_imagej_stack_with_one_page_for_all_slices_is_read_slice_by_slice(tmp_path, bundle):
+    """ImageJ writes stacks over 4 GB as one page and contiguous slices after it."""
+    volume = ball_volume(slices=6, seed=5)
+    stack = tmp_path / "big.tif"
+    tifffile.imwrite(stack, volume, imagej=True, truncate=True, metadata={"axes": "ZYX"})
+    write_imagej_stack(tmp_path / "pages.tif", volume)
+    out = tmp_path / "out"
+    assert segment(stack, tmp_path / "pages.tif", "--model", bundle, "--out", out) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "big.classes.tif"), tifffile.imread(out / "pages.classes.tif"))
+
+
+def test_segmenting_a_volume_holds_a_few_slices_not_the_volume(tmp_path):
+    """Memory is O(slice + components + per-slice records): a model that thresholds (a 1 x 1
+    conv) keeps the components few, so what is left to see is whether slices pile up."""
+    bundle = make_bundle(tmp_path / "threshold", in_channels=1, num_classes=2, tile=64, layers=())
+    volume = ball_volume(slices=256, side=128, seed=6)
+    stack = tmp_path / "deep.tif"
+    write_imagej_stack(stack, volume)
+    model = open_model(bundle, "cpu")
+    try:
+        segment_volume(open_volume(stack), model, tmp_path / "warm")  # lazy imports and first-call caches
+        tracemalloc.start()
+        try:
+            record = segment_volume(open_volume(stack), model, tmp_path / "out")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        model.close()
+    assert record["slices"] == 256
+    assert peak < volume.nbytes / 2, f"peak {peak / 1e6:.2f} MB for a {volume.nbytes / 1e6:.2f} MB volume"
 
 
 def test_a_folder_with_volume_is_its_numbered_slices_in_natural_order(tmp_path, bundle, capsys):
