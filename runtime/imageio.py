@@ -216,7 +216,7 @@ class _IfdLayout(NamedTuple):
 _IFD_LAYOUTS = {42: _IfdLayout(4, "I", "H", 12), 43: _IfdLayout(8, "Q", "Q", 20)}
 
 
-def _check_ifd_chain(path: Path) -> None:
+def check_ifd_chain(path: Path) -> None:
     """Refuse a TIFF whose IFD chain loops. Every IFD is visited once and lies inside the
     file, so the walk ends; a chain that leads out of the file just ends it here (tifffile
     then says what is missing)."""
@@ -255,7 +255,7 @@ def _unpack(code: str, data: bytes) -> int:
 
 
 def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Field]:
-    _check_ifd_chain(path)
+    check_ifd_chain(path)
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:

@@ -535,8 +535,10 @@ class LabelStack:
             if self.contiguous is not None:
                 yield from self._contiguous_slices(tif)
                 return
-            for page in tif.pages:
-                yield page.asarray()
+            # by index, up to the count opened: iterating tif.pages on an IFD chain that loops
+            # back would yield pages for ever (len() stops at the loop)
+            for index in range(self.n_slices):
+                yield tif.pages[index].asarray()
 
     def _contiguous_slices(self, tif: Any) -> Iterator[np.ndarray]:
         assert self.contiguous is not None

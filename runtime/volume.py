@@ -48,6 +48,7 @@ from phasewatch.runtime.imageio import (
     DEFAULT_MAX_PIXELS,
     Field,
     ImageReadError,
+    check_ifd_chain,
     check_size,
     images_in,
     page_pixels,
@@ -117,6 +118,7 @@ def open_volume(path: Path, spacing_um: Spacing | None = None, max_pixels: int =
         return _folder_volume(path, spacing_um, max_pixels)
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ImageReadError(path, "a volume is a multi-page TIFF or a folder of numbered slices")
+    check_ifd_chain(path)  # a hostile chain is refused as it is for fields, not read up to its loop
     stack = open_label_stack(path)
     spacing, source = (spacing_um, "user") if spacing_um else (stack.spacing_um, stack.spacing_source)
     photometric, colormap = _colour_model(path)

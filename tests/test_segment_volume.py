@@ -188,6 +188,17 @@ def test_a_volume_of_slices_of_different_sizes_fails_with_one_line_naming_it(tmp
     assert not list((tmp_path / "out").glob("*.classes.tif"))  # no half-written stack left
 
 
+
+def test_a_volume_whose_ifd_chain_loops_is_refused_like_a_field(tmp_path, bundle, capsys):
+    from test_imageio import tiff_with_ifd_chain
+
+    path = tmp_path / "loop.tif"
+    data, ifds = tiff_with_ifd_chain("II", False, pages=3, last_next=1)
+    path.write_bytes(data)
+    assert segment(path, "--volume", "--model", bundle, "--out", tmp_path / "out") == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {path}: IFD chain loops back to offset {ifds[1]}"]
+
 VALIDATE = 5  # slices of the shared tomography validate set stacked into one volume
 
 
