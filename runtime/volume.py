@@ -80,16 +80,28 @@ class Volume:
         return self.path.name if self.files else self.path.stem
 
     def slices(self) -> Iterator[np.ndarray]:
-        """The slices' images, each checked against the first (size and channels)."""
+        """The slices' images, each checked against the first (size and channels), and exactly
+        ``n_slices`` of them: the classes TIFF is written with that many pages."""
         first: tuple[int, ...] | None = None
-        for index, image in enumerate(self.read()):
-            if first is None:
-                check_size(self.path, image.shape[0], image.shape[1], self.max_pixels)
-                first = image.shape
-            elif image.shape != first:
-                raise ImageReadError(self.path, f"slice {index}{self._file(index)} is {_size(image.shape)}, "
-                                                f"slice 0 is {_size(first)}: a volume's slices are one size")
+        count = 0
+        for image in self.read():
+            if count == self.n_slices:
+                raise ImageReadError(self.path, f"more slices than the {self.n_slices} expected")
+            first = self._check_shape(count, image, first)
+            count += 1
             yield image
+        if count != self.n_slices:
+            raise ImageReadError(self.path, f"{count} slices read, {self.n_slices} expected")
+
+    def _check_shape(self, index: int, image: np.ndarray, first: tuple[int, ...] | None) -> tuple[int, ...]:
+        """The first slice's shape, once slice ``index`` is known to have it."""
+        if first is None:
+            check_size(self.path, image.shape[0], image.shape[1], self.max_pixels)
+            return image.shape
+        if image.shape != first:
+            raise ImageReadError(self.path, f"slice {index}{self._file(index)} is {_size(image.shape)}, "
+                                            f"slice 0 is {_size(first)}: a volume's slices are one size")
+        return first
 
     def _file(self, index: int) -> str:
         return f" ({self.files[index].name})" if self.files else ""
@@ -178,8 +190,6 @@ def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | N
     classes_path = out_dir / f"{volume.name}.classes.tif"
     _write_stack(classes_path, _class_maps(volume, model, overlap, batch, measurer, records),
                  volume.n_slices, volume.spacing_um)
-    if measurer.n_slices != volume.n_slices:  # the metadata promised more slices than there were
-        raise ImageReadError(volume.path, f"{measurer.n_slices} slices read, {volume.n_slices} expected")
     seconds = time.perf_counter() - started
     json_path = out_dir / f"{volume.name}.volume.json"
     record = volume_record(volume, model, records, measurer.result(), seconds)

@@ -14,10 +14,10 @@ from onnx_graphs import make_bundle
 
 from phasewatch.runtime.bundle import bundled_model_names, load_bundle
 from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.imageio import read_fields
+from phasewatch.runtime.imageio import ImageReadError, read_fields
 from phasewatch.runtime.measure3d import measure_volume
 from phasewatch.runtime.pipeline import open_model
-from phasewatch.runtime.volume import numbered_slices, open_volume, segment_volume
+from phasewatch.runtime.volume import Volume, numbered_slices, open_volume, segment_volume
 
 SPACING = (2.0, 0.5, 0.5)  # z, y, x in µm
 
@@ -188,6 +188,19 @@ def test_a_volume_of_slices_of_different_sizes_fails_with_one_line_naming_it(tmp
     assert not list((tmp_path / "out").glob("*.classes.tif"))  # no half-written stack left
 
 
+
+
+@pytest.mark.parametrize("promised", [5, 2])
+def test_a_volume_of_other_than_its_promised_slices_fails_and_leaves_no_stack(tmp_path, bundle, promised):
+    planes = ball_volume(slices=3)
+    volume = Volume(tmp_path / "odd.tif", promised, None, "none", lambda: iter(planes))
+    model = open_model(bundle, "cpu")
+    try:
+        with pytest.raises(ImageReadError, match=f"odd.tif: .*{promised}"):
+            segment_volume(volume, model, tmp_path / "out")
+    finally:
+        model.close()
+    assert not list((tmp_path / "out").iterdir())
 
 def test_a_volume_whose_ifd_chain_loops_is_refused_like_a_field(tmp_path, bundle, capsys):
     from test_imageio import tiff_with_ifd_chain
