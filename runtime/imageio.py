@@ -290,12 +290,17 @@ def _tiff_page_image(path: Path, page: Any, file_size: int, max_pixels: int) -> 
             path, f"{where}: truncated (image data ends at byte {max(ends)}, file has {file_size} bytes)"
         )
     photometric = page.photometric
-    if photometric not in _SUPPORTED_PHOTOMETRIC:
-        raise ImageReadError(path, f"{where}: unsupported colour model {photometric.name}")
+    check_colour_model(path, photometric, where)
     image = page.asarray()
     if page.axes == "SYX":
         image = np.moveaxis(image, 0, -1)
     return page_pixels(path, image, photometric, page.colormap)
+
+
+def check_colour_model(path: Path, photometric: int, where: str) -> None:
+    """Refuse a TIFF colour model the conversions below do not handle (CMYK, CIELab, ...)."""
+    if photometric not in _SUPPORTED_PHOTOMETRIC:
+        raise ImageReadError(path, f"{where}: unsupported colour model {tifffile.PHOTOMETRIC(photometric).name}")
 
 
 def page_pixels(path: Path, image: np.ndarray, photometric: int = tifffile.PHOTOMETRIC.MINISBLACK,

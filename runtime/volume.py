@@ -48,6 +48,7 @@ from phasewatch.runtime.imageio import (
     DEFAULT_MAX_PIXELS,
     Field,
     ImageReadError,
+    check_colour_model,
     check_ifd_chain,
     check_size,
     images_in,
@@ -146,6 +147,7 @@ def _colour_model(path: Path) -> tuple[int, np.ndarray | None]:
     """The first page's photometric and colour map: a stack's pages share them."""
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
+        check_colour_model(path, page.photometric, "page 0")
         return int(page.photometric), page.colormap
 
 

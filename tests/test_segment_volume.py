@@ -190,6 +190,14 @@ def test_a_volume_of_slices_of_different_sizes_fails_with_one_line_naming_it(tmp
 
 
 
+
+def test_a_volume_in_a_colour_model_fields_refuse_is_refused_too(tmp_path, bundle, capsys):
+    cmyk = tmp_path / "cmyk.tif"
+    tifffile.imwrite(cmyk, np.zeros((3, 16, 16, 4), np.uint8), photometric="separated")
+    assert segment(cmyk, "--volume", "--model", bundle, "--out", tmp_path / "out") == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(cmyk) in errors[0] and "unsupported colour model SEPARATED" in errors[0]
+
 @pytest.mark.parametrize("promised", [5, 2])
 def test_a_volume_of_other_than_its_promised_slices_fails_and_leaves_no_stack(tmp_path, bundle, promised):
     planes = ball_volume(slices=3)

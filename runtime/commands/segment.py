@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="each multi-page TIFF and each folder given is one volume (a folder: its "
                              "numbered slices); Z stacks by their ImageJ/OME metadata are volumes anyway")
     parser.add_argument("--spacing", metavar="Z,Y,X",
-                        help="voxel size of volumes in µm (default: from the file's ImageJ or OME metadata)")
+                        help="voxel size of volumes in µm (default: from the file's ImageJ or OME metadata; "
+                             "--pixel-size is for fields)")
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
