@@ -175,7 +175,7 @@ def build_plan(bundle: Bundle, profile: Profile, workspace_mb: int, cache_path: 
     if profile.spatial and any(int(d) >= 0 for d in tuple(tensor.shape)[2:]):
         raise EngineBuildError(f"{onnx_path}: the manifest gives spatial_multiple but the ONNX input "
                                f"has a fixed height and width {tuple(tensor.shape)}; re-export it")
-    shapes = profile.shapes(bundle.channels)
+    shapes = profile.shapes(bundle.input_channels)
     trt_profile = builder.create_optimization_profile()
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
@@ -247,7 +247,7 @@ def sidecar_record(bundle: Bundle, stamp: EngineStamp, engine_path: Path, profil
         "onnx_sha256": stamp.onnx_sha256,
         "model": bundle.name,
         "precision": "fp16 from the ONNX, strongly typed network",
-        "input": {"channels": bundle.channels, "tile": bundle.tile},
+        "input": {"channels": bundle.input_channels, "tile": bundle.tile},
         "batch": dict(zip(("min", "opt", "max"), profile.batches, strict=True)),
         "side": dict(zip(("min", "opt", "max"), profile.sides, strict=True)),
         "workspace_mb": workspace_mb,

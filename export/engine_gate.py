@@ -95,7 +95,7 @@ def load_reference_tiles(bundle: Bundle) -> np.ndarray:
         tiles = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise GateError(f"{path}: cannot read reference tiles: {exc}") from exc
-    expected = (bundle.channels, bundle.tile, bundle.tile)
+    expected = (bundle.input_channels, bundle.tile, bundle.tile)
     if tiles.ndim != 4 or tiles.shape[1:] != expected or len(tiles) == 0:
         raise GateError(f"{path}: reference tiles have shape {tiles.shape}, expected N x "
                         f"{' x '.join(map(str, expected))}")

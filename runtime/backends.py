@@ -198,7 +198,7 @@ def tensorrt_ep_options(bundle: Bundle, batch: int) -> dict[str, str]:
     the native engine is (TensorRT builds it from the FP32 ONNX; the native backend's gate
     does not cover this provider); the CUDA provider after it runs what TensorRT cannot."""
     name = bundle.manifest.get("input", {}).get("name", "input")
-    shape = f"{bundle.channels}x{bundle.tile}x{bundle.tile}"
+    shape = f"{bundle.input_channels}x{bundle.tile}x{bundle.tile}"
     cache = bundle.engines_dir / "ort-tensorrt"
     try:
         cache.mkdir(parents=True, exist_ok=True)

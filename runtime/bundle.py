@@ -65,7 +65,7 @@ class Bundle:
     name: str
     architecture: str
     classes: tuple[ClassInfo, ...]
-    channels: int  # 1 = grayscale input, 3 = RGB input
+    channels: int  # per slice: 1 = grayscale input, 3 = RGB input
     normalisation: Normalisation
     tile: int
     halo: int
@@ -76,6 +76,14 @@ class Bundle:
     # > 0: model.onnx takes any height and width that are multiples of this (its total
     # stride), so the engine can plan tiles per field; 0: only tile x tile.
     spatial_multiple: int = 0
+    # 2.5D: the model sees this many neighbouring slices (odd; the centre one is predicted),
+    # each normalised on its own and stacked as channels; 1 (manifests without it) = 2D.
+    slices: int = 1
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network's input tensor: ``channels`` per slice times ``slices``."""
+        return self.channels * self.slices
 
     @property
     def onnx_path(self) -> Path:
@@ -176,6 +184,11 @@ def parse_manifest(manifest: dict[str, Any], path: Path) -> Bundle:
     channels = int(inp.get("channels", 1))
     if channels not in (1, 3):
         raise BundleError(f"{where}: input channels must be 1 or 3, got {channels}")
+    slices = inp.get("slices", 1)
+    if not isinstance(slices, int) or isinstance(slices, bool) or slices < 1 or slices % 2 == 0:
+        raise BundleError(f"{where}: input slices must be an odd whole number >= 1, got {slices!r}")
+    if slices > 1 and channels != 1:
+        raise BundleError(f"{where}: a {slices}-slice (2.5D) input takes gray slices (channels 1), got {channels}")
     norm_raw = manifest.get("normalisation", {})
     mean = tuple(float(v) for v in norm_raw.get("mean", [0.5] * channels))
     std = tuple(float(v) for v in norm_raw.get("std", [0.25] * channels))
@@ -216,6 +229,7 @@ def parse_manifest(manifest: dict[str, Any], path: Path) -> Bundle:
         onnx_sha256=str(manifest.get("onnx_sha256", "")),
         manifest=manifest,
         spatial_multiple=multiple,
+        slices=slices,
     )
 
 

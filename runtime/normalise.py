@@ -12,12 +12,23 @@ rule (``per-image-percentile``: every image stretched from its own percentiles a
 clipped, whatever its bit depth; ``bit-depth``, older bundles: 8-bit /255, 16-bit
 /65535 or the percentile stretch), then ``(x - mean) / std`` per channel. A flat image
 under a percentile stretch maps to 0.
+
+2.5D bundles (``slices`` = k > 1 in the manifest): the model sees k neighbouring gray slices
+as k channels. Each slice is prepared on its own, by the same rule (its own percentiles
+under ``per-image-percentile``), and :class:`StackInput` concatenates their regions, slice
+-k//2 first, the centre slice (the one predicted) in the middle. At the ends of a volume the
+missing neighbours are mirrored about the end slice (slice -1 = slice 1, slice n = slice n-2;
+:func:`window_indices`), so a single 2D field, a volume of one slice, is its own
+neighbours: the one slice repeated k times (:func:`prepare`'s ``slices``).
 """
 
 from __future__ import annotations
 
+import collections
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import cv2
 import numpy as np
@@ -66,8 +77,106 @@ class ModelInput:
         return values
 
 
-def prepare(image: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0) -> ModelInput:
-    """Resize ``image`` by ``scale`` once and fix its normalisation statistics."""
+@dataclass(frozen=True, eq=False)
+class StackInput:
+    """k prepared neighbouring slices as one 2.5D model input of k x channels channels."""
+
+    slices: tuple[ModelInput, ...]  # in Z order; the centre one is the slice predicted
+
+    def __post_init__(self) -> None:
+        if len(self.slices) % 2 == 0 or len({(s.height, s.width) for s in self.slices}) != 1:
+            raise ValueError("a slice stack needs an odd number of slices of one size")
+
+    @property
+    def centre(self) -> ModelInput:
+        return self.slices[len(self.slices) // 2]
+
+    @property
+    def height(self) -> int:
+        return self.centre.height
+
+    @property
+    def width(self) -> int:
+        return self.centre.width
+
+    @property
+    def channels(self) -> int:
+        return sum(s.channels for s in self.slices)
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return np.concatenate([s.region(y0, y1, x0, x1) for s in self.slices])
+
+
+def window_indices(index: int, count: int, slices: int) -> list[int]:
+    """The ``slices`` Z indices centred on ``index`` in a volume of ``count`` slices, mirrored
+    about the end slices where they run past them (slice -1 = slice 1; reflected again in a
+    volume shallower than the window; a volume of one slice repeats it)."""
+    if not 0 <= index < count or slices < 1 or slices % 2 == 0:
+        raise ValueError(f"window of {slices} slices about slice {index} of {count}")
+    half, last = slices // 2, count - 1
+    out = []
+    for z in range(index - half, index + half + 1):
+        while last and not 0 <= z <= last:
+            z = -z if z < 0 else 2 * last - z
+        out.append(z if last else 0)
+    return out
+
+
+def sliding_stacks(inputs: Iterable[ModelInput], slices: int,
+                   window: collections.deque[tuple[int, ModelInput]] | None = None) -> Iterator[StackInput]:
+    """One :class:`StackInput` per slice of a volume streamed in Z order, holding at most
+    ``slices`` prepared slices (``window``, passed in to be watched, holds them); a slice's
+    stack is yielded once its ``slices // 2`` successors are read or the volume has ended."""
+    half = slices // 2
+    window = collections.deque() if window is None else window
+    count, emitted = 0, 0
+
+    def stack(index: int, total: int) -> StackInput:
+        held = dict(window)
+        return StackInput(tuple(held[z] for z in window_indices(index, total, slices)))
+
+    for inp in inputs:
+        while window and window[0][0] < count - 2 * half:  # no stack still to come needs it
+            window.popleft()
+        window.append((count, inp))
+        count += 1
+        if count > half:
+            # slice count-1-half: its successors are read; mirrored at most at the start,
+            # where the reflection of a missing predecessor does not depend on the depth
+            yield stack(count - 1 - half, count)
+            emitted += 1
+    for index in range(emitted, count):
+        yield stack(index, count)
+
+
+@overload
+def prepare(image: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0,
+            slices: Literal[1] = 1) -> ModelInput: ...
+
+
+@overload
+def prepare(image: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0,
+            *, slices: int) -> ModelInput | StackInput: ...
+
+
+def prepare(image: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0,
+            slices: int = 1) -> ModelInput | StackInput:
+    """Resize ``image`` by ``scale`` once and fix its normalisation statistics. With
+    ``slices`` k > 1 (a 2.5D bundle) ``image`` is a single 2D field, a volume of one slice:
+    mirroring makes it its own k neighbours (module doc)."""
+    inp = _prepare(image, channels, normalisation, scale)
+    if slices == 1:
+        return inp
+    return StackInput(tuple(inp for _ in window_indices(0, 1, slices)))
+
+
+def prepare_stack(images: Sequence[np.ndarray], channels: int, normalisation: Normalisation,
+                  scale: float = 1.0) -> StackInput:
+    """k neighbouring slices (Z order, centre = the predicted one) as one 2.5D input."""
+    return StackInput(tuple(_prepare(image, channels, normalisation, scale) for image in images))
+
+
+def _prepare(image: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0) -> ModelInput:
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"image dtype must be uint8 or uint16, got {image.dtype}")
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):

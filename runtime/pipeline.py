@@ -35,7 +35,7 @@ from phasewatch.runtime.bundle import Bundle, load_bundle
 from phasewatch.runtime.engine import Plan, default_overlap, segment_many
 from phasewatch.runtime.imageio import DEFAULT_MAX_PIXELS, Field, read_fields
 from phasewatch.runtime.measure import combine_pages, measure
-from phasewatch.runtime.normalise import ModelInput, prepare
+from phasewatch.runtime.normalise import ModelInput, StackInput, prepare, sliding_stacks
 from phasewatch.runtime.outputs import preview, write_outputs, write_png_atomic
 from phasewatch.runtime.trust import InputFeatures, assess, input_features, unsure_fraction
 from phasewatch.runtime.tta import TtaBackend
@@ -230,8 +230,15 @@ def segment_images(
     batch: int | None = None,
     timings: dict[str, float] | None = None,
     plan: Plan | None = None,
+    volume: bool = False,
+    window: collections.deque[tuple[int, ModelInput]] | None = None,
 ) -> Iterator[ImageSegmentation]:
     """Yield an :class:`ImageSegmentation` per image, at the image's own width and height.
+
+    ``volume``: the images are the slices of one volume in Z order; a 2.5D bundle then sees each
+    slice with its neighbours (``normalise.sliding_stacks``, holding its ``slices`` prepared
+    slices in ``window``); otherwise each image is a field of its own (a 2.5D bundle sees it
+    repeated as its own neighbours, ``normalise.prepare``).
 
     Tiles of consecutive images share backend batches; the model's ``scale`` is applied
     on the way in and undone (nearest neighbour, so ids stay ids) on the way out. With a
@@ -239,11 +246,25 @@ def segment_images(
     """
     overlap = default_overlap(bundle.tile, bundle.halo) if overlap is None else overlap
     pending: collections.deque[tuple[tuple[int, int], InputFeatures]] = collections.deque()
+    shapes: collections.deque[tuple[int, int]] = collections.deque()
 
-    def inputs() -> Iterator[ModelInput]:
+    def features_of(inp: ModelInput | StackInput) -> InputFeatures:
+        return input_features(inp.centre if isinstance(inp, StackInput) else inp)  # the slice predicted
+
+    def fields() -> Iterator[ModelInput | StackInput]:
         for image in images:
-            inp = prepare(image, bundle.channels, bundle.normalisation, bundle.scale)
-            pending.append(((image.shape[0], image.shape[1]), input_features(inp)))
+            shapes.append((image.shape[0], image.shape[1]))
+            yield prepare(image, bundle.channels, bundle.normalisation, bundle.scale, slices=bundle.slices)
+
+    def slices() -> Iterator[ModelInput]:
+        for image in images:
+            shapes.append((image.shape[0], image.shape[1]))
+            yield prepare(image, bundle.channels, bundle.normalisation, bundle.scale)
+
+    def inputs() -> Iterator[ModelInput | StackInput]:
+        stream = sliding_stacks(slices(), bundle.slices, window) if volume and bundle.slices > 1 else fields()
+        for inp in stream:
+            pending.append((shapes.popleft(), features_of(inp)))
             yield inp
 
     for classes, margin in segment_many(inputs(), backend, bundle.tile, overlap, batch, timings, halo=bundle.halo,

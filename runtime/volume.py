@@ -25,7 +25,10 @@ Segmenting (:func:`segment_volume`): the slices go through the engine of fields
 batches); as each class map comes out it is recorded like a field
 (:func:`~phasewatch.runtime.pipeline.assessed_record`: fractions, trust), fed to
 :class:`~phasewatch.runtime.measure3d.VolumeMeasurer` and written as the next page of
-``NAME.classes.tif``. Memory is a few slices, whatever the depth.
+``NAME.classes.tif``. Memory is a few slices, whatever the depth. A 2.5D bundle (manifest
+``input.slices`` = k) is fed each slice with its k - 1 neighbours as channels, mirrored at the
+ends (:func:`~phasewatch.runtime.normalise.sliding_stacks`): k prepared slices are held, never
+the volume.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from phasewatch.runtime.imageio import (
     read_fields,
 )
 from phasewatch.runtime.measure3d import VolumeMeasurer, open_label_stack
+from phasewatch.runtime.normalise import ModelInput
 from phasewatch.runtime.outputs import write_json_atomic
 from phasewatch.runtime.pipeline import Model, assessed_record, segment_images
 
@@ -182,15 +186,17 @@ def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
 
 
 def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | None = None,
-                   batch: int | None = None) -> dict[str, Any]:
+                   batch: int | None = None,
+                   window: collections.deque[tuple[int, ModelInput]] | None = None) -> dict[str, Any]:
     """Segment every slice, write ``NAME.classes.tif`` and ``NAME.volume.json`` in ``out_dir``
-    and return the volume's record (what the JSON holds)."""
+    and return the volume's record (what the JSON holds). A 2.5D bundle sees each slice with its
+    neighbours, mirrored at the ends, from a sliding ``window`` of its ``slices`` prepared slices."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     measurer = VolumeMeasurer(model.bundle.classes, volume.spacing_um)
     records: list[dict[str, Any]] = []
     classes_path = out_dir / f"{volume.name}.classes.tif"
-    _write_stack(classes_path, _class_maps(volume, model, overlap, batch, measurer, records),
+    _write_stack(classes_path, _class_maps(volume, model, overlap, batch, measurer, records, window),
                  volume.n_slices, volume.spacing_um)
     seconds = time.perf_counter() - started
     json_path = out_dir / f"{volume.name}.volume.json"
@@ -201,7 +207,8 @@ def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | N
 
 
 def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | None,
-                measurer: VolumeMeasurer, records: list[dict[str, Any]]) -> Iterator[np.ndarray]:
+                measurer: VolumeMeasurer, records: list[dict[str, Any]],
+                window: collections.deque[tuple[int, ModelInput]] | None = None) -> Iterator[np.ndarray]:
     """Each slice's class map as it comes out of the engine, recorded and measured on the way."""
     pixel_size = volume.spacing_um[2] if volume.spacing_um else None
     source = volume.spacing_source if volume.spacing_um else "none"
@@ -212,7 +219,8 @@ def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | 
             in_flight.append(Field(image, index, pixel_size, source))
             yield image
 
-    for segmentation in segment_images(images(), model.bundle, model.backend, overlap, batch, plan=model.plan):
+    for segmentation in segment_images(images(), model.bundle, model.backend, overlap, batch, plan=model.plan,
+                                       volume=True, window=window):
         field = in_flight.popleft()
         record = assessed_record(volume.path, field, segmentation, model)
         records.append({"slice": field.page, "fractions": record["fractions"], "trust": record["trust"]})
