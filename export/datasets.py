@@ -11,6 +11,14 @@ Label formats (``../shared/data/README.md``):
 Images and labels pair by file stem, a ``_mask`` suffix on the label ignored. Images are
 read with the runtime's own decoder and normalised with the runtime's own
 ``normalise.prepare``, so training sees exactly what inference will.
+
+Volumes (2.5D models, ``slices`` = k > 1): each image file is a volume, a multi-page TIFF
+read as ``phasewatch segment`` reads one (``volume.open_volume``, any multi-page TIFF), its
+label a multi-page TIFF of class ids with one page per slice (or a ``.npy`` Z x H x W array).
+Every slice is one sample (``NAME:zINDEX``): its k-slice stack, each slice prepared on its own
+and the neighbours mirrored at the ends (``normalise.window_indices``), as the runtime feeds
+the bundle. A single-page image is a volume of one slice, its own neighbours. The stacks are
+held in memory (k x the volume's float32 size): training volumes are small crops.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import tifffile
 from phasewatch.runtime.bundle import Normalisation
 from phasewatch.runtime.errors import PhasewatchError, one_line
 from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, read_fields
-from phasewatch.runtime.normalise import prepare
+from phasewatch.runtime.normalise import StackInput, prepare, window_indices
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".npy")
 Palette = Mapping[tuple[int, int, int], int]
@@ -126,8 +134,12 @@ def load_samples(
     palette: Palette | None = None,
     default: int = 0,
     num_classes: int | None = None,
+    slices: int = 1,
 ) -> list[Sample]:
-    """Every pair of a split, normalised exactly as the runtime does (``prepare``)."""
+    """Every pair of a split, normalised exactly as the runtime does (``prepare``); with
+    ``slices`` > 1 every slice of every volume, as its k-slice stack (module doc)."""
+    if slices > 1:
+        return _volume_samples(images_dir, labels_dir, slices, normalisation, scale, palette, default, num_classes)
     samples = []
     for image_path, label_path in find_pairs(images_dir, labels_dir):
         field = read_fields(image_path)[0]
@@ -140,4 +152,59 @@ def load_samples(
         if scale != 1.0:
             label = cv2.resize(label, (inp.width, inp.height), interpolation=cv2.INTER_NEAREST)
         samples.append(Sample(image_path.stem, inp.region(0, inp.height, 0, inp.width), label, image_path))
+    return samples
+
+
+def read_volume(path: Path) -> list[np.ndarray]:
+    """A training volume's slices in Z order, decoded as the runtime decodes a volume's."""
+    from phasewatch.runtime.volume import open_volume
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return [read_fields(path)[0].image]  # one slice
+    return list(open_volume(path).slices())
+
+
+def read_label_volume(path: Path, palette: Palette | None = None, default: int = 0) -> list[np.ndarray]:
+    """A volume's label: one uint8 H x W class-id map per slice (multi-page TIFF or Z x H x W .npy)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            raw = np.load(path, allow_pickle=False)
+            pages = list(raw) if raw.ndim == 3 else [raw]
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                pages = [page.asarray() for page in tif.pages]
+        else:
+            return [read_label(path, palette, default)]
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read label volume: {one_line(exc)}") from exc
+    out = []
+    for z, raw in enumerate(pages):
+        if raw.ndim != 2 or raw.min() < 0 or raw.max() > 255:
+            raise DatasetError(f"{path}: slice {z} must be H x W class ids 0..255, got shape {raw.shape}")
+        out.append(raw.astype(np.uint8))
+    return out
+
+
+def _volume_samples(images_dir: Path, labels_dir: Path, slices: int, normalisation: Normalisation, scale: float,
+                    palette: Palette | None, default: int, num_classes: int | None) -> list[Sample]:
+    samples = []
+    for image_path, label_path in find_pairs(images_dir, labels_dir):
+        images = read_volume(image_path)
+        labels = read_label_volume(label_path, palette, default)
+        if len(labels) != len(images):
+            raise DatasetError(f"{label_path}: {len(labels)} label slices for the {len(images)} of {image_path.name}")
+        inputs = [prepare(image, 1, normalisation, scale) for image in images]
+        for z, label in enumerate(labels):
+            if label.shape != images[z].shape[:2]:
+                raise DatasetError(f"{label_path}: slice {z} label {label.shape} does not match image "
+                                   f"{images[z].shape[:2]}")
+            if num_classes is not None and (bad := label[label != 255].max(initial=0)) >= num_classes:
+                raise DatasetError(f"{label_path}: class id {bad} in slice {z}, the config has {num_classes} classes")
+            stack = StackInput(tuple(inputs[i] for i in window_indices(z, len(inputs), slices)))
+            if scale != 1.0:
+                label = cv2.resize(label, (stack.width, stack.height), interpolation=cv2.INTER_NEAREST)
+            samples.append(Sample(f"{image_path.stem}:z{z:04d}", stack.region(0, stack.height, 0, stack.width),
+                                  label, image_path))
     return samples

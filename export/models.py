@@ -442,6 +442,14 @@ def spatial_multiple(name: str, **kwargs: Any) -> int:
     return 0
 
 
+def input_slices(name: str, **kwargs: Any) -> int:
+    """How many neighbouring slices the architecture sees as channels: ``slices`` for
+    ``unet25d`` (its default when not given), 1 for every 2D model."""
+    if name == "unet25d":
+        return int(kwargs.get("slices", inspect.signature(_unet25d).parameters["slices"].default))
+    return 1
+
+
 def build_model(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
     """A freshly initialised model by name; ``kwargs`` as documented in the module docstring."""
     if name not in _BUILDERS:

@@ -197,16 +197,24 @@ def cut_reference_tiles(
     Tiles go round-robin over the images, at the centre first, then the corners, and
     each image is normalised once, whole, exactly like the runtime does.
     """
+    from phasewatch.export.datasets import read_volume
+    from phasewatch.export.models import input_slices
     from phasewatch.runtime.imageio import read_fields
-    from phasewatch.runtime.normalise import prepare
+    from phasewatch.runtime.normalise import ModelInput, StackInput, prepare, prepare_stack, window_indices
 
     tile, channels = export_tile(config, tile), int(config["in_channels"])
     normalisation = normalisation_from_config(config["normalisation"], channels)
     scale = float(config.get("scale", 1.0))
-    inputs = []
+    slices = input_slices(config["architecture"], **config["model_kwargs"])
+    inputs: list[ModelInput | StackInput] = []
     for path in images:
         try:
-            inputs.append(prepare(read_fields(path)[0].image, channels, normalisation, scale))
+            if slices > 1:  # a volume: the stack about its middle slice, as the runtime feeds it
+                volume = read_volume(path)
+                window = window_indices(len(volume) // 2, len(volume), slices)
+                inputs.append(prepare_stack([volume[z] for z in window], channels, normalisation, scale))
+            else:
+                inputs.append(prepare(read_fields(path)[0].image, channels, normalisation, scale))
         except ValueError as exc:
             raise ExportError(f"{path}: cannot normalise: {exc}") from exc
     if not inputs:
@@ -386,7 +394,7 @@ def export_bundle(
     """
     from tqdm import tqdm
 
-    from phasewatch.export.models import spatial_multiple
+    from phasewatch.export.models import input_slices, spatial_multiple
     from phasewatch.export.receptive_field import DEFAULT_THRESHOLD, measure_halo
 
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
@@ -401,6 +409,9 @@ def export_bundle(
             ckpt = load_checkpoint(checkpoint_path)
             config = ckpt["config"]
             channels, tile = int(config["in_channels"]), export_tile(config, tile)
+            # 2.5D: ``channels`` per slice, ``slices`` neighbours stacked: the network's input channels
+            slices = input_slices(config["architecture"], **config["model_kwargs"])
+            per_slice, channels = channels, channels * slices
             if config["architecture"] == "pspnet" and tile != int(config["tile"]):
                 raise ExportError(f"{checkpoint_path}: PSPNet's pooling is fixed to its training tile "
                                   f"{config['tile']}; it cannot be exported at tile {tile}")
@@ -469,7 +480,8 @@ def export_bundle(
                 "classes": _plain(config["classes"]),
                 "input": {
                     "name": "input",
-                    "channels": channels,
+                    "channels": per_slice,
+                    **({"slices": slices} if slices > 1 else {}),
                     "dtype": "float32",
                     "layout": "NCHW",
                     "shape": ["batch", channels, *(("height", "width") if multiple else (tile, tile))],

@@ -33,8 +33,10 @@ from phasewatch.runtime.normalise import prepare
 
 
 def field_input(path: Path, bundle: Bundle) -> np.ndarray:
-    """1 x C x H x W: a whole field's model input, extended by mirroring to the stride."""
-    inp = prepare(read_fields(path)[0].image, bundle.channels, bundle.normalisation, bundle.scale)
+    """1 x C x H x W: a whole field's model input, extended by mirroring to the stride (a
+    2.5D bundle's: the field as its own neighbours, as the runtime feeds a field)."""
+    inp = prepare(read_fields(path)[0].image, bundle.channels, bundle.normalisation, bundle.scale,
+                  slices=bundle.slices)
     array = inp.region(0, inp.height, 0, inp.width)
     multiple = bundle.spatial_multiple or 1
     pad = ((0, 0), (0, (-inp.height) % multiple), (0, (-inp.width) % multiple))

@@ -8,6 +8,13 @@ so the mIoU that picks the checkpoint is measured the way the appliance will pre
 (at the training tile). The bundle is exported at ``[model] export_tile``: a fully
 convolutional net runs on larger tiles than it was trained on, and its measured halo is
 then a small part of each tile.
+A 2.5D model (``architecture = "unet25d"``, ``kwargs.slices`` = k) trains on volumes: each
+image file of a split is a multi-page TIFF, its label a multi-page class-id TIFF, and every
+slice is a sample of k channels, its neighbours mirrored at the ends (``datasets`` module
+doc); ``in_channels`` stays the per-slice count (1). Crops, flips and rotations move the k
+channels together and every photometric draw is made once per sample, so the k slices of one
+sample get the same change. Hold out whole volumes (a ``val`` split): a held-out slice's
+neighbours are training slices.
 The checkpoint with the best validation mean IoU is kept; the validation split is never
 the test split (a config without a validation folder holds out part of the training set).
 """
@@ -37,6 +44,7 @@ from tqdm import tqdm
 from phasewatch.export import augment, losses, metrics
 from phasewatch.export.datasets import Sample, load_samples, parse_palette
 from phasewatch.export.finetune import initial_model
+from phasewatch.export.models import input_slices
 from phasewatch.export.onnx_export import normalisation_from_config
 from phasewatch.runtime.calibration import calibrate_bundle
 from phasewatch.runtime.engine import default_overlap, segment_many
@@ -136,10 +144,12 @@ def load_splits(config: dict[str, Any], data_root: Path) -> Splits:
     palette = parse_palette(data["palette"]) if "palette" in data else None
     scale, default_class = float(model.get("scale", 1.0)), int(data.get("default_class", 0))
 
+    slices = input_slices(model["architecture"], **model.get("kwargs", {}))
+
     def split(name: str) -> list[Sample]:
         entry = data[name]
         return load_samples(data_root / entry["images"], data_root / entry["labels"], channels, normalisation,
-                            scale, palette, default_class, len(config["classes"]))
+                            scale, palette, default_class, len(config["classes"]), slices)
 
     train = split("train")
     holdout = int(data.get("holdout", 0))
@@ -446,7 +456,7 @@ def export_trained(checkpoint: Path, bundle_dir: Path, config: dict[str, Any], s
                    count: int) -> Path:
     from phasewatch.export.onnx_export import cut_reference_tiles, export_bundle
 
-    images = sorted(s.path for s in splits.val)
+    images = sorted({s.path for s in splits.val})  # a volume's slices are samples of one file
     ckpt_config = checkpoint_config(config)
     tiles = cut_reference_tiles(images, ckpt_config, count)
     if bundle_dir.exists():
@@ -455,7 +465,7 @@ def export_trained(checkpoint: Path, bundle_dir: Path, config: dict[str, Any], s
                            tiles_source=f"validation images: {[p.name for p in images]}",
                            tile=ckpt_config["export_tile"])
     # The trust record's reference is the model's own experience: its training and validation fields.
-    seen = sorted(s.path for s in splits.train)
+    seen = sorted({s.path for s in splits.train})
     with closing(open_model(bundle, "cpu")) as model:
         calibrate_bundle(model, seen + images, f"training and validation images of {config.get('name')}")
     return bundle

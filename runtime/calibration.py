@@ -3,7 +3,8 @@
 The model's training and validation images are its experience: their intensity and
 texture measures and the model's hesitation on them set the reference and limits
 (``trust.calibrate``) that every later field is compared with, and the result is
-stored in the bundle manifest under ``trust``.
+stored in the bundle manifest under ``trust``. A 2.5D bundle (``slices`` > 1) reads a
+multi-page file as a volume, each page with its neighbours, as ``segment`` feeds it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from phasewatch.runtime.bundle import write_manifest
 from phasewatch.runtime.errors import PhasewatchError
-from phasewatch.runtime.pipeline import Model, decode_file, segment_files
+from phasewatch.runtime.pipeline import Model, decode_file, segment_files, segment_images
 from phasewatch.runtime.trust import InputFeatures, calibrate, unsure_fraction
 
 
@@ -33,9 +34,15 @@ def calibrate_bundle(model: Model, images: Sequence[Path], source: str,
     unsure: list[float] = []
     names: list[str] = []
     for path in images:
-        (segmented,) = segment_files([decode_file(path)], model)
-        for page, image in enumerate(segmented.maps):
-            names.append(path.name if len(segmented.maps) == 1 else f"{path.name} page {page}")
+        if model.bundle.slices > 1:
+            fields = decode_file(path).fields
+            maps = list(segment_images((f.image for f in fields), model.bundle, model.backend, plan=model.plan,
+                                       volume=True))
+        else:
+            (segmented,) = segment_files([decode_file(path)], model)
+            maps = segmented.maps
+        for page, image in enumerate(maps):
+            names.append(path.name if len(maps) == 1 else f"{path.name} page {page}")
             features.append(image.features)
             unsure.append(unsure_fraction(image.margin, ~np.isin(image.classes, excluded) if excluded else None))
         if progress is not None:
