@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from phasewatch.export.datasets import Sample, load_samples, parse_palette
+from phasewatch.export.models import input_slices
 from phasewatch.export.onnx_export import load_checkpoint, model_from_checkpoint, normalisation_from_config
 from phasewatch.export.train import (
     Splits,
@@ -44,7 +45,8 @@ def pooled_samples(config: dict[str, Any], data_root: Path) -> list[Sample]:
         if split in data:
             pool += load_samples(data_root / data[split]["images"], data_root / data[split]["labels"], channels,
                                  normalisation, float(model.get("scale", 1.0)), palette,
-                                 int(data.get("default_class", 0)), len(config["classes"]))
+                                 int(data.get("default_class", 0)), len(config["classes"]),
+                                 input_slices(model["architecture"], **model.get("kwargs", {})))
     return pool
 
 
