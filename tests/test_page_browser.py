@@ -380,7 +380,8 @@ def test_the_history_searches_and_every_field_links_to_its_page(daemon, browser)
 PAGES = {"/": "#strip li", "/fields": "#list li", "/fields/{field}": "#picture[data-field]",
          "/fields/{failed}": "#field-error:not([hidden])", "/specimens": "#specimens tbody tr",
          "/specimens/{default}": "#stats tbody tr",
-         "/specimens/compare?ids={default},{empty}": "#compare-table tbody tr"}
+         "/specimens/compare?ids={default},{empty}": "#compare-table tbody tr",
+         "/specimens/{default}/report": "table.fields tbody tr"}
 
 
 def goto_ready(page, service: ServeProcess, path: str, values: dict[str, int]) -> None:
