@@ -11,25 +11,15 @@ Run: ``python bench/batch_pixels.py [--model superalloy] [--threads N]``
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from timing import best_of
 
 from phasewatch.runtime.backends import physical_cores
 from phasewatch.runtime.pipeline import open_model
 
 SIDES = (128, 256, 512)
 BATCHES = (1, 2, 4, 8)
-
-
-def seconds(run, batch: np.ndarray, repeats: int = 3) -> float:
-    run(batch)  # warm-up: ONNX Runtime plans its memory for the shape
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(batch)
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def main() -> None:
@@ -45,7 +35,7 @@ def main() -> None:
         costs = []
         for batch in BATCHES:
             tiles = rng.normal(0, 1, (batch, model.bundle.channels, side, side)).astype(np.float32)
-            costs.append(seconds(model.backend.run, tiles) / batch)
+            costs.append(best_of(3, lambda tiles=tiles: model.backend.run(tiles)) / batch)
         print(f"  {side:>3} px tiles: " + ", ".join(
             f"batch {b} {c / costs[0]:.2f}x ({c * 1e3:.1f} ms a tile)" for b, c in zip(BATCHES, costs, strict=True)))
     model.close()

@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ if __name__ == "__main__":
             os.environ["OPENBLAS_NUM_THREADS"] = value
 
 import numpy as np  # noqa: E402
+from timing import best_of, matmul_peak  # noqa: E402
 
 # model -> held-out folder whose first image is the field
 FIELDS = {
@@ -63,23 +62,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-monai", action="store_true", help="skip MONAI (slow on a small CPU)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     return parser.parse_args()
-
-
-def best_of(repeats: int, run: Callable[[], Any]) -> float:
-    run()  # warm-up: session arenas, MONAI's window cache, page faults
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
-    """Best float32 matmul rate in FLOP/s: the machine's practical peak."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
-    return 2 * n**3 / best_of(repeats, lambda: a @ b)
 
 
 def flops_per_pixel(onnx_path: Path, multiple: int) -> float:

@@ -56,6 +56,7 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import best_of, matmul_peak  # noqa: E402
 
 from phasewatch.runtime.backends import OrtBackend, physical_cores  # noqa: E402
 from phasewatch.runtime.bundle import Normalisation  # noqa: E402
@@ -78,23 +79,6 @@ def micrograph(height: int, width: int) -> tuple[np.ndarray, str]:
     reps = (-(-height // source.shape[0]), -(-width // source.shape[1]))
     tiled = np.pad(source, [(0, (r - 1) * s) for r, s in zip(reps, source.shape, strict=True)], "symmetric")
     return np.ascontiguousarray(tiled[:height, :width]), f"{candidates[0].name} mirrored"
-
-
-def best_of(repeats: int, run) -> float:
-    run()  # warm-up: session arenas, MONAI's window cache, page faults
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
-    """Best float32 matmul rate in FLOP/s, as the machine's practical peak."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
-    return 2 * n**3 / best_of(repeats, lambda: a @ b)
 
 
 def model_flops(onnx_path: Path) -> float:

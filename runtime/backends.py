@@ -63,8 +63,9 @@ def max_side(backend: Backend) -> int:
 def call_pixels(backend: Backend) -> int:
     """The most pixels one call of ``backend`` should hold for speed (0: as many as memory
     allows). On ONNX Runtime's CPU provider a batch gains nothing over one tile at a time and
-    large ones fall out of the cache: per pixel, 512 x 512 tiles cost 20 % more in batches of
-    8 than one by one, 256 x 256 ones 10 % (bench/batch_pixels.py, one core)."""
+    large ones fall out of the cache: per pixel, 512 x 512 tiles cost 3-20 % more in batches of
+    8 than one by one over four runs (bench/batch_pixels.py, one core; smaller tiles vary
+    either way with the machine's load)."""
     return _wrapped_attribute(backend, "call_pixels")
 
 
