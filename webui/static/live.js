@@ -1,11 +1,12 @@
 // The live view (/): the newest field as it arrives, the current specimen's statistics,
 // and the recent fields (each a link to its own page, /fields/ID).
 
-import { api, postJson } from "./api.js";
+import { api } from "./api.js";
 import { boot, stream } from "./app.js";
 import { card } from "./cards.js";
-import { $, showError } from "./dom.js";
+import { $ } from "./dom.js";
 import { FieldView } from "./fieldview.js";
+import { wireSpecimenForm } from "./specimenform.js";
 import { StatsView } from "./statsview.js";
 
 const STRIP_SIZE = 24;
@@ -48,22 +49,7 @@ async function refreshAll() {
   if (state.shownId != null) await showField(state.shownId);
 }
 
-async function startSpecimen(event) {
-  event.preventDefault();
-  const form = event.target;
-  try {
-    await postJson("/api/specimens", {
-      name: form.elements.namedItem("name").value, notes: form.elements.namedItem("notes").value,
-      operator: form.elements.namedItem("operator").value,
-    });
-    form.reset();
-    showError($("form-error"), null);
-  } catch (err) {
-    showError($("form-error"), err);
-  }
-}
-
-$("new-specimen").addEventListener("submit", startSpecimen);
+wireSpecimenForm();
 
 stream.on("open", refreshAll);
 stream.on("field", (image) => {

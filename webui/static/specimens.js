@@ -5,6 +5,7 @@ import { api, postJson } from "./api.js";
 import { boot, stream } from "./app.js";
 import { $, element, link, showError } from "./dom.js";
 import { when } from "./format.js";
+import { wireSpecimenForm } from "./specimenform.js";
 
 const picked = new Set();
 
@@ -69,20 +70,7 @@ async function load() {
 $("compare").addEventListener("click", () => {
   window.location.assign(`/specimens/compare?ids=${[...picked].sort((a, b) => a - b).join(",")}`);
 });
-$("new-specimen").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const form = event.target;
-  try {
-    await postJson("/api/specimens", {
-      name: form.elements.namedItem("name").value, notes: form.elements.namedItem("notes").value,
-      operator: form.elements.namedItem("operator").value,
-    });
-    form.reset();
-    showError($("form-error"), null);
-  } catch (err) {
-    showError($("form-error"), err);
-  }
-});
+wireSpecimenForm();
 
 stream.on("open", load);
 stream.on("specimen", load);
