@@ -32,7 +32,7 @@ from flask import Blueprint, Response, jsonify, request, send_file
 
 from phasewatch.runtime.service.store import IMAGE_KINDS, STATES, ImageFilter, flagged
 from phasewatch.webui.context import current_context
-from phasewatch.webui.csv_export import fields_csv
+from phasewatch.webui.csv_export import store_csv
 from phasewatch.webui.payloads import PICTURES, image_detail_json, image_json
 from phasewatch.webui.rest import (
     MAX_NAME,
@@ -52,7 +52,6 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_QUERY = 200
 IMAGE_STATES = (*STATES, *IMAGE_KINDS)
-_EXPORT_PAGE = 1000
 
 blueprint = Blueprint("api", __name__)
 
@@ -204,15 +203,7 @@ def unaccept(file_id: int) -> Response:
 
 @blueprint.get("/export.csv")
 def export_csv() -> Response:
-    store = current_context().store
-    specimen = query_int("specimen", None, 1)
-    rows: list[dict[str, Any]] = []
-    before = None
-    while page := store.list_images(_EXPORT_PAGE, specimen, before):
-        rows.extend(page)
-        before = page[-1]["id"]
-    rows.reverse()  # oldest first, as fields were taken
     return Response(
-        fields_csv(rows), mimetype="text/csv",
+        store_csv(current_context().store, query_int("specimen", None, 1)), mimetype="text/csv",
         headers={"Content-Disposition": "attachment; filename=phasewatch.csv"},
     )

@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from phasewatch.runtime.service.store import display_text
+from phasewatch.runtime.service.store import Store, display_text
 from phasewatch.webui.payloads import trust_json
 from phasewatch.webui.report_data import FieldEntry, class_names
+
+_EXPORT_PAGE = 1000  # rows per store query: the memory of a page, not a limit on the table
 
 
 def _iso(timestamp: float | None) -> str:
@@ -39,6 +41,17 @@ def fields_csv(rows: Sequence[dict[str, Any]]) -> str:
     every class any row has, in the order they first appear."""
     classes = class_names(rows)
     return _table([_header(classes), *(_cells(row, classes) for row in rows)])
+
+
+def store_csv(store: Store, specimen: int | None = None) -> str:
+    """:func:`fields_csv` of every image of ``store`` (of one specimen when given), oldest
+    first as fields were taken: ``/export.csv``, and ``reanalyse``'s ``fields.csv``."""
+    rows: list[dict[str, Any]] = []
+    before = None
+    while page := store.list_images(_EXPORT_PAGE, specimen, before):
+        rows.extend(page)
+        before = page[-1]["id"]
+    return fields_csv(rows[::-1])
 
 
 # A report's CSV adds what a QA record needs to trace each number back to its origin.

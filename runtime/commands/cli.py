@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "the appliance in one command: service and page on a simulated microscope of known truth"),
     "calibrate-trust": ("phasewatch.runtime.commands.calibrate_trust",
                         "set a bundle's trust calibration from its training images"),
+    "reanalyse": ("phasewatch.runtime.commands.reanalyse",
+                  "run a model over an archive's folder tree, locally or on a Dask cluster; resumable"),
     "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
     "measure-volume": ("phasewatch.runtime.commands.measure_volume",
                        "3D measurements of a stack of class maps: fractions, components, Euler number"),

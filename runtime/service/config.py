@@ -124,6 +124,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = ""  # a bundled model; empty: the service's default model
+    def result_dir(self, file_id: int) -> Path:
+        """Where the outputs of the file with queue id ``file_id`` go."""
+        return self.results_dir / f"{file_id:06d}"
+
     path: str = ""  # a bundle folder; wins over name when set
     backend: str = _rule("auto", choices=KINDS)
     batch: int = _rule(8, min=1, max=1024)

@@ -515,7 +515,7 @@ class Daemon:
         """Measure and write the outputs; None when the file failed (a bad output)."""
         assert work.segmented is not None
         try:
-            return record_file(work.segmented, self.config.data.results_dir / f"{work.id:06d}")
+            return record_file(work.segmented, self.config.data.result_dir(work.id))
         except OutputError as exc:
             if exc.errno in TRANSIENT_WRITE_ERRNOS:
                 raise TransientFault("disk", str(exc)) from exc

@@ -691,6 +691,22 @@ class Store:
             if not updated:
                 raise StoreError(f"{self.path}: file {file_id} is not being processed")
 
+    def requeue_failed(self) -> int:
+        """Put every failed file back in the queue with its attempts and crashes forgiven, and
+        its duplicates back to ``done`` beside it: how a re-analysis retries what failed last
+        time (the daemon retries a file when it is copied again). Returns how many were requeued."""
+        with self._write() as conn:
+            requeued = conn.execute(
+                """UPDATE files SET state = 'pending', error = NULL, processed = NULL, attempts = 0,
+                       crashes = 0, alone = 0
+                   WHERE state = 'failed' AND duplicate_of IS NULL"""
+            ).rowcount
+            conn.execute(
+                """UPDATE files SET state = 'done', error = 'same content as file ' || duplicate_of
+                   WHERE state = 'failed' AND duplicate_of IS NOT NULL"""
+            )
+        return requeued
+
     def recover_after_crash(self, max_attempts: int | None = None, charge: bool = True) -> dict[str, int]:
         """At start, the rows a dead worker left ``processing`` (module doc): those inside
         inference run alone from now on when several were, and when ``charge`` (the worker

@@ -1,0 +1,158 @@
+"""Running an archive re-analysis on a pool of worker processes: local, or a Dask cluster's.
+
+Each worker opens the model once (:func:`_model`, cached per process) and runs every file it
+is given through ``pipeline.process_file``, the daemon's path from decoding to written
+outputs, into the daemon's layout (``OUT/results/ID/``). Only the driver touches the store:
+a worker returns an :class:`Outcome` and :func:`drain` records it, so that the workers of a
+cluster need to see the archive and ``OUT`` at the same paths as the driver, but never the
+database (SQLite over a network file system is unsafe).
+
+Pools. :func:`open_pool` gives a ``concurrent.futures`` executor either way: a
+``ProcessPoolExecutor`` by default, or, given a scheduler's address, the executor of a
+``dask.distributed`` client (the ``cluster`` extra). The same loop drives both.
+
+Interruption. Ctrl-C or SIGTERM (the caller turns it into ``KeyboardInterrupt``) stops
+:func:`drain` from taking more files; files already inside a worker are waited for and
+recorded, those not started are put back in the queue, and a kill that leaves rows
+``processing`` is mended by the next run (``runtime/archive.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phasewatch.runtime.errors import PhasewatchError, one_line
+from phasewatch.runtime.pipeline import Model, open_model, process_file
+from phasewatch.runtime.provenance import model_identity
+from phasewatch.runtime.service.config import DataConfig
+from phasewatch.runtime.service.store import Store
+
+INTERRUPTED = "the re-analysis was interrupted before this file"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How every worker opens the model (``pipeline.open_model``'s arguments)."""
+
+    ref: str
+    backend: str = "auto"
+    batch: int = 8
+    threads: int | None = None
+    tta: str = "none"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every file of a run shares: the model, the output folder, a pixel size that
+    overrides the files' own (None: what each file says)."""
+
+    model: ModelSpec
+    out: Path
+    pixel_size_um: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One file's result as a worker returns it: the record, outputs and model identity the
+    daemon stores (``Store.mark_done``), or the one-line reason it failed."""
+
+    file_id: int
+    record: dict[str, Any] | None = None
+    outputs: dict[str, str] | None = None
+    model: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _model(spec: ModelSpec) -> Model:
+    return open_model(spec.ref, spec.backend, spec.batch, spec.threads, spec.tta)
+
+
+def analyse(file_id: int, path: str, job: Job) -> Outcome:
+    """Segment, measure and write one file, in a worker (module doc)."""
+    try:
+        model = _model(job.model)
+        result = process_file(Path(path), model, DataConfig(dir=job.out).result_dir(file_id), job.pixel_size_um)
+    except PhasewatchError as exc:
+        return Outcome(file_id, error=str(exc))
+    except Exception as exc:  # one odd file must not stop the run (the daemon's rule too)
+        return Outcome(file_id, error=f"{path}: unexpected error: {one_line(exc)}")
+    return Outcome(file_id, result.record, result.outputs, model_identity(result.model))
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group: the driver decides, the workers finish their file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def open_pool(workers: int, cluster: str | None) -> Iterator[tuple[Executor, int]]:
+    """An executor and how many files it runs at once: ``workers`` local processes, or the
+    threads of the Dask cluster whose scheduler is at ``cluster`` (e.g. ``tcp://host:8786``)."""
+    if cluster is None:
+        # spawn: a fresh interpreter per worker, not a fork of a driver holding SQLite connections
+        with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _ignore_interrupts) as executor:
+            yield executor, workers
+        return
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise PhasewatchError("--cluster needs Dask: pip install 'phasewatch[cluster]'") from exc
+    try:
+        client = Client(cluster, timeout="30s")
+    except OSError as exc:  # no scheduler there, or it did not answer in time
+        raise PhasewatchError(f"{cluster}: cannot reach the Dask scheduler: {one_line(exc)}") from exc
+    with client:
+        # pure=False: two runs of the same file are two tasks, never one cached result
+        yield client.get_executor(pure=False), max(1, sum(client.nthreads().values()))
+
+
+def drain(store: Store, executor: Executor, slots: int, job: Job, recorded: Callable[[Outcome], None]) -> None:
+    """Analyse the queue's pending files on ``executor``, ``slots`` of them in flight, recording
+    each outcome in ``store`` and telling ``recorded``; on an interrupt, finish what the workers
+    hold and put the rest back (module doc)."""
+    running: dict[Future[Outcome], int] = {}
+    try:
+        while True:
+            for row in store.claim_next(slots - len(running)) if len(running) < slots else []:
+                running[executor.submit(analyse, row["id"], row["path"], job)] = row["id"]
+            if not running:
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                _record(store, running.pop(future), future, recorded)
+    except BaseException:
+        for future in running:
+            future.cancel()  # a local worker's file already started cannot be, and is waited for
+        for future, file_id in running.items():
+            try:
+                if not future.cancelled():
+                    _record(store, file_id, future, recorded)
+                    continue
+            except (BrokenExecutor, KeyboardInterrupt):  # a dead pool, or a second Ctrl-C
+                pass
+            store.release(file_id, INTERRUPTED)
+        raise
+
+
+def _record(store: Store, file_id: int, future: Future[Outcome], recorded: Callable[[Outcome], None]) -> None:
+    try:
+        outcome = future.result()
+    except BrokenExecutor:  # a worker died: every file in flight is lost, not failed
+        raise
+    except Exception as exc:  # the cluster lost the task (a worker killed): the file is retried next run
+        outcome = Outcome(file_id, error=f"file {file_id}: its worker was lost: {one_line(exc)}")
+    if outcome.error is None:
+        assert outcome.record is not None
+        store.mark_done(file_id, outcome.record, outcome.outputs, outcome.model)
+    else:
+        store.mark_failed(file_id, outcome.error)
+    recorded(outcome)

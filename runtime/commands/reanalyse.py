@@ -1,0 +1,125 @@
+"""``phasewatch reanalyse ARCHIVE --model M --out OUT``: a model over a folder tree of micrographs.
+
+Each first-level sub-folder of ARCHIVE is a specimen. OUT is a data folder as the daemon's
+(``runtime/archive.py``): its store, ``results/ID/`` per file, and ``fields.csv``, the web
+page's CSV export of it, rewritten at the end of every run. A rerun skips what is done and
+retries what failed. Files run on a local process pool (``--workers``), or on a Dask
+cluster (``--cluster ADDRESS``; ``runtime/archive_pool.py``); Ctrl-C or SIGTERM stops after
+the files in hand, with everything finished recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from concurrent.futures import BrokenExecutor
+from pathlib import Path
+from types import FrameType
+
+from tqdm import tqdm
+
+from phasewatch.runtime.archive import Intake, archive_files, open_books, take_in
+from phasewatch.runtime.archive_pool import Job, ModelSpec, Outcome, drain, open_pool
+from phasewatch.runtime.backends import KINDS
+from phasewatch.runtime.bundle import load_bundle
+from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.outputs import write_bytes_atomic
+from phasewatch.runtime.service.store import Store
+from phasewatch.runtime.tta import MODES
+from phasewatch.webui.csv_export import store_csv
+
+INTERRUPTED_RC = 130  # the shell's code for a run ended by SIGINT
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("archive", type=Path, help="folder tree of micrographs; each sub-folder is a specimen")
+    parser.add_argument("--model", required=True, help="bundle folder or bundled model name")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="data folder for this model's results (the same folder resumes a run)")
+    parser.add_argument("--workers", type=int, default=cores(),
+                        help="local worker processes (default: one per core); ignored with --cluster")
+    parser.add_argument("--cluster", metavar="ADDRESS",
+                        help="Dask scheduler to run on, e.g. tcp://host:8786 (needs the 'cluster' extra; "
+                             "workers must see ARCHIVE and OUT at the same paths)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="inference threads per worker (default: the cores shared out among the local "
+                             "workers; on a cluster, ONNX Runtime's own choice)")
+    parser.add_argument("--backend", choices=KINDS, default="auto")
+    parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
+    parser.add_argument("--tta", choices=MODES, default="none",
+                        help="test-time augmentation: average probabilities over flips (4 passes) or d4 (8)")
+    parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                        help="pixel size in µm, overriding what the files say")
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = args.threads or (None if args.cluster else max(1, cores() // max(1, args.workers)))
+    job = Job(ModelSpec(args.model, args.backend, args.batch, threads, args.tta), args.out.resolve(),
+              args.pixel_size)
+    try:
+        if not args.archive.is_dir():
+            raise PhasewatchError(f"{args.archive}: not a folder")
+        store = open_books(job.out, load_bundle(args.model))
+    except PhasewatchError as exc:
+        print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run(store, args.archive.resolve(), job, args)
+    finally:
+        write_bytes_atomic(job.out / "fields.csv", store_csv(store).encode())
+        store.close()
+
+
+def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace) -> int:
+    files = archive_files(archive)
+    failed = 0
+
+    def recorded(outcome: Outcome) -> None:
+        nonlocal failed
+        if outcome.error is not None:
+            failed += 1
+            progress.write(f"error: {outcome.error}", file=sys.stderr)
+        progress.update()
+
+    started = time.monotonic()
+    intake = None
+    try:
+        with tqdm(total=len(files), unit="file", desc="hashing", file=sys.stderr, disable=len(files) < 2) as hashing:
+            intake = take_in(store, archive, files, hashing.update)
+        for line in intake.unreadable:
+            print(f"error: {line}", file=sys.stderr)
+        with tqdm(total=intake.pending, unit="file", desc="analysing", file=sys.stderr) as progress, \
+                open_pool(args.workers, args.cluster) as (executor, slots):
+            # two files per worker in flight: a worker never waits for the driver to hand it the next
+            drain(store, executor, 2 * slots, job, recorded)
+    except KeyboardInterrupt:
+        if intake is None:
+            print("phasewatch reanalyse: interrupted while hashing; nothing analysed", file=sys.stderr)
+            return INTERRUPTED_RC
+        print(_summary(intake, progress.n, failed, time.monotonic() - started, job.out, True), file=sys.stderr)
+        return INTERRUPTED_RC
+    except (PhasewatchError, BrokenExecutor) as exc:
+        print(f"phasewatch reanalyse: {exc or 'a worker process died'}", file=sys.stderr)
+        return 2
+    print(_summary(intake, progress.n, failed, time.monotonic() - started, job.out, False), file=sys.stderr)
+    return 1 if failed or intake.unreadable else 0
+
+
+def _summary(intake: Intake, analysed: int, failed: int, seconds: float, out: Path, interrupted: bool) -> str:
+    rate = f"{analysed / seconds:.2f} files/s" if analysed and seconds > 0 else "-"
+    stopped = f"interrupted, {intake.pending - analysed} left for the next run; " if interrupted else ""
+    return (f"{stopped}{analysed - failed} of {analysed} file(s) analysed ({failed} failed) in {seconds:.1f} s "
+            f"({rate}); {intake.done} of {intake.files} already done, {intake.retried} earlier failure(s) "
+            f"retried; results in {out} (fields.csv)")
