@@ -540,17 +540,31 @@ class LabelStack:
             for index in range(self.n_slices):
                 yield tif.pages[index].asarray()
 
+    def plane(self, index: int) -> np.ndarray:
+        """One page's pixels as stored (the page's slice viewer reads one at a time)."""
+        import tifffile
+
+        if not 0 <= index < self.n_slices:
+            raise VolumeMeasureError(f"{self.path}: no slice {index}; the stack has {self.n_slices}")
+        with tifffile.TiffFile(self.path) as tif:
+            if self.contiguous is not None:
+                return self._contiguous_slice(tif, index)
+            return tif.pages[index].asarray()
+
     def _contiguous_slices(self, tif: Any) -> Iterator[np.ndarray]:
+        for index in range(self.n_slices):
+            yield self._contiguous_slice(tif, index)
+
+    def _contiguous_slice(self, tif: Any, index: int) -> np.ndarray:
         assert self.contiguous is not None
         offset, dtype, height, width = self.contiguous
         count = height * width
         handle = tif.filehandle
-        for index in range(self.n_slices):
-            handle.seek(offset + index * count * dtype.itemsize)
-            plane = handle.read_array(dtype, count)
-            if plane.size != count:
-                raise VolumeMeasureError(f"{self.path}: slice {index} of {self.n_slices} is cut short")
-            yield plane.reshape(height, width)
+        handle.seek(offset + index * count * dtype.itemsize)
+        plane = handle.read_array(dtype, count)
+        if plane.size != count:
+            raise VolumeMeasureError(f"{self.path}: slice {index} of {self.n_slices} is cut short")
+        return plane.reshape(height, width)
 
 
 def open_label_stack(path: Path) -> LabelStack:

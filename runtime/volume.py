@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from phasewatch.runtime.errors import PhasewatchError
+from phasewatch.runtime.bundle import ClassInfo
+from phasewatch.runtime.errors import PhasewatchError, one_line
 from phasewatch.runtime.imageio import (
     DEFAULT_MAX_PIXELS,
     Field,
@@ -89,7 +90,7 @@ class Volume:
         ``n_slices`` of them: the classes TIFF is written with that many pages."""
         first: tuple[int, ...] | None = None
         count = 0
-        for image in self.read():
+        for image in self._read_or_say_why():
             if count == self.n_slices:
                 raise ImageReadError(self.path, f"more slices than the {self.n_slices} expected")
             first = self._check_shape(count, image, first)
@@ -97,6 +98,24 @@ class Volume:
             yield image
         if count != self.n_slices:
             raise ImageReadError(self.path, f"{count} slices read, {self.n_slices} expected")
+
+    def _read_or_say_why(self) -> Iterator[np.ndarray]:
+        """The reader's slices; a decoder's own error on a damaged page becomes this volume's
+        one-line reason (the daemon fails the file instead of retrying it as a fault)."""
+        images = self.read()
+        index = 0
+        while True:
+            try:
+                image = next(images)
+            except StopIteration:
+                return
+            except PhasewatchError:
+                raise
+            except Exception as exc:
+                raise ImageReadError(self.path, f"slice {index}{self._file(index)} cannot be read: "
+                                                f"{one_line(exc)}") from exc
+            index += 1
+            yield image
 
     def _check_shape(self, index: int, image: np.ndarray, first: tuple[int, ...] | None) -> tuple[int, ...]:
         """The first slice's shape, once slice ``index`` is known to have it."""
@@ -122,9 +141,10 @@ def says_volume(path: Path) -> bool:
     if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
         return False
     try:
+        check_ifd_chain(path)  # a chain that loops is not walked here either
         return open_label_stack(path).says_volume
-    except PhasewatchError:
-        return False  # read as fields, whose reader says in one line what is wrong with it
+    except Exception:  # whatever it is, it is read as fields, whose (isolated) reader says what is wrong
+        return False
 
 
 def open_volume(path: Path, spacing_um: Spacing | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
@@ -138,7 +158,7 @@ def open_volume(path: Path, spacing_um: Spacing | None = None, max_pixels: int =
     check_ifd_chain(path)  # a hostile chain is refused as it is for fields, not read up to its loop
     stack = open_label_stack(path)
     spacing, source = (spacing_um, "user") if spacing_um else (stack.spacing_um, stack.spacing_source)
-    photometric, colormap = _colour_model(path)
+    photometric, colormap = _colour_model(path, max_pixels)
 
     def read() -> Iterator[np.ndarray]:
         for plane in stack.planes():
@@ -147,11 +167,13 @@ def open_volume(path: Path, spacing_um: Spacing | None = None, max_pixels: int =
     return Volume(path, stack.n_slices, spacing, source, read, max_pixels=max_pixels)
 
 
-def _colour_model(path: Path) -> tuple[int, np.ndarray | None]:
-    """The first page's photometric and colour map: a stack's pages share them."""
+def _colour_model(path: Path, max_pixels: int) -> tuple[int, np.ndarray | None]:
+    """The first page's photometric and colour map (a stack's pages share them), once its size
+    is known to be within ``max_pixels`` before any slice is decoded."""
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         check_colour_model(path, page.photometric, "page 0")
+        check_size(path, int(page.imagelength), int(page.imagewidth), max_pixels)
         return int(page.photometric), page.colormap
 
 
@@ -185,18 +207,24 @@ def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
 # --- segmenting ----------------------------------------------------------------------------
 
 
+# (slice index, its image, its class map, its record): what else is made of each slice on the way
+SliceSink = Callable[[int, np.ndarray, np.ndarray, dict[str, Any]], None]
+
+
 def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | None = None,
                    batch: int | None = None,
-                   window: collections.deque[tuple[int, ModelInput]] | None = None) -> dict[str, Any]:
+                   window: collections.deque[tuple[int, ModelInput]] | None = None,
+                   on_slice: SliceSink | None = None) -> dict[str, Any]:
     """Segment every slice, write ``NAME.classes.tif`` and ``NAME.volume.json`` in ``out_dir``
     and return the volume's record (what the JSON holds). A 2.5D bundle sees each slice with its
-    neighbours, mirrored at the ends, from a sliding ``window`` of its ``slices`` prepared slices."""
+    neighbours, mirrored at the ends, from a sliding ``window`` of its ``slices`` prepared slices.
+    ``on_slice`` sees every slice as it comes out (the daemon's display stack)."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     measurer = VolumeMeasurer(model.bundle.classes, volume.spacing_um)
     records: list[dict[str, Any]] = []
     classes_path = out_dir / f"{volume.name}.classes.tif"
-    _write_stack(classes_path, _class_maps(volume, model, overlap, batch, measurer, records, window),
+    _write_stack(classes_path, _class_maps(volume, model, overlap, batch, measurer, records, window, on_slice),
                  volume.n_slices, volume.spacing_um)
     seconds = time.perf_counter() - started
     json_path = out_dir / f"{volume.name}.volume.json"
@@ -208,7 +236,8 @@ def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | N
 
 def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | None,
                 measurer: VolumeMeasurer, records: list[dict[str, Any]],
-                window: collections.deque[tuple[int, ModelInput]] | None = None) -> Iterator[np.ndarray]:
+                window: collections.deque[tuple[int, ModelInput]] | None = None,
+                on_slice: SliceSink | None = None) -> Iterator[np.ndarray]:
     """Each slice's class map as it comes out of the engine, recorded and measured on the way."""
     pixel_size = volume.spacing_um[2] if volume.spacing_um else None
     source = volume.spacing_source if volume.spacing_um else "none"
@@ -225,6 +254,8 @@ def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | 
         record = assessed_record(volume.path, field, segmentation, model)
         records.append({"slice": field.page, "fractions": record["fractions"], "trust": record["trust"]})
         measurer.add(segmentation.classes)
+        if on_slice is not None:
+            on_slice(field.page, field.image, segmentation.classes, record)
         yield segmentation.classes
 
 
@@ -277,3 +308,36 @@ def summary_line(record: dict[str, Any]) -> str:
     return (f"{record['volume']}: {z} slices of {x} x {y} segmented with {record['model']} on {record['backend']} "
             f"in {timing['seconds']:.2f} s: {timing['seconds_per_slice']:.4f} s per slice, "
             f"{timing['slices_per_second'] or 0:.3g} slices/s; {record['outputs']['classes']}")
+
+
+def field_like_record(record: dict[str, Any], classes: Sequence[ClassInfo]) -> dict[str, Any]:
+    """A segmented volume (:func:`volume_record`) as one field of its specimen, by the rule of
+    multi-page files (``measure.combine_pages``): fractions over all its valid voxels, its valid
+    area the sum of its slices' valid areas (so the specimen weighs it by them), no 2D particles
+    (its 3D components are under ``volume``). The volume's whole record is kept under ``volume``;
+    trust is the volume's, with the reason of each slice not trusted."""
+    measured = record["measurements_3d"]
+    _, height, width = measured["shape"]
+    spacing = record["spacing_um"]
+    pixel_size = spacing[2] if spacing else None
+    valid = measured["valid_voxels"]
+    per_class = measured["classes"]
+    fractions = {c.name: per_class[c.name]["volume_fraction"] if c.name in per_class else 0.0
+                 for c in classes if c.role != "excluded"}
+    reasons = [f"slice {s['slice']}: {reason}" for s in record["per_slice"] for reason in s["trust"]["reasons"]]
+    return {
+        "image": record["volume"],
+        "page": None,
+        "model": record["model"],
+        "backend": record["backend"],
+        "width": width,
+        "height": height,
+        "pixel_size_um": pixel_size,
+        "pixel_size_source": record["spacing_source"],
+        "fractions": fractions,
+        "particles": {},
+        "valid_area_px": valid,
+        "valid_area_um2": valid * spacing[1] * spacing[2] if spacing else None,
+        "trust": {**record["trust"], "reasons": reasons},
+        "volume": record,
+    }

@@ -14,7 +14,9 @@ store error.
 Files. Output pictures are served only from the paths the store recorded for a field
 (``mark_done``'s ``outputs``: ``overlay``, ``classes``, ``preview``), and only when
 they lie inside the data folder; so are thumbnails (:mod:`.thumbs`), which are cached
-for good under a versioned URL.
+for good under a versioned URL, and a volume's slices (``/api/images/ID/slices/Z/KIND.png``,
+KIND ``classes`` or ``preview``), read one page at a time from its recorded stacks
+(``runtime/volume_views.py``).
 
 History. ``/api/images`` narrows the list by file name (``q``), state or kind
 (``state``: a store state, ``excluded``, ``flagged``, ``duplicate``), arrival time
@@ -28,9 +30,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import cv2
 from flask import Blueprint, Response, jsonify, request, send_file
 
+from phasewatch.runtime.measure3d import VolumeMeasureError, open_label_stack
 from phasewatch.runtime.service.store import IMAGE_KINDS, STATES, ImageFilter, flagged
+from phasewatch.runtime.volume_views import SLICE_PICTURES
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import store_csv
 from phasewatch.webui.payloads import PICTURES, image_detail_json, image_json
@@ -127,6 +132,23 @@ def picture(file_id: int, kind: str) -> Response:
     if recorded is None:
         raise ApiError(404, f"image {file_id} has no {kind} picture")
     return send_file(_recorded_file(file_id, kind, recorded), mimetype="image/png")
+
+
+@blueprint.get("/api/images/<int:file_id>/slices/<int:index>/<kind>.png")
+def slice_picture(file_id: int, index: int, kind: str) -> Response:
+    if kind not in SLICE_PICTURES:
+        raise ApiError(404, f"no slice picture kind {kind!r}; kinds: {', '.join(SLICE_PICTURES)}")
+    recorded = (_image(file_id).get("outputs") or {}).get(f"{kind}_stack")
+    if recorded is None:
+        raise ApiError(404, f"image {file_id} is not a volume: it has no slices")
+    path = _recorded_file(file_id, kind, recorded)
+    try:
+        plane = open_label_stack(path).plane(index)
+    except VolumeMeasureError as exc:  # no such slice, or a stack damaged on disk since
+        raise ApiError(404, f"image {file_id}: {exc}") from exc
+    if plane.ndim == 3:
+        plane = cv2.cvtColor(plane, cv2.COLOR_RGB2BGR)
+    return Response(cv2.imencode(".png", plane)[1].tobytes(), mimetype="image/png")
 
 
 @blueprint.get("/api/images/<int:file_id>/thumb-<version>.jpg")

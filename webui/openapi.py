@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from phasewatch.runtime.volume_views import SLICE_PICTURES
 from phasewatch.webui.api import DEFAULT_LIMIT, IMAGE_STATES, MAX_LIMIT, MAX_QUERY
 from phasewatch.webui.payloads import PICTURES
 from phasewatch.webui.rest import MAX_ID, MAX_NAME, MAX_TEXT
@@ -107,7 +108,10 @@ _SCHEMAS: dict[str, Any] = {
         "labels": {"type": "object", "additionalProperties": {"type": "string"},
                    "description": "display name of each class in fractions (e.g. 'secondary γ′')"},
         "thumbnail": {"type": "string", "nullable": True,
-                      "description": "URL of a small JPEG, versioned: cached for good"}}},
+                      "description": "URL of a small JPEG, versioned: cached for good"},
+        "slices": {"type": "integer", "nullable": True,
+                   "description": "a volume's number of slices (its pictures are its middle slice's); "
+                                  "null for a field"}}},
     "Class": {"type": "object", "properties": {
         "id": {"type": "integer", "nullable": True}, "name": {"type": "string", "description": "as the model names it"},
         "label": {"type": "string", "description": "display name"},
@@ -122,7 +126,8 @@ _SCHEMAS: dict[str, Any] = {
         "backend": {"type": "string", "nullable": True}, "tiling": {"type": "object", "nullable": True},
         "software": {"type": "string", "nullable": True}, "width": {"type": "integer", "nullable": True},
         "height": {"type": "integer", "nullable": True}, "page": {"type": "integer", "nullable": True},
-        "pages": {"type": "integer"}, "pixel_size_um": {"type": "number", "nullable": True},
+        "pages": {"type": "integer"}, "slices": {"type": "integer", "nullable": True},
+        "pixel_size_um": {"type": "number", "nullable": True},
         "pixel_size_source": {"type": "string", "nullable": True}}},
     "ImageDetail": {"allOf": [_ref("Image"), {"type": "object", "properties": {
         "measurement": {"type": "object", "nullable": True, "description": "the field's full record"},
@@ -229,6 +234,17 @@ _PATHS: dict[str, Any] = {
             "type": "string", "format": "binary"}}}},
             "400": _error("an id out of range"), "403": _error("the recorded file is outside the data folder"),
             "404": _error("no such image, picture kind or file")}}},
+    "/api/images/{file_id}/slices/{index}/{kind}.png": {"get": {
+        "summary": "one slice of a volume: its class ids (classes) or its display picture (preview)",
+        "parameters": [_id_param("file_id", "image"),
+                       {"name": "index", "in": "path", "required": True,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
+                       {"name": "kind", "in": "path", "required": True, "schema": {"type": "string",
+                                                                                   "enum": list(SLICE_PICTURES)}}],
+        "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {
+            "type": "string", "format": "binary"}}}},
+            "400": _error("an id out of range"), "403": _error("the recorded stack is outside the data folder"),
+            "404": _error("no such image, slice or picture kind, or the image is not a volume")}}},
     "/api/images/{file_id}/thumb-{version}.jpg": {"get": {
         "summary": "a small JPEG of the field's overlay; the URL (from Image.thumbnail) never changes its bytes",
         "parameters": [_id_param("file_id", "image"),

@@ -21,10 +21,17 @@ def trust_json(trust: dict[str, Any] | None) -> dict[str, Any] | None:
             "reasons": [str(r) for r in trust.get("reasons") or []]}
 
 
+def slices(image: dict[str, Any]) -> int | None:
+    """A volume's number of slices (``volume.field_like_record``); None for a field."""
+    volume = (image.get("measurement") or {}).get("volume")
+    return int(volume["slices"]) if volume else None
+
+
 def image_json(image: dict[str, Any]) -> dict[str, Any]:
     """A store image row as the API and the ``field`` event show it; a path whose name is
     not UTF-8 is shown with U+FFFD for each byte that is not (JSON has no other way).
-    ``labels`` gives the display name (:mod:`.names`) of every class in ``fractions``."""
+    ``labels`` gives the display name (:mod:`.names`) of every class in ``fractions``;
+    ``slices`` is a volume's depth (its pictures are then its middle slice's), else None."""
     outputs = image.get("outputs") or {}
     path = display_text(image["path"])
     fractions = image.get("fractions")
@@ -53,6 +60,7 @@ def image_json(image: dict[str, Any]) -> dict[str, Any]:
             kind: f"/api/images/{image['id']}/{kind}.png" for kind in PICTURES if kind in outputs
         },
         "thumbnail": thumbnail_url(image),
+        "slices": slices(image),
     }
 
 
@@ -96,6 +104,7 @@ def provenance_json(image: dict[str, Any]) -> dict[str, Any]:
         "height": record.get("height"),
         "page": record.get("page"),
         "pages": len(record["pages"]) if record.get("pages") else 1,
+        "slices": slices(image),
         "pixel_size_um": record.get("pixel_size_um"),
         "pixel_size_source": record.get("pixel_size_source"),
     }

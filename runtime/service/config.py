@@ -85,6 +85,10 @@ class WatchConfig:
     # reported at once, without the settle wait. false: every file waits settle_s (writers
     # that close and reopen a file while writing it). Polling observers always settle.
     close_write: bool = True
+    # A TIFF whose metadata call it a Z stack (ImageJ slices > 1, OME SizeZ > 1) is one volume:
+    # segmented slice by slice, measured in 3D, recorded as one result. false: its pages are
+    # the pages of one field, as any other multi-page TIFF's are.
+    volumes: bool = True
 
 
 @dataclass(frozen=True)
@@ -120,14 +124,14 @@ class DataConfig:
     def results_dir(self) -> Path:
         return self.dir / "results"
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = ""  # a bundled model; empty: the service's default model
     def result_dir(self, file_id: int) -> Path:
         """Where the outputs of the file with queue id ``file_id`` go."""
         return self.results_dir / f"{file_id:06d}"
 
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = ""  # a bundled model; empty: the service's default model
     path: str = ""  # a bundle folder; wins over name when set
     backend: str = _rule("auto", choices=KINDS)
     batch: int = _rule(8, min=1, max=1024)

@@ -35,6 +35,16 @@ worker held goes back to the queue free.
 Outputs of file ``ID`` go to ``results/ID/`` under the data folder; the watch folder is
 only ever read. A multi-page TIFF is one queue row and one field of its specimen
 (``measure.combine_pages``).
+
+Volumes. A TIFF whose metadata call it a Z stack (ImageJ ``slices`` > 1, OME ``SizeZ`` > 1;
+``[watch] volumes``) is one volume: ``decode`` only opens it (``volume.open_volume``: its
+size and depth, nothing decoded); ``infer`` streams it slice by slice through the engine
+(``volume.segment_volume``), writing its class-id stack, its display stack and the 3D
+measurements as the slices come (``volume_views``), alone in its batches; ``write`` records
+it as one field of its specimen (``volume.field_like_record``). Its slices are decoded in
+this process, not in the isolated decoder (which returns whole files): the first page's size
+is checked against ``[limits] max_megapixels`` before any slice is decoded, a damaged slice
+fails the file with its reason, and memory stays a few slices whatever the depth.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from phasewatch.runtime.backends import Backend, any_size
+from phasewatch.runtime.backends import Backend, BackendError, any_size
 from phasewatch.runtime.bundle import sha256_file
 from phasewatch.runtime.errors import PhasewatchError, one_line
 from phasewatch.runtime.imageio import DecoderClosed, DecoderUnavailable, IsolatedReader
@@ -78,6 +88,8 @@ from phasewatch.runtime.service.metrics import DaemonMetrics
 from phasewatch.runtime.service.stages import POLL_S, Stage, TransientFault
 from phasewatch.runtime.service.store import Store, StoreError, StoreUnavailable
 from phasewatch.runtime.service.watcher import FolderWatcher
+from phasewatch.runtime.volume import Volume, field_like_record, open_volume, says_volume, segment_volume
+from phasewatch.runtime.volume_views import SliceViews
 
 log = logging.getLogger("phasewatch.daemon")
 
@@ -108,6 +120,7 @@ class _Work:
 
     row: dict[str, Any]
     decoded: Decoded | None = None
+    volume: Volume | None = None  # a Z stack: opened in decode, segmented (and written) in infer
     segmented: Segmented | None = None
     result: FileResult | None = None  # outputs written, not yet marked done
     error: str | None = None
@@ -401,9 +414,12 @@ class Daemon:
     def _decode(self, row: dict[str, Any]) -> None:
         work = _Work(row=row)
         try:
-            configured = self.config.calibration.pixel_size_for(work.path, self.config.watch.dir)
-            work.decoded = decode_file(work.path, fallback_pixel_size_um=configured, max_pixels=self._max_pixels,
-                                       read=self.decoder.read_fields)
+            if self.config.watch.volumes and says_volume(work.path):
+                work.volume = open_volume(work.path, max_pixels=self._max_pixels)
+            else:
+                configured = self.config.calibration.pixel_size_for(work.path, self.config.watch.dir)
+                work.decoded = decode_file(work.path, fallback_pixel_size_um=configured,
+                                           max_pixels=self._max_pixels, read=self.decoder.read_fields)
         except DecoderClosed:  # stopping: the file waits in the queue for the next start
             self._release(work, "the service stopped while decoding it")
             return
@@ -448,6 +464,9 @@ class Daemon:
         for group in _batches([w for w in batch if w.decoded is not None and w.segmented is None]):
             self._segment(group, model)
         for w in batch:
+            if w.volume is not None and w.result is None and w.error is None:
+                self._segment_volume(w, model)
+        for w in batch:
             self._segmented.put(w)
 
     def _segment(self, group: list[_Work], model: Model) -> None:
@@ -469,6 +488,41 @@ class Daemon:
             raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
         finally:
             self._leave_inference(group)
+
+    def _segment_volume(self, work: _Work, model: Model) -> None:
+        """Segment a volume slice by slice and write its outputs (module doc): its result is
+        ready for the write stage, or its one-line reason is."""
+        assert work.volume is not None
+        with _database():
+            self.store.set_stage([work.id], SEGMENTING)
+        work.staged = True
+        out_dir = self.config.data.result_dir(work.id)
+        views = SliceViews(out_dir, work.volume.name, work.volume.n_slices)
+        try:
+            beating = dataclasses.replace(model, backend=_Beating(model.backend, self.infer.beat))
+            record = segment_volume(work.volume, beating, out_dir, self.config.model.overlap or None,
+                                    self.config.model.batch, on_slice=views.add)
+            written = record["outputs"]
+            outputs = {**views.finish(model.bundle), "classes_stack": written["classes"],
+                       "volume_json": written["json"]}
+            self.metrics.observe_inference(record["timing"]["seconds"])
+            work.result = FileResult(work.path, model, [], field_like_record(record, model.bundle.classes), outputs)
+        except BackendError as exc:
+            views.discard()
+            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
+        except OSError as exc:  # OutputError included: a full or read-only disk is retried
+            views.discard()
+            if exc.errno in TRANSIENT_WRITE_ERRNOS:
+                raise TransientFault("disk", one_line(exc)) from exc
+            work.error = f"{work.path}: {one_line(exc)}" if not isinstance(exc, PhasewatchError) else str(exc)
+        except PhasewatchError as exc:  # the volume's own fault: a damaged slice, slices of two sizes
+            views.discard()
+            work.error = str(exc)
+        except Exception as exc:  # as for fields: the backend's native errors must not take the service down
+            views.discard()
+            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
+        finally:
+            self._leave_inference([work])
 
     def _leave_inference(self, works: list[_Work]) -> None:
         if works:
@@ -496,7 +550,7 @@ class Daemon:
             return None
 
     def _write(self, work: _Work) -> None:
-        if work.segmented is None:
+        if work.segmented is None and work.result is None:
             self._fail(work, work.error or f"{work.path}: not segmented")
             return
         if work.result is None:
