@@ -46,6 +46,7 @@ from phasewatch.export.datasets import Sample, load_samples, parse_palette
 from phasewatch.export.finetune import initial_model
 from phasewatch.export.models import input_slices
 from phasewatch.export.onnx_export import normalisation_from_config
+from phasewatch.runtime.bundle import Normalisation
 from phasewatch.runtime.calibration import calibrate_bundle
 from phasewatch.runtime.engine import default_overlap, segment_many
 from phasewatch.runtime.errors import PhasewatchError
@@ -57,8 +58,9 @@ from phasewatch.runtime.service.config import tomllib
 CONFIG_KEYS: dict[str, set[str]] = {
     "": {"name", "seed", "data", "classes", "model", "normalisation", "augment", "train", "export"},
     "data": {"root", "train", "val", "test", "holdout", "label_format", "palette", "default_class", "specimen",
-             "val_specimens", "leave_out_specimens"},
+             "val_specimens", "leave_out_specimens", "synthetic"},
     "data.split": {"images", "labels"},
+    "data.synthetic": {"images", "labels", "ratio"},
     "classes": {"id", "name", "colour", "role"},
     "model": {"architecture", "kwargs", "in_channels", "tile", "export_tile", "scale", "pixel_size_um",
               "init_from", "freeze"},
@@ -119,6 +121,7 @@ def _config_tables(config: dict[str, Any]) -> list[tuple[str, Any, set[str]]]:
     data, classes = table(config, "data"), config.get("classes", [])
     tables = [("", config, CONFIG_KEYS[""]), ("data", data, CONFIG_KEYS["data"])]
     tables += [(f"data.{split}", table(data, split), CONFIG_KEYS["data.split"]) for split in ("train", "val", "test")]
+    tables.append(("data.synthetic", table(data, "synthetic"), CONFIG_KEYS["data.synthetic"]))
     tables += [(f"classes[{i}]", entry, CONFIG_KEYS["classes"])
                for i, entry in enumerate(classes if isinstance(classes, list) else [])]
     tables += [(section, table(config, section), CONFIG_KEYS[section])
@@ -135,6 +138,8 @@ class Splits:
     train: list[Sample]
     val: list[Sample]
     description: dict[str, Any]
+    synthetic: list[Sample] = dataclasses.field(default_factory=list)  # generated pairs, training only
+    synthetic_ratio: float = 0.0  # the share of training crops drawn from them
 
 
 def load_splits(config: dict[str, Any], data_root: Path) -> Splits:
@@ -180,7 +185,50 @@ def load_splits(config: dict[str, Any], data_root: Path) -> Splits:
     if "palette" in data:
         description["palette"] = dict(data["palette"])
         description["default_class"] = int(data.get("default_class", 0))
-    return Splits(train, val, description)
+    synthetic, ratio = [], 0.0
+    if "synthetic" in data:
+        if slices > 1:
+            raise TrainError(f"{config['config_file']}: [data] synthetic pairs are single fields; "
+                             f"a {slices}-slice model trains on volumes")
+        synthetic, ratio, description["synthetic"] = load_synthetic(data["synthetic"], config, channels,
+                                                                    normalisation, scale)
+    return Splits(train, val, description, synthetic, ratio)
+
+
+def load_synthetic(entry: dict[str, Any], config: dict[str, Any], channels: int, normalisation: Normalisation,
+                   scale: float) -> tuple[list[Sample], float, dict[str, Any]]:
+    """``[data] synthetic = {images, labels, ratio}``: generated pairs (``phasewatch synth generate``,
+    class-id labels) that make up ``ratio`` of the training crops. Their paths are taken from the
+    current folder, as command-line paths are, since generated pairs live beside a run, not in the
+    data root."""
+    where = config["config_file"]
+    for key in ("images", "labels", "ratio"):
+        if key not in entry:
+            raise TrainError(f"{where}: [data] synthetic needs '{key}'")
+    ratio = float(entry["ratio"])
+    if not 0 <= ratio < 1:
+        raise TrainError(f"{where}: [data] synthetic ratio must be in [0, 1), got {ratio}")
+    images, labels = Path(entry["images"]), Path(entry["labels"])
+    samples = load_samples(images, labels, channels, normalisation, scale, num_classes=len(config["classes"]))
+    manifest_path = images.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    description = {"images": str(images), "labels": str(labels), "ratio": ratio, "pairs": len(samples),
+                   "generator": manifest["generator"] if manifest else None}
+    return samples, ratio, description
+
+
+def sampling_weights(splits: Splits) -> tuple[list[Sample], np.ndarray]:
+    """The pool training crops are drawn from and each sample's chance: by area within the real
+    images and within the generated ones, the generated ones together weighing ``synthetic_ratio``."""
+    def by_area(samples: list[Sample], share: float) -> np.ndarray:
+        areas = np.array([s.label.size for s in samples], float)
+        return share * areas / areas.sum()
+
+    if not splits.synthetic:
+        return splits.train, by_area(splits.train, 1.0)
+    weights = np.concatenate([by_area(splits.train, 1 - splits.synthetic_ratio),
+                              by_area(splits.synthetic, splits.synthetic_ratio)])
+    return splits.train + splits.synthetic, weights
 
 
 def specimen_of(name: str, pattern: str) -> str:
@@ -378,8 +426,7 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
     epochs = int(epochs or train_cfg.get("epochs", 10))
     total = min(epochs * steps_per_epoch, max_steps or 10**9)
     time_limit = float(train_cfg.get("time_limit_min", 0)) * 60 or math.inf
-    areas = np.array([s.label.size for s in splits.train], float)
-    weights = areas / areas.sum()
+    pool, weights = sampling_weights(splits)
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 autocast needs no loss scaling
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -398,7 +445,7 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
                                int(train_cfg.get("warmup_steps", 0)))
             for group in optimiser.param_groups:
                 group["lr"] = lr
-            images, labels, pixel_weights = batch_of(splits.train, weights, batch, tile, aug, rng, weight_map)
+            images, labels, pixel_weights = batch_of(pool, weights, batch, tile, aug, rng, weight_map)
             images, labels = images.to(dev), labels.to(dev)
             with autocast(dev):
                 logits = model(images)

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("phasewatch.export.commands.train", "train a segmentation model from a config file (needs torch)"),
     "cross-validate": ("phasewatch.export.commands.cross_validate",
                        "train a recipe once per group of held-out specimens and score each (needs torch)"),
+    "synth": ("phasewatch.export.commands.synth",
+              "generated training pairs: train a generator, generate, score FID/KID (train/generate need torch)"),
     "evaluate": ("phasewatch.export.commands.evaluate", "score a model bundle on labelled micrographs"),
     "export": ("phasewatch.export.commands.export", "checkpoint -> model bundle (ONNX, FP16 ONNX, parity report)"),
     "quantise": ("phasewatch.export.commands.quantise", "add a gated INT8 model for the CPU to a bundle"),
