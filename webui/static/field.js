@@ -1,11 +1,11 @@
 // One field's page (/fields/ID): its pictures, legend, measurements, trust and
-// provenance. Older and newer fields (links, ← →) change the address as they change the
+// provenance; a volume's 3D measurements. Older and newer fields (links, ← →) change the address as they change the
 // field (history.pushState), so every field shown has its own URL; x excludes or puts back.
 
 import { api, ApiError } from "./api.js";
 import { boot, stream } from "./app.js";
 import { $, element, link } from "./dom.js";
-import { fixed, sig, sourceText, unitText, when } from "./format.js";
+import { fixed, plural, sig, sourceText, unitText, when } from "./format.js";
 import { FieldView, typing } from "./fieldview.js";
 
 const fieldView = new FieldView((image) => load(image.id));
@@ -45,6 +45,40 @@ function measurementRows(field) {
   $("no-measurements").hidden = Boolean(measured);
 }
 
+function volumePanel(field) {
+  const volume = field.state === "done" && field.measurement ? field.measurement.volume : null;
+  $("volume-panel").hidden = !volume;
+  $("fractions-caption").textContent = volume ? "Volume fraction, % of the valid voxels" : "Area fraction, % of the valid area";
+  $("fraction-head").textContent = volume ? "volume %" : "area %";
+  if (!volume) return;
+  const m = volume.measurements_3d;
+  const [z, y, x] = m.shape;
+  const s = volume.spacing_um;
+  const notOk = volume.trust.slices_not_ok;
+  $("volume-facts").textContent = [
+    `${x} × ${y} px × ${z} slices`,
+    s ? `voxel ${sig(s[2])} × ${sig(s[1])} × ${sig(s[0])} µm (${sourceText(volume.spacing_source)}), ` +
+      `valid volume ${sig(m.valid_volume_mm3)} mm³` : "no spacing known: sizes in voxels",
+    `segmented at ${sig(volume.timing.seconds_per_slice)} s per slice`,
+    notOk.length ? `⚠ ${plural(notOk.length, "slice")} outside the model's experience (${notOk.map((i) => i + 1).join(", ")})`
+      : "every slice inside the model's experience",
+  ].join(" · ");
+  $("esd-head").textContent = `mean ESD, ${s ? "µm" : "voxels"}`;
+  const byName = new Map(field.classes.map((c) => [c.name, c]));
+  $("volume-classes").tBodies[0].replaceChildren(...Object.entries(m.classes).map(([name, c]) => {
+    const tr = element("tr");
+    tr.dataset.class = name;
+    const esd = s ? c.esd_um : c.esd_voxels;
+    for (const text of [(byName.get(name) || {}).label || name, fixed(100 * c.volume_fraction, 2),
+      `${c.components_26} (${c.components_6})`, String(c.components_touching_border),
+      c.interconnectivity == null ? "–" : `${fixed(100 * c.interconnectivity, 1)} %`,
+      `${c.euler_number} (${c.euler_number_6})`, sig(c.euler_number_per_mm3), sig(esd && esd.mean)]) {
+      tr.append(element("td", text));
+    }
+    return tr;
+  }));
+}
+
 function provenanceList(field) {
   const p = field.provenance;
   const facts = [
@@ -53,7 +87,8 @@ function provenanceList(field) {
     ["processed", when(p.processed)],
     ["pixel size", p.pixel_size_um == null ? "unknown: sizes in pixels" : `${sig(p.pixel_size_um)} µm per pixel`],
     ["pixel size source", sourceText(p.pixel_size_source)],
-    ["picture", p.width == null ? "–" : `${p.width} × ${p.height} px${p.pages > 1 ? `, ${p.pages} pages` : ""}`],
+    ["picture", p.width == null ? "–" : `${p.width} × ${p.height} px${p.slices != null ? `, ${p.slices} slices`
+      : p.pages > 1 ? `, ${p.pages} pages` : ""}`],
     ["model", p.model || "–"], ["model ONNX sha256", p.onnx_sha256 || "not recorded", "mono"],
     ["model exported", p.exported_at || "–"], ["backend", p.backend || "–"],
     ["tiling", p.tiling ? tilingText(p.tiling) : "–"], ["software", p.software ? `phasewatch ${p.software}` : "–"],
@@ -87,6 +122,7 @@ async function load(id) {
     document.title = `${field.file} (#${field.id}) · phasewatch`;
     $("field-title").textContent = `${field.file} (#${field.id})`;
     measurementRows(field);
+    volumePanel(field);
     provenanceList(field);
     await Promise.all([fieldView.show(field), neighbours(id)]);
   } catch (err) {

@@ -1,10 +1,12 @@
 // The parts of a field shown on the live view and on its own page (templates/_field.html):
 // state badges, the viewer and its controls, the legend, the trust record with
 // acceptance, and exclusion. A failed field shows its reason and no picture at all.
+// A volume shows its middle slice first and a slider through all of them, each slice
+// with its own fractions and trust (the canvas says which in data-slice).
 
 import { postJson } from "./api.js";
 import { $, element, link, showError, swatch } from "./dom.js";
-import { fixed } from "./format.js";
+import { fixed, sig } from "./format.js";
 import { Viewer } from "./viewer.js";
 
 const WHO_KEY = "phasewatch.who"; // the last operator who accepted a field, offered again
@@ -35,6 +37,7 @@ export function stateBadges(image) {
   }
   if (image.excluded) badge("excluded", "excluded");
   if (isFlagged(image)) badge(image.accepted ? "outside experience · accepted" : "⚠ outside experience", "flagged");
+  if (image.slices != null) badge(`volume · ${image.slices} slices`, "volume");
   badges.push(link(`/specimens/${image.specimen_id}`, `specimen ${image.specimen}`, "badge"));
   return badges;
 }
@@ -74,6 +77,7 @@ export class FieldView {
     $("unaccept").addEventListener("click", () => this.change("unaccept"));
     $("accept-form").addEventListener("submit", (event) => this.submitAccept(event));
     $("accept-cancel").addEventListener("click", () => $("accept-dialog").close());
+    $("slice").addEventListener("input", () => this.showSlice(Number($("slice").value)));
   }
 
   key(event) {
@@ -117,11 +121,54 @@ export class FieldView {
       return;
     }
     $("picture").setAttribute("aria-label", `${field.file}: micrograph and its classes`);
+    const middle = this.showSliceControl(field);
     try {
       if (await this.viewer.show(field)) {
+        if (middle == null) delete $("picture").dataset.slice;
+        else $("picture").dataset.slice = middle;
         document.querySelector('input[name="mode"][value="classes"]').disabled = !this.viewer.colourable;
         this.setMode(this.viewer.colourable ? this.viewer.mode : "overlay");
       }
+    } catch (err) {
+      $("field-error").textContent = err.message;
+      $("field-error").hidden = false;
+    }
+  }
+
+  // The slider of a measured volume, at its middle slice (the one its pictures show);
+  // returns that slice, or null for a field.
+  showSliceControl(field) {
+    const volume = field.slices != null && field.measurement ? field.measurement.volume : null;
+    $("slice-control").hidden = !volume;
+    if (!volume) return null;
+    const middle = Math.floor(field.slices / 2);
+    $("slice").max = String(field.slices - 1);
+    $("slice").value = String(middle);
+    this.showSliceFacts(volume, middle);
+    return middle;
+  }
+
+  showSliceFacts(volume, index) {
+    const spacing = volume.spacing_um;
+    $("slice-value").textContent = `${index + 1} of ${volume.slices}` + (spacing ? ` · z = ${sig(index * spacing[0])} µm` : "");
+    const slice = volume.per_slice[index];
+    const labels = new Map(this.field.classes.map((c) => [c.name, c]));
+    const phases = Object.entries(slice.fractions).filter(([name]) => (labels.get(name) || {}).role !== "background");
+    const fractions = phases.map(([name, f]) => `${(labels.get(name) || {}).label || name} ${fixed(100 * f, 1)} %`);
+    const trust = slice.trust.ok ? "inside the model's experience"
+      : `⚠ outside the model's experience: ${slice.trust.reasons[0] || "no reason given"}`;
+    $("slice-facts").textContent = `${fractions.join(", ")}; ${trust}`;
+    $("slice-facts").classList.toggle("flagged", !slice.trust.ok);
+  }
+
+  async showSlice(index) {
+    const field = this.field;
+    if (!field || field.slices == null) return;
+    this.showSliceFacts(field.measurement.volume, index);
+    const base = `/api/images/${field.id}/slices/${index}`;
+    const pictures = { preview: `${base}/preview.png`, classes: `${base}/classes.png` };
+    try {
+      if (await this.viewer.show({ ...field, pictures }, { keepView: true })) $("picture").dataset.slice = index;
     } catch (err) {
       $("field-error").textContent = err.message;
       $("field-error").hidden = false;

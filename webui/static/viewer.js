@@ -77,8 +77,9 @@ export class Viewer {
   }
 
   // Show a field (the API's image detail); resolves once drawn. A newer call wins: what
-  // an older one loads is never drawn.
-  async show(field) {
+  // an older one loads is never drawn. `keepView`: the same zoom and place when the new
+  // pictures have the size of the old (another slice of a volume), else fit.
+  async show(field, { keepView = false } = {}) {
     const ticket = ++this.loading;
     const { pictures, classes } = field;
     const palette = classes.every((c) => c.id != null && c.colour) && pictures.classes ? classes : null;
@@ -88,11 +89,13 @@ export class Viewer {
     if (ticket !== this.loading) return false;
     const size = ids || overlay || original;
     if (!size) throw new Error(`field ${field.id} has no picture`);
+    const same = this.layers && this.layers.width === size.naturalWidth && this.layers.height === size.naturalHeight;
     this.layers = {
       width: size.naturalWidth, height: size.naturalHeight, original, overlay, ...(ids ? colourLayers(ids, palette) : {}),
     };
     this.canvas.dataset.field = field.id;
-    this.fit();
+    if (keepView && same && !this.fitted) this.draw();
+    else this.fit();
     return true;
   }
 
