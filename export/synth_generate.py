@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from phasewatch.export.synth_models import one_hot
+from phasewatch.export.synth_models import MaskToImage, one_hot
 from phasewatch.export.synth_train import GanSettings, build_networks, gan_pairs, noise_like, random_crops
 from phasewatch.export.train import TrainError, load_splits, seed_everything
 from phasewatch.runtime.bundle import sha256_file
 
 
-def load_generator(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_generator(path: Path) -> tuple[MaskToImage, dict[str, Any]]:
     """The generator of a ``synth train`` checkpoint, in eval mode, and the checkpoint itself."""
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
@@ -68,7 +68,7 @@ def generate_pairs(generator_path: Path, out_dir: Path, count: int, size: int, s
             raise TrainError(f"{out_dir / name}: cannot write the pair")
     manifest = {
         "kind": "phasewatch synthetic pairs",
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "count": count, "size": size, "seed": seed,
         "images": "images", "labels": "labels", "label_format": "index",
         "classes": config["classes"],

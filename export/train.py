@@ -185,7 +185,8 @@ def load_splits(config: dict[str, Any], data_root: Path) -> Splits:
     if "palette" in data:
         description["palette"] = dict(data["palette"])
         description["default_class"] = int(data.get("default_class", 0))
-    synthetic, ratio = [], 0.0
+    synthetic: list[Sample] = []
+    ratio = 0.0
     if "synthetic" in data:
         if slices > 1:
             raise TrainError(f"{config['config_file']}: [data] synthetic pairs are single fields; "
