@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from phasewatch.export.synth_models import MaskToImage, one_hot
 from phasewatch.export.synth_train import GanSettings, build_networks, gan_pairs, noise_like, random_crops
 from phasewatch.export.train import TrainError, load_splits, seed_everything
 from phasewatch.runtime.bundle import sha256_file
+from phasewatch.runtime.errors import one_line
 
 
 def load_generator(path: Path) -> tuple[MaskToImage, dict[str, Any]]:
@@ -33,8 +35,8 @@ def load_generator(path: Path) -> tuple[MaskToImage, dict[str, Any]]:
         settings = GanSettings(**state["settings"])
         gen, _ = build_networks(int(state["num_classes"]), int(state["channels"]), settings)
         gen.load_state_dict(state["generator"])
-    except (OSError, RuntimeError, KeyError, TypeError) as exc:
-        raise TrainError(f"{path}: not a synth train checkpoint: {exc}") from exc
+    except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        raise TrainError(f"{path}: cannot load a synth train checkpoint: {one_line(exc)}") from exc
     return gen.eval(), state
 
 
