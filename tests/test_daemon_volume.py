@@ -13,13 +13,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import test_daemon
 import tifffile
-from test_daemon import drop, finished, make_daemon, wait_for, web_app  # noqa: F401 (make_daemon: a fixture)
+from test_daemon import drop, finished, wait_for, web_app
 from test_segment_volume import SPACING, ball_volume, write_imagej_stack
 
 from phasewatch.runtime.measure3d import measure_volume
 from phasewatch.runtime.service.daemon import Daemon
 
+make_daemon = test_daemon.make_daemon  # the in-process daemon fixture, shared
 VOLUME = ball_volume(slices=9, side=40)
 
 

@@ -223,19 +223,25 @@ def test_a_volume_whose_ifd_chain_loops_is_refused_like_a_field(tmp_path, bundle
 VALIDATE = 5  # slices of the shared tomography validate set stacked into one volume
 
 
-def test_tomography_model_on_a_stack_of_real_slices(shared_data, tmp_path):
+def tomography_stack(shared_data, stack, count: int) -> np.ndarray:
+    """The first ``count`` slices of the shared tomography validate set written as an ImageJ Z
+    stack at ``stack``; their labels (skips where the model or the slices are absent)."""
     if "tomography" not in bundled_model_names():
         pytest.skip("no bundled 'tomography' model installed (runtime/models/tomography)")
     images = shared_data / "tomography" / "validate" / "images"
     if not images.is_dir():
         pytest.skip(f"tomography validate slices not found in {images}")
-    paths = sorted(images.glob("*.png"))[:VALIDATE]
+    paths = sorted(images.glob("*.png"))[:count]
     planes = [read_fields(path)[0].image for path in paths]
     # the PNGs are gray stored as RGB: one channel of each makes the stack (the same image to the model)
     planes = [p[..., 0] if p.ndim == 3 and (p == p[..., :1]).all() else p for p in planes]
-    stack = tmp_path / "tomography.tif"
     tifffile.imwrite(stack, np.stack(planes), imagej=True, metadata={"axes": "ZYX"})
-    labels = np.stack([np.load(images.parent / "labels" / f"{path.stem}.npy") for path in paths])
+    return np.stack([np.load(images.parent / "labels" / f"{path.stem}.npy") for path in paths])
+
+
+def test_tomography_model_on_a_stack_of_real_slices(shared_data, tmp_path):
+    stack = tmp_path / "tomography.tif"
+    labels = tomography_stack(shared_data, stack, VALIDATE)
 
     assert segment(stack, "--model", "tomography", "--out", tmp_path / "out") == 0
 

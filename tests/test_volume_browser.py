@@ -6,7 +6,8 @@ a wall screen's width go to ``SHOTS``."""
 from __future__ import annotations
 
 import pytest
-from test_daemon import drop, finished, make_daemon, wait_for, web_app  # noqa: F401 (make_daemon: a fixture)
+import test_daemon
+from test_daemon import drop, finished, wait_for, web_app
 from test_daemon_volume import VOLUME
 from test_segment_volume import write_imagej_stack
 from test_webui_browser import CHROMIUM, CHROMIUM_ARGS, SHOT_WIDTHS, SHOTS, WAIT_MS
@@ -14,6 +15,7 @@ from test_webui_browser import CHROMIUM, CHROMIUM_ARGS, SHOT_WIDTHS, SHOTS, WAIT
 from phasewatch.webui.server import serve_in_thread
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+make_daemon = test_daemon.make_daemon  # the in-process daemon fixture, shared
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install -y chromium)")
 
 
