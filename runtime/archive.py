@@ -22,6 +22,7 @@ and failed rows are queued again (``Store.requeue_failed``), so that a rerun ret
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,13 @@ from phasewatch.runtime.service.store import Store, StoreError
 
 @dataclass(frozen=True)
 class Intake:
-    """What a run found: ``files`` in the archive, ``done`` among them (measured by an earlier
+    """What a run found: ``files`` in the archive, ``queued`` of them in the store (fewer when
+    stopped while hashing), ``done`` among those (measured by an earlier
     run, or the same content as another file: skipped), ``retried`` failures of an earlier run
     queued again, ``pending`` to analyse, and one line for each file it could not read."""
 
     files: int
+    queued: int
     done: int
     retried: int
     pending: int
@@ -70,14 +73,17 @@ def open_books(out: Path, bundle: Bundle) -> Store:
     return store
 
 
-def take_in(store: Store, root: Path, files: list[Path], hashed: Callable[[], None] = lambda: None) -> Intake:
+def take_in(store: Store, root: Path, files: list[Path], hashed: Callable[[], None] = lambda: None,
+            stop: threading.Event | None = None) -> Intake:
     """Queue ``files`` of the archive ``root`` in ``store`` (module doc: resuming); ``hashed``
-    is called after each file (a progress bar)."""
+    is called after each file (a progress bar); once ``stop`` is set, no more are queued."""
     store.recover_after_crash(charge=False)  # a killed run's files were not at fault
     retried = store.requeue_failed()
-    done = 0
+    done = queued = 0
     unreadable: list[str] = []
     for path in files:
+        if stop is not None and stop.is_set():
+            break
         try:
             stat = path.stat()
             digest = sha256_file(path)
@@ -88,4 +94,5 @@ def take_in(store: Store, root: Path, files: list[Path], hashed: Callable[[], No
             hashed()
         row = store.enqueue(path, stat.st_size, stat.st_mtime_ns, digest, store.specimen_for_path(path, root))
         done += row["state"] == "done"
-    return Intake(len(files), done, retried, store.counts_by_state()["pending"], unreadable)
+        queued += 1
+    return Intake(len(files), queued, done, retried, store.counts_by_state()["pending"], unreadable)

@@ -11,10 +11,10 @@ Pools. :func:`open_pool` gives a ``concurrent.futures`` executor either way: a
 ``ProcessPoolExecutor`` by default, or, given a scheduler's address, the executor of a
 ``dask.distributed`` client (the ``cluster`` extra). The same loop drives both.
 
-Interruption. Ctrl-C or SIGTERM (the caller turns it into ``KeyboardInterrupt``) stops
-:func:`drain` from taking more files; files already inside a worker are waited for and
-recorded, those not started are put back in the queue, and a kill that leaves rows
-``processing`` is mended by the next run (``runtime/archive.py``).
+Interruption. Ctrl-C or SIGTERM (the caller sets :func:`drain`'s ``stop``) stops it from
+taking more files; files already inside a worker are waited for and recorded, those not
+started are put back in the queue. The store is never left mid-transaction by a signal; a
+kill that leaves rows ``processing`` is mended by the next run (``runtime/archive.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import contextlib
 import functools
 import multiprocessing
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from phasewatch.runtime.service.config import DataConfig
 from phasewatch.runtime.service.store import Store
 
 INTERRUPTED = "the re-analysis was interrupted before this file"
+POLL_S = 0.2  # how late a stop request may be seen while every worker is busy
 
 
 @dataclass(frozen=True)
@@ -115,38 +117,34 @@ def open_pool(workers: int, cluster: str | None) -> Iterator[tuple[Executor, int
         yield client.get_executor(pure=False), max(1, sum(client.nthreads().values()))
 
 
-def drain(store: Store, executor: Executor, slots: int, job: Job, recorded: Callable[[Outcome], None]) -> None:
+def drain(store: Store, executor: Executor, slots: int, job: Job, recorded: Callable[[Outcome], None],
+          stop: threading.Event) -> None:
     """Analyse the queue's pending files on ``executor``, ``slots`` of them in flight, recording
-    each outcome in ``store`` and telling ``recorded``; on an interrupt, finish what the workers
-    hold and put the rest back (module doc)."""
+    each outcome in ``store`` and telling ``recorded``. Once ``stop`` is set (Ctrl-C, SIGTERM),
+    take no more: finish what the workers hold, put back what they have not started."""
     running: dict[Future[Outcome], int] = {}
-    try:
-        while True:
-            for row in store.claim_next(slots - len(running)) if len(running) < slots else []:
+    while running or not stop.is_set():
+        if not stop.is_set() and len(running) < slots:
+            for row in store.claim_next(slots - len(running)):
                 running[executor.submit(analyse, row["id"], row["path"], job)] = row["id"]
             if not running:
                 return
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                _record(store, running.pop(future), future, recorded)
-    except BaseException:
-        for future in running:
-            future.cancel()  # a local worker's file already started cannot be, and is waited for
-        for future, file_id in running.items():
-            try:
-                if not future.cancelled():
-                    _record(store, file_id, future, recorded)
-                    continue
-            except (BrokenExecutor, KeyboardInterrupt):  # a dead pool, or a second Ctrl-C
-                pass
-            store.release(file_id, INTERRUPTED)
-        raise
+        if stop.is_set():
+            for future in running:
+                future.cancel()  # a file a local worker has started cannot be, and is waited for
+        finished, _ = wait(running, POLL_S, FIRST_COMPLETED)
+        for future in finished:
+            file_id = running.pop(future)
+            if future.cancelled():
+                store.release(file_id, INTERRUPTED)
+            else:
+                _record(store, file_id, future, recorded)
 
 
 def _record(store: Store, file_id: int, future: Future[Outcome], recorded: Callable[[Outcome], None]) -> None:
     try:
         outcome = future.result()
-    except BrokenExecutor:  # a worker died: every file in flight is lost, not failed
+    except BrokenExecutor:  # a local worker died: the files in hand stay for the next run to requeue
         raise
     except Exception as exc:  # the cluster lost the task (a worker killed): the file is retried next run
         outcome = Outcome(file_id, error=f"file {file_id}: its worker was lost: {one_line(exc)}")

@@ -5,7 +5,7 @@ Each first-level sub-folder of ARCHIVE is a specimen. OUT is a data folder as th
 page's CSV export of it, rewritten at the end of every run. A rerun skips what is done and
 retries what failed. Files run on a local process pool (``--workers``), or on a Dask
 cluster (``--cluster ADDRESS``; ``runtime/archive_pool.py``); Ctrl-C or SIGTERM stops after
-the files in hand, with everything finished recorded.
+the files in hand, with everything finished recorded (a second one quits at once).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
@@ -59,8 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pixel size in µm, overriding what the files say")
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Ctrl-C or SIGTERM sets ``stop``: the run ends after the files in hand; a second one
+    ends the process at once (the next run puts back the files it held)."""
+    def stopping(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        tqdm.write("stopping after the files in hand (again to quit now)", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGINT, stopping)
+    signal.signal(signal.SIGTERM, stopping)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,15 +84,16 @@ def run(args: argparse.Namespace) -> int:
     except PhasewatchError as exc:
         print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop = threading.Event()
+    _stop_on_signals(stop)
     try:
-        return _run(store, args.archive.resolve(), job, args)
+        return _run(store, args.archive.resolve(), job, args, stop)
     finally:
         write_bytes_atomic(job.out / "fields.csv", store_csv(store).encode())
         store.close()
 
 
-def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace) -> int:
+def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace, stop: threading.Event) -> int:
     files = archive_files(archive)
     failed = 0
 
@@ -94,32 +105,28 @@ def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace) -> int
         progress.update()
 
     started = time.monotonic()
-    intake = None
+    with tqdm(total=len(files), unit="file", desc="hashing", file=sys.stderr, disable=len(files) < 2) as hashing:
+        intake = take_in(store, archive, files, hashing.update, stop)
+    for line in intake.unreadable:
+        print(f"error: {line}", file=sys.stderr)
     try:
-        with tqdm(total=len(files), unit="file", desc="hashing", file=sys.stderr, disable=len(files) < 2) as hashing:
-            intake = take_in(store, archive, files, hashing.update)
-        for line in intake.unreadable:
-            print(f"error: {line}", file=sys.stderr)
         with tqdm(total=intake.pending, unit="file", desc="analysing", file=sys.stderr) as progress, \
                 open_pool(args.workers, args.cluster) as (executor, slots):
             # two files per worker in flight: a worker never waits for the driver to hand it the next
-            drain(store, executor, 2 * slots, job, recorded)
-    except KeyboardInterrupt:
-        if intake is None:
-            print("phasewatch reanalyse: interrupted while hashing; nothing analysed", file=sys.stderr)
-            return INTERRUPTED_RC
-        print(_summary(intake, progress.n, failed, time.monotonic() - started, job.out, True), file=sys.stderr)
-        return INTERRUPTED_RC
+            drain(store, executor, 2 * slots, job, recorded, stop)
     except (PhasewatchError, BrokenExecutor) as exc:
         print(f"phasewatch reanalyse: {exc or 'a worker process died'}", file=sys.stderr)
         return 2
-    print(_summary(intake, progress.n, failed, time.monotonic() - started, job.out, False), file=sys.stderr)
+    print(_summary(intake, progress.n, failed, time.monotonic() - started, job.out, stop.is_set()), file=sys.stderr)
+    if stop.is_set():
+        return INTERRUPTED_RC
     return 1 if failed or intake.unreadable else 0
 
 
 def _summary(intake: Intake, analysed: int, failed: int, seconds: float, out: Path, interrupted: bool) -> str:
     rate = f"{analysed / seconds:.2f} files/s" if analysed and seconds > 0 else "-"
-    stopped = f"interrupted, {intake.pending - analysed} left for the next run; " if interrupted else ""
+    left = intake.pending - analysed + intake.files - intake.queued
+    stopped = f"interrupted, {left} file(s) left for the next run; " if interrupted else ""
     return (f"{stopped}{analysed - failed} of {analysed} file(s) analysed ({failed} failed) in {seconds:.1f} s "
             f"({rate}); {intake.done} of {intake.files} already done, {intake.retried} earlier failure(s) "
             f"retried; results in {out} (fields.csv)")
