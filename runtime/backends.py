@@ -6,6 +6,8 @@ one entry there. ONNX Runtime covers CPU, CUDA and the TensorRT execution provid
 native TensorRT backend lives in ``tensorrt_backend.py`` and is imported only when asked for.
 ``cpu-int8`` runs the bundle's INT8 model (``phasewatch quantise``) on the CPU provider; it
 changes the numbers (within the gate's bars), so only a user who names it gets it.
+``triton`` sends the tile batches to an NVIDIA Triton Inference Server (``triton_backend.py``,
+imported only when asked for): the server is shared, so only a user who names it gets it.
 """
 
 from __future__ import annotations
@@ -78,10 +80,24 @@ def _wrapped_attribute(backend: Backend, name: str) -> int:
     return 0
 
 
+class Remote(NamedTuple):
+    """Where a backend that runs on a server (``triton``) finds its model; the others ignore it."""
+
+    url: str = ""  # host:port; empty: this host on the protocol's default port
+    model: str = ""  # the server's model name; empty: the bundle's name
+    protocol: str = "grpc"  # grpc or http
+    timeout_s: float = 60.0  # one request, connection included
+
+
+REMOTE_PROTOCOLS = ("grpc", "http")
+DEFAULT_REMOTE = Remote()
+
+
 class BackendKind(NamedTuple):
     """One entry of :data:`BACKENDS`."""
 
-    open: Callable[[Bundle, int, int | None], Backend]  # (bundle, batch, threads); raises BackendError
+    # (bundle, batch, threads, remote); raises BackendError
+    open: Callable[[Bundle, int, int | None, Remote], Backend]
     # Loads no model: None, or one line saying why ``open`` cannot work on this machine.
     unavailable: Callable[[Bundle], str | None]
     provider: str | None = None  # the ONNX Runtime execution provider, for kinds OrtBackend runs
@@ -228,7 +244,7 @@ def _onnxruntime(
     """The entry of a kind that :class:`OrtBackend` runs with ``provider``;
     ``options(bundle, batch)`` gives the provider's options."""
 
-    def open_(bundle: Bundle, batch: int, threads: int | None) -> Backend:
+    def open_(bundle: Bundle, batch: int, threads: int | None, remote: Remote) -> Backend:
         provider_options = options(bundle, batch) if options else None
         return OrtBackend(bundle.onnx_path, kind, batch, threads, provider_options)
 
@@ -249,7 +265,7 @@ def _int8_unavailable(bundle: Bundle) -> str | None:
     return None
 
 
-def _open_int8(bundle: Bundle, batch: int, threads: int | None) -> Backend:
+def _open_int8(bundle: Bundle, batch: int, threads: int | None, remote: Remote) -> Backend:
     if (reason := _int8_unavailable(bundle)) is not None:
         raise BackendError(reason)
     assert bundle.int8_path is not None
@@ -266,13 +282,27 @@ def _native_tensorrt_unavailable(bundle: Bundle) -> str | None:
     return None
 
 
-def _open_native_tensorrt(bundle: Bundle, batch: int, threads: int | None) -> Backend:
+def _open_native_tensorrt(bundle: Bundle, batch: int, threads: int | None, remote: Remote) -> Backend:
     # threads is not used: TensorRT keeps no CPU thread pool to size.
     try:
         module = importlib.import_module("phasewatch.runtime.tensorrt_backend")
     except ImportError as exc:
         raise BackendError(f"{bundle.path}: native TensorRT backend unavailable: {exc}") from exc
     return module.open_tensorrt_backend(bundle, batch)
+
+
+def _triton_unavailable(bundle: Bundle) -> str | None:
+    if importlib.util.find_spec("tritonclient") is None:
+        return "python package 'tritonclient' is not installed (pip install 'phasewatch[triton]')"
+    return None
+
+
+def _open_triton(bundle: Bundle, batch: int, threads: int | None, remote: Remote) -> Backend:
+    # threads is not used: the server runs the network.
+    if (reason := _triton_unavailable(bundle)) is not None:
+        raise BackendError(f"{bundle.path}: backend 'triton': {reason}")
+    module = importlib.import_module("phasewatch.runtime.triton_backend")
+    return module.TritonBackend(bundle, batch, remote)
 
 
 # Fastest first: 'auto' takes the first kind that is available and opens.
@@ -282,6 +312,7 @@ BACKENDS: dict[str, BackendKind] = {
     "cuda": _onnxruntime("cuda", "CUDAExecutionProvider", _cuda_options),
     "cpu": _onnxruntime("cpu", "CPUExecutionProvider"),
     "cpu-int8": BackendKind(_open_int8, _int8_unavailable, auto=False),
+    "triton": BackendKind(_open_triton, _triton_unavailable, auto=False),
 }
 KINDS = ("auto", *BACKENDS)  # the choices of --backend and model.backend
 
@@ -296,14 +327,15 @@ def _listed(reasons: dict[str, str]) -> str:
 
 
 def choose_backend(
-    bundle: Bundle, kind: str = "auto", batch: int = 8, threads: int | None = None
+    bundle: Bundle, kind: str = "auto", batch: int = 8, threads: int | None = None, remote: Remote = DEFAULT_REMOTE
 ) -> Choice:
     """Open the backend ``kind`` (one of KINDS) for ``bundle``; 'auto' takes the first entry
-    of BACKENDS that is available and opens, and says why it passed over the ones before."""
+    of BACKENDS that is available and opens, and says why it passed over the ones before;
+    ``remote`` is where a server backend (``triton``) finds its model."""
     if kind != "auto":
         if kind not in BACKENDS:
             raise BackendError(f"{bundle.path}: unknown backend '{kind}' (choose from {', '.join(KINDS)})")
-        return Choice(BACKENDS[kind].open(bundle, batch, threads), {})
+        return Choice(BACKENDS[kind].open(bundle, batch, threads, remote), {})
     passed_over: dict[str, str] = {}
     for name, entry in BACKENDS.items():
         if not entry.auto:
@@ -311,7 +343,7 @@ def choose_backend(
         reason = entry.unavailable(bundle)
         if reason is None:
             try:
-                return Choice(entry.open(bundle, batch, threads), passed_over)
+                return Choice(entry.open(bundle, batch, threads, remote), passed_over)
             except BackendError as exc:
                 reason = str(exc)
         passed_over[name] = reason
@@ -319,10 +351,10 @@ def choose_backend(
 
 
 def open_backend(
-    bundle: Bundle, kind: str = "auto", batch: int = 8, threads: int | None = None
+    bundle: Bundle, kind: str = "auto", batch: int = 8, threads: int | None = None, remote: Remote = DEFAULT_REMOTE
 ) -> Backend:
     """:func:`choose_backend`'s backend; for 'auto' it logs the choice and its reasons."""
-    backend, passed_over = choose_backend(bundle, kind, batch, threads)
+    backend, passed_over = choose_backend(bundle, kind, batch, threads, remote)
     if kind == "auto":
         log.info("backend auto: picked %s (%s)", backend.name, _listed(passed_over) or "fastest available")
     return backend

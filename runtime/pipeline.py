@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from phasewatch.runtime.backends import Backend, any_size, call_pixels, max_side, open_backend
+from phasewatch.runtime.backends import DEFAULT_REMOTE, Backend, Remote, any_size, call_pixels, max_side, open_backend
 from phasewatch.runtime.bundle import Bundle, load_bundle
 from phasewatch.runtime.engine import Plan, default_overlap, segment_many
 from phasewatch.runtime.imageio import DEFAULT_MAX_PIXELS, Field, read_fields
@@ -61,13 +61,14 @@ DEFAULT_TILE_MEGAPIXELS = 2.0
 
 def open_model(
     ref: str | Path, kind: str = "auto", batch: int = 8, threads: int | None = None, tta: str = "none",
-    tile_megapixels: float = DEFAULT_TILE_MEGAPIXELS,
+    tile_megapixels: float = DEFAULT_TILE_MEGAPIXELS, remote: Remote = DEFAULT_REMOTE,
 ) -> Model:
     """Load a bundle (folder or bundled name) and open a backend for it, with test-time
     augmentation ``tta`` (``runtime/tta.py``) unless it is ``none``; tiles are planned per
-    field within ``tile_megapixels`` when the bundle and backend take any size."""
+    field within ``tile_megapixels`` when the bundle and backend take any size; ``remote`` is
+    where the ``triton`` backend finds its server."""
     bundle = load_bundle(ref)
-    backend: Backend = open_backend(bundle, kind, batch, threads)
+    backend: Backend = open_backend(bundle, kind, batch, threads, remote)
     if tta != "none":
         backend = TtaBackend(backend, tta)
     return Model(bundle, backend, tile_plan(bundle, backend, tile_megapixels))

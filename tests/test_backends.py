@@ -15,7 +15,15 @@ from onnx import numpy_helper
 from onnx_graphs import make_bundle, make_conv_net
 
 from phasewatch.runtime import backends
-from phasewatch.runtime.backends import BACKENDS, BackendError, BackendKind, OrtBackend, choose_backend, open_backend
+from phasewatch.runtime.backends import (
+    BACKENDS,
+    BackendError,
+    BackendKind,
+    OrtBackend,
+    Remote,
+    choose_backend,
+    open_backend,
+)
 from phasewatch.runtime.bundle import load_bundle
 
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
@@ -41,7 +49,7 @@ class FakeBackend:
 
 
 def fake_kind() -> BackendKind:
-    return BackendKind(open=lambda bundle, batch, threads: FakeBackend(), unavailable=lambda bundle: None)
+    return BackendKind(open=lambda bundle, batch, threads, remote: FakeBackend(), unavailable=lambda bundle: None)
 
 
 def switch_off_every_kind(monkeypatch) -> None:
@@ -155,7 +163,7 @@ def test_a_new_backend_is_one_registry_entry(bundle, monkeypatch):
 
 
 def test_auto_passes_over_a_kind_that_fails_to_open_with_its_error(bundle, monkeypatch):
-    def refuse(bundle, batch, threads):
+    def refuse(bundle, batch, threads, remote):
         raise BackendError("cannot open: out of device memory")
 
     switch_off_every_kind(monkeypatch)
@@ -178,7 +186,7 @@ def test_onnxruntime_kinds_open_a_session_named_after_their_entry(bundle, monkey
     monkeypatch.setattr(backends, "OrtBackend", lambda path, kind, *args: opened.append(kind))
     for entry in BACKENDS.values():
         if entry.provider is not None:
-            entry.open(bundle, 2, None)
+            entry.open(bundle, 2, None, Remote())
     assert opened == [kind for kind, entry in BACKENDS.items() if entry.provider is not None]
     assert opened == ["tensorrt-ep", "cuda", "cpu"]
 
@@ -209,8 +217,8 @@ def test_tensorrt_ep_builds_fp16_with_cuda_after_it_and_preloads_gpu_libraries(b
     monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append(1), raising=False)
     backends.preload_gpu_libraries.cache_clear()
     try:
-        BACKENDS["tensorrt-ep"].open(bundle, 2, None)
-        BACKENDS["tensorrt-ep"].open(bundle, 2, None)
+        BACKENDS["tensorrt-ep"].open(bundle, 2, None, Remote())
+        BACKENDS["tensorrt-ep"].open(bundle, 2, None, Remote())
     finally:
         backends.preload_gpu_libraries.cache_clear()
     (trt, trt_options), (cuda, _), cpu = sessions[0]

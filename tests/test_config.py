@@ -171,14 +171,14 @@ def test_every_service_flag_sets_a_real_key(tmp_path):
     parser = argparse.ArgumentParser()
     cfg.add_service_arguments(parser)
     argv = ["--config", str(write(tmp_path, "")), "--watch", "in", "--data", "d", "--model", "steel",
-            "--backend", "cpu", "--host", "0.0.0.0", "--port", "9100"]
+            "--backend", "cpu", "--triton-url", "gpu-server:8001", "--host", "0.0.0.0", "--port", "9100"]
     config = cfg.config_from_args(parser.parse_args(argv))
     values = {}
     for flag, key in cfg.FLAG_KEYS.items():
         section, name = key.split(".")
         values[flag] = getattr(getattr(config, section), name)
     assert values == {"watch": Path.cwd() / "in", "data": Path.cwd() / "d", "model": "steel",
-                      "backend": "cpu", "host": "0.0.0.0", "port": 9100}
+                      "backend": "cpu", "triton_url": "gpu-server:8001", "host": "0.0.0.0", "port": 9100}
 
 
 @pytest.mark.parametrize("level", LEVELS)

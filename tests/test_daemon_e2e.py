@@ -65,6 +65,7 @@ class ServeProcess:
     """One ``phasewatch serve`` on ``root/watch`` and ``root/data``; restartable."""
 
     launcher: tuple[str, ...] = ("-m", "phasewatch.runtime.commands.cli")  # what runs the CLI
+    backend_args: tuple[str, ...] = ("--backend", "cpu")
 
     def __init__(self, root: Path, bundle: Path) -> None:
         self.root = root
@@ -85,7 +86,7 @@ class ServeProcess:
         env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
         command = [sys.executable, *self.launcher, "serve", "--config", str(self.config),
                    "--watch", str(self.watch), "--data", str(self.data), "--model", str(self.bundle),
-                   "--backend", "cpu", "--port", str(self.port)]
+                   *self.backend_args, "--port", str(self.port)]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
         url = wait_for(self._served_url, "the 'serving url=...' log line")

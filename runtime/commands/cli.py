@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reanalyse": ("phasewatch.runtime.commands.reanalyse",
                   "run a model over an archive's folder tree, locally or on a Dask cluster; resumable"),
     "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
+    "export-triton": ("phasewatch.runtime.commands.export_triton",
+                      "write a Triton Inference Server model repository entry for a bundle"),
     "measure-volume": ("phasewatch.runtime.commands.measure_volume",
                        "3D measurements of a stack of class maps: fractions, components, Euler number"),
     "train": ("phasewatch.export.commands.train", "train a segmentation model from a config file (needs torch)"),

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from phasewatch.runtime.backends import BackendError, choose_backend, physical_cores
+from phasewatch.runtime.backends import DEFAULT_REMOTE, BackendError, Remote, choose_backend, physical_cores
 from phasewatch.runtime.bundle import Bundle, BundleError, load_bundle
 from phasewatch.runtime.service.config import Config, ConfigError, add_service_arguments, config_from_args
 from phasewatch.runtime.service.daemon import DEFAULT_MODEL, MIN_FREE_DISK_BYTES
@@ -84,7 +84,7 @@ def service_checks(config: Config) -> list[Check]:
         checks.append(Check(FAIL, "model", str(exc)))
     else:
         checks += [model_check(bundle), engine_check(bundle)]
-        checks += backend_checks(bundle, config.model.backend, config.model.batch)
+        checks += backend_checks(bundle, config.model.backend, config.model.batch, config.model.remote)
     checks += [watch_check(config), data_check(config.data.dir), disk_check(config.data.dir)]
     return checks
 
@@ -143,7 +143,7 @@ def engine_check(bundle: Bundle) -> Check:
     return Check(INFO, "engine", f"matching TensorRT engine: {engine}")
 
 
-def backend_checks(bundle: Bundle, configured: str, batch: int) -> list[Check]:
+def backend_checks(bundle: Bundle, configured: str, batch: int, remote: Remote = DEFAULT_REMOTE) -> list[Check]:
     """Open the backend ``auto`` picks (and the configured one, when another) as the service would."""
     try:
         backend, passed_over = choose_backend(bundle, "auto", batch)
@@ -155,7 +155,7 @@ def backend_checks(bundle: Bundle, configured: str, batch: int) -> list[Check]:
         checks += [Check(INFO, "auto", f"passed over {kind}: {why}") for kind, why in passed_over.items()]
     if configured != "auto":
         try:
-            choose_backend(bundle, configured, batch).backend.close()
+            choose_backend(bundle, configured, batch, remote=remote).backend.close()
         except BackendError as exc:
             checks.append(Check(FAIL, "backend", str(exc)))
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from phasewatch.runtime.backends import KINDS
+from phasewatch.runtime.backends import KINDS, REMOTE_PROTOCOLS, Remote
 from phasewatch.runtime.commands.measure_volume import parse_spacing
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.imageio import images_in
@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="bundle folder or bundled model name")
     parser.add_argument("--out", required=True, type=Path, help="folder for the outputs")
     parser.add_argument("--backend", choices=KINDS, default="auto")
+    parser.add_argument("--triton-url", default="", metavar="HOST:PORT",
+                        help="--backend triton: the server (default: this host, 8001 for grpc, 8000 for http)")
+    parser.add_argument("--triton-model", default="",
+                        help="--backend triton: the model's name there (default: the bundle's)")
+    parser.add_argument("--triton-protocol", choices=REMOTE_PROTOCOLS, default="grpc")
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
     parser.add_argument("--overlap", type=int, default=None,
                         help="tile overlap in pixels (default: from the model's halo)")
@@ -74,7 +79,8 @@ def segment_one(path: Path, is_volume: bool, model: Model, args: argparse.Namesp
 def run(args: argparse.Namespace) -> int:
     try:
         spacing = parse_spacing(args.spacing) if args.spacing else None
-        model = open_model(args.model, args.backend, args.batch, tta=args.tta)
+        remote = Remote(args.triton_url, args.triton_model, args.triton_protocol)
+        model = open_model(args.model, args.backend, args.batch, tta=args.tta, remote=remote)
     except PhasewatchError as exc:
         print(f"phasewatch segment: {exc}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phasewatch.runtime.backends import KINDS
+from phasewatch.runtime.backends import KINDS, REMOTE_PROTOCOLS, Remote
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES
 from phasewatch.runtime.service.logs import LEVELS
@@ -46,6 +46,7 @@ FLAG_KEYS = {
     "data": "data.dir",
     "model": "model.path",
     "backend": "model.backend",
+    "triton_url": "model.triton_url",
     "host": "server.host",
     "port": "server.port",
 }
@@ -140,11 +141,22 @@ class ModelConfig:
     # Model-input pixels one backend call may hold (the memory budget of inference): a field
     # that fits is run whole, a larger one in tiles as large as fit (bundles with dynamic sizes).
     tile_megapixels: float = _rule(2.0, above=0.0)  # about 1 GB on the CPU for the bundled models
+    # backend "triton": the server (host:port; empty: this host on 8001 for grpc, 8000 for http),
+    # the model's name there (empty: the bundle's), the protocol, and one request's timeout.
+    triton_url: str = ""
+    triton_model: str = ""
+    triton_protocol: str = _rule("grpc", choices=REMOTE_PROTOCOLS)
+    triton_timeout_s: float = _rule(60.0, above=0.0)
 
     @property
     def ref(self) -> str | None:
         """What to hand to ``load_bundle``: the folder, else the bundled name, else None."""
         return self.path or self.name or None
+
+    @property
+    def remote(self) -> Remote:
+        """Where the ``triton`` backend finds its server and model."""
+        return Remote(self.triton_url, self.triton_model, self.triton_protocol, self.triton_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -396,6 +408,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="folder for the database and results")
     parser.add_argument("--model", help="bundle folder or bundled model name")
     parser.add_argument("--backend", choices=KINDS)
+    parser.add_argument("--triton-url", help="host:port of the Triton server for --backend triton")
     parser.add_argument("--host", help="address the web page listens on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port of the web page (default 8650)")
 

@@ -240,7 +240,7 @@ def model_factory(config: Config) -> ModelFactory:
     """What the service opens at start and at every reload: the configured bundle and backend."""
     model = config.model
     return lambda: open_model(model.ref or DEFAULT_MODEL, model.backend, model.batch, tta=model.tta,
-                              tile_megapixels=model.tile_megapixels)
+                              tile_megapixels=model.tile_megapixels, remote=model.remote)
 
 
 def _batches(works: list[_Work]) -> list[list[_Work]]:

@@ -1,0 +1,176 @@
+"""The ``triton`` backend's pieces that need no server: the repository entry ``export-triton``
+writes (parsed with Triton's own ``ModelConfig`` protobuf), the checks of a served model's
+config, the configuration keys, and what a client says when nothing listens at the address.
+The real server is in ``test_triton_e2e.py``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from onnx_graphs import make_bundle
+from triton_serving import free_port
+
+from phasewatch.runtime.backends import BACKENDS, BackendError, Remote, choose_backend
+from phasewatch.runtime.bundle import load_bundle, sha256_file
+from phasewatch.runtime.commands.cli import main
+from phasewatch.runtime.service.config import ConfigError, load_config
+from phasewatch.runtime.triton_repository import (
+    ENGINE_KEY,
+    MODEL_KEY,
+    ONNX_KEY,
+    TritonExportError,
+    engine_network,
+    parse_config,
+)
+
+tritonclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+from phasewatch.runtime.triton_backend import TritonBackend, check_identity, check_tensors  # noqa: E402
+
+
+def read_entry(entry: Path):
+    return parse_config((entry / "config.pbtxt").read_text())
+
+
+def served_config(bundle, **changes):
+    """A model config as the server reports it (JSON form), for ``bundle`` unless changed."""
+    config = {
+        "max_batch_size": 8,
+        "input": [{"name": "input", "dims": [str(bundle.input_channels), "-1", "-1"]}],
+        "output": [{"name": "logits", "dims": [str(bundle.num_classes), "-1", "-1"]}],
+        "parameters": {MODEL_KEY: {"string_value": bundle.name}, ONNX_KEY: {"string_value": bundle.onnx_sha256}},
+    }
+    return {**config, **changes}
+
+
+def test_export_triton_writes_an_onnx_runtime_entry_with_the_bundles_identity(tmp_path, capsys):
+    bundle = load_bundle("uhcs-carbide")
+    assert main(["export-triton", "uhcs-carbide", str(tmp_path / "repo")]) == 0
+    entry = tmp_path / "repo" / "uhcs-carbide"
+    assert str(entry) in capsys.readouterr().out
+    config = read_entry(entry)
+    assert (config.name, config.platform, config.max_batch_size) == ("uhcs-carbide", "onnxruntime_onnx", 8)
+    assert [(t.name, list(t.dims)) for t in config.input] == [("input", [1, -1, -1])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("logits", [4, -1, -1])]
+    assert config.HasField("dynamic_batching")
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        MODEL_KEY: "uhcs-carbide", ONNX_KEY: bundle.onnx_sha256,
+        "phasewatch_exported_at": bundle.manifest["exported_at"]}
+    assert sha256_file(entry / "1" / "model.onnx") == bundle.onnx_sha256
+    assert json.loads((entry / "1" / "manifest.json").read_text()) == bundle.manifest
+
+
+def test_a_fixed_tile_bundle_gets_fixed_dims_and_the_name_version_and_batch_asked_for(tmp_path):
+    bundle = load_bundle(make_bundle(tmp_path / "tiny", in_channels=3, num_classes=5, tile=64))
+    assert main(["export-triton", str(bundle.path), str(tmp_path / "repo"), "--name", "lab-model",
+                 "--version", "7", "--max-batch", "16"]) == 0
+    config = read_entry(tmp_path / "repo" / "lab-model")
+    assert (config.name, config.max_batch_size) == ("lab-model", 16)
+    assert list(config.input[0].dims) == [3, 64, 64] and list(config.output[0].dims) == [5, 64, 64]
+    assert (tmp_path / "repo" / "lab-model" / "7" / "model.onnx").is_file()
+    assert config.parameters[MODEL_KEY].string_value == "tiny"
+
+
+def gated_engine(bundle_dir: Path, gate: dict | None = None) -> Path:
+    """An engine file and the sidecar build-engine writes beside it (the bytes are not a real
+    engine: only the export's bookkeeping is under test here, and no server loads it)."""
+    (bundle_dir / "model.fp16.onnx").write_bytes((bundle_dir / "model.onnx").read_bytes())
+    engine = bundle_dir / "engines" / "gpu.sm89.trt10.abc.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"engine bytes")
+    sidecar = {"engine_sha256": sha256_file(engine), "onnx_sha256": sha256_file(bundle_dir / "model.fp16.onnx"),
+               "gpu": "NVIDIA L4", "tensorrt": "10.3.0", "batch": {"min": 1, "opt": 4, "max": 4},
+               "side": {"min": 64, "opt": 64, "max": 64}, "gate": {"64": {"passed": True}} if gate is None else gate}
+    (engine.parent / (engine.name + ".json")).write_text(json.dumps(sidecar))
+    return engine
+
+
+def test_a_gated_engine_becomes_a_tensorrt_plan_naming_its_gpu_and_tensorrt(tmp_path):
+    bundle_dir = make_bundle(tmp_path / "tiny")
+    engine = gated_engine(bundle_dir)
+    assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--platform", "tensorrt"]) == 0
+    entry = tmp_path / "repo" / "tiny"
+    config = read_entry(entry)
+    assert (config.platform, config.max_batch_size) == ("tensorrt_plan", 4)
+    assert list(config.input[0].dims) == [1, 64, 64]
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    assert parameters[ENGINE_KEY] == sha256_file(engine)
+    assert (parameters["phasewatch_gpu"], parameters["phasewatch_tensorrt"]) == ("NVIDIA L4", "10.3.0")
+    assert (entry / "1" / "model.plan").read_bytes() == b"engine bytes"
+
+
+def test_an_engine_without_gate_results_or_with_other_bytes_is_refused(tmp_path):
+    bundle_dir = make_bundle(tmp_path / "tiny")
+    engine = gated_engine(bundle_dir, gate={})
+    with pytest.raises(TritonExportError, match="no sidecar with gate results"):
+        engine_network(load_bundle(bundle_dir), engine)
+    sidecar = json.loads((engine.parent / (engine.name + ".json")).read_text())
+    (engine.parent / (engine.name + ".json")).write_text(json.dumps({**sidecar, "gate": {"64": {}}}))
+    engine.write_bytes(b"another engine")
+    with pytest.raises(TritonExportError, match="not the file its sidecar's engine_sha256 names"):
+        engine_network(load_bundle(bundle_dir), engine)
+
+
+def test_export_triton_reports_a_bundle_without_engines_in_one_line(tmp_path, capsys):
+    bundle_dir = make_bundle(tmp_path / "tiny")
+    assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--platform", "tensorrt"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "0 engines" in error and "build-engine" in error
+
+
+def test_a_served_model_must_carry_the_bundles_onnx_hash_and_name():
+    bundle = load_bundle("uhcs-carbide")
+    check_identity(served_config(bundle), bundle, "here")
+    with pytest.raises(BackendError, match="no 'phasewatch_onnx_sha256' parameter.*export-triton"):
+        check_identity(served_config(bundle, parameters={}), bundle, "here")
+    other = {MODEL_KEY: {"string_value": bundle.name}, ONNX_KEY: {"string_value": "f" * 64}}
+    with pytest.raises(BackendError, match=f"serves uhcs-carbide with ONNX ffffffffffff, not bundle uhcs-carbide "
+                                           f"with ONNX {bundle.onnx_sha256[:12]}"):
+        check_identity(served_config(bundle, parameters=other), bundle, "here")
+
+
+def test_served_tensors_are_checked_against_the_bundle():
+    bundle = load_bundle("uhcs-carbide")
+    assert check_tensors(served_config(bundle), bundle, "here") == ("input", "logits", True)
+    fixed = served_config(bundle, input=[{"name": "x", "dims": [1, 256, 256]}])
+    assert check_tensors(fixed, bundle, "here") == ("x", "logits", False)
+    with pytest.raises(BackendError, match="has 1 input\\(s\\) and 2 output\\(s\\)"):
+        check_tensors(served_config(bundle, output=[{"name": "a", "dims": [4]}, {"name": "b", "dims": [4]}]),
+                      bundle, "here")
+    with pytest.raises(BackendError, match="do not fit 1 channel"):
+        check_tensors(served_config(bundle, input=[{"name": "input", "dims": [3, -1, -1]}]), bundle, "here")
+    with pytest.raises(BackendError, match="max_batch_size is 0"):
+        check_tensors(served_config(bundle, max_batch_size=0), bundle, "here")
+    with pytest.raises(BackendError, match="takes 128 x 128 tiles"):
+        check_tensors(served_config(bundle, input=[{"name": "input", "dims": [1, 128, 128]}]), bundle, "here")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_no_server_at_the_address_is_a_one_line_backend_error(protocol):
+    bundle = load_bundle("uhcs-carbide")
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(BackendError) as err:
+        choose_backend(bundle, "triton", 8, remote=Remote(url, "", protocol, 5.0))
+    message = str(err.value)
+    assert message.startswith(f"triton {protocol}://{url} model 'uhcs-carbide': ") and "\n" not in message
+
+
+def test_auto_never_picks_the_shared_server():
+    assert BACKENDS["triton"].auto is False
+
+
+def test_triton_settings_come_from_the_model_section_and_the_serve_flag(tmp_path):
+    path = tmp_path / "phasewatch.toml"
+    path.write_text('[model]\nbackend = "triton"\ntriton_url = "gpu-server:8001"\ntriton_model = "carbide"\n'
+                    'triton_protocol = "http"\ntriton_timeout_s = 5\n')
+    assert load_config(path).model.remote == Remote("gpu-server:8001", "carbide", "http", 5.0)
+    assert load_config(path, {"triton_url": "other:9001"}).model.remote.url == "other:9001"
+    path.write_text('[model]\ntriton_protocol = "udp"\n')
+    with pytest.raises(ConfigError, match="triton_protocol"):
+        load_config(path)
+
+
+def test_a_protocol_outside_the_list_is_refused_by_name():
+    with pytest.raises(BackendError, match="protocol 'udp' is not one of grpc, http"):
+        TritonBackend(load_bundle("uhcs-carbide"), 8, Remote("", "", "udp"))
