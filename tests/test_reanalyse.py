@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from phasewatch.runtime.archive_compare import compare
 from phasewatch.runtime.commands.cli import main
 from phasewatch.runtime.pipeline import open_model, process_file
 from phasewatch.runtime.service.config import load_config
@@ -170,6 +171,17 @@ def test_the_daemon_and_a_reanalysis_give_the_same_csv_rows(archive: Path, tmp_p
     reanalysed = csv_rows((out / "fields.csv").read_text())
     assert len(served) == 4
     assert reanalysed == served
+
+    # reanalyse-compare pairs them by content: the same model, so no difference at all
+    old, new = Store(config.data.database), Store(out / "phasewatch.sqlite3")
+    try:
+        report = compare(old, new, count_flagged=True)
+    finally:
+        old.close()
+        new.close()
+    (specimen,) = report["specimens"]
+    assert (specimen["name"], specimen["fields"], specimen["new_only"], report["old_only"]) == ("specimen-1", 4, 0, 0)
+    assert {c["difference"]["mean"] for c in specimen["classes"].values()} == {0.0}
 
 
 def test_a_bad_file_fails_with_its_reason_a_sigterm_stops_cleanly_and_a_rerun_retries(

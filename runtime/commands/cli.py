@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                         "set a bundle's trust calibration from its training images"),
     "reanalyse": ("phasewatch.runtime.commands.reanalyse",
                   "run a model over an archive's folder tree, locally or on a Dask cluster; resumable"),
+    "reanalyse-compare": ("phasewatch.runtime.commands.reanalyse_compare",
+                          "two models' re-analyses of one archive per specimen: fractions, differences, CIs"),
     "doctor": ("phasewatch.runtime.commands.doctor", "print what the service would use: backends, model, folders"),
     "export-triton": ("phasewatch.runtime.commands.export_triton",
                       "write a Triton Inference Server model repository entry for a bundle"),
