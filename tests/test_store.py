@@ -118,6 +118,24 @@ def test_copy_of_a_failed_file_is_queued_again(store):
     assert retry["state"] == "pending" and retry["duplicate_of"] is None
 
 
+def test_requeue_failed_retries_failures_with_their_duplicates_beside_them(store):
+    first = add(store, "a.tif", sha="abc")
+    copy = add(store, "copy-of-a.tif", sha="abc")
+    good = add(store, "b.tif")
+    store.claim_next(batch=10)
+    store.mark_failed(first["id"], "boom")
+    store.mark_done(good["id"], RESULT)
+    assert store.get_image(copy["id"])["state"] == "failed"
+    assert store.requeue_failed() == 1
+    again, dup, kept = (store.get_image(i) for i in (first["id"], copy["id"], good["id"]))
+    assert (again["state"], again["error"], again["attempts"]) == ("pending", None, 0)
+    assert (dup["state"], dup["duplicate_of"]) == ("done", first["id"])
+    assert kept["state"] == "done"
+    (claimed,) = store.claim_next(batch=10)
+    store.mark_failed(claimed["id"], "boom again")  # failing again fails its duplicate again
+    assert store.get_image(copy["id"])["error"] == f"same content as file {first['id']}, which failed: boom again"
+
+
 def crash(store: Store) -> Store:
     """The worker dies with whatever it holds; a new one opens the same database."""
     store.close()
