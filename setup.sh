@@ -8,4 +8,8 @@ python3 -m venv .venv
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e ".[cpu,export,test,bench]"   # cpu: onnxruntime (gpu is the alternative)
+# The real Triton server tests/test_triton_e2e.py runs (PyTriton's tritonserver, CPU): a venv of
+# its own, since nvidia-pytriton needs NumPy < 2 (about 450 MB, under a minute to install).
+python3 -m venv .venv-triton
+.venv-triton/bin/python -m pip install --quiet "nvidia-pytriton==0.7.0" "onnxruntime>=1.18"
 echo "phasewatch installed in $(pwd)/.venv  (activate: . .venv/bin/activate)"

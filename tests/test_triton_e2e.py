@@ -1,0 +1,126 @@
+"""End to end against a real Triton Inference Server (``triton_serving.py``) on real micrographs.
+
+The server serves the entry ``phasewatch export-triton`` writes for the bundled ``uhcs-carbide``
+model. ``segment --backend triton`` must give the CPU backend's class maps (>= 99.9 % of
+pixels; the same ONNX in ONNX Runtime on both sides, only the transport differs), over gRPC and
+HTTP. The real daemon, fed a burst of real micrographs, loses the server mid-burst: no file
+fails, ``/healthz`` names the backend fault, and once the server is back every file is done
+exactly once. Every wait polls up to a deadline; no test asserts a duration.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_daemon_e2e import ServeProcess, wait_for
+from triton_serving import TritonServer, server_python
+
+from phasewatch.runtime.backends import Remote
+from phasewatch.runtime.bundle import resolve_bundle_path
+from phasewatch.runtime.commands.cli import main
+
+pytestmark = pytest.mark.slow
+MODEL = "uhcs-carbide"
+AGREEMENT = 0.999
+# The daemon's backoff grows to a minute between tries while the server is away.
+RESUME_DEADLINE_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    server_python()  # skips first where there is no server environment
+    work = tmp_path_factory.mktemp("triton")
+    assert main(["export-triton", MODEL, str(work / "repo")]) == 0
+    triton = TritonServer(work / "repo" / MODEL, work).start()
+    yield triton
+    triton.kill()
+
+
+def segment(images: list[Path], out: Path, *backend: str) -> None:
+    assert main(["segment", *map(str, images), "--model", MODEL, "--out", str(out), *backend]) == 0
+
+
+def class_map(out: Path, image: Path) -> np.ndarray:
+    return cv2.imread(str(out / f"{image.stem}.classes.png"), cv2.IMREAD_UNCHANGED)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_real_micrographs_through_triton_get_the_cpu_backends_class_maps(
+        server: TritonServer, shared_data: Path, tmp_path: Path, protocol: str) -> None:
+    images = sorted((shared_data / "uhcs" / "validate" / "images").glob("*.tif"))
+    assert len(images) == 4
+    segment(images, tmp_path / "cpu", "--backend", "cpu")
+    segment(images, tmp_path / "triton", "--backend", "triton", "--triton-protocol", protocol,
+            "--triton-url", server.remote(protocol).url)
+    for image in images:
+        cpu, triton = class_map(tmp_path / "cpu", image), class_map(tmp_path / "triton", image)
+        assert cpu.shape == triton.shape == cv2.imread(str(image), cv2.IMREAD_UNCHANGED).shape[:2]
+        agreement = float(np.mean(cpu == triton))
+        print(f"{protocol} {image.name}: {int(np.sum(cpu == triton))} of {cpu.size} pixels as on the CPU backend")
+        assert agreement >= AGREEMENT, image.name
+        record = json.loads((tmp_path / "triton" / f"{image.stem}.json").read_text())
+        assert record["backend"] == "triton"
+
+
+class TritonServe(ServeProcess):
+    """``phasewatch serve`` with the bundled model on the Triton server ``remote``."""
+
+    def __init__(self, root: Path, remote: Remote) -> None:
+        super().__init__(root, resolve_bundle_path(MODEL))
+        self.backend_args = ("--backend", "triton", "--triton-url", remote.url)
+
+
+def health(serve: ServeProcess) -> tuple[int, dict]:
+    status, body = serve.request("/healthz")
+    return status, json.loads(body)
+
+
+def backend_fault(serve: ServeProcess) -> str | None:
+    status, body = health(serve)
+    return body["problems"].get("backend") if status == 503 else None
+
+
+def test_the_daemon_loses_nothing_when_the_server_dies_mid_burst_and_resumes_when_it_is_back(
+        server: TritonServer, shared_data: Path, tmp_path: Path) -> None:
+    sources = sorted((shared_data / "uhcs" / "train" / "images").glob("*.tif"))
+    assert len(sources) >= 12
+    serve = TritonServe(tmp_path, server.remote("grpc"))
+    try:
+        serve.start()
+        # The daemon segments every decoded file in one go, so a burst that all arrived before
+        # the kill may be past inference already: half arrives before, half after.
+        half = len(sources) // 2
+        for source in sources[:half]:
+            shutil.copyfile(source, serve.watch / source.name)
+        wait_for(lambda: serve.get_json("/api/status")["done"] >= 2, "the first results")
+        server.kill()
+        for source in sources[half:]:
+            shutil.copyfile(source, serve.watch / source.name)
+        done_at_kill = sum(r["state"] == "done" for r in serve.rows())
+        assert done_at_kill < len(sources), "the burst was over before the kill; nothing to resume"
+
+        fault = wait_for(lambda: backend_fault(serve), "/healthz to name the backend fault")
+        assert fault.startswith(f"triton: triton grpc://{server.remote('grpc').url} model '{MODEL}': "), fault
+        assert not any(r["state"] == "failed" for r in serve.rows())
+        print(f"done at the kill: {done_at_kill} of {len(sources)}; /healthz while down: {fault}")
+
+        server.start()
+        images = wait_for(lambda: serve.idle_with(len(sources)), "every file to be finished after the restart",
+                          RESUME_DEADLINE_S)
+        assert Counter(i["file"] for i in images) == Counter(s.name for s in sources)  # each exactly once
+        assert all(i["state"] == "done" and i["error"] is None for i in images), images
+        rows = serve.rows()
+        assert len(rows) == len(sources) and all(r["state"] == "done" for r in rows)
+        for row in rows:
+            record = json.loads(Path(json.loads(row["outputs"])["json"]).read_text())
+            assert record["backend"] == "triton"
+        assert health(serve) == (200, {"ok": True, "reasons": [], "problems": {}})
+        assert serve.terminate() == 0
+    finally:
+        serve.stop_if_running()
