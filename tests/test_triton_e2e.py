@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 from test_daemon_e2e import ServeProcess, wait_for
-from triton_serving import TritonServer, server_python
+from triton_serving import TritonServer, free_port, server_python, tritonserver_binary
 
 from phasewatch.runtime.backends import Remote
 from phasewatch.runtime.bundle import resolve_bundle_path
@@ -66,6 +67,42 @@ def test_real_micrographs_through_triton_get_the_cpu_backends_class_maps(
         assert agreement >= AGREEMENT, image.name
         record = json.loads((tmp_path / "triton" / f"{image.stem}.json").read_text())
         assert record["backend"] == "triton"
+
+
+def model_states(port: int) -> list[dict] | None:
+    """The repository index of the server on ``port`` once its model has left 'loading', else None."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        index = client.get_model_repository_index()
+    except Exception:  # not listening yet
+        return None
+    finally:
+        client.close()
+    return index if index and all(m.get("state") in ("READY", "UNAVAILABLE") for m in index) else None
+
+
+def test_the_real_server_reads_the_entry_itself(tmp_path: Path) -> None:
+    """``tritonserver --model-repository`` on export-triton's output, no PyTriton in between: the
+    server parses and completes config.pbtxt and loads the model, or, built without the ONNX
+    Runtime backend (PyTriton's is), stops exactly there and nowhere earlier."""
+    assert main(["export-triton", MODEL, str(tmp_path / "repo")]) == 0
+    port = free_port()
+    command = [str(tritonserver_binary()), f"--model-repository={tmp_path / 'repo'}", f"--http-port={port}",
+               f"--grpc-port={free_port()}", f"--metrics-port={free_port()}", "--exit-on-error=false"]
+    with open(tmp_path / "tritonserver.log", "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        index = wait_for(lambda: model_states(port), "the server to finish loading the repository", 120.0)
+    finally:
+        server.kill()
+        server.wait(timeout=60)
+    print(f"repository index: {index}")
+    assert [(m["name"], m["version"]) for m in index] == [(MODEL, "1")]
+    if index[0]["state"] != "READY":
+        assert index[0]["reason"] == ("Invalid argument: unable to find backend library for backend 'onnxruntime', "
+                                      "try specifying runtime on the model configuration.")
 
 
 class TritonServe(ServeProcess):

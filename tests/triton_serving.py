@@ -35,6 +35,13 @@ def server_python() -> Path:
     return path
 
 
+def tritonserver_binary() -> Path:
+    """The ``tritonserver`` executable PyTriton ships in the server environment."""
+    found = subprocess.run([str(server_python()), "-c", "import pytriton; print(pytriton.__file__)"],
+                           capture_output=True, text=True, check=True, timeout=120)
+    return Path(found.stdout.strip()).parent / "tritonserver" / "bin" / "tritonserver"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
