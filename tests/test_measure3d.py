@@ -14,7 +14,7 @@ import tifffile
 
 from phasewatch.runtime.bundle import ClassInfo
 from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.measure3d import VolumeMeasureError, VolumeMeasurer, measure_volume
+from phasewatch.runtime.measure3d import VolumeMeasureError, VolumeMeasurer, measure_volume, open_label_stack
 
 # --- synthetic volumes ---------------------------------------------------------------------
 
@@ -438,6 +438,19 @@ def test_measure_volume_reads_an_imagej_stack_with_one_page_for_all_slices(tmp_p
     assert result["shape"] == list(volume.shape)
     assert result["spacing_um"] == pytest.approx([1.5, 0.5, 0.5])
     assert result == {**measure_volume(volume, spacing_um=(1.5, 0.5, 0.5)), "file": str(path)}
+
+
+@pytest.mark.parametrize("truncate", [False, True], ids=["page per slice", "one page, contiguous slices"])
+def test_one_slice_is_read_alone_from_either_imagej_layout(tmp_path, truncate):
+    volume = random_volume(3, shape=(6, 9, 11))
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, volume, imagej=True, truncate=truncate, metadata={"axes": "ZYX"})
+    stack = open_label_stack(path)
+    for index in (0, 3, 5):
+        assert np.array_equal(stack.plane(index), volume[index])
+    for index in (-1, 6):
+        with pytest.raises(VolumeMeasureError, match=f"no slice {index}; the stack has 6"):
+            stack.plane(index)
 
 
 def test_measure_volume_refuses_a_multichannel_imagej_stack(tmp_path, capsys):
