@@ -60,10 +60,11 @@ def archive_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def open_books(out: Path, bundle: Bundle) -> Store:
-    """The store of the re-analysis in ``out`` (created when new); refused when it holds
-    results of another model, whose done rows a rerun would otherwise skip."""
-    store = Store(DataConfig(dir=out).database)
+def open_books(out: Path, bundle: Bundle, max_crashes: int) -> Store:
+    """The store of the re-analysis in ``out`` (created when new), where a file that crashes a
+    worker ``max_crashes`` times fails; refused when it holds results of another model, whose
+    done rows a rerun would otherwise skip."""
+    store = Store(DataConfig(dir=out).database, max_attempts=max_crashes)
     for specimen in store.list_specimens():
         if specimen["model_sha256"] not in (None, bundle.onnx_sha256):
             store.close()

@@ -38,6 +38,7 @@ from phasewatch.runtime.service.store import Store
 
 INTERRUPTED = "the re-analysis was interrupted before this file"
 POLL_S = 0.2  # how late a stop request may be seen while every worker is busy
+IN_WORKER = "analysing"  # the store's stage of a file in a worker's hands (a crash's reason names it)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class Outcome:
 @functools.lru_cache(maxsize=1)
 def _model(spec: ModelSpec) -> Model:
     return open_model(spec.ref, spec.backend, spec.batch, spec.threads, spec.tta)
+
+
+# (file id, path, job) -> its outcome, run in a worker: :func:`analyse`
+Task = Callable[[int, str, Job], Outcome]
 
 
 def analyse(file_id: int, path: str, job: Job) -> Outcome:
@@ -117,36 +122,72 @@ def open_pool(workers: int, cluster: str | None) -> Iterator[tuple[Executor, int
         yield client.get_executor(pure=False), max(1, sum(client.nthreads().values()))
 
 
+def run_queue(store: Store, workers: int, cluster: str | None, job: Job, recorded: Callable[[Outcome], None],
+              stop: threading.Event, crashed: Callable[[dict[str, int]], None], task: Task = analyse) -> None:
+    """:func:`drain` the queue on a pool (:func:`open_pool`). A local worker that dies (a native
+    crash in a decoder, the OOM killer) breaks the pool: the files it had in hand are charged a
+    crash as the daemon charges them (``Store.recover_after_crash``: those in hand together run
+    alone from then on, a file fails after three crashes), ``crashed`` is told the counts, and
+    a new pool goes on. (Dask retries a lost task on other workers itself, then fails it.)"""
+    while True:
+        try:
+            with open_pool(workers, cluster) as (executor, slots):
+                # two files per worker in flight: a worker never waits for the driver to hand it the next
+                drain(store, executor, 2 * slots, job, recorded, stop, task)
+            return
+        except BrokenExecutor as exc:
+            counts = store.recover_after_crash(charge=True)
+            if not counts["charged"]:  # died with nothing in hand: a new pool would die the same way
+                raise PhasewatchError(f"the worker processes died before taking a file: {one_line(exc)}") from exc
+            crashed(counts)
+
+
 def drain(store: Store, executor: Executor, slots: int, job: Job, recorded: Callable[[Outcome], None],
-          stop: threading.Event) -> None:
-    """Analyse the queue's pending files on ``executor``, ``slots`` of them in flight, recording
-    each outcome in ``store`` and telling ``recorded``. Once ``stop`` is set (Ctrl-C, SIGTERM),
-    take no more: finish what the workers hold, put back what they have not started."""
-    running: dict[Future[Outcome], int] = {}
-    while running or not stop.is_set():
-        if not stop.is_set() and len(running) < slots:
-            for row in store.claim_next(slots - len(running)):
-                running[executor.submit(analyse, row["id"], row["path"], job)] = row["id"]
-            if not running:
-                return
+          stop: threading.Event, task: Task = analyse) -> None:
+    """Run ``task`` on the queue's pending files on ``executor``, ``slots`` of them in flight (a
+    file marked ``alone`` with nothing beside it), recording each outcome in ``store`` and telling
+    ``recorded``. Once ``stop`` is set (Ctrl-C, SIGTERM), take no more: finish what the workers
+    hold, put back what they have not started. A broken pool raises ``BrokenExecutor`` once every
+    file in flight has ended, its files left in hand (:func:`run_queue`)."""
+    running: dict[Future[Outcome], dict[str, Any]] = {}
+    held: dict[str, Any] | None = None  # claimed, but to run alone once the others are done
+    broken = False
+    while True:
+        while not (stop.is_set() or broken) and len(running) < slots and not any(r["alone"] for r in running.values()):
+            if held is None:
+                claimed = store.claim_next(1)
+                if not claimed:
+                    break
+                held = claimed[0]
+            if held["alone"] and running:
+                break
+            store.set_stage([held["id"]], IN_WORKER)  # what a crash of the pool charges
+            running[executor.submit(task, held["id"], held["path"], job)] = held
+            held = None
+        if not running:
+            break
         if stop.is_set():
             for future in running:
                 future.cancel()  # a file a local worker has started cannot be, and is waited for
         finished, _ = wait(running, POLL_S, FIRST_COMPLETED)
         for future in finished:
-            file_id = running.pop(future)
+            row = running.pop(future)
             if future.cancelled():
-                store.release(file_id, INTERRUPTED)
+                store.release(row["id"], INTERRUPTED)
+            elif isinstance(future.exception(), BrokenExecutor):
+                broken = True
             else:
-                _record(store, file_id, future, recorded)
+                _record(store, row["id"], future, recorded)
+    if held is not None:
+        store.release(held["id"], INTERRUPTED)
+    if broken:
+        raise BrokenExecutor("a worker process died")
 
 
 def _record(store: Store, file_id: int, future: Future[Outcome], recorded: Callable[[Outcome], None]) -> None:
     try:
         outcome = future.result()
-    except BrokenExecutor:  # a local worker died: the files in hand stay for the next run to requeue
-        raise
-    except Exception as exc:  # the cluster lost the task (a worker killed): the file is retried next run
+    except Exception as exc:  # the cluster lost the task (its worker died each time Dask tried it)
         outcome = Outcome(file_id, error=f"file {file_id}: its worker was lost: {one_line(exc)}")
     if outcome.error is None:
         assert outcome.record is not None

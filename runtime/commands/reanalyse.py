@@ -16,14 +16,13 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import BrokenExecutor
 from pathlib import Path
 from types import FrameType
 
 from tqdm import tqdm
 
 from phasewatch.runtime.archive import Intake, archive_files, open_books, take_in
-from phasewatch.runtime.archive_pool import Job, ModelSpec, Outcome, drain, open_pool
+from phasewatch.runtime.archive_pool import Job, ModelSpec, Outcome, run_queue
 from phasewatch.runtime.backends import KINDS
 from phasewatch.runtime.bundle import load_bundle
 from phasewatch.runtime.errors import PhasewatchError
@@ -33,6 +32,7 @@ from phasewatch.runtime.tta import MODES
 from phasewatch.webui.csv_export import store_csv
 
 INTERRUPTED_RC = 130  # the shell's code for a run ended by SIGINT
+MAX_CRASHES = 3  # a file that crashes a worker this often fails (the daemon's [queue] max_attempts default)
 
 
 def cores() -> int:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.archive.is_dir():
             raise PhasewatchError(f"{args.archive}: not a folder")
-        store = open_books(job.out, load_bundle(args.model))
+        store = open_books(job.out, load_bundle(args.model), MAX_CRASHES)
     except PhasewatchError as exc:
         print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
         return 2
@@ -109,13 +109,19 @@ def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace, stop: 
         intake = take_in(store, archive, files, hashing.update, stop)
     for line in intake.unreadable:
         print(f"error: {line}", file=sys.stderr)
+    def crashed(counts: dict[str, int]) -> None:
+        nonlocal failed
+        failed += counts["failed"]
+        progress.update(counts["failed"])
+        progress.write(f"error: a worker process died with {counts['charged']} file(s) in hand; "
+                       f"{counts['failed']} of them failed for crashing it {MAX_CRASHES} times, the others "
+                       "run again (alone); a new pool goes on", file=sys.stderr)
+
     try:
-        with tqdm(total=intake.pending, unit="file", desc="analysing", file=sys.stderr) as progress, \
-                open_pool(args.workers, args.cluster) as (executor, slots):
-            # two files per worker in flight: a worker never waits for the driver to hand it the next
-            drain(store, executor, 2 * slots, job, recorded, stop)
-    except (PhasewatchError, BrokenExecutor) as exc:
-        print(f"phasewatch reanalyse: {exc or 'a worker process died'}", file=sys.stderr)
+        with tqdm(total=intake.pending, unit="file", desc="analysing", file=sys.stderr) as progress:
+            run_queue(store, args.workers, args.cluster, job, recorded, stop, crashed)
+    except PhasewatchError as exc:
+        print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
         return 2
     print(_summary(intake, progress.n, failed, time.monotonic() - started, job.out, stop.is_set()), file=sys.stderr)
     if stop.is_set():
