@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.archive.is_dir():
             raise PhasewatchError(f"{args.archive}: not a folder")
+        if args.workers < 1:
+            raise PhasewatchError(f"--workers {args.workers}: needs at least one worker")
         store = open_books(job.out, load_bundle(args.model), MAX_CRASHES)
     except PhasewatchError as exc:
         print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
@@ -104,11 +106,6 @@ def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace, stop: 
             progress.write(f"error: {outcome.error}", file=sys.stderr)
         progress.update()
 
-    started = time.monotonic()
-    with tqdm(total=len(files), unit="file", desc="hashing", file=sys.stderr, disable=len(files) < 2) as hashing:
-        intake = take_in(store, archive, files, hashing.update, stop)
-    for line in intake.unreadable:
-        print(f"error: {line}", file=sys.stderr)
     def crashed(counts: dict[str, int]) -> None:
         nonlocal failed
         failed += counts["failed"]
@@ -117,6 +114,11 @@ def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace, stop: 
                        f"{counts['failed']} of them failed for crashing it {MAX_CRASHES} times, the others "
                        "run again (alone); a new pool goes on", file=sys.stderr)
 
+    started = time.monotonic()
+    with tqdm(total=len(files), unit="file", desc="hashing", file=sys.stderr, disable=len(files) < 2) as hashing:
+        intake = take_in(store, archive, files, hashing.update, stop)
+    for line in intake.unreadable:
+        print(f"error: {line}", file=sys.stderr)
     try:
         with tqdm(total=intake.pending, unit="file", desc="analysing", file=sys.stderr) as progress:
             run_queue(store, args.workers, args.cluster, job, recorded, stop, crashed)
