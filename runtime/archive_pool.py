@@ -2,7 +2,8 @@
 
 Each worker opens the model once (:func:`_model`, cached per process) and runs every file it
 is given through ``pipeline.process_file``, the daemon's path from decoding to written
-outputs, into the daemon's layout (``OUT/results/ID/``). Only the driver touches the store:
+outputs (a Z stack through the daemon's volume path, ``volume_views.record_volume``), into
+the daemon's layout (``OUT/results/ID/``). Only the driver touches the store:
 a worker returns an :class:`Outcome` and :func:`drain` records it, so that the workers of a
 cluster need to see the archive and ``OUT`` at the same paths as the driver, but never the
 database (SQLite over a network file system is unsafe).
@@ -35,6 +36,8 @@ from phasewatch.runtime.pipeline import Model, open_model, process_file
 from phasewatch.runtime.provenance import model_identity
 from phasewatch.runtime.service.config import DataConfig
 from phasewatch.runtime.service.store import Store
+from phasewatch.runtime.volume import open_volume, says_volume
+from phasewatch.runtime.volume_views import record_volume
 
 INTERRUPTED = "the re-analysis was interrupted before this file"
 POLL_S = 0.2  # how late a stop request may be seen while every worker is busy
@@ -84,10 +87,15 @@ Task = Callable[[int, str, Job], Outcome]
 
 
 def analyse(file_id: int, path: str, job: Job) -> Outcome:
-    """Segment, measure and write one file, in a worker (module doc)."""
+    """Segment, measure and write one file, in a worker (module doc); a Z stack as one volume,
+    as the daemon records it (``volume_views.record_volume``)."""
+    out_dir = DataConfig(dir=job.out).result_dir(file_id)
     try:
         model = _model(job.model)
-        result = process_file(Path(path), model, DataConfig(dir=job.out).result_dir(file_id), job.pixel_size_um)
+        if says_volume(Path(path)):
+            result, _ = record_volume(open_volume(Path(path)), model, out_dir)
+        else:
+            result = process_file(Path(path), model, out_dir, job.pixel_size_um)
     except PhasewatchError as exc:
         return Outcome(file_id, error=str(exc))
     except Exception as exc:  # one odd file must not stop the run (the daemon's rule too)

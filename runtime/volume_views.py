@@ -25,6 +25,8 @@ import tifffile
 
 from phasewatch.runtime.bundle import Bundle
 from phasewatch.runtime.outputs import OutputError, preview, write_outputs, write_png_atomic
+from phasewatch.runtime.pipeline import FileResult, Model
+from phasewatch.runtime.volume import Volume, field_like_record, segment_volume
 
 SLICE_PICTURES = ("classes", "preview")  # what the page may ask of each slice
 
@@ -93,3 +95,20 @@ class SliceViews:
                 writer.close()
             except OSError as exc:
                 raise OutputError(exc.errno, f"{self.stack_path}: cannot write: {exc.strerror or exc}") from exc
+
+
+def record_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | None = None,
+                  batch: int | None = None) -> tuple[FileResult, dict[str, Any]]:
+    """Segment ``volume`` into ``out_dir`` as the daemon records it, with the views above: its
+    result as one field of its specimen (``volume.field_like_record``; outputs: the middle
+    slice's pictures, both stacks and the volume's JSON) and the volume's own record (what
+    ``NAME.volume.json`` holds). A failure leaves no partial display stack behind."""
+    views = SliceViews(out_dir, volume.name, volume.n_slices)
+    try:
+        record = segment_volume(volume, model, out_dir, overlap, batch, on_slice=views.add)
+        written = record["outputs"]
+        outputs = {**views.finish(model.bundle), "classes_stack": written["classes"], "volume_json": written["json"]}
+    except BaseException:
+        views.discard()
+        raise
+    return FileResult(volume.path, model, [], field_like_record(record, model.bundle.classes), outputs), record

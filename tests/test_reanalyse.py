@@ -150,6 +150,10 @@ def test_the_daemon_and_a_reanalysis_give_the_same_csv_rows(archive: Path, tmp_p
     (watch / "specimen-1").mkdir(parents=True)
     for image in (archive / "specimen-1").iterdir():
         (watch / "specimen-1" / image.name).write_bytes(image.read_bytes())
+    # a Z stack (ImageJ metadata): the daemon records it as one volume, and so must reanalyse
+    field = tifffile.imread(next((archive / "specimen-1").iterdir()))
+    slices = np.stack([field[y:y + 128, 64:192] for y in (0, 96, 192, 288, 384)])
+    tifffile.imwrite(watch / "specimen-1" / "stack.tif", slices, imagej=True, metadata={"axes": "ZYXS"})
     config_file = tmp_path / "phasewatch.toml"
     config_file.write_text("[watch]\nsettle_s = 0.05\nrecursive = true\n[specimen]\nper_subfolder = true\n")
     config = load_config(config_file, {"watch": watch, "data": tmp_path / "daemon"})
@@ -158,7 +162,7 @@ def test_the_daemon_and_a_reanalysis_give_the_same_csv_rows(archive: Path, tmp_p
     daemon.start()
     try:
         end = time.monotonic() + DEADLINE_S
-        while store.counts_by_state()["done"] < 4 and time.monotonic() < end:
+        while store.counts_by_state()["done"] < 5 and time.monotonic() < end:
             time.sleep(0.05)
         served = csv_rows(store_csv(store))
     finally:
@@ -169,19 +173,21 @@ def test_the_daemon_and_a_reanalysis_give_the_same_csv_rows(archive: Path, tmp_p
     assert main(["reanalyse", str(watch), "--model", "superalloy", "--out", str(out), "--workers", "1",
                  "--backend", "cpu"]) == 0
     reanalysed = csv_rows((out / "fields.csv").read_text())
-    assert len(served) == 4
+    assert len(served) == 5 and served["stack.tif"]["state"] == "done"
     assert reanalysed == served
 
     # reanalyse-compare pairs them by content: the same model, so no difference at all
     old, new = Store(config.data.database), Store(out / "phasewatch.sqlite3")
     try:
         report = compare(old, new, count_flagged=True)
+        (stack,) = [i for i in new.list_images(100) if i["path"].endswith("stack.tif")]
     finally:
         old.close()
         new.close()
     (specimen,) = report["specimens"]
-    assert (specimen["name"], specimen["fields"], specimen["new_only"], report["old_only"]) == ("specimen-1", 4, 0, 0)
+    assert (specimen["name"], specimen["fields"], specimen["new_only"], report["old_only"]) == ("specimen-1", 5, 0, 0)
     assert {c["difference"]["mean"] for c in specimen["classes"].values()} == {0.0}
+    assert stack["measurement"]["volume"]["shape"] == [5, 128, 128]  # one volume, not five fields
 
 
 def test_a_bad_file_fails_with_its_reason_a_sigterm_stops_cleanly_and_a_rerun_retries(

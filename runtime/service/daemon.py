@@ -88,8 +88,8 @@ from phasewatch.runtime.service.metrics import DaemonMetrics
 from phasewatch.runtime.service.stages import POLL_S, Stage, TransientFault
 from phasewatch.runtime.service.store import Store, StoreError, StoreUnavailable
 from phasewatch.runtime.service.watcher import FolderWatcher
-from phasewatch.runtime.volume import Volume, field_like_record, open_volume, says_volume, segment_volume
-from phasewatch.runtime.volume_views import SliceViews
+from phasewatch.runtime.volume import Volume, open_volume, says_volume
+from phasewatch.runtime.volume_views import record_volume
 
 log = logging.getLogger("phasewatch.daemon")
 
@@ -496,30 +496,21 @@ class Daemon:
         with _database():
             self.store.set_stage([work.id], SEGMENTING)
         work.staged = True
-        out_dir = self.config.data.result_dir(work.id)
-        views = SliceViews(out_dir, work.volume.name, work.volume.n_slices)
         try:
             beating = dataclasses.replace(model, backend=_Beating(model.backend, self.infer.beat))
-            record = segment_volume(work.volume, beating, out_dir, self.config.model.overlap or None,
-                                    self.config.model.batch, on_slice=views.add)
-            written = record["outputs"]
-            outputs = {**views.finish(model.bundle), "classes_stack": written["classes"],
-                       "volume_json": written["json"]}
+            result, record = record_volume(work.volume, beating, self.config.data.result_dir(work.id),
+                                           self.config.model.overlap or None, self.config.model.batch)
             self.metrics.observe_inference(record["timing"]["seconds"])
-            work.result = FileResult(work.path, model, [], field_like_record(record, model.bundle.classes), outputs)
+            work.result = dataclasses.replace(result, model=model)
         except BackendError as exc:
-            views.discard()
             raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
         except OSError as exc:  # OutputError included: a full or read-only disk is retried
-            views.discard()
             if exc.errno in TRANSIENT_WRITE_ERRNOS:
                 raise TransientFault("disk", one_line(exc)) from exc
             work.error = f"{work.path}: {one_line(exc)}" if not isinstance(exc, PhasewatchError) else str(exc)
         except PhasewatchError as exc:  # the volume's own fault: a damaged slice, slices of two sizes
-            views.discard()
             work.error = str(exc)
         except Exception as exc:  # as for fields: the backend's native errors must not take the service down
-            views.discard()
             raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
         finally:
             self._leave_inference([work])
