@@ -34,7 +34,7 @@ from typing import Any
 from phasewatch.runtime.errors import PhasewatchError, one_line
 from phasewatch.runtime.pipeline import Model, open_model, process_file
 from phasewatch.runtime.provenance import model_identity
-from phasewatch.runtime.service.config import DataConfig
+from phasewatch.runtime.service.config import CalibrationConfig, DataConfig
 from phasewatch.runtime.service.store import Store
 from phasewatch.runtime.volume import open_volume, says_volume
 from phasewatch.runtime.volume_views import record_volume
@@ -58,11 +58,14 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Job:
     """What every file of a run shares: the model, the output folder, a pixel size that
-    overrides the files' own (None: what each file says)."""
+    overrides the files' own (None: what each file says), and the daemon's ``[calibration]``
+    for files that say none, its folders relative to the archive ``root``."""
 
     model: ModelSpec
     out: Path
     pixel_size_um: float | None = None
+    calibration: CalibrationConfig = CalibrationConfig()
+    root: Path = Path()
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ def analyse(file_id: int, path: str, job: Job) -> Outcome:
         if says_volume(Path(path)):
             result, _ = record_volume(open_volume(Path(path)), model, out_dir)
         else:
-            result = process_file(Path(path), model, out_dir, job.pixel_size_um)
+            result = process_file(Path(path), model, out_dir, job.pixel_size_um,
+                                  fallback_pixel_size_um=job.calibration.pixel_size_for(Path(path), job.root))
     except PhasewatchError as exc:
         return Outcome(file_id, error=str(exc))
     except Exception as exc:  # one odd file must not stop the run (the daemon's rule too)

@@ -217,9 +217,11 @@ def process_file(
     pixel_size_um: float | None = None,
     overlap: int | None = None,
     batch: int | None = None,
+    fallback_pixel_size_um: float | None = None,
 ) -> FileResult:
-    """The whole path for one file (what the daemon's stages do, in one call)."""
-    (segmented,) = segment_files([decode_file(path, pixel_size_um)], model, overlap, batch)
+    """The whole path for one file (what the daemon's stages do, in one call); the pixel sizes
+    as :func:`decode_file` takes them."""
+    (segmented,) = segment_files([decode_file(path, pixel_size_um, fallback_pixel_size_um)], model, overlap, batch)
     return record_file(segmented, out_dir)
 
 

@@ -155,7 +155,9 @@ def test_the_daemon_and_a_reanalysis_give_the_same_csv_rows(archive: Path, tmp_p
     slices = np.stack([field[y:y + 128, 64:192] for y in (0, 96, 192, 288, 384)])
     tifffile.imwrite(watch / "specimen-1" / "stack.tif", slices, imagej=True, metadata={"axes": "ZYXS"})
     config_file = tmp_path / "phasewatch.toml"
-    config_file.write_text("[watch]\nsettle_s = 0.05\nrecursive = true\n[specimen]\nper_subfolder = true\n")
+    # the test fields carry no pixel size: the daemon's [calibration] gives them one, and reanalyse --config
+    config_file.write_text("[watch]\nsettle_s = 0.05\nrecursive = true\n[specimen]\nper_subfolder = true\n"
+                           '[calibration.folders]\n"specimen-1" = 0.05\n')
     config = load_config(config_file, {"watch": watch, "data": tmp_path / "daemon"})
     store = Store(config.data.database)
     daemon = Daemon(config, store, lambda: open_model("superalloy", "cpu"))
@@ -171,7 +173,7 @@ def test_the_daemon_and_a_reanalysis_give_the_same_csv_rows(archive: Path, tmp_p
 
     out = tmp_path / "out"
     assert main(["reanalyse", str(watch), "--model", "superalloy", "--out", str(out), "--workers", "1",
-                 "--backend", "cpu"]) == 0
+                 "--backend", "cpu", "--config", str(config_file)]) == 0
     reanalysed = csv_rows((out / "fields.csv").read_text())
     assert len(served) == 5 and served["stack.tif"]["state"] == "done"
     assert reanalysed == served
@@ -181,6 +183,7 @@ def test_the_daemon_and_a_reanalysis_give_the_same_csv_rows(archive: Path, tmp_p
     try:
         report = compare(old, new, count_flagged=True)
         (stack,) = [i for i in new.list_images(100) if i["path"].endswith("stack.tif")]
+        fields = [i for i in new.list_images(100) if not i["path"].endswith("stack.tif")]
     finally:
         old.close()
         new.close()
@@ -188,6 +191,8 @@ def test_the_daemon_and_a_reanalysis_give_the_same_csv_rows(archive: Path, tmp_p
     assert (specimen["name"], specimen["fields"], specimen["new_only"], report["old_only"]) == ("specimen-1", 5, 0, 0)
     assert {c["difference"]["mean"] for c in specimen["classes"].values()} == {0.0}
     assert stack["measurement"]["volume"]["shape"] == [5, 128, 128]  # one volume, not five fields
+    calibrated = {(i["measurement"]["pixel_size_um"], i["measurement"]["pixel_size_source"]) for i in fields}
+    assert calibrated == {(0.05, "config")}
 
 
 def test_a_bad_file_fails_with_its_reason_a_sigterm_stops_cleanly_and_a_rerun_retries(

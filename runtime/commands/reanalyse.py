@@ -27,6 +27,7 @@ from phasewatch.runtime.backends import KINDS
 from phasewatch.runtime.bundle import load_bundle
 from phasewatch.runtime.errors import PhasewatchError
 from phasewatch.runtime.outputs import write_bytes_atomic
+from phasewatch.runtime.service.config import CalibrationConfig, load_config
 from phasewatch.runtime.service.store import Store
 from phasewatch.runtime.tta import MODES
 from phasewatch.webui.csv_export import store_csv
@@ -58,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test-time augmentation: average probabilities over flips (4 passes) or d4 (8)")
     parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
                         help="pixel size in µm, overriding what the files say")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="the daemon's config file: its [calibration] pixel sizes apply to files that carry "
+                             "none, its folders taken relative to ARCHIVE")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -75,9 +79,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def run(args: argparse.Namespace) -> int:
     threads = args.threads or (None if args.cluster else max(1, cores() // max(1, args.workers)))
-    job = Job(ModelSpec(args.model, args.backend, args.batch, threads, args.tta), args.out.resolve(),
-              args.pixel_size)
     try:
+        calibration = load_config(args.config).calibration if args.config else CalibrationConfig()
+        job = Job(ModelSpec(args.model, args.backend, args.batch, threads, args.tta), args.out.resolve(),
+                  args.pixel_size, calibration, args.archive.resolve())
         if not args.archive.is_dir():
             raise PhasewatchError(f"{args.archive}: not a folder")
         if args.workers < 1:
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
-        return _run(store, args.archive.resolve(), job, args, stop)
+        return _run(store, job.root, job, args, stop)
     finally:
         write_bytes_atomic(job.out / "fields.csv", store_csv(store).encode())
         store.close()
