@@ -87,6 +87,7 @@ class Remote(NamedTuple):
     model: str = ""  # the server's model name; empty: the bundle's name
     protocol: str = "grpc"  # grpc or http
     timeout_s: float = 60.0  # one request, connection included
+    shared_memory: bool = False  # tiles and logits through system shared memory (server on this host)
 
 
 REMOTE_PROTOCOLS = ("grpc", "http")

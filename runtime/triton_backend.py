@@ -12,6 +12,9 @@ Every failure of a request (the server gone, a timeout, a model unloaded) is a o
 fault on ``/healthz`` and retries (``stages.TransientFault``). The gRPC channel and the HTTP
 client both reconnect by themselves, so a server that comes back is used again without a restart.
 
+With ``remote.shared_memory`` (a server on the same host) tiles and logits go through system
+shared memory (``triton_shm.py``) instead of the socket; one request at a time uses the regions.
+
 Each thread gets its own client: the HTTP client runs on gevent, whose sockets belong to the
 thread that made them ("Cannot switch to a different thread" from another), and the daemon opens
 the model on one thread and runs it on its inference thread.
@@ -29,6 +32,7 @@ from phasewatch.runtime.backends import REMOTE_PROTOCOLS, BackendError, Remote
 from phasewatch.runtime.bundle import Bundle
 from phasewatch.runtime.errors import one_line
 from phasewatch.runtime.triton_repository import MODEL_KEY, ONNX_KEY
+from phasewatch.runtime.triton_shm import Region
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 
@@ -42,8 +46,9 @@ def client_errors() -> tuple[type[BaseException], ...]:
     """What a tritonclient call raises when the server fails it or cannot be reached: the
     server's own errors, and the socket errors the HTTP client lets through."""
     from tritonclient.utils import InferenceServerException
+    from tritonclient.utils.shared_memory import SharedMemoryException
 
-    return InferenceServerException, OSError
+    return InferenceServerException, SharedMemoryException, OSError
 
 
 def parameter(config: dict[str, Any], key: str) -> str:
@@ -106,6 +111,9 @@ class TritonBackend:
         self.module = importlib.import_module(f"tritonclient.{self.protocol}")
         self._local = threading.local()
         self._clients: list[Any] = []
+        self.regions = (Region("in"), Region("out")) if remote.shared_memory else None
+        self._regions_lock = threading.Lock()
+        self.classes = bundle.num_classes
         try:
             config = self._config()
         except client_errors() as exc:
@@ -152,16 +160,40 @@ class TritonBackend:
 
     def _infer(self, chunk: np.ndarray) -> np.ndarray:
         tensor = self.module.InferInput(self.tensors.input, list(chunk.shape), "FP32")
+        wanted = self.module.InferRequestedOutput(self.tensors.output)
+        client = self._client()
+        if self.regions is not None:
+            with self._regions_lock:
+                return self._infer_shared(client, tensor, wanted, chunk)
         tensor.set_data_from_numpy(chunk)
-        wanted = [self.module.InferRequestedOutput(self.tensors.output)]
-        result = self._client().infer(self.model, [tensor], outputs=wanted, **self._timeout())
+        result = client.infer(self.model, [tensor], outputs=[wanted], **self._timeout())
         logits = result.as_numpy(self.tensors.output)
         if logits is None or logits.shape[0] != len(chunk) or logits.shape[2:] != chunk.shape[2:]:
             shape = None if logits is None else list(logits.shape)
             raise BackendError(f"{self.where}: answered {shape} for a batch of {list(chunk.shape)}")
         return np.asarray(logits, dtype=np.float32)
 
+    def _infer_shared(self, client: Any, tensor: Any, wanted: Any, chunk: np.ndarray) -> np.ndarray:
+        assert self.regions is not None
+        inputs, outputs = self.regions
+        shape = (len(chunk), self.classes, *chunk.shape[2:])
+        out_bytes = int(np.prod(shape)) * 4
+        try:
+            tensor.set_shared_memory(inputs.fit(client, chunk.nbytes), chunk.nbytes)
+            inputs.write(chunk)
+            wanted.set_shared_memory(outputs.fit(client, out_bytes), out_bytes)
+            client.infer(self.model, [tensor], outputs=[wanted], **self._timeout())
+            return outputs.read(shape)
+        except client_errors():
+            # The server may have restarted and forgotten the regions: register anew next time.
+            for region in self.regions:
+                region.drop(client)
+            raise
+
     def close(self) -> None:
+        if self.regions is not None:
+            for region in self.regions:
+                region.drop(self._client())
         for client in self._clients:
             client.close()
         self._clients.clear()

@@ -163,8 +163,8 @@ def test_auto_never_picks_the_shared_server():
 def test_triton_settings_come_from_the_model_section_and_the_serve_flag(tmp_path):
     path = tmp_path / "phasewatch.toml"
     path.write_text('[model]\nbackend = "triton"\ntriton_url = "gpu-server:8001"\ntriton_model = "carbide"\n'
-                    'triton_protocol = "http"\ntriton_timeout_s = 5\n')
-    assert load_config(path).model.remote == Remote("gpu-server:8001", "carbide", "http", 5.0)
+                    'triton_protocol = "http"\ntriton_timeout_s = 5\ntriton_shared_memory = true\n')
+    assert load_config(path).model.remote == Remote("gpu-server:8001", "carbide", "http", 5.0, True)
     assert load_config(path, {"triton_url": "other:9001"}).model.remote.url == "other:9001"
     path.write_text('[model]\ntriton_protocol = "udp"\n')
     with pytest.raises(ConfigError, match="triton_protocol"):

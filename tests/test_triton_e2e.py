@@ -51,19 +51,21 @@ def class_map(out: Path, image: Path) -> np.ndarray:
     return cv2.imread(str(out / f"{image.stem}.classes.png"), cv2.IMREAD_UNCHANGED)
 
 
+@pytest.mark.parametrize("shared_memory", [False, True], ids=["socket", "shared-memory"])
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_real_micrographs_through_triton_get_the_cpu_backends_class_maps(
-        server: TritonServer, shared_data: Path, tmp_path: Path, protocol: str) -> None:
+        server: TritonServer, shared_data: Path, tmp_path: Path, protocol: str, shared_memory: bool) -> None:
     images = sorted((shared_data / "uhcs" / "validate" / "images").glob("*.tif"))
     assert len(images) == 4
     segment(images, tmp_path / "cpu", "--backend", "cpu")
     segment(images, tmp_path / "triton", "--backend", "triton", "--triton-protocol", protocol,
-            "--triton-url", server.remote(protocol).url)
+            "--triton-url", server.remote(protocol).url, *["--triton-shared-memory"] * shared_memory)
     for image in images:
         cpu, triton = class_map(tmp_path / "cpu", image), class_map(tmp_path / "triton", image)
         assert cpu.shape == triton.shape == cv2.imread(str(image), cv2.IMREAD_UNCHANGED).shape[:2]
         agreement = float(np.mean(cpu == triton))
-        print(f"{protocol} {image.name}: {int(np.sum(cpu == triton))} of {cpu.size} pixels as on the CPU backend")
+        transport = f"{protocol}{' shared memory' * shared_memory}"
+        print(f"{transport} {image.name}: {int(np.sum(cpu == triton))} of {cpu.size} pixels as on the CPU backend")
         assert agreement >= AGREEMENT, image.name
         record = json.loads((tmp_path / "triton" / f"{image.stem}.json").read_text())
         assert record["backend"] == "triton"
@@ -108,9 +110,11 @@ def test_the_real_server_reads_the_entry_itself(tmp_path: Path) -> None:
 class TritonServe(ServeProcess):
     """``phasewatch serve`` with the bundled model on the Triton server ``remote``."""
 
-    def __init__(self, root: Path, remote: Remote) -> None:
+    def __init__(self, root: Path, remote: Remote, shared_memory: bool) -> None:
         super().__init__(root, resolve_bundle_path(MODEL))
         self.backend_args = ("--backend", "triton", "--triton-url", remote.url)
+        with self.config.open("a") as config:
+            config.write(f"\n[model]\ntriton_shared_memory = {str(shared_memory).lower()}\n")
 
 
 def health(serve: ServeProcess) -> tuple[int, dict]:
@@ -123,11 +127,12 @@ def backend_fault(serve: ServeProcess) -> str | None:
     return body["problems"].get("backend") if status == 503 else None
 
 
+@pytest.mark.parametrize("shared_memory", [False, True], ids=["socket", "shared-memory"])
 def test_the_daemon_loses_nothing_when_the_server_dies_mid_burst_and_resumes_when_it_is_back(
-        server: TritonServer, shared_data: Path, tmp_path: Path) -> None:
+        server: TritonServer, shared_data: Path, tmp_path: Path, shared_memory: bool) -> None:
     sources = sorted((shared_data / "uhcs" / "train" / "images").glob("*.tif"))
     assert len(sources) >= 12
-    serve = TritonServe(tmp_path, server.remote("grpc"))
+    serve = TritonServe(tmp_path, server.remote("grpc"), shared_memory)
     try:
         serve.start()
         # The daemon segments every decoded file in one go, so a burst that all arrived before

@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.models.model import Model
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 from tritonclient.grpc import model_config_pb2
 
 
@@ -50,7 +50,11 @@ def main(entry: Path, workspace: Path, http_port: int, grpc_port: int, metrics_p
 
     Model._get_triton_model_config = with_parameters
     server = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, exit_on_error=True)
-    with Triton(config=server, workspace=workspace) as triton:
+    # PyTriton puts the shared-memory protocol behind an access token by default; a lab server
+    # that lets appliances on its host use shared memory leaves it open, as this one does.
+    open_endpoints = [e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "shared-memory"]
+    security = TritonSecurityConfig(restricted_endpoints=open_endpoints)
+    with Triton(config=server, workspace=workspace, security_config=security) as triton:
         triton.bind(
             model_name=config.name,
             infer_func=infer,

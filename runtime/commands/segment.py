@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--triton-model", default="",
                         help="--backend triton: the model's name there (default: the bundle's)")
     parser.add_argument("--triton-protocol", choices=REMOTE_PROTOCOLS, default="grpc")
+    parser.add_argument("--triton-shared-memory", action="store_true",
+                        help="--backend triton: tiles and logits through system shared memory (server on this host)")
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
     parser.add_argument("--overlap", type=int, default=None,
                         help="tile overlap in pixels (default: from the model's halo)")
@@ -79,7 +81,8 @@ def segment_one(path: Path, is_volume: bool, model: Model, args: argparse.Namesp
 def run(args: argparse.Namespace) -> int:
     try:
         spacing = parse_spacing(args.spacing) if args.spacing else None
-        remote = Remote(args.triton_url, args.triton_model, args.triton_protocol)
+        remote = Remote(args.triton_url, args.triton_model, args.triton_protocol,
+                        shared_memory=args.triton_shared_memory)
         model = open_model(args.model, args.backend, args.batch, tta=args.tta, remote=remote)
     except PhasewatchError as exc:
         print(f"phasewatch segment: {exc}", file=sys.stderr)

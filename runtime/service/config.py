@@ -147,6 +147,8 @@ class ModelConfig:
     triton_model: str = ""
     triton_protocol: str = _rule("grpc", choices=REMOTE_PROTOCOLS)
     triton_timeout_s: float = _rule(60.0, above=0.0)
+    # Tiles and logits through system shared memory: only for a server on this host (same /dev/shm).
+    triton_shared_memory: bool = False
 
     @property
     def ref(self) -> str | None:
@@ -156,7 +158,8 @@ class ModelConfig:
     @property
     def remote(self) -> Remote:
         """Where the ``triton`` backend finds its server and model."""
-        return Remote(self.triton_url, self.triton_model, self.triton_protocol, self.triton_timeout_s)
+        return Remote(self.triton_url, self.triton_model, self.triton_protocol, self.triton_timeout_s,
+                      self.triton_shared_memory)
 
 
 @dataclass(frozen=True)
