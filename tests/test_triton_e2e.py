@@ -22,15 +22,19 @@ import pytest
 from test_daemon_e2e import ServeProcess, wait_for
 from triton_serving import TritonServer, free_port, server_python, tritonserver_binary
 
-from phasewatch.runtime.backends import Remote
-from phasewatch.runtime.bundle import resolve_bundle_path
+from phasewatch.runtime.backends import BackendError, OrtBackend, Remote
+from phasewatch.runtime.bundle import load_bundle, resolve_bundle_path
 from phasewatch.runtime.commands.cli import main
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc,http] is not installed")
+from phasewatch.runtime.triton_backend import TritonBackend  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MODEL = "uhcs-carbide"
 AGREEMENT = 0.999
 # The daemon's backoff grows to a minute between tries while the server is away.
 RESUME_DEADLINE_S = 300.0
+HUNG_TIMEOUT_S = 3.0  # how long a request waits on a server that stopped answering
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +73,26 @@ def test_real_micrographs_through_triton_get_the_cpu_backends_class_maps(
         assert agreement >= AGREEMENT, image.name
         record = json.loads((tmp_path / "triton" / f"{image.stem}.json").read_text())
         assert record["backend"] == "triton"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_server_that_stops_answering_is_a_timeout_and_is_used_again_once_it_answers(
+        server: TritonServer, protocol: str) -> None:
+    bundle = load_bundle(MODEL)
+    backend = TritonBackend(bundle, 8, server.remote(protocol)._replace(timeout_s=HUNG_TIMEOUT_S))
+    tiles = np.random.default_rng(0).random((2, 1, 256, 256), dtype=np.float32)
+    expected = OrtBackend(bundle.onnx_path, "cpu").run(tiles)
+    try:
+        server.freeze(True)
+        with pytest.raises(BackendError) as err:
+            backend.run(tiles)
+        print(f"{protocol} while the server is stopped: {err.value}")
+        assert str(err.value).startswith(f"triton {protocol}://{server.remote(protocol).url} model '{MODEL}': ")
+        server.freeze(False)
+        assert np.array_equal(backend.run(tiles), expected)
+    finally:
+        server.freeze(False)
+        backend.close()
 
 
 def model_states(port: int) -> list[dict] | None:

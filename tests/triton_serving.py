@@ -98,6 +98,12 @@ class TritonServer:
         pytest.fail(f"the Triton server did not load {self.entry.name} within {START_DEADLINE_S:.0f} s:\n"
                     f"{self.log_text()[-3000:]}")
 
+    def freeze(self, frozen: bool) -> None:
+        """SIGSTOP the server and everything it started (it holds its connections and answers
+        nothing: a hung server), or SIGCONT them."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the server and everything it started: a server that disappears."""
         if self.proc is not None and self.proc.poll() is None:
