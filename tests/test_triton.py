@@ -6,10 +6,13 @@ The real server is in ``test_triton_e2e.py``."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from onnx_graphs import make_bundle
+from test_runtime_without_torch import BLOCK
 from triton_serving import free_port
 
 from phasewatch.runtime.backends import BACKENDS, BackendError, Remote, choose_backend
@@ -59,6 +62,14 @@ def test_export_triton_writes_an_onnx_runtime_entry_with_the_bundles_identity(tm
         "phasewatch_exported_at": bundle.manifest["exported_at"]}
     assert sha256_file(entry / "1" / "model.onnx") == bundle.onnx_sha256
     assert json.loads((entry / "1" / "manifest.json").read_text()) == bundle.manifest
+
+
+def test_export_triton_needs_no_torch(tmp_path):
+    script = BLOCK + ("from phasewatch.runtime.commands.cli import main\n"
+                      f"sys.exit(main(['export-triton', 'superalloy', r'{tmp_path}']))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "superalloy" / "1" / "model.onnx").is_file()
 
 
 def test_a_fixed_tile_bundle_gets_fixed_dims_and_the_name_version_and_batch_asked_for(tmp_path):
