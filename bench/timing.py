@@ -20,6 +20,20 @@ def best_of(repeats: int, run: Callable[[], Any]) -> float:
     return min(times)
 
 
+def best_of_interleaved(repeats: int, runs: dict[str, Callable[[], Any]]) -> dict[str, float]:
+    """The fastest of ``repeats`` timed calls of each run, taken in turns (one warm-up each), so
+    that a change in the machine's load in the meantime falls on all of them alike."""
+    for run in runs.values():
+        run()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
     """Best float32 matmul rate in FLOP/s: the machine's practical peak."""
     rng = np.random.default_rng(0)
