@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+NAME_PREFIX = "phasewatch-"  # of every region's name (and of its file in /dev/shm)
+
 
 class Region:
     """One system shared-memory region registered with the server (module doc)."""
@@ -38,7 +40,7 @@ class Region:
         self.made += 1
         # Unique per process and per region, and new for each size: the server maps a region
         # once, at the size it was registered with.
-        self.name = f"phasewatch-{os.getpid()}-{id(self):x}-{self.role}-{self.made}"
+        self.name = f"{NAME_PREFIX}{os.getpid()}-{id(self):x}-{self.role}-{self.made}"
         self.handle = shm.create_shared_memory_region(self.name, f"/{self.name}", byte_size, create_only=True)
         self.size = byte_size
         client.register_system_shared_memory(self.name, f"/{self.name}", byte_size)
@@ -65,4 +67,5 @@ class Region:
         handle, self.handle, self.size = self.handle, None, 0
         with contextlib.suppress(InferenceServerException, OSError):  # a server that went away forgot it
             client.unregister_system_shared_memory(self.name)
-        shm.destroy_shared_memory_region(handle)
+        with contextlib.suppress(FileNotFoundError):  # its file was removed from /dev/shm by someone else
+            shm.destroy_shared_memory_region(handle)

@@ -18,6 +18,7 @@ import pytest
 from conftest import PROJECT_ROOT
 
 from phasewatch.runtime.backends import Remote
+from phasewatch.runtime.triton_shm import NAME_PREFIX
 
 PYTHON_ENV = "PHASEWATCH_TRITON_PYTHON"
 SERVER_SCRIPT = Path(__file__).with_name("triton_server.py")
@@ -105,7 +106,31 @@ class TritonServer:
         os.killpg(self.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def kill(self) -> None:
-        """SIGKILL the server and everything it started: a server that disappears."""
+        """SIGKILL the server and everything it started: a server that disappears. What they made
+        in /dev/shm (PyTriton's tensor store, about 90 MB a start) would outlive them: removed;
+        the regions a client registered are the client's to free, as with a real server."""
         if self.proc is not None and self.proc.poll() is None:
+            leftovers = shared_memory_of(self.proc.pid)
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=60)
+            for path in leftovers:
+                if not path.name.startswith(NAME_PREFIX):
+                    path.unlink(missing_ok=True)
+
+
+def shared_memory_of(group: int) -> set[Path]:
+    """The /dev/shm files the processes of process group ``group`` have mapped."""
+    found: set[Path] = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            # The process group is the 5th field of /proc/PID/stat (after the parenthesised name).
+            if not proc.name.isdigit() or int((proc / "stat").read_text().rpartition(")")[2].split()[2]) != group:
+                continue
+            maps = (proc / "maps").read_text()
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read
+            continue
+        for line in maps.splitlines():
+            fields = line.split(None, 5)  # address, perms, offset, device, inode, path
+            if len(fields) == 6 and fields[5].startswith("/dev/shm/") and not fields[5].endswith("(deleted)"):
+                found.add(Path(fields[5]))
+    return found
