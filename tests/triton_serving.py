@@ -50,10 +50,11 @@ def free_port() -> int:
 
 
 class TritonServer:
-    """One server for one ``export-triton`` entry, on ports that stay the same across restarts."""
+    """One server for an ``export-triton`` repository, on ports that stay the same across restarts."""
 
-    def __init__(self, entry: Path, work: Path) -> None:
-        self.entry = entry
+    def __init__(self, repo: Path, work: Path) -> None:
+        self.repo = repo
+        self.models = sorted(entry.name for entry in repo.iterdir() if (entry / "config.pbtxt").is_file())
         self.work = work
         self.python = server_python()
         self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
@@ -67,10 +68,10 @@ class TritonServer:
         return (self.work / f"triton.{self.starts}.log").read_text(errors="replace")
 
     def start(self) -> TritonServer:
-        """Start the server and wait until its model is ready."""
+        """Start the server and wait until its models are ready."""
         self.starts += 1
         workspace = self.work / f"workspace.{self.starts}"
-        command = [str(self.python), str(SERVER_SCRIPT), str(self.entry), str(workspace),
+        command = [str(self.python), str(SERVER_SCRIPT), str(self.repo), str(workspace),
                    *(str(self.ports[k]) for k in ("http", "grpc", "metrics"))]
         with open(self.work / f"triton.{self.starts}.log", "wb") as log:
             # A session of its own, so that kill() takes tritonserver and the Python stub with it.
@@ -89,14 +90,14 @@ class TritonServer:
                 if self.proc.poll() is not None:
                     pytest.fail(f"the Triton server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
                 try:
-                    if client.is_model_ready(self.entry.name):
+                    if all(client.is_model_ready(model) for model in self.models):
                         return
                 except Exception:  # not listening yet: connection refused, reset
                     pass
                 time.sleep(0.2)
         finally:
             client.close()
-        pytest.fail(f"the Triton server did not load {self.entry.name} within {START_DEADLINE_S:.0f} s:\n"
+        pytest.fail(f"the Triton server did not load {', '.join(self.models)} within {START_DEADLINE_S:.0f} s:\n"
                     f"{self.log_text()[-3000:]}")
 
     def freeze(self, frozen: bool) -> None:
