@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from phasewatch.runtime.bundle import Bundle, sha256_file
 from phasewatch.runtime.errors import PhasewatchError, one_line
@@ -126,14 +126,3 @@ def write_entry(bundle: Bundle, network: Network, repo: Path, name: str = "", ve
         raise TritonExportError(f"{entry}: cannot write the repository entry: {one_line(exc)}") from exc
     return entry
 
-
-def parse_config(text: str) -> Any:
-    """``config.pbtxt`` as Triton's ``ModelConfig`` message (tritonclient's generated protobuf
-    classes), or a TritonExportError naming what the text format parser refused."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    try:
-        return text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as exc:
-        raise TritonExportError(f"config.pbtxt: {one_line(exc)}") from exc

@@ -25,15 +25,18 @@ from phasewatch.runtime.triton_repository import (
     ONNX_KEY,
     TritonExportError,
     engine_network,
-    parse_config,
 )
 
 tritonclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+
 from phasewatch.runtime.triton_backend import TritonBackend, check_identity, check_tensors  # noqa: E402
 
 
 def read_entry(entry: Path):
-    return parse_config((entry / "config.pbtxt").read_text())
+    """The entry's config.pbtxt parsed as Triton's own ModelConfig message (what the server reads)."""
+    return text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
 
 
 def served_config(bundle, **changes):
