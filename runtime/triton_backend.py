@@ -31,7 +31,7 @@ import numpy as np
 from phasewatch.runtime.backends import REMOTE_PROTOCOLS, BackendError, Remote
 from phasewatch.runtime.bundle import Bundle
 from phasewatch.runtime.errors import one_line
-from phasewatch.runtime.triton_repository import MODEL_KEY, ONNX_KEY
+from phasewatch.runtime.triton_repository import MAX_SIDE_KEY, MODEL_KEY, ONNX_KEY
 from phasewatch.runtime.triton_shm import Region
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -121,6 +121,7 @@ class TritonBackend:
         check_identity(config, bundle, self.where)
         self.tensors = check_tensors(config, bundle, self.where)
         self.any_size = self.tensors.any_size
+        self.max_side = int(parameter(config, MAX_SIDE_KEY) or 0)  # 0: no limit
         self.max_batch = max(1, min(int(batch), int(config["max_batch_size"])))
 
     def _client(self) -> Any:

@@ -28,6 +28,8 @@ MODEL_KEY = "phasewatch_model"
 ONNX_KEY = "phasewatch_onnx_sha256"
 EXPORTED_KEY = "phasewatch_exported_at"
 ENGINE_KEY = "phasewatch_engine_sha256"
+# An engine built with a spatial profile runs sides up to this; the client plans no larger tiles.
+MAX_SIDE_KEY = "phasewatch_max_side"
 
 
 class TritonExportError(PhasewatchError):
@@ -88,7 +90,15 @@ def engine_network(bundle: Bundle, engine: Path) -> Network:
     side = int(sides["min"]) if sides.get("min") == sides.get("max") else 0
     extra = {ENGINE_KEY: str(sidecar["engine_sha256"]), "phasewatch_gpu": str(sidecar.get("gpu", "")),
              "phasewatch_tensorrt": str(sidecar.get("tensorrt", ""))}
+    if not side:
+        extra[MAX_SIDE_KEY] = str(int(sides["max"]))
     return Network(engine, "model.plan", "tensorrt", int(sidecar.get("batch", {}).get("max", 1)), side, extra)
+
+
+def quoted(text: str) -> str:
+    """A protobuf text-format string literal: JSON's quoting is a subset of its C-style escapes,
+    and UTF-8 stays as it is."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def config_text(bundle: Bundle, network: Network, name: str, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> str:
@@ -99,13 +109,13 @@ def config_text(bundle: Bundle, network: Network, name: str, queue_delay_us: int
     output_dims = ", ".join(map(str, [bundle.num_classes, *spatial]))
     parameters = {**identity(bundle), **network.extra}
     lines = [
-        f"name: {json.dumps(name)}",
-        f"platform: {json.dumps(PLATFORMS[network.platform])}",
+        f"name: {quoted(name)}",
+        f"platform: {quoted(PLATFORMS[network.platform])}",
         f"max_batch_size: {network.max_batch}",
-        f"input [ {{ name: {json.dumps(input_name)} data_type: TYPE_FP32 dims: [ {input_dims} ] }} ]",
-        f"output [ {{ name: {json.dumps(output_name)} data_type: TYPE_FP32 dims: [ {output_dims} ] }} ]",
+        f"input [ {{ name: {quoted(input_name)} data_type: TYPE_FP32 dims: [ {input_dims} ] }} ]",
+        f"output [ {{ name: {quoted(output_name)} data_type: TYPE_FP32 dims: [ {output_dims} ] }} ]",
         f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
-        *(f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(value)} }} }}"
+        *(f"parameters {{ key: {quoted(key)} value {{ string_value: {quoted(value)} }} }}"
           for key, value in parameters.items()),
     ]
     return "\n".join(lines) + "\n"

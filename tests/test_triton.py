@@ -21,6 +21,7 @@ from phasewatch.runtime.commands.cli import main
 from phasewatch.runtime.service.config import ConfigError, load_config
 from phasewatch.runtime.triton_repository import (
     ENGINE_KEY,
+    MAX_SIDE_KEY,
     MODEL_KEY,
     ONNX_KEY,
     TritonExportError,
@@ -112,6 +113,18 @@ def test_a_gated_engine_becomes_a_tensorrt_plan_naming_its_gpu_and_tensorrt(tmp_
     assert parameters[ENGINE_KEY] == sha256_file(engine)
     assert (parameters["phasewatch_gpu"], parameters["phasewatch_tensorrt"]) == ("NVIDIA L4", "10.3.0")
     assert (entry / "1" / "model.plan").read_bytes() == b"engine bytes"
+
+
+def test_an_engine_with_a_spatial_profile_says_its_largest_side(tmp_path):
+    bundle_dir = make_bundle(tmp_path / "tiny")
+    engine = gated_engine(bundle_dir)
+    sidecar_file = engine.parent / (engine.name + ".json")
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar_file.write_text(json.dumps({**sidecar, "side": {"min": 16, "opt": 512, "max": 1024}}))
+    assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--platform", "tensorrt"]) == 0
+    config = read_entry(tmp_path / "repo" / "tiny")
+    assert list(config.input[0].dims) == [1, -1, -1]
+    assert config.parameters[MAX_SIDE_KEY].string_value == "1024"
 
 
 def test_an_engine_without_gate_results_or_with_other_bytes_is_refused(tmp_path):
