@@ -183,8 +183,13 @@ def test_no_server_at_the_address_is_a_one_line_backend_error(protocol):
     assert message.startswith(f"triton {protocol}://{url} model 'uhcs-carbide': ") and "\n" not in message
 
 
-def test_auto_never_picks_the_shared_server():
-    assert BACKENDS["triton"].auto is False
+def test_auto_never_picks_the_shared_server_even_when_it_is_all_there_is(monkeypatch):
+    for kind, entry in list(BACKENDS.items()):
+        if kind != "triton":
+            monkeypatch.setitem(BACKENDS, kind, entry._replace(unavailable=lambda bundle: "switched off"))
+    with pytest.raises(BackendError, match="no backend could be opened") as err:
+        choose_backend(load_bundle("uhcs-carbide"), "auto")
+    assert "triton" not in str(err.value)
 
 
 def test_triton_settings_come_from_the_model_section_and_the_serve_flag(tmp_path):
