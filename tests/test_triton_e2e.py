@@ -171,15 +171,14 @@ def test_the_daemon_loses_nothing_when_the_server_dies_mid_burst_and_resumes_whe
             shutil.copyfile(source, serve.watch / source.name)
         wait_for(lambda: serve.get_json("/api/status")["done"] >= 2, "the first results")
         server.kill()
+        done_at_kill = sum(r["state"] == "done" for r in serve.rows())
         for source in sources[half:]:
             shutil.copyfile(source, serve.watch / source.name)
-        done_at_kill = sum(r["state"] == "done" for r in serve.rows())
-        assert done_at_kill < len(sources), "the burst was over before the kill; nothing to resume"
 
         fault = wait_for(lambda: backend_fault(serve), "/healthz to name the backend fault")
         assert fault.startswith(f"triton: triton grpc://{server.remote('grpc').url} model '{MODEL}': "), fault
         assert not any(r["state"] == "failed" for r in serve.rows())
-        print(f"done at the kill: {done_at_kill} of {len(sources)}; /healthz while down: {fault}")
+        print(f"done at the kill: {done_at_kill} of the first {half}; /healthz while down: {fault}")
 
         server.start()
         images = wait_for(lambda: serve.idle_with(len(sources)), "every file to be finished after the restart",
