@@ -156,3 +156,42 @@ def test_synth_score_names_an_empty_folder(tmp_path, capsys):
     (tmp_path / "real").mkdir()
     assert main(["synth", "score", str(tmp_path / "real"), str(tmp_path / "real")]) == 1
     assert capsys.readouterr().err.strip() == f"phasewatch synth score: {tmp_path / 'real'}: no images"
+
+
+def test_synth_train_and_generate_from_the_command_line(tmp_path, capsys):
+    from phasewatch.runtime.commands.cli import main
+
+    tiny_data(tmp_path)
+    (tmp_path / "tiny.toml").write_text("""
+name = "tiny"
+[data]
+train = { images = "train/images", labels = "train/labels" }
+val = { images = "val/images", labels = "val/labels" }
+[[classes]]
+id = 0
+name = "a"
+[[classes]]
+id = 1
+name = "b"
+[[classes]]
+id = 2
+name = "c"
+[model]
+architecture = "unet"
+in_channels = 1
+tile = 32
+[train]
+batch = 2
+""")
+    args = ["--config", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "gen"), "--data-root", str(tmp_path),
+            "--device", "cpu", "--crop", "32", "--batch", "2", "--width", "8"]
+    assert main(["synth", "train", *args, "--steps", "2"]) == 0
+    assert main(["synth", "train", *args, "--steps", "3"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert main(["synth", "generate", str(tmp_path / "gen" / "generator.pt"), "--out", str(tmp_path / "pairs"),
+                 "--count", "2", "--size", "40"]) == 1
+    assert "--size 40: must be a positive multiple of 16" in capsys.readouterr().err
+    assert main(["synth", "generate", str(tmp_path / "gen" / "generator.pt"), "--out", str(tmp_path / "pairs"),
+                 "--count", "2", "--size", "32"]) == 0
+    manifest = json.loads((tmp_path / "pairs" / "manifest.json").read_text())
+    assert manifest["generator"]["steps"] == 3 and manifest["training_data"]["train_images"] == ["f0", "f1"]
