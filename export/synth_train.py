@@ -96,6 +96,9 @@ def build_networks(num_classes: int, channels: int, settings: GanSettings) -> tu
 def train_generator(config: dict[str, Any], out_dir: Path, data_root: Path, settings: GanSettings,
                     device: str = "auto") -> Path:
     """Train (or carry on training) the generator in ``out_dir``; returns its checkpoint."""
+    stride = 2 ** settings.depth
+    if settings.crop <= 0 or settings.crop % stride:
+        raise TrainError(f"--crop {settings.crop}: must be a positive multiple of {stride}")
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, log_path = out_dir / CHECKPOINT, out_dir / "log.jsonl"
     dev = pick_device(device)

@@ -185,6 +185,8 @@ batch = 2
 """)
     args = ["--config", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "gen"), "--data-root", str(tmp_path),
             "--device", "cpu", "--crop", "32", "--batch", "2", "--width", "8"]
+    assert main(["synth", "train", *args, "--crop", "24"]) == 1
+    assert capsys.readouterr().err.strip() == "phasewatch synth train: --crop 24: must be a positive multiple of 16"
     assert main(["synth", "train", *args, "--steps", "2"]) == 0
     assert main(["synth", "train", *args, "--steps", "3"]) == 0
     assert "resuming" in capsys.readouterr().err
