@@ -6,10 +6,13 @@ A = S1^1/2 S2 S1^1/2 (symmetric, positive semi-definite, similar to S1 S2),
 Tr (S1 S2)^1/2 = sum sqrt(eig(A)); SciPy's ``sqrtm`` is not a dependency.
 KID (Bińkowski et al. 2018) is the unbiased MMD² with the polynomial kernel
 k(x, y) = (x.y / d + 1)^3, averaged over random equal-size subsets, with the standard
-deviation over those subsets, as the GAN literature reports it.
+deviation over those subsets, as the GAN literature reports it; FID's spread is taken over
+such subsets too.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,15 +45,29 @@ def mmd2_unbiased(a: np.ndarray, b: np.ndarray) -> float:
     return float(within_a + within_b - 2 * k_ab.mean())
 
 
-def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100,
-        rng: np.random.Generator | None = None) -> tuple[float, float]:
-    """(mean, standard deviation) of the unbiased MMD² over ``subsets`` random draws of
-    ``subset_size`` rows from each set (without replacement; capped by the smaller set)."""
+def _over_subsets(score: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray, subsets: int,
+                  subset_size: int, rng: np.random.Generator | None) -> tuple[float, float]:
+    """(mean, standard deviation) of ``score`` over ``subsets`` random draws of ``subset_size``
+    rows from each set (without replacement; capped by the smaller set)."""
     rng = rng or np.random.default_rng(0)
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     size = min(subset_size, len(a), len(b))
     if size < 2:
-        raise ValueError(f"KID needs at least 2 feature vectors in each set, got {len(a)} and {len(b)}")
-    values = [mmd2_unbiased(a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)])
+        raise ValueError(f"scores over subsets need at least 2 feature vectors in each set, got {len(a)} and {len(b)}")
+    values = [score(a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)])
               for _ in range(subsets)]
     return float(np.mean(values)), float(np.std(values))
+
+
+def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100,
+        rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """KID: (mean, standard deviation) of the unbiased MMD² over random equal-size subsets."""
+    return _over_subsets(mmd2_unbiased, a, b, subsets, subset_size, rng)
+
+
+def fid_over_subsets(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100,
+                     rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """FID's (mean, standard deviation) over random equal-size subsets, the spread GAN papers
+    give (e.g. 100 vs 100 images). Small subsets bias FID upwards: the mean is not :func:`fid`
+    of the whole sets, and only subsets of one size compare."""
+    return _over_subsets(fid, a, b, subsets, subset_size, rng)

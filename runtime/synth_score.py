@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from phasewatch.runtime.bundle import Bundle, load_bundle
 from phasewatch.runtime.encoder_features import Encoder, FeatureError, encode, open_encoder
-from phasewatch.runtime.gan_metrics import fid, kid
+from phasewatch.runtime.gan_metrics import fid, fid_over_subsets, kid
 from phasewatch.runtime.imageio import SUPPORTED_SUFFIXES, read_fields
 from phasewatch.runtime.normalise import prepare
 
@@ -61,8 +61,11 @@ def score_folders(real: Path, fake: Path, model: str, crop: int = 128, stride: i
     real_features = folder_features(real, bundle, encoder, crop, stride)
     fake_features = folder_features(fake, bundle, encoder, crop, stride)
     kid_mean, kid_std = kid(real_features, fake_features, subsets, subset_size, np.random.default_rng(seed))
+    fid_mean, fid_std = fid_over_subsets(real_features, fake_features, subsets, subset_size,
+                                         np.random.default_rng(seed))
     return {
         "fid": fid(real_features, fake_features), "kid": kid_mean, "kid_std": kid_std,
+        "fid_subsets": fid_mean, "fid_std": fid_std,
         "real": str(real), "fake": str(fake), "real_crops": len(real_features), "fake_crops": len(fake_features),
         "crop": crop, "stride": stride, "kid_subsets": subsets,
         "kid_subset_size": min(subset_size, len(real_features), len(fake_features)),
@@ -73,7 +76,8 @@ def score_folders(real: Path, fake: Path, model: str, crop: int = 128, stride: i
 
 def format_score(result: dict[str, Any]) -> str:
     return "\n".join([
-        f"FID {result['fid']:.2f}   KID {result['kid']:.4f} ± {result['kid_std']:.4f} "
+        f"FID {result['fid']:.2f} (all crops; over {result['kid_subsets']} subsets of {result['kid_subset_size']}: "
+        f"{result['fid_subsets']:.2f} ± {result['fid_std']:.2f})   KID {result['kid']:.4f} ± {result['kid_std']:.4f} "
         f"({result['kid_subsets']} subsets of {result['kid_subset_size']})",
         f"real: {result['real_crops']} crops of {result['real']}; generated: {result['fake_crops']} crops of "
         f"{result['fake']} ({result['crop'] or 'whole'} px, stride {result['stride']})",

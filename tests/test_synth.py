@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from phasewatch.runtime.gan_metrics import fid, frechet_distance, kid
+from phasewatch.runtime.gan_metrics import fid, fid_over_subsets, frechet_distance, kid
 from phasewatch.runtime.synthetic import superalloy_micrograph
 
 BLOCK = "import sys\nfor name in ('torch', 'tensorrt', 'cuda'):\n    sys.modules[name] = None\n"
@@ -51,6 +51,17 @@ def test_kid_is_near_zero_for_two_halves_of_one_set_and_grows_with_noise():
     assert abs(same) < 3 * same_std / np.sqrt(50)
     assert same < noisy[0] < noisy[1] < noisy[2]
     assert noisy[1] > 10 * abs(same) and noisy[1] > 3 * same_std
+
+
+def test_fid_over_subsets_of_the_whole_sets_is_fid_and_its_spread_shrinks_as_subsets_grow():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(200, 8)), rng.normal(0.3, 1.2, size=(200, 8))
+    whole, spread = fid_over_subsets(a, b, subsets=5, subset_size=200, rng=rng)  # every draw: all rows
+    assert whole == pytest.approx(fid(a, b)) and spread == pytest.approx(0, abs=1e-9)
+    small = fid_over_subsets(a, b, subsets=40, subset_size=20, rng=rng)
+    large = fid_over_subsets(a, b, subsets=40, subset_size=100, rng=rng)
+    assert small[1] > large[1] > 0
+    assert small[0] > large[0] > fid(a, b)  # small subsets bias FID upwards
 
 
 # -- the generator, generate, and train on the pairs ------------------------------------
@@ -147,6 +158,7 @@ sys.exit(main(["synth", "score", r"{tmp_path}/real", r"{tmp_path}/fake", "--crop
     result = json.loads(done.stdout)
     assert result["real_crops"] == result["fake_crops"] == 3 * 4 * 4
     assert result["fid"] > 0 and np.isfinite(result["kid"]) and result["kid_std"] >= 0
+    assert result["fid_subsets"] > 0 and result["fid_std"] >= 0
     assert "encoder of bundle 'superalloy'" in result["features"] and "not InceptionV3" in result["note"]
 
 
