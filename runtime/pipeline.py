@@ -196,7 +196,7 @@ def record_file(segmented: Segmented, out_dir: Path | None) -> FileResult:
         result = FieldResult(field_, classes, margin, record)
         if out_dir is not None:
             stem = field_stem(decoded.path, field_, count)
-            written = write_field(out_dir, stem, result, model.bundle)
+            written = write_field(out_dir, stem, field_.image, classes, record, model.bundle)
             # Where the model hesitates, for the page's "unsure" view: bright = unsure.
             unsure_path = out_dir / f"{stem}.unsure.png"
             write_png_atomic(unsure_path, 255 - result.margin)
@@ -330,9 +330,9 @@ def assessed_record(path: Path, field: Field, segmentation: ImageSegmentation, m
     return record
 
 
-def write_field(out_dir: Path, stem: str, result: FieldResult, bundle: Bundle) -> dict[str, Path]:
-    """Write class map, overlay and JSON of one field atomically; background classes stay
-    untinted in the overlay so the phases stand out."""
+def write_field(out_dir: Path, stem: str, image: np.ndarray, classes: np.ndarray, record: dict[str, Any],
+                bundle: Bundle) -> dict[str, Path]:
+    """Write class map, overlay and JSON of one field (or one slice) atomically; background
+    classes stay untinted in the overlay so the phases stand out."""
     background = {c.id for c in bundle.classes if c.role == "background"}
-    return write_outputs(out_dir, stem, result.field.image, result.classes, bundle.palette(), result.record,
-                         skip=background)
+    return write_outputs(out_dir, stem, image, classes, bundle.palette(), record, skip=background)

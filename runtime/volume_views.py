@@ -15,7 +15,9 @@ view and the report show a volume as they show a field, without knowing about vo
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,8 @@ import numpy as np
 import tifffile
 
 from phasewatch.runtime.bundle import Bundle
-from phasewatch.runtime.outputs import OutputError, preview, write_outputs, write_png_atomic
-from phasewatch.runtime.pipeline import FileResult, Model
+from phasewatch.runtime.outputs import OutputError, preview, write_png_atomic
+from phasewatch.runtime.pipeline import FileResult, Model, write_field
 from phasewatch.runtime.volume import Volume, field_like_record, segment_volume
 
 SLICE_PICTURES = ("classes", "preview")  # what the page may ask of each slice
@@ -53,14 +55,12 @@ class SliceViews:
     def add(self, index: int, image: np.ndarray, classes: np.ndarray, record: dict[str, Any]) -> None:
         """One slice as it comes out: its display picture appended to the stack; the middle
         slice kept (image, class map, record) for :meth:`finish`."""
-        try:
+        with self._writing():
             if self._writer is None:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 self._writer = tifffile.TiffWriter(self._partial)
             picture = preview(image)
             self._writer.write(picture, compression="zlib", photometric="rgb" if picture.ndim == 3 else "minisblack")
-        except OSError as exc:
-            raise OutputError(exc.errno, f"{self.stack_path}: cannot write: {exc.strerror or exc}") from exc
         if index == self.n_slices // 2:
             self._middle = (index, image, classes, record)
 
@@ -68,33 +68,37 @@ class SliceViews:
         """Close the stack under its name and write the middle slice's pictures; the outputs
         by kind: ``preview_stack``, and ``classes``/``overlay``/``preview``/``json`` of the
         middle slice (what a field has)."""
-        self._close()
-        try:
+        with self._writing():
+            self._close()
             os.replace(self._partial, self.stack_path)
-        except OSError as exc:
-            raise OutputError(exc.errno, f"{self.stack_path}: cannot write: {exc.strerror or exc}") from exc
         assert self._middle is not None, "finish() before the middle slice came"
         index, image, classes, record = self._middle
-        background = {c.id for c in bundle.classes if c.role == "background"}
-        written = write_outputs(self.out_dir, f"{self.name}.z{index:04d}", image, classes, bundle.palette(), record,
-                                skip=background)
+        written = write_field(self.out_dir, f"{self.name}.z{index:04d}", image, classes, record, bundle)
         preview_path = self.out_dir / f"{self.name}.preview.png"
         write_png_atomic(preview_path, preview(image))
         return {**{k: str(v) for k, v in written.items()}, "preview": str(preview_path),
                 "preview_stack": str(self.stack_path)}
 
     def discard(self) -> None:
-        """After a failure: no half-written stack is left behind."""
-        self._close()
+        """After a failure: no half-written stack is left behind (and the failure, not a
+        second one while closing, is what the caller sees)."""
+        with contextlib.suppress(OSError):
+            self._close()
         self._partial.unlink(missing_ok=True)
 
     def _close(self) -> None:
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            try:
-                writer.close()
-            except OSError as exc:
-                raise OutputError(exc.errno, f"{self.stack_path}: cannot write: {exc.strerror or exc}") from exc
+            writer.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The display stack's write errors as an ``OutputError`` naming it (the daemon retries
+        a full or read-only disk)."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputError(exc.errno, f"{self.stack_path}: cannot write: {exc.strerror or exc}") from exc
 
 
 def record_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | None = None,
