@@ -15,8 +15,8 @@ import argparse
 import numpy as np
 from timing import best_of
 
-from phasewatch.runtime.backends import physical_cores
-from phasewatch.runtime.pipeline import open_model
+from phasewatch.backends.registry import physical_cores
+from phasewatch.core.pipeline import open_model
 
 SIDES = (128, 256, 512)
 BATCHES = (1, 2, 4, 8)

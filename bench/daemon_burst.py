@@ -50,11 +50,11 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from phasewatch.runtime.backends import KINDS
-from phasewatch.runtime.bundle import bundled_model_names
-from phasewatch.runtime.imageio import read_fields
-from phasewatch.runtime.normalise import prepare
-from phasewatch.runtime.pipeline import open_model, process_file, segment_images
+from phasewatch.backends.registry import KINDS
+from phasewatch.bundle import bundled_model_names
+from phasewatch.core.normalise import prepare
+from phasewatch.core.pipeline import open_model, process_file, segment_images
+from phasewatch.imageio.formats import read_fields
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MATERIALS = ("superalloy", "ebc")  # each bundled model's name is its material's
@@ -162,7 +162,7 @@ def start_daemon(root: Path, model: str, backend: str, batch: int, settle: float
     watch = "" if settle is None else f"[watch]\nsettle_s = {settle}\n\n"
     config.write_text(f"{watch}[model]\nbatch = {batch}\n")
     log = root / "serve.log"
-    command = [sys.executable, "-m", "phasewatch.runtime.commands.cli", "serve", "--config", str(config),
+    command = [sys.executable, "-m", "phasewatch.app.cli", "serve", "--config", str(config),
                "--watch", str(root / "watch"), "--data", str(root / "data"), "--model", model,
                "--backend", backend, "--port", str(_free_port())]
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}

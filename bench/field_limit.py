@@ -114,9 +114,9 @@ def measure(name: str, data: Path, backend_kind: str, threads: int, repeats: int
             monai: bool) -> dict[str, Any]:
     import torch
 
-    from phasewatch.runtime.imageio import images_in, read_fields
-    from phasewatch.runtime.normalise import prepare
-    from phasewatch.runtime.pipeline import open_model, segment_images
+    from phasewatch.core.normalise import prepare
+    from phasewatch.core.pipeline import open_model, segment_images
+    from phasewatch.imageio.formats import images_in, read_fields
 
     path = images_in(data / FIELDS[name])[0]
     image = read_fields(path)[0].image
@@ -152,7 +152,7 @@ def measure(name: str, data: Path, backend_kind: str, threads: int, repeats: int
 
 def main() -> int:
     args = parse_args()
-    from phasewatch.runtime.backends import physical_cores
+    from phasewatch.backends.registry import physical_cores
 
     threads = args.threads or physical_cores()
     env = os.environ.get("PHASEWATCH_DATA")

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from phasewatch.backends.registry import Backend, OrtBackend, open_backend, preload_gpu_libraries
+from phasewatch.bundle import Bundle, bundled_model_names, load_bundle
 from phasewatch.export.engine_gate import compare_logits, load_reference_tiles
-from phasewatch.runtime.backends import Backend, OrtBackend, open_backend, preload_gpu_libraries
-from phasewatch.runtime.bundle import Bundle, bundled_model_names, load_bundle
 
 RELOADS = 20
 LEAK_MB = 64.0  # allocator caches settle within the first reloads; a leak grows with each
@@ -123,8 +123,8 @@ def native_backend_opener(bundle: Bundle, workdir: Path) -> Callable[[], Backend
     import cuda.bindings.runtime  # noqa: F401 - the real one, before the fakes' folder
 
     sys.path.insert(0, str(FAKES))
+    from phasewatch.backends.tensorrt import open_tensorrt_backend
     from phasewatch.export.build_engine import build_engine
-    from phasewatch.runtime.tensorrt_backend import open_tensorrt_backend
 
     copy = load_bundle(shutil.copytree(bundle.path, workdir / bundle.name))
     build_engine(copy, max_batch=8, max_side=2 * copy.tile,  # a multiple of any spatial_multiple

@@ -16,7 +16,7 @@ One command, ``python bench/reliability.py`` (``--short`` for CI, ``--long`` for
 4. soak: a steady feed with API reads while the service's RSS, file descriptors and
    threads are sampled;
 5. fuzzers: schemathesis against the service's own OpenAPI description, hypothesis
-   against ``phasewatch.runtime.imageio.read_fields`` (in a child process, bounded in time
+   against ``phasewatch.imageio.formats.read_fields`` (in a child process, bounded in time
    and memory), pip-audit over the installed dependencies.
 
 It ends with one table (also written as JSON and Markdown; the paths are printed):
@@ -177,7 +177,7 @@ class GoodImages:
         self.sources = [tifffile.imread(p) for p in self._source_paths()]
         self.count = 0
         if not self.sources:
-            from phasewatch.runtime.synthetic import superalloy_micrograph
+            from phasewatch.core.synthetic import superalloy_micrograph
 
             self.sources = [superalloy_micrograph(384, 384, seed=s)[0] for s in range(3)]
 
@@ -633,7 +633,7 @@ class Service:
         """Start a run without waiting for it to serve."""
         self.runs += 1
         env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
-        command = [sys.executable, "-m", "phasewatch.runtime.commands.cli", "serve", "--config", str(self.config),
+        command = [sys.executable, "-m", "phasewatch.app.cli", "serve", "--config", str(self.config),
                    "--watch", str(self.watch), "--data", str(self.data), "--model", self.model,
                    "--backend", "cpu", "--port", str(self.port)]
         with open(self.log_path(), "wb") as log:
@@ -1211,7 +1211,7 @@ class Suite:
     def fault_db_lock(self, during: Callable[[], None] | None = None) -> None:
         """Another connection holds BEGIN EXCLUSIVE until the service shows the lock (the busy
         timeout has passed), then a second more."""
-        from phasewatch.runtime.service.store import BUSY_TIMEOUT_S
+        from phasewatch.store.database import BUSY_TIMEOUT_S
 
         holder: list[sqlite3.Connection] = []
 
@@ -1551,7 +1551,7 @@ def fuzz_worker(folder: Path, seconds: float, seed: int) -> None:
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
-    from phasewatch.runtime.imageio import MIN_SIDE, ImageReadError, read_fields
+    from phasewatch.imageio.formats import MIN_SIDE, ImageReadError, read_fields
 
     # Like the daemon's decoder: a decoding that wants more memory fails, it does not swap.
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))

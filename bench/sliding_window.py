@@ -58,10 +58,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from timing import best_of, matmul_peak  # noqa: E402
 
-from phasewatch.runtime.backends import OrtBackend, physical_cores  # noqa: E402
-from phasewatch.runtime.bundle import Normalisation  # noqa: E402
-from phasewatch.runtime.engine import Plan, gaussian_window, segment, tile_starts  # noqa: E402
-from phasewatch.runtime.normalise import prepare  # noqa: E402
+from phasewatch.backends.registry import OrtBackend, physical_cores  # noqa: E402
+from phasewatch.bundle import Normalisation  # noqa: E402
+from phasewatch.core.normalise import prepare  # noqa: E402
+from phasewatch.core.tiling import Plan, gaussian_window, segment, tile_starts  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NORMALISATION = Normalisation(mean=(0.5,), std=(0.25,), sixteen_bit="percentile")
@@ -72,7 +72,7 @@ def micrograph(height: int, width: int) -> tuple[np.ndarray, str]:
     candidates = sorted((DATA / "ebc" / "train" / "images").glob("*.tif"))
     source = cv2.imread(str(candidates[0]), cv2.IMREAD_GRAYSCALE) if candidates else None
     if source is None:
-        from phasewatch.runtime.synthetic import superalloy_micrograph
+        from phasewatch.core.synthetic import superalloy_micrograph
 
         rgb, _ = superalloy_micrograph(height, width)
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), "synthetic superalloy"

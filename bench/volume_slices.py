@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def slices_of(data: Path, depth: int) -> np.ndarray:
-    from phasewatch.runtime.imageio import images_in, read_fields
+    from phasewatch.imageio.formats import images_in, read_fields
 
     images = [read_fields(path)[0].image for path in images_in(data / "tomography" / "validate" / "images")]
     gray = [image[..., 0] if image.ndim == 3 else image for image in images]  # gray stored as RGB
@@ -53,9 +53,9 @@ def slices_of(data: Path, depth: int) -> np.ndarray:
 
 
 def measure(stack: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
-    from phasewatch.runtime.normalise import prepare
-    from phasewatch.runtime.pipeline import open_model, segment_images
-    from phasewatch.runtime.volume import open_volume, segment_volume
+    from phasewatch.core.normalise import prepare
+    from phasewatch.core.pipeline import open_model, segment_images
+    from phasewatch.core.volume import open_volume, segment_volume
 
     model = open_model("tomography", "cpu", threads=threads)
     bundle, backend = model.bundle, model.backend
@@ -80,7 +80,7 @@ def measure(stack: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
 
 def main() -> int:
     args = parse_args()
-    from phasewatch.runtime.backends import physical_cores
+    from phasewatch.backends.registry import physical_cores
 
     env = os.environ.get("PHASEWATCH_DATA")
     data = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from phasewatch.runtime.bundle import sha256_file, write_manifest
+from phasewatch.bundle import sha256_file, write_manifest
 
 OPSET = 17
 IR_VERSION = 8  # readable by older onnxruntime builds too (e.g. JetPack wheels)

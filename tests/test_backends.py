@@ -14,8 +14,8 @@ import pytest
 from onnx import numpy_helper
 from onnx_graphs import make_bundle, make_conv_net
 
-from phasewatch.runtime import backends
-from phasewatch.runtime.backends import (
+from phasewatch.backends import registry as backends
+from phasewatch.backends.registry import (
     BACKENDS,
     BackendError,
     BackendKind,
@@ -24,7 +24,7 @@ from phasewatch.runtime.backends import (
     choose_backend,
     open_backend,
 )
-from phasewatch.runtime.bundle import load_bundle
+from phasewatch.bundle import load_bundle
 
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 no_gpu_provider = pytest.mark.skipif(
@@ -121,7 +121,7 @@ def test_native_tensorrt_missing_is_one_line_error(bundle):
     try:
         import tensorrt  # noqa: F401
 
-        import phasewatch.runtime.tensorrt_backend  # noqa: F401
+        import phasewatch.backends.tensorrt  # noqa: F401
     except ImportError:
         pass
     else:
@@ -133,7 +133,7 @@ def test_native_tensorrt_missing_is_one_line_error(bundle):
 
 @no_gpu_provider
 def test_auto_picks_cpu_here_and_logs_why(bundle, caplog):
-    with caplog.at_level(logging.INFO, logger="phasewatch.runtime.backends"):
+    with caplog.at_level(logging.INFO, logger="phasewatch.backends.registry"):
         backend = open_backend(bundle, "auto")
     assert backend.name == "cpu"
     assert "picked cpu" in caplog.text and "CUDAExecutionProvider" in caplog.text
@@ -192,8 +192,8 @@ def test_onnxruntime_kinds_open_a_session_named_after_their_entry(bundle, monkey
 
 
 def test_native_tensorrt_backend_is_imported_only_when_asked_for():
-    script = ("import sys\nfrom phasewatch.runtime.backends import KINDS\n"
-              "assert 'tensorrt' in KINDS\nassert 'phasewatch.runtime.tensorrt_backend' not in sys.modules\n")
+    script = ("import sys\nfrom phasewatch.backends.registry import KINDS\n"
+              "assert 'tensorrt' in KINDS\nassert 'phasewatch.backends.tensorrt' not in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 

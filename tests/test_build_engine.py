@@ -18,10 +18,10 @@ import onnx
 import pytest
 from onnx_graphs import make_bundle
 
+from phasewatch.app.cli import main
+from phasewatch.bundle import Bundle, load_bundle, sha256_file, write_manifest
 from phasewatch.export.build_engine import EngineBuildError, build_engine
 from phasewatch.export.engine_gate import GateError, compare_logits
-from phasewatch.runtime.bundle import Bundle, load_bundle, sha256_file, write_manifest
-from phasewatch.runtime.commands.cli import main
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 FAKE_MODULES = ("tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime")

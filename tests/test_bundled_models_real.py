@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phasewatch.runtime.engine import Plan
-from phasewatch.runtime.imageio import images_in, read_fields
-from phasewatch.runtime.pipeline import Model, open_model, process_file, segment_images
+from phasewatch.core.pipeline import Model, open_model, process_file, segment_images
+from phasewatch.core.tiling import Plan
+from phasewatch.imageio.formats import images_in, read_fields
 
 # model -> the shared data it is judged on (held out from its training)
 HELD_OUT = {

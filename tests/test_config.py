@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from phasewatch.runtime.service import config as cfg
-from phasewatch.runtime.service.config import Config, ConfigError, load_config
-from phasewatch.runtime.service.logs import LEVELS
+from phasewatch.service import config as cfg
+from phasewatch.service.config import Config, ConfigError, load_config
+from phasewatch.service.logs import LEVELS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "phasewatch.toml.example"
 

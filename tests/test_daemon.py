@@ -1,4 +1,4 @@
-"""The daemon (runtime/service/daemon.py) in process, with a fake backend whose class map is known by hand.
+"""The daemon (src/phasewatch/service/daemon.py) in process, with a fake backend whose class map is known by hand.
 
 The fake backend labels a pixel class 1 where the normalised input is above 0 (brighter
 than the manifest's mean of 0.5) and class 0 elsewhere; the logits of a pixel do not
@@ -25,17 +25,17 @@ import tifffile
 from flask import Flask
 from onnx_graphs import make_bundle
 
-import phasewatch.runtime.pipeline as pipeline_module
-from phasewatch.runtime.bundle import load_bundle
-from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.measure import combine_pages
-from phasewatch.runtime.outputs import OutputError
-from phasewatch.runtime.pipeline import Model, open_model
-from phasewatch.runtime.service import sdnotify
-from phasewatch.runtime.service.config import load_config
-from phasewatch.runtime.service.daemon import Daemon
-from phasewatch.runtime.service.stages import BACKOFF_MAX_S, Backoff
-from phasewatch.runtime.service.store import Store
+import phasewatch.core.pipeline as pipeline_module
+from phasewatch.app.cli import main
+from phasewatch.atomic_files import OutputError
+from phasewatch.bundle import load_bundle
+from phasewatch.core.measure import combine_pages
+from phasewatch.core.pipeline import Model, open_model
+from phasewatch.service import sdnotify
+from phasewatch.service.config import load_config
+from phasewatch.service.daemon import Daemon
+from phasewatch.service.stages import BACKOFF_MAX_S, Backoff
+from phasewatch.store.database import Store
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker
 

@@ -64,7 +64,7 @@ def wait_for(condition: Callable[[], Any], what: str, deadline_s: float = DEADLI
 class ServeProcess:
     """One ``phasewatch serve`` on ``root/watch`` and ``root/data``; restartable."""
 
-    launcher: tuple[str, ...] = ("-m", "phasewatch.runtime.commands.cli")  # what runs the CLI
+    launcher: tuple[str, ...] = ("-m", "phasewatch.app.cli")  # what runs the CLI
     backend_args: tuple[str, ...] = ("--backend", "cpu")
 
     def __init__(self, root: Path, bundle: Path) -> None:

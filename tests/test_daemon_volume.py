@@ -1,4 +1,4 @@
-"""A Z stack in the watch folder is one volume (runtime/service/daemon.py, runtime/volume_views.py):
+"""A Z stack in the watch folder is one volume (src/phasewatch/service/daemon.py, src/phasewatch/core/volume_views.py):
 segmented slice by slice, measured in 3D, recorded as one result, and its slices served one by one.
 
 The daemon runs in process with test_daemon's threshold backend (class 1 where the normalised
@@ -18,8 +18,8 @@ import tifffile
 from test_daemon import drop, finished, wait_for, web_app
 from test_segment_volume import SPACING, ball_volume, write_imagej_stack
 
-from phasewatch.runtime.measure3d import measure_volume
-from phasewatch.runtime.service.daemon import Daemon
+from phasewatch.core.measure3d import measure_volume
+from phasewatch.service.daemon import Daemon
 
 make_daemon = test_daemon.make_daemon  # the in-process daemon fixture, shared
 VOLUME = ball_volume(slices=9, side=40)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from phasewatch.bundle import Normalisation
 from phasewatch.export.datasets import DatasetError, find_pairs, load_samples, parse_palette, read_label
-from phasewatch.runtime.bundle import Normalisation
-from phasewatch.runtime.imageio import read_fields
+from phasewatch.imageio.formats import read_fields
 
 SUPERALLOY_PALETTE = {(0, 0, 255): 1, (255, 0, 0): 2}
 

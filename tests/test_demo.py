@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from phasewatch.runtime.bundle import resolve_bundle_path
-from phasewatch.runtime.commands.demo import _workspace
+from phasewatch.app.commands.demo import _workspace
+from phasewatch.bundle import resolve_bundle_path
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOLERANCE = 0.03  # measured main-phase fraction against the truth (measured: within 0.3 points)
@@ -31,7 +31,7 @@ class Demo:
     def __init__(self, tmp_path: Path, *args: str) -> None:
         env = {**os.environ, "TMPDIR": str(tmp_path)}  # its temporary workspace lands in tmp_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "phasewatch.runtime.commands.cli", "demo", *args],
+            [sys.executable, "-m", "phasewatch.app.cli", "demo", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -134,7 +134,7 @@ def test_sigterm_stops_the_demo_and_removes_its_workspace(tmp_path):
 
 
 def test_a_model_whose_material_the_demo_cannot_draw_is_refused_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "phasewatch.runtime.commands.cli", "demo", "--model", "uhcs-carbide"],
+    done = subprocess.run([sys.executable, "-m", "phasewatch.app.cli", "demo", "--model", "uhcs-carbide"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 from onnx_graphs import make_bundle
 
-from phasewatch.runtime.commands import doctor as doctor_command
-from phasewatch.runtime.commands.cli import main
+from phasewatch.app.cli import main
+from phasewatch.app.commands import doctor as doctor_command
 
 
 @pytest.fixture

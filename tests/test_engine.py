@@ -9,8 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx_graphs import conv_net_halo, make_conv_net
 
-from phasewatch.runtime.backends import CPU_CALL_PIXELS, OrtBackend, call_pixels
-from phasewatch.runtime.engine import (
+from phasewatch.backends.registry import CPU_CALL_PIXELS, OrtBackend, call_pixels
+from phasewatch.backends.tta import TtaBackend
+from phasewatch.core.tiling import (
     STAGES,
     Geometry,
     Plan,
@@ -22,7 +23,6 @@ from phasewatch.runtime.engine import (
     softmax_margin,
     tile_starts,
 )
-from phasewatch.runtime.tta import TtaBackend
 
 TILE = 64
 LAYERS = (1, 2, 3)  # halo 6

@@ -13,10 +13,10 @@ import pytest
 from onnx import numpy_helper
 from onnx_graphs import make_bundle
 
+from phasewatch.app.cli import main
+from phasewatch.bundle import load_bundle, sha256_file, write_manifest
 from phasewatch.export import metrics
 from phasewatch.export.evaluate import field_is_wrong, trust_report
-from phasewatch.runtime.bundle import load_bundle, sha256_file, write_manifest
-from phasewatch.runtime.commands.cli import main
 
 H, W = 40, 60
 NAMES = ["class0", "class1", "class2"]

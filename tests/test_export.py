@@ -14,13 +14,13 @@ pytest.importorskip("onnxconverter_common")
 
 import onnxruntime as ort  # noqa: E402
 
+from phasewatch.app.cli import main  # noqa: E402
+from phasewatch.bundle import Normalisation, load_bundle, sha256_file  # noqa: E402
+from phasewatch.core.normalise import prepare  # noqa: E402
 from phasewatch.export import onnx_export  # noqa: E402
 from phasewatch.export.models import build_model  # noqa: E402
 from phasewatch.export.onnx_export import ExportError, export_bundle  # noqa: E402
-from phasewatch.runtime.bundle import Normalisation, load_bundle, sha256_file  # noqa: E402
-from phasewatch.runtime.commands.cli import main  # noqa: E402
-from phasewatch.runtime.imageio import read_fields  # noqa: E402
-from phasewatch.runtime.normalise import prepare  # noqa: E402
+from phasewatch.imageio.formats import read_fields  # noqa: E402
 
 TILE = 64
 CLASSES = [

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phasewatch.runtime.imageio import Field
-from phasewatch.runtime.outputs import write_outputs, write_png_atomic
-from phasewatch.runtime.pipeline import field_stem
+from phasewatch.core.outputs import write_outputs, write_png_atomic
+from phasewatch.core.pipeline import field_stem
+from phasewatch.imageio.formats import Field
 
 PAGE = Field(np.zeros((8, 8), np.uint8), 3, None, "none")
 OUTPUT_SUFFIXES = (".classes.png", ".overlay.png", ".json", ".unsure.png")

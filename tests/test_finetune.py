@@ -17,6 +17,7 @@ import onnxruntime as ort  # noqa: E402
 from test_train import tiny_config  # noqa: E402
 from torch import nn  # noqa: E402
 
+from phasewatch.bundle import load_bundle, sha256_file  # noqa: E402
 from phasewatch.export.finetune import (  # noqa: E402
     FOLDED_BIAS,
     FinetuneError,
@@ -28,7 +29,6 @@ from phasewatch.export.finetune import (  # noqa: E402
 from phasewatch.export.models import build_model  # noqa: E402
 from phasewatch.export.onnx_export import export_bundle  # noqa: E402
 from phasewatch.export.train import checkpoint_config, make_optimiser, train  # noqa: E402
-from phasewatch.runtime.bundle import load_bundle, sha256_file  # noqa: E402
 
 DECODER = ("up.", "fuse.", "classifier.")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasewatch.runtime.imageio import (
+from phasewatch.imageio.formats import (
     FORMATS,
     SUPPORTED_SUFFIXES,
     Field,
@@ -494,7 +494,7 @@ def test_real_micrographs(shared_data, pattern, shape):
 _READ_IN_CHILD = """
 import itertools, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a loop that allocates dies fast
-from phasewatch.runtime.imageio import ImageReadError, iter_fields
+from phasewatch.imageio.formats import ImageReadError, iter_fields
 try:
     fields = list(itertools.islice(iter_fields(sys.argv[1]), 1000))
 except ImageReadError as exc:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasewatch.runtime.imageio import _CHILD_MAIN, DecoderClosed, ImageReadError, IsolatedReader, read_fields
+from phasewatch.imageio.formats import _CHILD_MAIN, DecoderClosed, ImageReadError, IsolatedReader, read_fields
 
 MEMORY = 256 << 20
 

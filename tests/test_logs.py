@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from phasewatch.runtime.service.logs import fields, setup_logging, stream_is_journal, syslog_priority
+from phasewatch.service.logs import fields, setup_logging, stream_is_journal, syslog_priority
 
 
 @pytest.fixture(autouse=True)

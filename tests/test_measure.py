@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from phasewatch.runtime.bundle import ClassInfo
-from phasewatch.runtime.measure import combine_pages, measure
+from phasewatch.bundle import ClassInfo
+from phasewatch.core.measure import combine_pages, measure
 
 CLASSES = (
     ClassInfo(0, "matrix", (0, 0, 0), "background"),

@@ -1,4 +1,4 @@
-"""3D measurements (runtime/measure3d.py) and ``phasewatch measure-volume`` on volumes of known topology."""
+"""3D measurements (src/phasewatch/core/measure3d.py) and ``phasewatch measure-volume`` on volumes of known topology."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasewatch.runtime.bundle import ClassInfo
-from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.measure3d import VolumeMeasureError, VolumeMeasurer, measure_volume, open_label_stack
+from phasewatch.app.cli import main
+from phasewatch.bundle import ClassInfo
+from phasewatch.core.measure3d import VolumeMeasureError, VolumeMeasurer, measure_volume, open_label_stack
 
 # --- synthetic volumes ---------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ def test_components_match_breadth_first_search(seed):
 
 def test_pairs_across_slices_by_neighbourhood_extremes_match_the_nine_shifts():
     """The fast path (3 x 3 max and min of the labels below) against looking up all 9 neighbours."""
-    from phasewatch.runtime.measure3d import _pairs_26, _pairs_by_shifts
+    from phasewatch.core.measure3d import _pairs_26, _pairs_by_shifts
 
     rng = np.random.default_rng(5)
     for base in (0, 250, 300, 70_000, 1 << 24):  # uint8, uint16, float32 and exact-lookup paths
@@ -336,7 +336,7 @@ def test_a_256_x_256_x_300_stack_is_measured_in_memory_far_below_its_size(tmp_pa
     path = tmp_path / "big.tif"
     _write_stack(path, _rods_and_pores(shape))
     volume_bytes = int(np.prod(shape))
-    from phasewatch.runtime.measure3d import open_label_stack
+    from phasewatch.core.measure3d import open_label_stack
 
     measure_volume(np.zeros((2, 3, 3), np.uint8))  # lazy imports (OpenCV's, numpy's) are not the volume's
     tracemalloc.start()

@@ -7,8 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from phasewatch.runtime.bundle import Normalisation
-from phasewatch.runtime.normalise import prepare
+from phasewatch.bundle import Normalisation
+from phasewatch.core.normalise import prepare
 
 GRAY = Normalisation(mean=(0.5,), std=(0.25,))
 IDENTITY_GRAY = Normalisation(mean=(0.0,), std=(1.0,), sixteen_bit="full_range")

@@ -9,16 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from phasewatch.runtime import outputs
-from phasewatch.runtime.outputs import (
-    OutputError,
-    overlay,
-    preview,
-    to_display_8bit,
-    write_json_atomic,
-    write_outputs,
-    write_png_atomic,
-)
+from phasewatch.atomic_files import OutputError, write_json_atomic
+from phasewatch.core import outputs
+from phasewatch.core.outputs import overlay, preview, to_display_8bit, write_outputs, write_png_atomic
 
 PALETTE = [(0, 0, 0), (255, 0, 0), (0, 200, 255)]
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from test_daemon_e2e import ServeProcess
 
-from phasewatch.runtime.bundle import load_bundle
+from phasewatch.bundle import load_bundle
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed (it comes with reportlab)")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from phasewatch.app.cli import main
+from phasewatch.backends.registry import choose_backend
+from phasewatch.bundle import bundled_model_names, load_bundle, resolve_bundle_path
+from phasewatch.core.pipeline import open_model, segment_images
 from phasewatch.export import engine_gate
-from phasewatch.runtime.backends import choose_backend
-from phasewatch.runtime.bundle import bundled_model_names, load_bundle, resolve_bundle_path
-from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.imageio import images_in, read_fields
-from phasewatch.runtime.pipeline import open_model, segment_images
+from phasewatch.imageio.formats import images_in, read_fields
 
 
 @pytest.fixture

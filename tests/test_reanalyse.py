@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasewatch.runtime.archive_compare import compare
-from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.pipeline import open_model, process_file
-from phasewatch.runtime.service.config import load_config
-from phasewatch.runtime.service.daemon import Daemon
-from phasewatch.runtime.service.store import Store
+from phasewatch.app.cli import main
+from phasewatch.core.pipeline import open_model, process_file
+from phasewatch.service.archive_compare import compare
+from phasewatch.service.config import load_config
+from phasewatch.service.daemon import Daemon
+from phasewatch.store.database import Store
 from phasewatch.webui.csv_export import store_csv
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def done(out: Path) -> dict[int, float | None]:
 
 
 def reanalyse(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "phasewatch.runtime.commands.cli", "reanalyse", *args],
+    return subprocess.Popen([sys.executable, "-m", "phasewatch.app.cli", "reanalyse", *args],
                             stderr=subprocess.PIPE, text=True)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from phasewatch.runtime.archive_compare import compare
-from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.service.store import Store
-from phasewatch.runtime.stats import field_statistics
+from phasewatch.app.cli import main
+from phasewatch.core.stats import field_statistics
+from phasewatch.service.archive_compare import compare
+from phasewatch.store.database import Store
 
 
 def record(phase: float, area: int, trusted: bool = True) -> dict[str, object]:

@@ -8,8 +8,8 @@ import os
 import threading
 from pathlib import Path
 
-from phasewatch.runtime.archive_pool import Job, ModelSpec, Outcome, run_queue
-from phasewatch.runtime.service.store import Store
+from phasewatch.service.archive_pool import Job, ModelSpec, Outcome, run_queue
+from phasewatch.store.database import Store
 
 RECORD = {"fractions": {"phase": 0.5}, "particles": {}, "valid_area_px": 10}
 

@@ -27,13 +27,13 @@ import tifffile
 from onnx_graphs import make_bundle
 from test_daemon import ThresholdBackend, drop, finished, half_bright, wait_for, web_app
 
-from phasewatch.runtime.bundle import load_bundle
-from phasewatch.runtime.outputs import write_bytes_atomic
-from phasewatch.runtime.pipeline import Model
-from phasewatch.runtime.service.config import WatchConfig, load_config
-from phasewatch.runtime.service.daemon import Daemon
-from phasewatch.runtime.service.store import Store
-from phasewatch.runtime.service.watcher import FolderWatcher
+from phasewatch.atomic_files import write_bytes_atomic
+from phasewatch.bundle import load_bundle
+from phasewatch.core.pipeline import Model
+from phasewatch.service.config import WatchConfig, load_config
+from phasewatch.service.daemon import Daemon
+from phasewatch.service.watcher import FolderWatcher
+from phasewatch.store.database import Store
 
 BUSY_TIMEOUT_S = 0.3
 FAULT_S = 2.5  # how long a fault lasts: longer than the busy timeout and the first backoffs
@@ -298,7 +298,7 @@ def test_each_ignored_file_is_logged_once(tmp_path: Path, caplog: pytest.LogCapt
     watch.mkdir()
     seen: list[Path] = []
     watcher = FolderWatcher(watch, WatchConfig(dir=watch, settle_s=0.05), lambda path, st: seen.append(path))
-    caplog.set_level(logging.DEBUG, logger="phasewatch.runtime.service.watcher")
+    caplog.set_level(logging.DEBUG, logger="phasewatch.service.watcher")
     watcher.start()
     try:
         os.mkfifo(watch / "pipe.tif")

@@ -38,7 +38,7 @@ MAX_ATTEMPTS = 3
 # The CLI with segment_files made to crash the process when a file named "poison" is in the batch.
 POISON_LAUNCHER = """
 import os, resource, sys
-import phasewatch.runtime.pipeline as pipeline
+import phasewatch.core.pipeline as pipeline
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash, without a core file in the test folder
 real = pipeline.segment_files
 def segment_files(decoded, *args, **kwargs):
@@ -46,7 +46,7 @@ def segment_files(decoded, *args, **kwargs):
         os.abort()
     return real(decoded, *args, **kwargs)
 pipeline.segment_files = segment_files
-from phasewatch.runtime.commands.cli import main
+from phasewatch.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

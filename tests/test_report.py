@@ -1,4 +1,4 @@
-"""The specimen report (webui/report*.py) against a real Store, real PNG outputs, the real
+"""The specimen report (src/phasewatch/webui/report*.py) against a real Store, real PNG outputs, the real
 bundled superalloy manifest and real PDFs read back with pypdf.
 
 The store holds, for specimen "S-17 γ′": two counted fields (20 % and 30 % carbide), one
@@ -20,9 +20,9 @@ import numpy as np
 import pypdf
 import pytest
 
-from phasewatch.runtime.bundle import load_bundle
-from phasewatch.runtime.service.store import Store
-from phasewatch.runtime.stats import specimen_statistics
+from phasewatch.bundle import load_bundle
+from phasewatch.core.stats import specimen_statistics
+from phasewatch.store.database import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.csv_export import PROVENANCE_COLUMNS

@@ -16,9 +16,9 @@ from pathlib import Path
 import pypdf
 import pytest
 
-from phasewatch.runtime.bundle import load_bundle, sha256_file
-from phasewatch.runtime.pipeline import open_model, process_file
-from phasewatch.runtime.service.store import Store
+from phasewatch.bundle import load_bundle, sha256_file
+from phasewatch.core.pipeline import open_model, process_file
+from phasewatch.store.database import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker

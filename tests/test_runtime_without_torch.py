@@ -11,9 +11,9 @@ BLOCK = "import sys\nfor name in ('torch', 'tensorrt', 'cuda'):\n    sys.modules
 def test_runtime_and_webui_run_without_torch_or_tensorrt(tmp_path):
     script = BLOCK + f"""
 import cv2
-from phasewatch.runtime.synthetic import superalloy_micrograph
-import phasewatch.runtime.commands.serve, phasewatch.runtime.commands.doctor, phasewatch.webui.app
-from phasewatch.runtime.commands.cli import main
+from phasewatch.core.synthetic import superalloy_micrograph
+import phasewatch.app.commands.serve, phasewatch.app.commands.doctor, phasewatch.webui.app
+from phasewatch.app.cli import main
 image, _ = superalloy_micrograph(128, 160)
 cv2.imwrite(r"{tmp_path}/a.png", image)
 sys.exit(main(["segment", r"{tmp_path}/a.png", "--model", "superalloy", "--out", r"{tmp_path}/out"]))

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from phasewatch.runtime.service import sdnotify
+from phasewatch.service import sdnotify
 
 
 def _receiver(address: str) -> socket.socket:

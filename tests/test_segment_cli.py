@@ -10,8 +10,8 @@ import pytest
 import tifffile
 from onnx_graphs import make_bundle
 
-from phasewatch.runtime.bundle import bundled_model_names
-from phasewatch.runtime.commands.cli import main
+from phasewatch.app.cli import main
+from phasewatch.bundle import bundled_model_names
 
 JSON_KEYS = {"image", "model", "backend", "width", "height", "pixel_size_um", "pixel_size_source",
              "fractions", "particles", "timing_ms"}
@@ -94,7 +94,7 @@ REAL_SETS = {
 @pytest.mark.parametrize("subdir", sorted(REAL_SETS))
 def test_segment_runs_on_every_test_image_of_every_data_set(shared_data, tmp_path, subdir):
     model = REAL_SETS[subdir]
-    assert model in bundled_model_names(), f"bundled model {model} missing from runtime/models"
+    assert model in bundled_model_names(), f"bundled model {model} missing from src/phasewatch/models"
     images = sorted((shared_data / subdir).iterdir())
     out = tmp_path / "out"
     assert main(["segment", str(shared_data / subdir), "--model", model, "--out", str(out)]) == 0

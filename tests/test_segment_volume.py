@@ -12,12 +12,12 @@ import pytest
 import tifffile
 from onnx_graphs import make_bundle
 
-from phasewatch.runtime.bundle import bundled_model_names, load_bundle
-from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.imageio import ImageReadError, read_fields
-from phasewatch.runtime.measure3d import measure_volume
-from phasewatch.runtime.pipeline import open_model
-from phasewatch.runtime.volume import Volume, numbered_slices, open_volume, segment_volume
+from phasewatch.app.cli import main
+from phasewatch.bundle import bundled_model_names, load_bundle
+from phasewatch.core.measure3d import measure_volume
+from phasewatch.core.pipeline import open_model
+from phasewatch.core.volume import Volume, numbered_slices, open_volume, segment_volume
+from phasewatch.imageio.formats import ImageReadError, read_fields
 
 SPACING = (2.0, 0.5, 0.5)  # z, y, x in µm
 
@@ -227,7 +227,7 @@ def tomography_stack(shared_data, stack, count: int) -> np.ndarray:
     """The first ``count`` slices of the shared tomography validate set written as an ImageJ Z
     stack at ``stack``; their labels (skips where the model or the slices are absent)."""
     if "tomography" not in bundled_model_names():
-        pytest.skip("no bundled 'tomography' model installed (runtime/models/tomography)")
+        pytest.skip("no bundled 'tomography' model installed (src/phasewatch/models/tomography)")
     images = shared_data / "tomography" / "validate" / "images"
     if not images.is_dir():
         pytest.skip(f"tomography validate slices not found in {images}")

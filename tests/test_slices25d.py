@@ -12,9 +12,8 @@ import pytest
 import tifffile
 from onnx_graphs import make_bundle
 
-from phasewatch.runtime.bundle import BundleError, load_bundle, write_manifest
-from phasewatch.runtime.engine import default_overlap, segment_many
-from phasewatch.runtime.normalise import (
+from phasewatch.bundle import BundleError, load_bundle, write_manifest
+from phasewatch.core.normalise import (
     ModelInput,
     StackInput,
     prepare,
@@ -22,8 +21,9 @@ from phasewatch.runtime.normalise import (
     sliding_stacks,
     window_indices,
 )
-from phasewatch.runtime.pipeline import open_model, segment_images
-from phasewatch.runtime.volume import open_volume, segment_volume
+from phasewatch.core.pipeline import open_model, segment_images
+from phasewatch.core.tiling import default_overlap, segment_many
+from phasewatch.core.volume import open_volume, segment_volume
 
 K = 3
 

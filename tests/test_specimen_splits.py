@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from phasewatch.app.cli import main
 from phasewatch.export.crossval import cross_validate, deal_folds, report_table
 from phasewatch.export.datasets import Sample
 from phasewatch.export.train import TrainError, load_config, load_splits, specimen_of, specimen_splits
-from phasewatch.runtime.commands.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "export" / "configs"
 

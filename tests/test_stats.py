@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from phasewatch.runtime.service.store import Store
-from phasewatch.runtime.stats import (
+from phasewatch.core.stats import (
     field_statistics,
     main_phase,
     phase_trend,
@@ -15,6 +14,7 @@ from phasewatch.runtime.stats import (
     specimen_statistics,
     t_975,
 )
+from phasewatch.store.database import Store
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from phasewatch.runtime.service.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, StoreUnavailable
+from phasewatch.store.database import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, StoreUnavailable
 
 RESULT = {
     "fractions": {"matrix": 0.75, "carbide": 0.25},

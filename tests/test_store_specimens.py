@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from phasewatch.runtime.service.store import ImageFilter, Store, StoreError
+from phasewatch.store.database import ImageFilter, Store, StoreError
 
 SUPERALLOY = {"name": "superalloy", "onnx_sha256": "a" * 64, "classes": ["gamma matrix"]}
 EBC = {"name": "ebc", "onnx_sha256": "b" * 64, "classes": ["background"]}
@@ -167,8 +167,8 @@ def test_image_filters_and_paging_both_ways(store):
 
 
 def test_the_daemon_records_the_model_identity_it_measured_with():
-    from phasewatch.runtime.pipeline import open_model
-    from phasewatch.runtime.provenance import model_identity, software_version
+    from phasewatch.core.pipeline import open_model
+    from phasewatch.core.provenance import model_identity, software_version
 
     model = open_model("superalloy", "cpu", 1, threads=1)
     try:

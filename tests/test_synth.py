@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from phasewatch.runtime.gan_metrics import fid, fid_over_subsets, frechet_distance, kid
-from phasewatch.runtime.synthetic import superalloy_micrograph
+from phasewatch.core.gan_metrics import fid, fid_over_subsets, frechet_distance, kid
+from phasewatch.core.synthetic import superalloy_micrograph
 
 BLOCK = "import sys\nfor name in ('torch', 'tensorrt', 'cuda'):\n    sys.modules[name] = None\n"
 
@@ -149,7 +149,7 @@ def test_synth_score_runs_without_torch_on_the_bundled_encoder(tmp_path):
             image, _ = superalloy_micrograph(160, 160, seed=seed + i)
             cv2.imwrite(str(tmp_path / folder / f"{i}.png"), image)
     script = BLOCK + f"""
-from phasewatch.runtime.commands.cli import main
+from phasewatch.app.cli import main
 sys.exit(main(["synth", "score", r"{tmp_path}/real", r"{tmp_path}/fake", "--crop", "64", "--stride", "32",
                "--subsets", "5", "--subset-size", "20", "--json"]))
 """
@@ -163,7 +163,7 @@ sys.exit(main(["synth", "score", r"{tmp_path}/real", r"{tmp_path}/fake", "--crop
 
 
 def test_synth_score_names_an_empty_folder(tmp_path, capsys):
-    from phasewatch.runtime.commands.cli import main
+    from phasewatch.app.cli import main
 
     (tmp_path / "real").mkdir()
     assert main(["synth", "score", str(tmp_path / "real"), str(tmp_path / "real")]) == 1
@@ -171,7 +171,7 @@ def test_synth_score_names_an_empty_folder(tmp_path, capsys):
 
 
 def test_synth_train_and_generate_from_the_command_line(tmp_path, capsys):
-    from phasewatch.runtime.commands.cli import main
+    from phasewatch.app.cli import main
 
     tiny_data(tmp_path)
     (tmp_path / "tiny.toml").write_text("""

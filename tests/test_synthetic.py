@@ -1,4 +1,4 @@
-"""The drawn micrographs (runtime/synthetic.py) and the demo's microscope (runtime/microscope.py)."""
+"""The drawn micrographs (core/synthetic.py) and the demo's microscope (core/microscope.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from phasewatch.runtime.bundle import load_bundle
-from phasewatch.runtime.imageio import read_fields
-from phasewatch.runtime.microscope import Microscope, calibration_seeds, capture, fields_in
-from phasewatch.runtime.synthetic import MATERIALS, ebc_micrograph, material_for, superalloy_micrograph
+from phasewatch.bundle import load_bundle
+from phasewatch.core.microscope import Microscope, calibration_seeds, capture, fields_in
+from phasewatch.core.synthetic import MATERIALS, ebc_micrograph, material_for, superalloy_micrograph
+from phasewatch.imageio.formats import read_fields
 
 # class name -> plausible range of its area fraction in any drawn field
 PLAUSIBLE = {

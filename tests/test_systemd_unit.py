@@ -55,7 +55,7 @@ def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_daemon_contract():
-    """What runtime/sdnotify.py and the serve command rely on."""
+    """What src/phasewatch/service/sdnotify.py and the serve command rely on."""
     s = _unit_settings(UNIT.read_text())
     assert s["Type"] == ["notify"]
     assert s["NotifyAccess"] == ["main"]

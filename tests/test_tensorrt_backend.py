@@ -17,11 +17,11 @@ import onnxruntime as ort
 import pytest
 import test_build_engine as shared
 
+from phasewatch.backends.registry import BackendError, choose_backend
+from phasewatch.backends.tensorrt import open_tensorrt_backend
+from phasewatch.backends.tta import TtaBackend
+from phasewatch.core.pipeline import tile_plan
 from phasewatch.export.build_engine import build_engine
-from phasewatch.runtime.backends import BackendError, choose_backend
-from phasewatch.runtime.pipeline import tile_plan
-from phasewatch.runtime.tensorrt_backend import open_tensorrt_backend
-from phasewatch.runtime.tta import TtaBackend
 
 # the fake-GPU and bundle fixtures are shared with the build-engine tests
 fake_gpu = shared.fake_gpu
@@ -144,7 +144,7 @@ def test_without_tensorrt_installed_the_error_says_what_to_install(fp16_bundle):
 
 
 def test_importing_the_backend_pulls_in_neither_tensorrt_nor_torch():
-    code = ("import sys, phasewatch.runtime.tensorrt_backend; "
+    code = ("import sys, phasewatch.backends.tensorrt; "
             "print(sorted({'tensorrt', 'cuda', 'torch'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from phasewatch.app.cli import main
+from phasewatch.bundle import load_bundle
 from phasewatch.export.train import TrainError, learning_rate, load_config, load_splits, schedule_step, train
-from phasewatch.runtime.bundle import load_bundle
-from phasewatch.runtime.commands.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "export" / "configs"
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from phasewatch.bundle import load_bundle
+from phasewatch.core.normalise import prepare, window_indices
+from phasewatch.core.pipeline import open_model
+from phasewatch.core.volume import open_volume, segment_volume
 from phasewatch.export import augment
 from phasewatch.export.datasets import load_samples
 from phasewatch.export.onnx_export import normalisation_from_config
 from phasewatch.export.train import load_config, train
-from phasewatch.runtime.bundle import load_bundle
-from phasewatch.runtime.normalise import prepare, window_indices
-from phasewatch.runtime.pipeline import open_model
-from phasewatch.runtime.volume import open_volume, segment_volume
 
 K = 3
 CONFIG = f"""

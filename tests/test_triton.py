@@ -15,11 +15,9 @@ from onnx_graphs import make_bundle
 from test_runtime_without_torch import BLOCK
 from triton_serving import free_port
 
-from phasewatch.runtime.backends import BACKENDS, BackendError, Remote, choose_backend
-from phasewatch.runtime.bundle import load_bundle, sha256_file
-from phasewatch.runtime.commands.cli import main
-from phasewatch.runtime.service.config import ConfigError, load_config
-from phasewatch.runtime.triton_repository import (
+from phasewatch.app.cli import main
+from phasewatch.backends.registry import BACKENDS, BackendError, Remote, choose_backend
+from phasewatch.backends.triton.repository import (
     ENGINE_KEY,
     MAX_SIDE_KEY,
     MODEL_KEY,
@@ -27,12 +25,14 @@ from phasewatch.runtime.triton_repository import (
     TritonExportError,
     engine_network,
 )
+from phasewatch.bundle import load_bundle, sha256_file
+from phasewatch.service.config import ConfigError, load_config
 
 tritonclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-from phasewatch.runtime.triton_backend import TritonBackend, check_identity, check_tensors  # noqa: E402
+from phasewatch.backends.triton.client import TritonBackend, check_identity, check_tensors  # noqa: E402
 
 
 def read_entry(entry: Path):
@@ -69,7 +69,7 @@ def test_export_triton_writes_an_onnx_runtime_entry_with_the_bundles_identity(tm
 
 
 def test_export_triton_needs_no_torch(tmp_path):
-    script = BLOCK + ("from phasewatch.runtime.commands.cli import main\n"
+    script = BLOCK + ("from phasewatch.app.cli import main\n"
                       f"sys.exit(main(['export-triton', 'superalloy', r'{tmp_path}']))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

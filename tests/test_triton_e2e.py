@@ -22,12 +22,12 @@ import pytest
 from test_daemon_e2e import ServeProcess, wait_for
 from triton_serving import TritonServer, free_port, server_python, tritonserver_binary
 
-from phasewatch.runtime.backends import BackendError, OrtBackend, Remote
-from phasewatch.runtime.bundle import load_bundle, resolve_bundle_path
-from phasewatch.runtime.commands.cli import main
+from phasewatch.app.cli import main
+from phasewatch.backends.registry import BackendError, OrtBackend, Remote
+from phasewatch.bundle import load_bundle, resolve_bundle_path
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc,http] is not installed")
-from phasewatch.runtime.triton_backend import TritonBackend  # noqa: E402
+from phasewatch.backends.triton.client import TritonBackend  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MODEL = "uhcs-carbide"

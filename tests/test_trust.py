@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from onnx_graphs import make_bundle
 
-from phasewatch.runtime.bundle import Normalisation, load_bundle
-from phasewatch.runtime.normalise import prepare
-from phasewatch.runtime.trust import (
+from phasewatch.bundle import Normalisation, load_bundle
+from phasewatch.core.normalise import prepare
+from phasewatch.core.trust import (
     LIMIT_FLOORS,
     InputFeatures,
     assess,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phasewatch.runtime.tta import TRANSFORMS, TtaBackend
+from phasewatch.backends.tta import TRANSFORMS, TtaBackend
 
 
 class PositionDependent:

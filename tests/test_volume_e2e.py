@@ -17,7 +17,7 @@ import tifffile
 from test_daemon_e2e import ServeProcess, wait_for
 from test_segment_volume import tomography_stack
 
-from phasewatch.runtime import bundle as bundle_module
+from phasewatch import bundle as bundle_module
 
 SLICES = 10  # the whole validate set
 TOMOGRAPHY = Path(bundle_module.__file__).parent / "models" / "tomography"

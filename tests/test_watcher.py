@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from phasewatch.runtime.service.config import WatchConfig
-from phasewatch.runtime.service.watcher import (
+from phasewatch.service.config import WatchConfig
+from phasewatch.service.watcher import (
     FolderWatcher,
     choose_observer,
     filesystem_type,
@@ -259,12 +259,12 @@ def test_filesystem_type_and_auto_observer(tmp_path):
 def ignored_links(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
     """The watcher's log lines about links it did not follow, by the name they name."""
     return {Path(r.getMessage().split(": ", 1)[0]).name: r.getMessage() for r in list(caplog.records)
-            if r.name == "phasewatch.runtime.service.watcher" and "symbolic link" in r.getMessage()}
+            if r.name == "phasewatch.service.watcher" and "symbolic link" in r.getMessage()}
 
 
 @pytest.mark.parametrize("observer", ["native", "polling"])
 def test_symbolic_links_are_not_followed_and_say_so(watch, tmp_path, caplog, observer):
-    caplog.set_level(logging.INFO, logger="phasewatch.runtime.service.watcher")
+    caplog.set_level(logging.INFO, logger="phasewatch.service.watcher")
     secret = tmp_path / "passwd"
     secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
     _, collector, root = watch(observer=observer)
@@ -281,7 +281,7 @@ def test_symbolic_links_are_not_followed_and_say_so(watch, tmp_path, caplog, obs
 
 
 def test_a_link_already_there_at_start_is_ignored(tmp_path, watch, caplog):
-    caplog.set_level(logging.INFO, logger="phasewatch.runtime.service.watcher")
+    caplog.set_level(logging.INFO, logger="phasewatch.service.watcher")
     root = tmp_path / "incoming"
     root.mkdir()
     (root / "old.tif").write_bytes(b"o")
@@ -295,7 +295,7 @@ def test_a_link_already_there_at_start_is_ignored(tmp_path, watch, caplog):
 
 @pytest.mark.parametrize("observer", ["native", "polling"])
 def test_files_in_a_linked_folder_are_not_followed(watch, tmp_path, caplog, observer):
-    caplog.set_level(logging.INFO, logger="phasewatch.runtime.service.watcher")
+    caplog.set_level(logging.INFO, logger="phasewatch.service.watcher")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "secret.tif").write_bytes(b"s")

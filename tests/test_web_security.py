@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from phasewatch.runtime.commands import serve
-from phasewatch.runtime.service import config as cfg
-from phasewatch.runtime.service.store import Store
+from phasewatch.app.commands import serve
+from phasewatch.service import config as cfg
+from phasewatch.store.database import Store
 from phasewatch.webui.access import Access, exposure_problem, split_host
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker
@@ -162,7 +162,7 @@ def test_exposure_needs_a_token_beyond_loopback(host, token, refused):
 
 
 def test_serve_refuses_to_listen_openly_without_a_token_in_one_line(tmp_path):
-    command = [sys.executable, "-m", "phasewatch.runtime.commands.cli", "serve", "--host", "0.0.0.0",
+    command = [sys.executable, "-m", "phasewatch.app.cli", "serve", "--host", "0.0.0.0",
                "--watch", str(tmp_path / "watch"), "--data", str(tmp_path / "data"), "--model", "superalloy"]
     env = {k: v for k, v in os.environ.items() if k != cfg.TOKEN_ENV}
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)

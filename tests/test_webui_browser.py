@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from phasewatch.runtime.bundle import ClassInfo
-from phasewatch.runtime.measure import measure
-from phasewatch.runtime.outputs import preview, write_outputs, write_png_atomic
-from phasewatch.runtime.service.store import Store
-from phasewatch.runtime.synthetic import superalloy_micrograph
+from phasewatch.bundle import ClassInfo
+from phasewatch.core.measure import measure
+from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
+from phasewatch.core.synthetic import superalloy_micrograph
+from phasewatch.store.database import Store
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
 from phasewatch.webui.server import serve_in_thread

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from phasewatch.runtime.service.store import Store
-from phasewatch.runtime.stats import ecd_histogram
+from phasewatch.core.stats import ecd_histogram
+from phasewatch.store.database import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker

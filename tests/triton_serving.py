@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-from phasewatch.runtime.backends import Remote
-from phasewatch.runtime.triton_shm import NAME_PREFIX
+from phasewatch.backends.registry import Remote
+from phasewatch.backends.triton.shm import NAME_PREFIX
 
 PYTHON_ENV = "PHASEWATCH_TRITON_PYTHON"
 SERVER_SCRIPT = Path(__file__).with_name("triton_server.py")

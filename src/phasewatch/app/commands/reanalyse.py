@@ -1,0 +1,145 @@
+"""``phasewatch reanalyse ARCHIVE --model M --out OUT``: a model over a folder tree of micrographs.
+
+Each first-level sub-folder of ARCHIVE is a specimen. OUT is a data folder as the daemon's
+(``src/phasewatch/service/archive.py``): its store, ``results/ID/`` per file, and ``fields.csv``, the web
+page's CSV export of it, rewritten at the end of every run. A rerun skips what is done and
+retries what failed. Files run on a local process pool (``--workers``), or on a Dask
+cluster (``--cluster ADDRESS``; ``src/phasewatch/service/archive_pool.py``); Ctrl-C or SIGTERM stops after
+the files in hand, with everything finished recorded (a second one quits at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from tqdm import tqdm
+
+from phasewatch.atomic_files import write_bytes_atomic
+from phasewatch.backends.registry import KINDS
+from phasewatch.backends.tta import MODES
+from phasewatch.bundle import load_bundle
+from phasewatch.errors import PhasewatchError
+from phasewatch.service.archive import Intake, archive_files, open_books, take_in
+from phasewatch.service.archive_pool import Job, ModelSpec, Outcome, run_queue
+from phasewatch.service.config import CalibrationConfig, load_config
+from phasewatch.store.database import Store
+from phasewatch.webui.csv_export import store_csv
+
+INTERRUPTED_RC = 130  # the shell's code for a run ended by SIGINT
+MAX_CRASHES = 3  # a file that crashes a worker this often fails (the daemon's [queue] max_attempts default)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("archive", type=Path, help="folder tree of micrographs; each sub-folder is a specimen")
+    parser.add_argument("--model", required=True, help="bundle folder or bundled model name")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="data folder for this model's results (the same folder resumes a run)")
+    parser.add_argument("--workers", type=int, default=cores(),
+                        help="local worker processes (default: one per core); ignored with --cluster")
+    parser.add_argument("--cluster", metavar="ADDRESS",
+                        help="Dask scheduler to run on, e.g. tcp://host:8786 (needs the 'cluster' extra; "
+                             "workers must see ARCHIVE and OUT at the same paths)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="inference threads per worker (default: the cores shared out among the local "
+                             "workers; on a cluster, ONNX Runtime's own choice)")
+    parser.add_argument("--backend", choices=KINDS, default="auto")
+    parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
+    parser.add_argument("--tta", choices=MODES, default="none",
+                        help="test-time augmentation: average probabilities over flips (4 passes) or d4 (8)")
+    parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                        help="pixel size in µm, overriding what the files say")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="the daemon's config file: its [calibration] pixel sizes apply to files that carry "
+                             "none, its folders taken relative to ARCHIVE")
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Ctrl-C or SIGTERM sets ``stop``: the run ends after the files in hand; a second one
+    ends the process at once (the next run puts back the files it held)."""
+    def stopping(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        tqdm.write("stopping after the files in hand (again to quit now)", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGINT, stopping)
+    signal.signal(signal.SIGTERM, stopping)
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = args.threads or (None if args.cluster else max(1, cores() // max(1, args.workers)))
+    try:
+        calibration = load_config(args.config).calibration if args.config else CalibrationConfig()
+        job = Job(ModelSpec(args.model, args.backend, args.batch, threads, args.tta), args.out.resolve(),
+                  args.pixel_size, calibration, args.archive.resolve())
+        if not args.archive.is_dir():
+            raise PhasewatchError(f"{args.archive}: not a folder")
+        if args.workers < 1:
+            raise PhasewatchError(f"--workers {args.workers}: needs at least one worker")
+        store = open_books(job.out, load_bundle(args.model), MAX_CRASHES)
+    except PhasewatchError as exc:
+        print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        return _run(store, job.root, job, args, stop)
+    finally:
+        write_bytes_atomic(job.out / "fields.csv", store_csv(store).encode())
+        store.close()
+
+
+def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace, stop: threading.Event) -> int:
+    files = archive_files(archive)
+    failed = 0
+
+    def recorded(outcome: Outcome) -> None:
+        nonlocal failed
+        if outcome.error is not None:
+            failed += 1
+            progress.write(f"error: {outcome.error}", file=sys.stderr)
+        progress.update()
+
+    def crashed(counts: dict[str, int]) -> None:
+        nonlocal failed
+        failed += counts["failed"]
+        progress.update(counts["failed"])
+        progress.write(f"error: a worker process died with {counts['charged']} file(s) in hand; "
+                       f"{counts['failed']} of them failed for crashing it {MAX_CRASHES} times, the others "
+                       "run again (alone); a new pool goes on", file=sys.stderr)
+
+    started = time.monotonic()
+    with tqdm(total=len(files), unit="file", desc="hashing", file=sys.stderr, disable=len(files) < 2) as hashing:
+        intake = take_in(store, archive, files, hashing.update, stop)
+    for line in intake.unreadable:
+        print(f"error: {line}", file=sys.stderr)
+    try:
+        with tqdm(total=intake.pending, unit="file", desc="analysing", file=sys.stderr) as progress:
+            run_queue(store, args.workers, args.cluster, job, recorded, stop, crashed)
+    except PhasewatchError as exc:
+        print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
+        return 2
+    print(_summary(intake, progress.n, failed, time.monotonic() - started, job.out, stop.is_set()), file=sys.stderr)
+    if stop.is_set():
+        return INTERRUPTED_RC
+    return 1 if failed or intake.unreadable else 0
+
+
+def _summary(intake: Intake, analysed: int, failed: int, seconds: float, out: Path, interrupted: bool) -> str:
+    rate = f"{analysed / seconds:.2f} files/s" if analysed and seconds > 0 else "-"
+    left = intake.pending - analysed + intake.files - intake.queued
+    stopped = f"interrupted, {left} file(s) left for the next run; " if interrupted else ""
+    return (f"{stopped}{analysed - failed} of {analysed} file(s) analysed ({failed} failed) in {seconds:.1f} s "
+            f"({rate}); {intake.done} of {intake.files} already done, {intake.retried} earlier failure(s) "
+            f"retried; results in {out} (fields.csv)")

@@ -1,0 +1,104 @@
+"""``phasewatch segment IMAGE... --model M --out DIR``: one-off segmentation of files.
+
+A volume (``src/phasewatch/core/volume.py``: a Z stack by its metadata, or with ``--volume`` any
+multi-page TIFF or folder of numbered slices) is segmented as one, into ``NAME.classes.tif``
+and ``NAME.volume.json``, with one line on stdout giving its slice throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from phasewatch.app.commands.measure_volume import parse_spacing
+from phasewatch.backends.registry import KINDS, REMOTE_PROTOCOLS, Remote
+from phasewatch.backends.tta import MODES
+from phasewatch.core.pipeline import Model, open_model, process_file
+from phasewatch.core.volume import Spacing, open_volume, says_volume, segment_volume, summary_line
+from phasewatch.errors import PhasewatchError
+from phasewatch.imageio.formats import images_in
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", type=Path,
+                        help="micrograph files, or folders whose images are all segmented")
+    parser.add_argument("--model", required=True, help="bundle folder or bundled model name")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the outputs")
+    parser.add_argument("--backend", choices=KINDS, default="auto")
+    parser.add_argument("--triton-url", default="", metavar="HOST:PORT",
+                        help="--backend triton: the server (default: this host, 8001 for grpc, 8000 for http)")
+    parser.add_argument("--triton-model", default="",
+                        help="--backend triton: the model's name there (default: the bundle's)")
+    parser.add_argument("--triton-protocol", choices=REMOTE_PROTOCOLS, default="grpc")
+    parser.add_argument("--triton-shared-memory", action="store_true",
+                        help="--backend triton: tiles and logits through system shared memory (server on this host)")
+    parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="tile overlap in pixels (default: from the model's halo)")
+    parser.add_argument("--tta", choices=MODES, default="none",
+                        help="test-time augmentation: average probabilities over flips (4 passes) or d4 (8)")
+    parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                        help="pixel size in µm, overriding what the files say")
+    parser.add_argument("--volume", action="store_true",
+                        help="each multi-page TIFF and each folder given is one volume (a folder: its "
+                             "numbered slices); Z stacks by their ImageJ/OME metadata are volumes anyway")
+    parser.add_argument("--spacing", metavar="Z,Y,X",
+                        help="voxel size of volumes in µm (default: from the file's ImageJ or OME metadata; "
+                             "--pixel-size is for fields)")
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given; folders replaced by the images they hold (sorted, not recursive)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += images_in(path)
+        else:
+            files.append(path)
+    return files
+
+
+def plan_inputs(paths: list[Path], volume: bool) -> list[tuple[Path, bool]]:
+    """(input, is a volume) in order: with ``volume`` every input given is one; otherwise
+    folders are expanded and a file is a volume when its metadata say it is a Z stack."""
+    if volume:
+        return [(path, True) for path in paths]
+    return [(path, says_volume(path)) for path in expand_inputs(paths)]
+
+
+def segment_one(path: Path, is_volume: bool, model: Model, args: argparse.Namespace,
+                spacing: Spacing | None) -> None:
+    if not is_volume:
+        process_file(path, model, args.out, args.pixel_size, args.overlap, args.batch)
+        return
+    record = segment_volume(open_volume(path, spacing), model, args.out, args.overlap, args.batch)
+    tqdm.write(summary_line(record))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        spacing = parse_spacing(args.spacing) if args.spacing else None
+        remote = Remote(args.triton_url, args.triton_model, args.triton_protocol,
+                        shared_memory=args.triton_shared_memory)
+        model = open_model(args.model, args.backend, args.batch, tta=args.tta, remote=remote)
+    except PhasewatchError as exc:
+        print(f"phasewatch segment: {exc}", file=sys.stderr)
+        return 2
+    files = plan_inputs(args.images, args.volume)
+    failures = 0
+    try:
+        for path, is_volume in tqdm(files, unit="file", disable=len(files) < 2, file=sys.stderr):
+            try:
+                segment_one(path, is_volume, model, args, spacing)
+            except PhasewatchError as exc:
+                failures += 1
+                tqdm.write(f"error: {exc}", file=sys.stderr)
+    finally:
+        model.close()
+    done = len(files) - failures
+    print(f"{done} of {len(files)} file(s) segmented with {model.bundle.name} on {model.backend.name}; "
+          f"outputs in {args.out}", file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,53 @@
+"""``phasewatch train --config FILE``: train a model on labelled micrographs (needs torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from phasewatch.errors import PhasewatchError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path,
+                        help="TOML training config (see src/phasewatch/export/configs/ for the bundled models')")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/NAME)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder the config's data paths are relative to (default $PHASEWATCH_DATA or "
+                             "../shared/data)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    add_recipe_overrides(parser)
+
+
+def add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
+    """Options that change a config's recipe for one run (A/B comparisons, cross-validation)."""
+    parser.add_argument("--time-limit-min", type=float, default=None,
+                        help="stop training after this many minutes (replaces [train] time_limit_min)")
+    parser.add_argument("--init-from", default=None,
+                        help="start from this bundle (name or folder; replaces [model] init_from)")
+
+
+def apply_recipe_overrides(config: dict, args: argparse.Namespace) -> dict:
+    if args.time_limit_min is not None:
+        config["train"]["time_limit_min"] = args.time_limit_min
+    if args.init_from is not None:
+        config["model"]["init_from"] = args.init_from
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from phasewatch.export.train import load_config, train
+
+    try:
+        config = apply_recipe_overrides(load_config(args.config), args)
+        out = args.out or Path("runs") / config.get("name", args.config.stem)
+        checkpoint = train(config, out, args.data_root, args.device, args.seed, args.epochs, args.max_steps)
+    except PhasewatchError as exc:
+        print(f"phasewatch train: {exc}", file=sys.stderr)
+        return 1
+    print(f"best checkpoint: {checkpoint}", file=sys.stderr)
+    return 0

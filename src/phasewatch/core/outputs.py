@@ -1,0 +1,145 @@
+"""Per-image output files and the pictures that go in them, each written atomically
+(``phasewatch.atomic_files``).
+
+Pictures for people (overlay, preview) show 16-bit micrographs with a percentile
+stretch (:data:`DISPLAY_PERCENTILES`); the class map is written with the exact ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from phasewatch.atomic_files import OutputError, write_bytes_atomic, write_json_atomic
+
+DISPLAY_PERCENTILES = (0.5, 99.5)
+_STRETCH_SAMPLES = 1 << 20  # percentiles from at most about this many pixels
+
+
+def to_display_8bit(image: np.ndarray) -> np.ndarray:
+    """uint8 as is; uint16 stretched so the display percentiles span 0..255 (clipped)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != np.uint16:
+        raise ValueError(f"image must be uint8 or uint16 for display, got {image.dtype}")
+    # Stride over pixels, not values, so that every channel of RGB is sampled alike.
+    pixels = image.reshape(image.shape[0] * image.shape[1], -1)
+    sample = pixels[:: max(1, len(pixels) // _STRETCH_SAMPLES)]
+    low, high = np.percentile(sample, DISPLAY_PERCENTILES)
+    if high <= low:  # flat image: keep it visible as mid-range instead of dividing by 0
+        high = low + 1.0
+    levels = np.arange(65536, dtype=np.float64)
+    lut = np.clip(np.rint((levels - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+    return lut[image]
+
+
+def _display_rgb(image: np.ndarray) -> np.ndarray:
+    image8 = to_display_8bit(image)
+    if image8.ndim == 2:
+        return cv2.cvtColor(image8, cv2.COLOR_GRAY2RGB)
+    if image8.ndim == 3 and image8.shape[2] == 3:
+        return image8
+    raise ValueError(f"image must be H x W or H x W x 3, got shape {image.shape}")
+
+
+def overlay(
+    image: np.ndarray,
+    classes: np.ndarray,
+    palette: Sequence[tuple[int, int, int]],
+    alpha: float = 0.45,
+    skip: set[int] | None = None,
+) -> np.ndarray:
+    """RGB uint8 picture: the micrograph with each class's palette colour blended in.
+
+    Every class is blended unless its id is in ``skip`` (the caller passes e.g. the
+    background class ids to leave the matrix untinted). No legend is drawn.
+    """
+    if classes.shape != image.shape[:2]:
+        raise ValueError(f"class map {classes.shape} does not match image {image.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be within 0..1, got {alpha}")
+    lut = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if classes.size and int(classes.max()) >= len(lut):
+        raise ValueError(f"class map holds id {int(classes.max())} but the palette has {len(lut)}")
+    base = _display_rgb(image)
+    if len(lut) > 256:  # beyond what cv2.LUT indexes (no bundle has so many classes)
+        colours = lut[classes]
+    else:  # cv2.LUT: a fraction of the time of NumPy's fancy indexing on a large field
+        table = np.zeros((256, 1, 3), np.uint8)
+        table[: len(lut), 0] = lut
+        colours = cv2.LUT(cv2.merge([classes.astype(np.uint8, copy=False)] * 3), table)
+    blended = cv2.addWeighted(base, 1.0 - alpha, colours, alpha, 0.0)
+    if skip:
+        keep = np.isin(classes, list(skip)).view(np.uint8)
+        cv2.copyTo(base, keep, blended)
+    return blended
+
+
+def preview(image: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """8-bit picture whose longer side is at most ``max_side``: gray when the image is gray,
+    also when it is stored as RGB with three equal channels (as many SEMs save it), which
+    encodes in a third of the time and space."""
+    if image.ndim == 3 and image.shape[2] == 3 and _equal_channels(image):
+        image = image[:, :, 0]
+    height, width = image.shape[:2]
+    factor = max_side / max(height, width)
+    if factor < 1.0:
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return to_display_8bit(image)
+
+
+def _equal_channels(image: np.ndarray) -> bool:
+    red = image[:, :, 0]
+    return bool(np.array_equal(red, image[:, :, 1]) and np.array_equal(red, image[:, :, 2]))
+
+
+def write_png_atomic(path: Path, array: np.ndarray) -> None:
+    """PNG of a 2-D (gray, uint8 or uint16) or H x W x 3 RGB array."""
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    elif array.ndim != 2:
+        raise ValueError(f"{path}: PNG needs H x W or H x W x 3, got shape {array.shape}")
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OutputError(f"{path}: PNG encoding failed for {array.dtype} {array.shape}")
+    write_bytes_atomic(path, encoded.tobytes())
+
+
+def write_outputs(
+    out_dir: Path,
+    stem: str,
+    image: np.ndarray,
+    classes: np.ndarray,
+    palette: Sequence[tuple[int, int, int]],
+    record: dict[str, Any],
+    skip: set[int] | None = None,
+) -> dict[str, Path]:
+    """Write ``STEM.classes.png``, ``STEM.overlay.png`` and ``STEM.json`` into ``out_dir``.
+
+    The JSON is written last, so its presence means the pictures are complete.
+    Returns the paths keyed ``classes``, ``overlay``, ``json``.
+    """
+    if classes.dtype != np.uint8 or classes.shape != image.shape[:2]:
+        raise ValueError(
+            f"{stem}: class map must be uint8 of the image's size {image.shape[:2]}, "
+            f"got {classes.dtype} {classes.shape}"
+        )
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"{out_dir}: cannot create output folder: {exc.strerror or exc}") from exc
+    paths = {
+        "classes": out_dir / f"{stem}.classes.png",
+        "overlay": out_dir / f"{stem}.overlay.png",
+        "json": out_dir / f"{stem}.json",
+    }
+    write_png_atomic(paths["classes"], classes)
+    write_png_atomic(paths["overlay"], overlay(image, classes, palette, skip=skip))
+    write_json_atomic(paths["json"], record)
+    return paths

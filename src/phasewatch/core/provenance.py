@@ -1,0 +1,41 @@
+"""Who measured a field: the identity of the model and software, kept with each result.
+
+:func:`model_identity` is what the daemon hands ``Store.mark_done`` for every field, so a
+field's page can say which model (name, ONNX sha256, classes with their colours and
+roles), which backend, which tiling and which phasewatch produced its numbers, even
+after the service has moved on to another model; ``name`` and ``onnx_sha256`` also keep
+each specimen to one model (``src/phasewatch/store/``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+from phasewatch.core.pipeline import Model
+
+
+def software_version() -> str:
+    """The installed phasewatch's version ("unknown" when run from a tree never installed)."""
+    try:
+        return importlib.metadata.version("phasewatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def model_identity(model: Model) -> dict[str, Any]:
+    """The JSON-able identity of ``model`` as it segments fields now."""
+    bundle = model.bundle
+    tiling: dict[str, Any] = {"tile": bundle.tile, "halo": bundle.halo, "scale": bundle.scale}
+    if model.plan is not None:  # tiles planned per field instead of the fixed tile
+        tiling.update(planned=True, multiple=model.plan.multiple, max_pixels=model.plan.max_pixels)
+    return {
+        "name": bundle.name,
+        "onnx_sha256": bundle.onnx_sha256,
+        "architecture": bundle.architecture,
+        "exported_at": bundle.manifest.get("exported_at"),
+        "classes": [{"id": c.id, "name": c.name, "colour": list(c.colour), "role": c.role} for c in bundle.classes],
+        "backend": model.backend.name,
+        "tiling": tiling,
+        "software": software_version(),
+    }

@@ -1,0 +1,707 @@
+"""Decode micrographs into fields: TIFF (every page a field), PNG, JPEG and BMP.
+
+A field's image is ``H x W`` (gray) or ``H x W x 3`` (RGB order), ``uint8`` or ``uint16``,
+never truncated. Conversions, so that the rest of the runtime sees only those two shapes
+and dtypes:
+
+- alpha is dropped (RGBA -> RGB, gray + alpha -> gray); palette images become RGB;
+  TIFF ``MinIsWhite`` is inverted so that 0 is always black; bilevel becomes 0/255 ``uint8``.
+- any other numeric dtype (float, signed, 32/64-bit) is rescaled linearly from its finite
+  min..max to 0..65535 ``uint16`` (NaN and infinities become 0): a float SEM or tomography
+  image keeps its contrast and the normalisation treats it like any 16-bit image.
+  Complex images are refused.
+
+Sizes are checked from the header before any pixel is decoded: a side under
+``MIN_SIDE`` pixels cannot be segmented, and a field over ``max_pixels`` pixels is
+refused so that a corrupt or hostile header cannot make the service allocate gigabytes.
+
+Pixel size (µm per pixel), first match wins: the caller's value (``user``), FEI/Thermo
+``[Scan] PixelWidth`` (``fei``), Zeiss SEM ``ap_image_pixel_size``/``ap_pixel_size``
+(``zeiss``), OME-XML ``PhysicalSizeX`` (``ome``), ImageJ ``unit`` + ``XResolution``
+(``imagej``), then the plain TIFF ``XResolution`` (``tiff-resolution``), else ``none``.
+The plain resolution tag is trusted only when its unit is metric (centimetre, or
+tifffile's millimetre/micrometre extensions), or when it is in inches and says at least
+2540 pixels per inch (a pixel of 10 µm or less): 72, 96, 300 or 2400 dpi are what
+graphics software writes by default, never a microscope calibration. Unit ``NONE`` is
+ignored, and so is a length in inches in ImageJ or OME metadata (ImageJ's way of passing
+on such a dpi). Metadata are per file: every page of a TIFF gets the same pixel size.
+
+A TIFF's chain of IFDs (one per page, each naming the next) is walked before tifffile
+reads it: a chain that comes back to an IFD already seen is refused, since tifffile would
+yield its pages for ever (a 512-byte file then holds a worker and all its memory).
+
+Every failure raises :class:`ImageReadError` whose message is one line, ``FILE: reason``.
+
+Untrusted files are read under limits by :class:`IsolatedReader` (the daemon does): in a
+child process with a bounded address space and a time limit, so that a decoder bug, a
+decompression bomb or a hostile file costs the child its life and the file one line,
+never the service its memory, its time or its process.
+
+:data:`FORMATS`, at the end of this module, is the one list of formats: adding a format is
+one entry there (suffixes, magic bytes, reader).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import cv2
+import numpy as np
+import tifffile
+
+from phasewatch.errors import PhasewatchError, one_line
+
+MIN_SIDE = 8  # smaller images hold too little structure to segment or measure
+DEFAULT_MAX_PIXELS = 400_000_000
+PIXEL_SIZE_SOURCES = ("user", "imagej", "ome", "fei", "zeiss", "tiff-resolution", "config", "none")
+
+_HEAD_BYTES = 16  # what is read to tell the format; every magic prefix fits in it
+_SUPPORTED_PHOTOMETRIC = (
+    tifffile.PHOTOMETRIC.MINISWHITE,
+    tifffile.PHOTOMETRIC.MINISBLACK,
+    tifffile.PHOTOMETRIC.RGB,
+    tifffile.PHOTOMETRIC.PALETTE,
+    tifffile.PHOTOMETRIC.YCBCR,  # tifffile decodes JPEG-compressed YCbCr to RGB
+)
+_PNG_GRAY_ALPHA = 4  # IHDR colour type
+# JPEG start-of-frame markers carry the image size; C4, C8 and CC are other segments.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_INCH_UM = 25400.0
+_MIN_TRUSTED_PPI = 2540.0
+# Length units as microscope software spells them, in micrometres. Inches are left out on
+# purpose: ImageJ and friends report a graphics file's dpi as "inch", never a calibration.
+_UM_PER_UNIT = {
+    "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0,
+    "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "\u00e5": 1e-4, "\u212b": 1e-4, "angstrom": 1e-4,
+    "pm": 1e-6,
+}  # fmt: skip
+_UM_PER_RESUNIT: dict[int, float] = {
+    tifffile.RESUNIT.CENTIMETER: 1e4,
+    tifffile.RESUNIT.MILLIMETER: 1e3,
+    tifffile.RESUNIT.MICROMETER: 1.0,
+}
+
+
+class ImageReadError(PhasewatchError):
+    """An image that cannot be used; ``str(exc)`` is one line, ``FILE: reason``."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(" ".join(f"{path}: {reason}".split()))
+        self.reason = reason
+
+
+@dataclass(frozen=True, eq=False)
+class Field:
+    """One image to segment: a whole file or one page of a TIFF stack."""
+
+    image: np.ndarray  # H x W or H x W x 3 (RGB), uint8 or uint16
+    page: int  # index of the page in the file; 0 for single-image formats
+    pixel_size_um: float | None
+    pixel_size_source: str  # one of PIXEL_SIZE_SOURCES
+
+
+# (path, the caller's pixel size or None, max_pixels) -> the file's fields
+Reader = Callable[[Path, float | None, int], Iterator[Field]]
+
+
+class ImageFormat(NamedTuple):
+    """One entry of :data:`FORMATS`."""
+
+    suffixes: tuple[str, ...]  # lower case, with the dot
+    magics: tuple[bytes, ...]  # the file starts with one of these (at most _HEAD_BYTES long)
+    read: Reader
+
+
+def read_fields(
+    path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[Field]:
+    """All fields of an image file; see :func:`iter_fields`."""
+    return list(iter_fields(path, pixel_size_um, max_pixels))
+
+
+def iter_fields(
+    path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[Field]:
+    """Yield the fields of an image file one at a time (a TIFF stack is never held whole).
+
+    ``pixel_size_um``, when given, overrides any pixel size found in the file's metadata.
+    """
+    if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
+    path = Path(path)
+    if path.suffix.lower() not in _suffixes():
+        supported = ", ".join(_suffixes())
+        raise ImageReadError(path, f"unsupported file type '{path.suffix}' (supported: {supported})")
+    # The content decides, not the suffix: a PNG saved as .tif is still read.
+    image_format = _sniff(path)
+    try:
+        yield from image_format.read(path, pixel_size_um, max_pixels)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a decoder's own exception type must not reach the service
+        raise ImageReadError(path, f"cannot decode: {one_line(exc)}") from exc
+
+
+def images_in(folder: Path) -> list[Path]:
+    """The files of ``folder`` with a supported image suffix, sorted (not recursive)."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in _suffixes())
+
+
+def _suffixes() -> tuple[str, ...]:
+    return tuple(suffix for image_format in FORMATS.values() for suffix in image_format.suffixes)
+
+
+def _sniff(path: Path) -> ImageFormat:
+    """The format whose magic bytes start the file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
+    if not head:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    for image_format in FORMATS.values():
+        if head.startswith(image_format.magics):
+            return image_format
+    *others, last = FORMATS
+    raise ImageReadError(path, f"not a {', '.join(others)} or {last} image (starts with {head[:8]!r})")
+
+
+def check_size(path: Path, height: int, width: int, max_pixels: int) -> None:
+    """Refuse an image too small to segment or over ``max_pixels`` (one line, ``FILE: reason``)."""
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise ImageReadError(
+            path,
+            f"image is {width} x {height} pixels, smaller than the {MIN_SIDE} x {MIN_SIDE} needed to segment it",
+        )
+    if height * width > max_pixels:
+        raise ImageReadError(
+            path,
+            f"image is {width} x {height} = {height * width} pixels, more than the limit of {max_pixels} (max_pixels)",
+        )
+
+
+# --- TIFF ----------------------------------------------------------------------------
+
+
+class _IfdLayout(NamedTuple):
+    """Where a TIFF version keeps its IFD offsets, and how big an IFD is."""
+
+    first_at: int  # position of the first IFD's offset in the header
+    offset_code: str  # struct code of an offset
+    entries_code: str  # struct code of an IFD's number of entries
+    entry_size: int  # bytes per IFD entry
+
+
+# By the version that follows the byte order: classic TIFF and BigTIFF.
+_IFD_LAYOUTS = {42: _IfdLayout(4, "I", "H", 12), 43: _IfdLayout(8, "Q", "Q", 20)}
+
+
+def check_ifd_chain(path: Path) -> None:
+    """Refuse a TIFF whose IFD chain loops. Every IFD is visited once and lies inside the
+    file, so the walk ends; a chain that leads out of the file just ends it here (tifffile
+    then says what is missing)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(16)
+            order = "<" if head.startswith(b"II") else ">"
+            layout = _IFD_LAYOUTS[struct.unpack_from(order + "H", head, 2)[0]]
+            offset = _unpack(order + layout.offset_code, head[layout.first_at:])
+            seen: set[int] = set()
+            while 0 < offset < size:
+                if offset in seen:
+                    raise ImageReadError(path, f"IFD chain loops back to offset {offset}")
+                seen.add(offset)
+                offset = _next_ifd(fh, order, layout, offset)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
+
+
+def _next_ifd(fh: BinaryIO, order: str, layout: _IfdLayout, offset: int) -> int:
+    """The offset of the IFD after the one at ``offset``; 0 where the file ends first."""
+    entries_code, offset_code = order + layout.entries_code, order + layout.offset_code
+    fh.seek(offset)
+    entries = _unpack(entries_code, fh.read(struct.calcsize(entries_code)))
+    fh.seek(offset + struct.calcsize(entries_code) + entries * layout.entry_size)
+    return _unpack(offset_code, fh.read(struct.calcsize(offset_code)))
+
+
+def _unpack(code: str, data: bytes) -> int:
+    """The one integer ``code`` reads at the start of ``data``; 0 when data is short."""
+    if len(data) < struct.calcsize(code):
+        return 0
+    value: int = struct.unpack_from(code, data)[0]
+    return value
+
+
+def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Field]:
+    check_ifd_chain(path)
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise ImageReadError(path, f"not a readable TIFF: {one_line(exc)}") from exc
+    with tif:
+        pixel_size, source = (user_pixel_size, "user") if user_pixel_size is not None else _tiff_pixel_size(tif)
+        file_size = tif.filehandle.size
+        skip = tifffile.FILETYPE.REDUCEDIMAGE | tifffile.FILETYPE.MASK  # thumbnails, masks
+        fields = 0
+        for index, page_or_frame in enumerate(tif.pages):
+            page = page_or_frame.aspage()  # a no-op without useframes; gives the TiffPage type
+            if page.subfiletype & skip:
+                continue
+            image = _tiff_page_image(path, page, file_size, max_pixels)
+            fields += 1
+            yield Field(image, index, pixel_size, source)
+        if not fields:  # e.g. a header whose first page offset points nowhere, or thumbnails only
+            raise ImageReadError(path, "no image in the file")
+
+
+def _tiff_page_image(path: Path, page: Any, file_size: int, max_pixels: int) -> np.ndarray:
+    where = f"page {page.index}"
+    if page.axes not in ("YX", "YXS", "SYX"):
+        raise ImageReadError(path, f"{where}: unsupported layout {page.axes} {page.shape}")
+    height, width = page.shape[page.axes.index("Y")], page.shape[page.axes.index("X")]
+    check_size(path, height, width, max_pixels)
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+    if not ends:
+        raise ImageReadError(path, f"{where}: holds no image data")
+    if max(ends) > file_size:
+        raise ImageReadError(
+            path, f"{where}: truncated (image data ends at byte {max(ends)}, file has {file_size} bytes)"
+        )
+    photometric = page.photometric
+    check_colour_model(path, photometric, where)
+    image = page.asarray()
+    if page.axes == "SYX":
+        image = np.moveaxis(image, 0, -1)
+    return page_pixels(path, image, photometric, page.colormap)
+
+
+def check_colour_model(path: Path, photometric: int, where: str) -> None:
+    """Refuse a TIFF colour model the conversions below do not handle (CMYK, CIELab, ...)."""
+    if photometric not in _SUPPORTED_PHOTOMETRIC:
+        raise ImageReadError(path, f"{where}: unsupported colour model {tifffile.PHOTOMETRIC(photometric).name}")
+
+
+def page_pixels(path: Path, image: np.ndarray, photometric: int = tifffile.PHOTOMETRIC.MINISBLACK,
+                colormap: np.ndarray | None = None) -> np.ndarray:
+    """A decoded TIFF page (H x W or H x W x S) as a field's image (the module's conversions).
+
+    Public so that a volume's slices, read from a stack page by page (``src/phasewatch/core/volume.py``),
+    become the same images as the fields of the same pages.
+    """
+    if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
+        return _apply_palette(image, colormap)
+    image = _drop_alpha(path, image)
+    image = _to_supported_dtype(path, image)
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+        image = np.iinfo(image.dtype).max - image
+    return np.ascontiguousarray(image)
+
+
+def _drop_alpha(path: Path, image: np.ndarray) -> np.ndarray:
+    samples = 1 if image.ndim == 2 else image.shape[2]
+    if samples == 1:
+        return image.reshape(image.shape[:2])
+    if samples == 2:  # gray + alpha
+        return image[..., 0]
+    if samples in (3, 4):  # RGB, RGBA
+        return image[..., :3]
+    raise ImageReadError(path, f"{samples} samples per pixel are not supported (1 to 4)")
+
+
+def _apply_palette(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    rgb = np.moveaxis(colormap[:, indices], 0, -1)
+    # TIFF colour maps are 16-bit; most writers store 8-bit colours times 257.
+    if not np.any(colormap % 257):
+        return (rgb // 257).astype(np.uint8)
+    return np.ascontiguousarray(rgb.astype(np.uint16))
+
+
+def _to_supported_dtype(path: Path, image: np.ndarray) -> np.ndarray:
+    if image.dtype in (np.uint8, np.uint16):
+        return image
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * np.uint8(255)
+    if image.dtype.kind not in "iuf":
+        raise ImageReadError(path, f"pixel type {image.dtype} is not supported")
+    values = image.astype(np.float32)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(image.shape, np.uint16)
+    low, high = float(values[finite].min()), float(values[finite].max())
+    values[~finite] = low
+    gain = 65535.0 / (high - low) if high > low else 0.0
+    values -= low
+    values *= gain
+    return np.rint(values).astype(np.uint16)
+
+
+# --- TIFF pixel size -----------------------------------------------------------------
+
+
+def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, str]:
+    readers: tuple[tuple[str, Callable[[tifffile.TiffFile], float | None]], ...] = (
+        ("fei", _fei_pixel_size),
+        ("zeiss", _zeiss_pixel_size),
+        ("ome", _ome_pixel_size),
+        ("imagej", _imagej_pixel_size),
+        ("tiff-resolution", _resolution_pixel_size),
+    )
+    for source, reader in readers:
+        try:
+            value = reader(tif)
+        except Exception:  # malformed optional metadata must not make the image unreadable
+            continue
+        if value is not None and math.isfinite(value) and value > 0:
+            return value, source
+    return None, "none"
+
+
+def _um_per_unit(unit: Any) -> float | None:
+    return _UM_PER_UNIT.get(str(unit).strip().lower())
+
+
+def _fei_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    meta = tif.fei_metadata
+    if not meta:
+        return None
+    for section in ("Scan", "EScan"):
+        width_m = meta.get(section, {}).get("PixelWidth")
+        if width_m is not None:
+            return float(width_m) * 1e6
+    return None
+
+
+def _zeiss_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    meta = tif.sem_metadata
+    if not meta:
+        return None
+    for key in ("ap_image_pixel_size", "ap_pixel_size"):
+        entry = meta.get(key)
+        if entry is None:
+            continue
+        # tifffile gives (label, value, unit), or (label, "value unit") when unparsed
+        value, unit = entry[1:3] if len(entry) >= 3 else str(entry[1]).split()
+        scale = _um_per_unit(unit)
+        if scale is not None:
+            return float(value) * scale
+    return None
+
+
+def _ome_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    xml = tif.ome_metadata
+    if not xml:
+        return None
+    for element in ElementTree.fromstring(xml).iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            size = element.get("PhysicalSizeX")
+            scale = _um_per_unit(element.get("PhysicalSizeXUnit", "µm"))  # OME's default unit
+            return float(size) * scale if size is not None and scale is not None else None
+    return None
+
+
+def _imagej_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    meta = tif.imagej_metadata
+    scale = _um_per_unit(meta.get("unit", "")) if meta else None
+    if scale is None:
+        return None
+    pixels_per_unit = tif.pages.first.resolution[0]
+    return scale / pixels_per_unit if pixels_per_unit > 0 else None
+
+
+def _resolution_pixel_size(tif: tifffile.TiffFile) -> float | None:
+    page = tif.pages.first
+    if "XResolution" not in page.tags:
+        return None
+    pixels_per_unit = page.resolution[0]
+    if pixels_per_unit <= 0:
+        return None
+    unit = page.resolutionunit
+    if unit == tifffile.RESUNIT.INCH:
+        return _INCH_UM / pixels_per_unit if pixels_per_unit >= _MIN_TRUSTED_PPI else None
+    scale = _UM_PER_RESUNIT.get(unit)
+    return scale / pixels_per_unit if scale is not None else None
+
+
+# --- PNG, JPEG, BMP ------------------------------------------------------------------
+
+
+class _Header(NamedTuple):
+    height: int
+    width: int
+    gray_alpha: bool = False  # OpenCV expands gray + alpha to BGRA with B = G = R
+
+
+def _opencv_reader(kind: str, header: Callable[[Path, bytes], _Header]) -> Reader:
+    """A reader of single-image files that OpenCV decodes; ``header`` reads the size
+    before any pixel is decoded. ``kind`` names the format in messages."""
+
+    def read(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Field]:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(path, f"cannot read: {exc.strerror or one_line(exc)}") from exc
+        size = header(path, data)
+        check_size(path, size.height, size.width, max_pixels)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise ImageReadError(path, f"cannot decode the {kind} data (corrupt or truncated)")
+        if image.ndim == 3:
+            image = image[..., 0] if size.gray_alpha else cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+        source = "none" if user_pixel_size is None else "user"
+        yield Field(np.ascontiguousarray(image), 0, user_pixel_size, source)
+
+    return read
+
+
+def _png_header(path: Path, data: bytes) -> _Header:
+    if len(data) < 26 or data[12:16] != b"IHDR":
+        raise ImageReadError(path, "PNG header is truncated or lacks IHDR")
+    width, height = struct.unpack(">II", data[16:24])
+    return _Header(height, width, gray_alpha=data[25] == _PNG_GRAY_ALPHA)
+
+
+def _jpeg_header(path: Path, data: bytes) -> _Header:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if marker in _JPEG_SOF and pos + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return _Header(height, width)
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    raise ImageReadError(path, "JPEG has no readable frame header (truncated or corrupt)")
+
+
+def _bmp_header(path: Path, data: bytes) -> _Header:
+    if len(data) < 26:
+        raise ImageReadError(path, "BMP header is truncated")
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sides
+        width, height = struct.unpack("<HH", data[18:22])
+    else:
+        width, height = struct.unpack("<ii", data[18:26])
+    return _Header(abs(height), abs(width))  # negative height means rows stored top-down
+
+
+# --- the formats ---------------------------------------------------------------------
+
+# Tried in this order; the names appear in messages.
+FORMATS: dict[str, ImageFormat] = {
+    "TIFF": ImageFormat((".tif", ".tiff"), (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff_fields),
+    "PNG": ImageFormat((".png",), (b"\x89PNG\r\n\x1a\n",), _opencv_reader("PNG", _png_header)),
+    "JPEG": ImageFormat((".jpg", ".jpeg"), (b"\xff\xd8\xff",), _opencv_reader("JPEG", _jpeg_header)),
+    "BMP": ImageFormat((".bmp",), (b"BM",), _opencv_reader("BMP", _bmp_header)),
+}
+SUPPORTED_SUFFIXES = _suffixes()
+
+
+# --- reading under limits ------------------------------------------------------------
+
+# One thread per numeric library and few malloc arenas in the child: every thread's stack
+# and arena count against its address-space limit, which would then depend on the core count.
+_CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+_CHILD_MAIN = "import sys; from phasewatch.imageio.formats import serve_reads; serve_reads(*map(int, sys.argv[1:]))"
+CHILD_START_TIMEOUT_S = 120.0  # importing numpy, OpenCV and tifffile on a busy machine
+_READY = "ready"
+
+
+class DecoderUnavailable(Exception):
+    """No child to decode in (it would not start); not the file's fault, try again later."""
+
+
+class DecoderClosed(DecoderUnavailable):
+    """The reader was closed while a file was being read (the service is stopping)."""
+
+
+class _Child(NamedTuple):
+    process: subprocess.Popen[bytes]
+    conn: Connection
+
+
+class IsolatedReader:
+    """:func:`read_fields` in a child process, under a memory and a time limit.
+
+    A file whose decoding needs more than ``memory_bytes`` of address space (beyond what
+    the child's Python and libraries hold), takes longer than ``timeout_s``, or crashes the
+    decoder fails with one line, and the next file gets a fresh child. The child is kept
+    between files, so the common path costs a round trip through a socket, not a start of
+    Python; the pixels come back as raw buffers, copied once. One file at a time.
+    """
+
+    def __init__(self, memory_bytes: int, timeout_s: float) -> None:
+        self.memory_bytes, self.timeout_s = memory_bytes, timeout_s
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._busy = False
+        self._closed = False
+
+    def read_fields(
+        self, path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> list[Field]:
+        child = self._acquire()
+        try:
+            child.conn.send((os.fspath(path), pixel_size_um, max_pixels))
+            if not child.conn.poll(self.timeout_s):
+                self._discard(child)
+                raise ImageReadError(path, f"decoding took longer than the limit of {self.timeout_s:g} s")
+            return _receive_fields(path, child.conn)
+        except (EOFError, OSError) as exc:  # the child died, or close() ended it
+            died = _death(child.process)
+            self._discard(child)
+            if self._closed:
+                raise DecoderClosed(f"{path}: decoding cut short: the reader was closed") from exc
+            raise ImageReadError(path, f"the decoder died reading it ({died})") from exc
+        finally:
+            with self._lock:
+                self._busy = False
+
+    def close(self) -> None:
+        """End the child; a read in progress ends with :class:`DecoderClosed`."""
+        with self._lock:
+            self._closed = True
+            child, busy = self._child, self._busy
+        if child is not None:
+            child.process.kill()
+            child.process.wait()
+            if not busy:  # else the reading thread closes its end when it sees the child gone
+                self._discard(child)
+
+    def _acquire(self) -> _Child:
+        with self._lock:
+            if self._closed:
+                raise DecoderClosed("the reader is closed")
+            if self._child is None:
+                self._child = _start_child(self.memory_bytes)
+            self._busy = True
+            return self._child
+
+    def _discard(self, child: _Child) -> None:
+        child.process.kill()
+        child.process.wait()
+        child.conn.close()
+        with self._lock:
+            if self._child is child:
+                self._child = None
+
+
+def _start_child(memory_bytes: int) -> _Child:
+    ours, theirs = Pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(memory_bytes)],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env={**os.environ, **_CHILD_ENV})
+    except OSError as exc:  # no memory or no process slot left to start it
+        ours.close()
+        raise DecoderUnavailable(f"cannot start a decoder process: {exc.strerror or exc}") from exc
+    finally:
+        theirs.close()
+    child = _Child(process, ours)
+    try:
+        if ours.poll(CHILD_START_TIMEOUT_S) and ours.recv() == _READY:
+            return child
+    except (EOFError, OSError):
+        pass
+    died = _death(process)
+    process.kill()
+    process.wait()
+    ours.close()
+    raise DecoderUnavailable(f"the decoder process did not start ({died})")
+
+
+def _death(process: subprocess.Popen[bytes]) -> str:
+    """How a child that closed its end ended, in words."""
+    try:
+        code = process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return "no answer"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _receive_fields(path: str | Path, conn: Connection) -> list[Field]:
+    reply = conn.recv()
+    if isinstance(reply, str):
+        raise ImageReadError(path, reply)
+    fields = []
+    for shape, dtype, page, pixel_size_um, source in reply:
+        image = np.empty(shape, dtype)
+        conn.recv_bytes_into(image.reshape(-1).view(np.uint8))
+        fields.append(Field(image, page, pixel_size_um, source))
+    return fields
+
+
+def serve_reads(fd: int, memory_bytes: int) -> None:
+    """The child's side of :class:`IsolatedReader`: read each file asked for over the
+    connection ``fd``, and answer with its fields or the reason it cannot be read."""
+    # The service's stop signals reach the child too (systemd signals the whole control
+    # group, a terminal the whole process group): a read in progress must not end as a
+    # decoder death blamed on its file. The service ends the child itself.
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(stop, signal.SIG_IGN)
+    conn = Connection(fd)
+    _limit_address_space(memory_bytes)
+    try:
+        _answer_reads(conn, memory_bytes)
+    except (EOFError, ConnectionError):  # the service closed its end, or died (kill -9)
+        return
+
+
+def _answer_reads(conn: Connection, memory_bytes: int) -> None:
+    conn.send(_READY)
+    while True:
+        path, pixel_size_um, max_pixels = conn.recv()
+        try:
+            fields = read_fields(path, pixel_size_um, max_pixels)
+        except Exception as exc:
+            conn.send(_failure_reason(exc, memory_bytes))
+            continue
+        conn.send([(f.image.shape, f.image.dtype.str, f.page, f.pixel_size_um, f.pixel_size_source) for f in fields])
+        for f in fields:
+            conn.send_bytes(np.ascontiguousarray(f.image).data.cast("B"))
+        del fields  # before the next file is read: the limit is for one file
+
+
+def _failure_reason(exc: Exception, memory_bytes: int) -> str:
+    if isinstance(exc, MemoryError) or isinstance(exc.__cause__, MemoryError):
+        return f"decoding needs more memory than the limit of {memory_bytes >> 20} MiB"
+    if isinstance(exc, ImageReadError):
+        return exc.reason
+    return f"cannot decode: {one_line(exc)}"
+
+
+def _limit_address_space(extra_bytes: int) -> None:
+    """Allow the child ``extra_bytes`` of address space beyond what its Python and
+    libraries hold now."""
+    with open("/proc/self/statm") as fh:
+        held = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (held + extra_bytes, held + extra_bytes))

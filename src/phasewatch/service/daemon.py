@@ -1,0 +1,613 @@
+"""The daemon's work: from a settled file in the watch folder to a served result.
+
+Four :class:`~phasewatch.service.stages.Stage` objects, joined by queues, run
+the steps of :mod:`phasewatch.core.pipeline` so that hashing, decoding, inference
+and writing overlap and the backend sees full batches when a burst arrives:
+
+``intake``  hashes each settled file and queues it in the store (SQLite, durable);
+``decode``  claims queued files and decodes them in a child process under
+            ``[limits]`` (``imageio.IsolatedReader``: a file that needs too much time or
+            memory, or crashes the decoder, fails here with one line, and so does a
+            field over ``[limits] max_megapixels``);
+``infer``   segments every decoded file that is ready, tiles of several files in a
+            batch (``pipeline.segment_files``); a model reload (SIGHUP) happens here,
+            between batches, and each result carries the model that produced it;
+``write``   measures, writes the outputs atomically (``pipeline.record_file``), marks
+            the file done and publishes the event that the web page shows.
+
+Decoded pixels in flight are bounded (``[workers] in_flight_megapixels``), not files:
+one 20000 x 20000 image weighs what 1500 small ones do. Each stage reports a heartbeat;
+a stage that holds an item without progress for ``[workers] stall_timeout_s`` makes
+:meth:`Daemon.health` report a ``worker`` problem, which stops the watchdog pings.
+
+Transient faults are retried, never charged to a file: a full disk or a read-only or
+unwritable results folder (``disk``), a database that is locked, full or failing
+(``database``), a failing backend (``backend``). The stage that meets one keeps its item,
+shows the fault in :meth:`Daemon.health` while it lasts and tries again with backoff
+(``stages.TransientFault``); it resumes by itself when the cause goes.
+
+Crashes. Rows are marked in the store while they are inside inference, the one step
+that runs native code in this process on a file's pixels. At the next start those rows
+run alone when there were several; they are charged a crash only when the worker died of
+a fatal signal (:class:`CrashRecord`), not when it was killed, and a row that keeps
+crashing the worker ends failed (``Store.recover_after_crash``). Every other row the
+worker held goes back to the queue free.
+Outputs of file ``ID`` go to ``results/ID/`` under the data folder; the watch folder is
+only ever read. A multi-page TIFF is one queue row and one field of its specimen
+(``measure.combine_pages``).
+
+Volumes. A TIFF whose metadata call it a Z stack (ImageJ ``slices`` > 1, OME ``SizeZ`` > 1;
+``[watch] volumes``) is one volume: ``decode`` only opens it (``volume.open_volume``: its
+size and depth, nothing decoded); ``infer`` streams it slice by slice through the engine
+(``volume.segment_volume``), writing its class-id stack, its display stack and the 3D
+measurements as the slices come (``volume_views``), alone in its batches; ``write`` records
+it as one field of its specimen (``volume.field_like_record``). Its slices are decoded in
+this process, not in the isolated decoder (which returns whole files): the first page's size
+is checked against ``[limits] max_megapixels`` before any slice is decoded, a damaged slice
+fails the file with its reason, and memory stays a few slices whatever the depth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import faulthandler
+import logging
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phasewatch.atomic_files import OutputError
+from phasewatch.backends.registry import Backend, BackendError, any_size
+from phasewatch.bundle import sha256_file
+from phasewatch.core.pipeline import (
+    Decoded,
+    FileResult,
+    Model,
+    Segmented,
+    decode_file,
+    open_model,
+    record_file,
+    segment_files,
+)
+from phasewatch.core.provenance import model_identity
+from phasewatch.core.volume import Volume, open_volume, says_volume
+from phasewatch.core.volume_views import record_volume
+from phasewatch.errors import PhasewatchError, one_line
+from phasewatch.imageio.formats import DecoderClosed, DecoderUnavailable, IsolatedReader
+from phasewatch.service.config import Config
+from phasewatch.service.logs import fields as log_fields
+from phasewatch.service.metrics import DaemonMetrics
+from phasewatch.service.stages import POLL_S, Stage, TransientFault
+from phasewatch.service.watcher import FolderWatcher
+from phasewatch.store.database import Store, StoreError, StoreUnavailable
+
+log = logging.getLogger("phasewatch.daemon")
+
+DEFAULT_MODEL = "superalloy"
+MIN_FREE_DISK_BYTES = 200 * 1024 * 1024
+# Write faults of the results folder, not of the file: a full disk or quota, a read-only
+# remount, permissions taken away, a failing disk. Retried until they go.
+TRANSIENT_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+SEGMENTING = "segmenting"
+
+Publish = Callable[[str, dict[str, Any]], None]
+ModelFactory = Callable[[], Model]
+
+
+@dataclass
+class _Arrival:
+    """A settled file on its way into the store; its hash is kept across retries."""
+
+    path: Path
+    st: Any
+    settled: float
+    digest: str | None = None
+
+
+@dataclass
+class _Work:
+    """One claimed file travelling through decode -> infer -> write."""
+
+    row: dict[str, Any]
+    decoded: Decoded | None = None
+    volume: Volume | None = None  # a Z stack: opened in decode, segmented (and written) in infer
+    segmented: Segmented | None = None
+    result: FileResult | None = None  # outputs written, not yet marked done
+    error: str | None = None
+    pixels: int = 0
+    staged: bool = False  # marked as inside inference in the store
+
+    @property
+    def path(self) -> Path:
+        return Path(self.row["path"])
+
+    @property
+    def id(self) -> int:
+        file_id: int = self.row["id"]
+        return file_id
+
+
+@contextlib.contextmanager
+def _database() -> Iterator[None]:
+    """A store call whose transient fault the stage retries (stages.TransientFault)."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise TransientFault("database", str(exc)) from exc
+
+
+class PixelBudget:
+    """Decoded pixels allowed in flight; one item larger than the budget passes alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, pixels: int, give_up: Callable[[], bool]) -> bool:
+        """Wait for room for ``pixels``; False, without them, once ``give_up()`` says so
+        (a stop must not wait for a write stage that may be retrying a full disk)."""
+        with self._changed:
+            while not (self.in_use == 0 or self.in_use + pixels <= self.limit):
+                if give_up():
+                    return False
+                self._changed.wait(POLL_S)
+            self.in_use += pixels
+            return True
+
+    def release(self, pixels: int) -> None:
+        with self._changed:
+            self.in_use -= pixels
+            self._changed.notify_all()
+
+
+class _Beating:
+    """A backend that reports progress to its stage after every batch, so a slow image
+    (many batches) is told apart from a hung call (no batch returns)."""
+
+    def __init__(self, backend: Backend, beat: Callable[[], None]) -> None:
+        self.inner, self.beat = backend, beat
+        self.name, self.max_batch = backend.name, backend.max_batch
+        self.any_size = any_size(backend)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        logits = self.inner.run(batch)
+        self.beat()
+        return logits
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class CrashRecord:
+    """Tells a crash from a kill, across a restart.
+
+    While armed, :mod:`faulthandler` writes into the record file when the process dies of
+    SIGSEGV, SIGABRT (also what systemd's watchdog sends a hung service), SIGBUS, SIGFPE
+    or SIGILL: native code failed on what it was given. A ``kill -9``, the OOM killer or
+    a power cut write nothing, and neither does a clean stop. Such a death says nothing
+    about the files in hand, so a steady feed survives any number of kills; inference
+    memory, the OOM killer's trigger, is bounded by ``[limits]`` and the pixel budget.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+        self._was_enabled = False
+
+    def last_run(self) -> str | None:
+        """The first line faulthandler wrote when the last run crashed, or None."""
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("%s: cannot read the crash record: %s", self.path, exc.strerror or exc)
+            return None
+        return next((line.strip() for line in text.splitlines() if line.strip()), None)
+
+    def arm(self) -> None:
+        try:
+            self._file = open(self.path, "w")  # noqa: SIM115 - faulthandler writes to it until disarm()
+        except OSError as exc:  # a crash of this run will then count as a kill
+            log.warning("%s: cannot keep a crash record: %s", self.path, exc.strerror or exc)
+            return
+        self._was_enabled = faulthandler.is_enabled()
+        faulthandler.enable(self._file, all_threads=True)
+
+    def disarm(self) -> None:
+        """A clean stop: an empty record."""
+        if self._file is None:
+            return
+        faulthandler.disable()
+        if self._was_enabled and sys.__stderr__ is not None:  # as python -X faulthandler or pytest had it
+            faulthandler.enable(sys.__stderr__)
+        self._file.close()
+        self._file = None
+
+
+def model_factory(config: Config) -> ModelFactory:
+    """What the service opens at start and at every reload: the configured bundle and backend."""
+    model = config.model
+    return lambda: open_model(model.ref or DEFAULT_MODEL, model.backend, model.batch, tta=model.tta,
+                              tile_megapixels=model.tile_megapixels, remote=model.remote)
+
+
+def _batches(works: list[_Work]) -> list[list[_Work]]:
+    """What goes through the backend together: each file that once crashed the worker in
+    a batch alone (so that a crash names the file), the others all together."""
+    alone = [[w] for w in works if w.row["alone"]]
+    together = [w for w in works if not w.row["alone"]]
+    return alone + ([together] if together else [])
+
+
+class Daemon:
+    """Owns the watcher, the model, the decoder and the stages; the store is the caller's
+    (module doc)."""
+
+    def __init__(self, config: Config, store: Store, open_model: ModelFactory, publish: Publish | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.publish = publish or (lambda event, data: None)
+        self.started = time.time()
+        config.data.results_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = DaemonMetrics(self.store.counts_by_state)
+        self._open_model = open_model
+        self.model = self._load_model()
+        limits = config.limits
+        self.decoder = IsolatedReader(limits.decode_memory_mb << 20, limits.decode_timeout_s)
+        self._max_pixels = int(limits.max_megapixels * 1e6)
+        self.crash_record = CrashRecord(config.data.dir / "crash-record.txt")
+        self._settled_at: dict[str, float] = {}
+        self._arrivals: queue.Queue[_Arrival] = queue.Queue()
+        self._decoded: queue.Queue[_Work] = queue.Queue()
+        self._segmented: queue.Queue[_Work] = queue.Queue()
+        self._budget = PixelBudget(int(config.workers.in_flight_megapixels * 1e6))
+        self._work_ready = threading.Event()
+        self._reload = threading.Event()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self.watcher = FolderWatcher(config.watch.dir, config.watch, self._on_settled)
+        self.intake = Stage("intake", self._take_arrival, self._intake, niced=True, abandon=self._leave_for_rescan)
+        self.decode = Stage("decode", self._take_row, self._decode, niced=True)
+        self.infer = Stage("infer", self._take_decoded, self._infer, abandon=self._give_back_all)
+        self.write = Stage("write", self._take_segmented, self._write, niced=True, abandon=self._give_back)
+        self.stages = (self.intake, self.decode, self.infer, self.write)
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def _load_model(self) -> Model:
+        model = self._open_model()
+        self.metrics.set_backend(model.backend.name, model.bundle.name)
+        log.info("model loaded", extra=log_fields(model=model.bundle.name, backend=model.backend.name,
+                                                    tile=model.bundle.tile, halo=model.bundle.halo))
+        return model
+
+    def start(self) -> None:
+        crash = self.crash_record.last_run()
+        if crash is not None:
+            log.error("the last run crashed: %s", crash)
+        recovered = self.store.recover_after_crash(charge=crash is not None)
+        if any(recovered.values()):
+            log.warning("recovered interrupted work", extra=log_fields(**recovered))
+        self.crash_record.arm()
+        for stage in self.stages:
+            stage.start()
+        self._work_ready.set()  # rows left pending by the last run
+        self.watcher.start()
+
+    def stop(self) -> None:
+        """Stop taking new files, finish the fields in hand (stage by stage, in order), then
+        close the model. A decode in progress is cut short (its file goes back to the
+        queue), and so is a fault's backoff. The store stays open: its owner closes it
+        after the web server."""
+        self.watcher.stop()
+        self.intake.stop()
+        self.decoder.close()
+        for stage in (self.decode, self.infer, self.write):
+            stage.stop()
+        self.model.close()
+        self.crash_record.disarm()
+
+    def reload_model(self) -> None:
+        """Ask the inference stage to reopen the model between batches (SIGHUP); a backend
+        fault's backoff ends at once, as the reload may be its cure."""
+        log.info("model reload requested: the inference stage reopens the model between batches")
+        self._reload.set()
+        self._work_ready.set()
+        self.infer.wake()
+
+    # -- health and status ---------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        counts = self.store.counts_by_state()
+        healthy, problems = self.health()
+        model = self.model
+        return {"queued": counts["pending"], "processing": counts["processing"], "done": counts["done"],
+                "failed": counts["failed"], "backend": model.backend.name, "model": model.bundle.name,
+                "uptime_s": round(time.time() - self.started, 1), "healthy": healthy, "problems": problems}
+
+    def health(self) -> tuple[bool, dict[str, str]]:
+        """(healthy, component -> one-line reason). A ``worker`` problem means a stage died or
+        is stuck: only that one stops the watchdog pings (the rest is retried in process)."""
+        problems = {s.fault.component: s.fault.reason for s in self.stages if s.fault is not None}
+        if not self.watcher.healthy:
+            problems["watch"] = self.watcher.last_error or "watch folder not being watched"
+        try:
+            free = shutil.disk_usage(self.config.data.dir).free
+        except OSError as exc:  # the data folder itself vanished or was unmounted
+            problems["disk"] = f"{self.config.data.dir}: {exc.strerror or exc}"
+        else:
+            if free < MIN_FREE_DISK_BYTES:
+                problems.setdefault("disk", f"{self.config.data.dir}: only {free // 2**20} MiB free")
+        stuck = [p for s in self.stages if (p := s.problem(self.config.workers.stall_timeout_s))]
+        if stuck:
+            problems["worker"] = "; ".join(stuck)
+        return not problems, problems
+
+    def health_report(self) -> tuple[bool, dict[str, Any]]:
+        """What ``/healthz`` answers: healthy, and the reasons as a list and by component."""
+        ok, problems = self.health()
+        return ok, {"reasons": list(problems.values()), "problems": problems}
+
+    def alive(self) -> bool:
+        """False when a stage died or is stuck: what withholds the systemd watchdog ping, so
+        that systemd restarts us. A missing folder or a full disk is retried in process."""
+        return "worker" not in self.health()[1]
+
+    # -- intake: settled file -> queue row -------------------------------------------
+
+    def _on_settled(self, path: Path, st: Any) -> None:
+        self._arrivals.put(_Arrival(path, st, time.time()))
+
+    def _take_arrival(self, timeout: float) -> _Arrival | None:
+        try:
+            return self._arrivals.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _intake(self, item: _Arrival) -> None:
+        if item.digest is None:
+            try:
+                item.digest = sha256_file(item.path)
+            except OSError as exc:  # vanished between settling and hashing: nothing to queue
+                log.warning("%s: cannot read to hash it: %s", item.path, exc.strerror or exc)
+                return
+        with _database():
+            specimen = None
+            if self.config.specimen.per_subfolder:
+                specimen = self.store.specimen_for_path(item.path, self.config.watch.dir)
+            row = self.store.enqueue(item.path, item.st.st_size, item.st.st_mtime_ns, item.digest,
+                                     specimen_id=specimen)
+        if row["state"] == "pending":
+            self._settled_at[item.digest] = item.settled
+            self._work_ready.set()
+        elif row["duplicate_of"] is not None and row["created"] >= item.settled:
+            self._announce(row["id"])
+
+    def _leave_for_rescan(self, item: _Arrival) -> None:
+        log.warning("%s: not queued before the stop; the next start's scan queues it", item.path)
+
+    # -- decode ------------------------------------------------------------------------
+
+    def _take_row(self, timeout: float) -> dict[str, Any] | None:
+        if self.decode.stopping:  # queued files wait for the next start
+            return None
+        with _database():
+            rows = self.store.claim_next(1)
+        if rows:
+            return rows[0]
+        self._work_ready.wait(timeout)
+        self._work_ready.clear()
+        return None
+
+    def _decode(self, row: dict[str, Any]) -> None:
+        work = _Work(row=row)
+        try:
+            if self.config.watch.volumes and says_volume(work.path):
+                work.volume = open_volume(work.path, max_pixels=self._max_pixels)
+            else:
+                configured = self.config.calibration.pixel_size_for(work.path, self.config.watch.dir)
+                work.decoded = decode_file(work.path, fallback_pixel_size_um=configured,
+                                           max_pixels=self._max_pixels, read=self.decoder.read_fields)
+        except DecoderClosed:  # stopping: the file waits in the queue for the next start
+            self._release(work, "the service stopped while decoding it")
+            return
+        except DecoderUnavailable as exc:
+            raise TransientFault("decoder", str(exc)) from exc
+        except PhasewatchError as exc:
+            work.error = str(exc)
+        except Exception as exc:  # one odd file must not stop the decode stage
+            log.exception("%s: unexpected error while decoding", work.path)
+            work.error = f"{work.path}: unexpected error while decoding: {one_line(exc)}"
+        if work.decoded is not None:
+            pixels = sum(f.image.shape[0] * f.image.shape[1] for f in work.decoded.fields)
+            if not self._budget.acquire(pixels, lambda: self.decode.stopping):
+                self._release(work, "the service stopped while it waited for inference")
+                return
+            work.pixels = pixels
+        with self._lock:
+            self._in_flight += 1
+            self.metrics.queue_depth.set(self._in_flight)
+        self._decoded.put(work)
+
+    # -- inference ----------------------------------------------------------------------
+
+    def _take_decoded(self, timeout: float) -> list[_Work] | None:
+        try:
+            batch = [self._decoded.get(timeout=timeout)]
+        except queue.Empty:  # an idle service reloads at once, not at the next field
+            return [] if self._reload.is_set() else None
+        while True:  # everything decoded by now shares the backend's batches
+            try:
+                batch.append(self._decoded.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _infer(self, batch: list[_Work]) -> None:
+        """Segment what the batch still needs (a retry after a fault skips what is done),
+        then hand every file on to the write stage."""
+        if self._reload.is_set():
+            self._reload_model()
+        self._leave_inference([w for w in batch if w.staged])  # a retry after a store fault
+        model = self.model  # what segments this batch is what its results record
+        for group in _batches([w for w in batch if w.decoded is not None and w.segmented is None]):
+            self._segment(group, model)
+        for w in batch:
+            if w.volume is not None and w.result is None and w.error is None:
+                self._segment_volume(w, model)
+        for w in batch:
+            self._segmented.put(w)
+
+    def _segment(self, group: list[_Work], model: Model) -> None:
+        """Segment ``group`` together, marked in the store as inside inference meanwhile."""
+        with _database():
+            self.store.set_stage([w.id for w in group], SEGMENTING)
+        for w in group:
+            w.staged = True
+        try:
+            started = time.perf_counter()
+            beating = dataclasses.replace(model, backend=_Beating(model.backend, self.infer.beat))
+            segmented = segment_files([w.decoded for w in group if w.decoded is not None], beating,
+                                      self.config.model.overlap or None, self.config.model.batch)
+            for w, s in zip(group, segmented, strict=True):
+                w.segmented = Segmented(s.decoded, model, s.maps, s.segment_ms)
+                self.metrics.observe_inference(s.segment_ms / 1000)
+            log.debug("segmented %d file(s) in %.2f s", len(group), time.perf_counter() - started)
+        except Exception as exc:  # a backend error must not take the service down
+            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
+        finally:
+            self._leave_inference(group)
+
+    def _segment_volume(self, work: _Work, model: Model) -> None:
+        """Segment a volume slice by slice and write its outputs (module doc): its result is
+        ready for the write stage, or its one-line reason is."""
+        assert work.volume is not None
+        with _database():
+            self.store.set_stage([work.id], SEGMENTING)
+        work.staged = True
+        try:
+            beating = dataclasses.replace(model, backend=_Beating(model.backend, self.infer.beat))
+            result, record = record_volume(work.volume, beating, self.config.data.result_dir(work.id),
+                                           self.config.model.overlap or None, self.config.model.batch)
+            self.metrics.observe_inference(record["timing"]["seconds"])
+            work.result = dataclasses.replace(result, model=model)
+        except BackendError as exc:
+            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
+        except OSError as exc:  # OutputError included: a full or read-only disk is retried
+            if exc.errno in TRANSIENT_WRITE_ERRNOS:
+                raise TransientFault("disk", one_line(exc)) from exc
+            work.error = f"{work.path}: {one_line(exc)}" if not isinstance(exc, PhasewatchError) else str(exc)
+        except PhasewatchError as exc:  # the volume's own fault: a damaged slice, slices of two sizes
+            work.error = str(exc)
+        except Exception as exc:  # as for fields: the backend's native errors must not take the service down
+            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
+        finally:
+            self._leave_inference([work])
+
+    def _leave_inference(self, works: list[_Work]) -> None:
+        if works:
+            with _database():
+                self.store.set_stage([w.id for w in works], None)
+            for w in works:
+                w.staged = False
+
+    def _reload_model(self) -> None:
+        self._reload.clear()
+        old = self.model
+        try:
+            self.model = self._load_model()
+        except Exception as exc:
+            log.error("model reload failed, keeping %s: %s", old.bundle.name, one_line(exc))
+            return
+        old.close()
+
+    # -- measure, write, announce ---------------------------------------------------------
+
+    def _take_segmented(self, timeout: float) -> _Work | None:
+        try:
+            return self._segmented.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _write(self, work: _Work) -> None:
+        if work.segmented is None and work.result is None:
+            self._fail(work, work.error or f"{work.path}: not segmented")
+            return
+        if work.result is None:
+            work.result = self._record(work)
+            if work.result is None:
+                return
+        with _database():
+            self.store.mark_done(work.id, work.result.record, work.result.outputs,
+                                 model=model_identity(work.result.model))
+        settled = self._settled_at.pop(work.row["sha256"], work.row["created"])
+        self.metrics.result_done(max(0.0, time.time() - settled))
+        self._finished(work)
+        self._announce(work.id)
+
+    def _record(self, work: _Work) -> FileResult | None:
+        """Measure and write the outputs; None when the file failed (a bad output)."""
+        assert work.segmented is not None
+        try:
+            return record_file(work.segmented, self.config.data.result_dir(work.id))
+        except OutputError as exc:
+            if exc.errno in TRANSIENT_WRITE_ERRNOS:
+                raise TransientFault("disk", str(exc)) from exc
+            reason = str(exc)
+        except Exception as exc:  # one odd field must not stop the write stage
+            log.exception("%s: unexpected error while measuring or writing", work.path)
+            reason = f"{work.path}: unexpected error while writing: {one_line(exc)}"
+        self._fail(work, reason)
+        return None
+
+    def _fail(self, work: _Work, reason: str) -> None:
+        with _database():
+            self.store.mark_failed(work.id, reason)
+        self._settled_at.pop(work.row["sha256"], None)  # only done results read it
+        self.metrics.result_failed()
+        log.warning("%s", reason, extra=log_fields(file_id=work.id))
+        self._finished(work)
+        self._announce(work.id)
+
+    def _give_back(self, work: _Work) -> None:
+        """A stage stopped during a fault: the file waits in the queue for the next start."""
+        self._release(work, "the service stopped during a fault")
+        self._finished(work)
+
+    def _give_back_all(self, batch: list[_Work]) -> None:
+        for work in batch:
+            self._give_back(work)
+
+    def _release(self, work: _Work, reason: str) -> None:
+        """Back to the queue without spending an attempt: the fault was not the file's."""
+        try:
+            self.store.release(work.id, reason)
+        except StoreError as exc:  # left processing: the next start requeues it free
+            log.warning("%s: left for the next start: %s", work.path, exc)
+
+    def _finished(self, work: _Work) -> None:
+        self._budget.release(work.pixels)
+        work.pixels = 0
+        with self._lock:
+            self._in_flight -= 1
+            self.metrics.queue_depth.set(self._in_flight)
+
+    def _announce(self, file_id: int) -> None:
+        try:
+            image = self.store.get_image(file_id)
+        except StoreUnavailable as exc:  # the page shows it at its next refresh
+            log.warning("file %d: not announced: %s", file_id, exc)
+            return
+        if image is not None:
+            self.publish("field", image)

@@ -1,0 +1,113 @@
+"""``/export.csv``'s table: one row per field, oldest first, one area % column per class;
+a specimen report's CSV is the same table with provenance columns (:func:`provenance_csv`).
+
+The trust columns are empty for a field without a trust record (not measured, or
+measured before the record existed); ``trust_reasons`` are joined with "; ".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from phasewatch.store.database import Store, display_text
+from phasewatch.webui.payloads import trust_json
+from phasewatch.webui.report_data import FieldEntry, class_names
+
+_EXPORT_PAGE = 1000  # rows per store query: the memory of a page, not a limit on the table
+
+
+def _iso(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _trust_cells(trust: dict[str, Any] | None) -> list[str]:
+    """``trust_ok``, ``trust_score``, ``trust_reasons``."""
+    shown = trust_json(trust)
+    if shown is None:
+        return ["", "", ""]
+    score = "" if shown["score"] is None else f"{shown['score']:.4g}"
+    return [str(int(shown["ok"])), score, "; ".join(shown["reasons"])]
+
+
+def fields_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The CSV of store image ``rows`` (in the order given); the class columns are
+    every class any row has, in the order they first appear."""
+    classes = class_names(rows)
+    return _table([_header(classes), *(_cells(row, classes) for row in rows)])
+
+
+def store_csv(store: Store, specimen: int | None = None) -> str:
+    """:func:`fields_csv` of every image of ``store`` (of one specimen when given), oldest
+    first as fields were taken: ``/export.csv``, and ``reanalyse``'s ``fields.csv``."""
+    rows: list[dict[str, Any]] = []
+    before = None
+    while page := store.list_images(_EXPORT_PAGE, specimen, before):
+        rows.extend(page)
+        before = page[-1]["id"]
+    return fields_csv(rows[::-1])
+
+
+# A report's CSV adds what a QA record needs to trace each number back to its origin.
+PROVENANCE_COLUMNS = ["counted", "status", "file_sha256", "model", "model_onnx_sha256", "backend",
+                      "pixel_size_um", "pixel_size_source", "accepted_at"]
+
+
+def provenance_csv(fields: Sequence[FieldEntry], model_hashes: Mapping[str, str]) -> str:
+    """:func:`fields_csv` of a report's fields plus :data:`PROVENANCE_COLUMNS`: whether the
+    field counts in the statistics and its status, the file's sha256, the model by name
+    and ONNX sha256 (``model_hashes``), backend, pixel size with its source, when accepted."""
+    classes = class_names([f.row for f in fields])
+    lines: list[list[Any]] = [[*_header(classes), *PROVENANCE_COLUMNS]]
+    for entry in fields:
+        row = entry.row
+        record = row.get("measurement") or {}
+        model = record.get("model") or ""
+        pixel_size = record.get("pixel_size_um")
+        lines.append([
+            *_cells(row, classes), int(entry.counted), entry.status, row["sha256"], _text(model),
+            model_hashes.get(model, ""), _text(record.get("backend")),
+            "" if pixel_size is None else f"{pixel_size:.6g}", _text(record.get("pixel_size_source")),
+            _iso(row["accepted_at"]),
+        ])
+    return _table(lines)
+
+
+def _header(classes: Sequence[str]) -> list[str]:
+    return ["id", "file", "specimen", "state", "processed", *(f"{name}_area_pct" for name in classes), "excluded",
+            "reason", "trust_ok", "trust_score", "trust_reasons", "accepted", "accepted_by", "accept_reason",
+            "error", "path"]
+
+
+def _cells(row: dict[str, Any], classes: Sequence[str]) -> list[Any]:
+    fractions = row.get("fractions") or {}
+    return [
+        row["id"], _text(Path(row["path"]).name), _text(row["specimen"]), row["state"], _iso(row["processed"]),
+        *(f"{100.0 * fractions[c]:.4f}" if c in fractions else "" for c in classes),
+        int(bool(row["excluded"])), _text(row["exclude_reason"]),
+        *_trust_cells(row.get("trust")), int(bool(row["accepted"])), _text(row["accepted_by"]),
+        _text(row["accept_reason"]), _text(row["error"]), _text(row["path"]),
+    ]
+
+
+def _table(lines: Sequence[Sequence[Any]]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerows(lines)
+    return out.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: str | None) -> str:
+    """A text cell as a spreadsheet will take it: file names shown with U+FFFD for bytes
+    that are not UTF-8, and a leading = + - @ neutralised with a quote so that a specimen
+    name or file name is never run as a formula (CSV injection)."""
+    text = display_text(value or "")
+    return "'" + text if text.startswith(FORMULA_STARTS) else text

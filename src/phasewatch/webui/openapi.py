@@ -1,0 +1,380 @@
+"""The OpenAPI 3 description of the HTTP API, served at ``/api/openapi.json``.
+
+Written by hand, next to the routes it describes; ``tests/test_web_security.py`` checks
+that every route of the app (``/api/...``, ``/events``, ``/export.csv``, ``/healthz``,
+``/metrics``, the pages and the reports) and its methods are here and that nothing here
+is missing from the app. The pages are listed as what they are, HTML (tag ``pages``);
+``/``, ``/login`` and static files are left out.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from phasewatch.core.volume_views import SLICE_PICTURES
+from phasewatch.webui.api import DEFAULT_LIMIT, IMAGE_STATES, MAX_LIMIT, MAX_QUERY
+from phasewatch.webui.payloads import PICTURES
+from phasewatch.webui.rest import MAX_ID, MAX_NAME, MAX_TEXT
+from phasewatch.webui.security import COOKIE
+
+blueprint = Blueprint("openapi", __name__)
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _id_param(name: str, what: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": f"the {what}'s id",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
+
+
+def _query_int(name: str, description: str, maximum: int = MAX_ID, default: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": maximum}
+    if default is not None:
+        schema["default"] = default
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _text(limit: int) -> dict[str, Any]:
+    return {"type": "string", "maxLength": limit}
+
+
+def _name(limit: int) -> dict[str, Any]:
+    """A text field that must hold something besides spaces when given."""
+    return {"type": "string", "maxLength": limit, "pattern": r"\S"}
+
+
+def _body(properties: dict[str, Any], required: list[str], min_properties: int = 0) -> dict[str, Any]:
+    # Required even where the API takes an empty body: it must still be sent as
+    # application/json (a body-less POST is what another origin's form can send).
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    if min_properties:
+        schema["minProperties"] = min_properties
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+# Answers every state-changing route can give besides its own.
+_CHANGE_ERRORS = {
+    "400": _error("a body or parameter the API refuses"),
+    "403": _error("the request came from another origin"),
+    "413": _error("the body is larger than 1 MiB"),
+    "415": _error("the body is not sent as application/json"),
+}
+_IMAGE_ERRORS = {"400": _error("an id out of range"), "404": _error("no such image")}
+_SPECIMEN_ERRORS = {"400": _error("an id out of range"), "404": _error("no such specimen")}
+_MEASURED_ERRORS = {**_IMAGE_ERRORS, **_CHANGE_ERRORS,
+                    "409": _error("the image is not a measured field (or, to accept, not flagged)")}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Trust": {"type": "object", "nullable": True, "properties": {
+        "ok": {"type": "boolean"}, "score": {"type": "number", "nullable": True},
+        "reasons": {"type": "array", "items": {"type": "string"}}}},
+    "Image": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "file": {"type": "string"}, "path": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "processing", "done", "failed"]},
+        "error": {"type": "string", "nullable": True}, "specimen": {"type": "string"},
+        "specimen_id": {"type": "integer"},
+        "fractions": {"type": "object", "nullable": True, "additionalProperties": {"type": "number"}},
+        "phases": {"type": "array", "items": {"type": "string"}},
+        "created": {"type": "number"}, "processed": {"type": "number", "nullable": True},
+        "duplicate_of": {"type": "integer", "nullable": True}, "excluded": {"type": "boolean"},
+        "exclude_reason": {"type": "string", "nullable": True}, "trust": _ref("Trust"),
+        "accepted": {"type": "boolean"}, "accepted_by": {"type": "string", "nullable": True},
+        "accept_reason": {"type": "string", "nullable": True},
+        "accepted_at": {"type": "number", "nullable": True},
+        "pictures": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": f"URL of each picture the field has: {', '.join(PICTURES)}"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"},
+                   "description": "display name of each class in fractions (e.g. 'secondary γ′')"},
+        "thumbnail": {"type": "string", "nullable": True,
+                      "description": "URL of a small JPEG, versioned: cached for good"},
+        "slices": {"type": "integer", "nullable": True,
+                   "description": "a volume's number of slices (its pictures are its middle slice's); "
+                                  "null for a field"}}},
+    "Class": {"type": "object", "properties": {
+        "id": {"type": "integer", "nullable": True}, "name": {"type": "string", "description": "as the model names it"},
+        "label": {"type": "string", "description": "display name"},
+        "colour": {"type": "string", "nullable": True, "description": "#rrggbb"},
+        "role": {"type": "string", "nullable": True, "enum": ["phase", "background", "excluded", None]}}},
+    "Provenance": {"type": "object", "description": "where a field's numbers come from", "properties": {
+        "file": {"type": "string"}, "path": {"type": "string"}, "sha256": {"type": "string"},
+        "size": {"type": "integer"}, "captured": {"type": "number", "description": "file modification time"},
+        "arrived": {"type": "number"}, "processed": {"type": "number", "nullable": True},
+        "model": {"type": "string", "nullable": True}, "onnx_sha256": {"type": "string", "nullable": True},
+        "architecture": {"type": "string", "nullable": True}, "exported_at": {"type": "string", "nullable": True},
+        "backend": {"type": "string", "nullable": True}, "tiling": {"type": "object", "nullable": True},
+        "software": {"type": "string", "nullable": True}, "width": {"type": "integer", "nullable": True},
+        "height": {"type": "integer", "nullable": True}, "page": {"type": "integer", "nullable": True},
+        "pages": {"type": "integer"}, "slices": {"type": "integer", "nullable": True},
+        "pixel_size_um": {"type": "number", "nullable": True},
+        "pixel_size_source": {"type": "string", "nullable": True}}},
+    "ImageDetail": {"allOf": [_ref("Image"), {"type": "object", "properties": {
+        "measurement": {"type": "object", "nullable": True, "description": "the field's full record"},
+        "classes": {"type": "array", "items": _ref("Class")}, "provenance": _ref("Provenance")}}]},
+    "Specimen": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"}, "notes": {"type": "string"},
+        "operator": {"type": "string", "description": "who prepared and imaged it; empty when nobody said"},
+        "folder": {"type": "string", "nullable": True}, "created": {"type": "number"},
+        "is_current": {"type": "integer", "enum": [0, 1]},
+        "model_name": {"type": "string", "nullable": True, "description": "the one model whose fields it holds"},
+        "model_sha256": {"type": "string", "nullable": True},
+        "derived_from": {"type": "integer", "nullable": True,
+                         "description": "the specimen it was started from when the model changed"},
+        "closed": {"type": "number", "nullable": True, "description": "when it was closed; null while open"},
+        "files": {"type": "integer", "description": "only in the list of specimens"},
+        "done": {"type": "integer", "description": "only in the list of specimens"},
+        "failed": {"type": "integer", "description": "only in the list of specimens"},
+        "last_file": {"type": "number", "nullable": True, "description": "only in the list of specimens"}}},
+    "Stats": {"type": "object", "description": "runtime.stats.specimen_statistics plus the specimen",
+              "properties": {
+                  "specimen_id": {"type": "integer"}, "fields": {"type": "integer"},
+                  "target_ra_pct": {"type": "number"}, "fractions": {"type": "object"},
+                  "number_density": {"type": "object"}, "mean_ecd": {"type": "object"},
+                  "main_phase": {"type": "string", "nullable": True},
+                  "trend": {"type": "object", "nullable": True},
+                  "trends": {"type": "object", "description": "per class: ids, values, running mean and ci95"},
+                  "ecd_histograms": {"type": "object", "description": "per phase class: edges, counts, unit"},
+                  "flagged_pending": {"type": "integer"}, "count_flagged": {"type": "boolean"},
+                  "specimen": _ref("Specimen"), "classes": {"type": "array", "items": _ref("Class")}}},
+    "Health": {"type": "object", "required": ["ok"], "properties": {
+        "ok": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}},
+}
+
+def _page(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "the page (its data comes from the API)",
+                                         "content": {"text/html": {"schema": {"type": "string"}}}}}
+    if params:
+        responses |= {"400": _error("an id beyond the largest one"), "404": _error("an id that is not a number >= 0")}
+    return {"get": {"summary": summary, "tags": ["pages"], "parameters": list(params), "responses": responses}}
+
+
+_PAGES: dict[str, Any] = {
+    "/fields": _page("page: the history of fields, searchable (q, state, from, to, specimen), paged"),
+    "/fields/{file_id}": _page("page: one field (pictures, legend, measurements, trust, provenance)",
+                               _id_param("file_id", "image")),
+    "/specimens": _page("page: the specimens; start, switch, close, reopen, compare"),
+    "/specimens/{specimen_id}": _page("page: one specimen's statistics", _id_param("specimen_id", "specimen")),
+    "/specimens/compare": _page("page: specimens side by side (ids=1,2,...)"),
+}
+
+
+def _report(summary: str, media: str, paper: bool = True) -> dict[str, Any]:
+    params = [_id_param("specimen_id", "specimen")]
+    if paper:
+        params.append(_query("paper", "page size", {"type": "string", "enum": ["a4", "letter"], "default": "a4"}))
+    return {"get": {"summary": summary, "tags": ["reports"], "parameters": params,
+                    "responses": {"200": {"description": summary, "content": {media: {"schema": {"type": "string"}}}},
+                                  **_SPECIMEN_ERRORS}}}
+
+
+_REPORTS: dict[str, Any] = {
+    "/specimens/{specimen_id}/report": _report("a specimen's report, as a page that prints", "text/html"),
+    "/specimens/{specimen_id}/report.pdf": _report("a specimen's report as PDF", "application/pdf"),
+    "/specimens/{specimen_id}/report.csv": _report("a specimen's fields with provenance columns", "text/csv",
+                                                   paper=False),
+}
+
+_PATHS: dict[str, Any] = {
+    "/api/openapi.json": {"get": {
+        "summary": "this description", "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")}}},
+    "/api/status": {"get": {
+        "summary": "queue counts, backend, model and health",
+        "responses": {"200": _json({"type": "object", "properties": {
+            "queued": {"type": "integer"}, "processing": {"type": "integer"}, "done": {"type": "integer"},
+            "failed": {"type": "integer"}, "backend": {"type": "string"}, "model": {"type": "string"},
+            "uptime_s": {"type": "number"}, "health": _ref("Health")}}, "status")}}},
+    "/api/images": {"get": {
+        "summary": "fields, newest first",
+        "parameters": [_query_int("limit", "how many", MAX_LIMIT, DEFAULT_LIMIT),
+                       _query_int("specimen", "only this specimen's fields"),
+                       _query_int("before", "only fields with a smaller id (paging back)"),
+                       _query("after", "the oldest fields with a larger id (paging forward; with before: between)",
+                              {"type": "integer", "minimum": 0, "maximum": MAX_ID}),
+                       _query("q", "only files whose path contains this (ASCII letters in any case)",
+                              {"type": "string", "maxLength": MAX_QUERY}),
+                       _query("state", "only fields in this state or of this kind",
+                              {"type": "string", "enum": list(IMAGE_STATES)}),
+                       _query("since", "only fields that arrived at or after this time (epoch seconds)",
+                              {"type": "number"}),
+                       _query("until", "only fields that arrived before this time (epoch seconds)",
+                              {"type": "number"})],
+        "responses": {"200": _json({"type": "array", "items": _ref("Image")}, "fields"),
+                      "400": _error("a parameter out of range")}}},
+    "/api/images/{file_id}": {"get": {
+        "summary": "one field with its full record",
+        "parameters": [_id_param("file_id", "image")],
+        "responses": {"200": _json(_ref("ImageDetail"), "the field"), **_IMAGE_ERRORS}}},
+    "/api/images/{file_id}/{kind}.png": {"get": {
+        "summary": "a picture of a field (only from the data folder)",
+        "parameters": [_id_param("file_id", "image"),
+                       {"name": "kind", "in": "path", "required": True, "schema": {"type": "string",
+                                                                                   "enum": list(PICTURES)}}],
+        "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {
+            "type": "string", "format": "binary"}}}},
+            "400": _error("an id out of range"), "403": _error("the recorded file is outside the data folder"),
+            "404": _error("no such image, picture kind or file")}}},
+    "/api/images/{file_id}/slices/{index}/{kind}.png": {"get": {
+        "summary": "one slice of a volume: its class ids (classes) or its display picture (preview)",
+        "parameters": [_id_param("file_id", "image"),
+                       {"name": "index", "in": "path", "required": True,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
+                       {"name": "kind", "in": "path", "required": True, "schema": {"type": "string",
+                                                                                   "enum": list(SLICE_PICTURES)}}],
+        "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {
+            "type": "string", "format": "binary"}}}},
+            "400": _error("an id out of range"), "403": _error("the recorded stack is outside the data folder"),
+            "404": _error("no such image, slice or picture kind, or the image is not a volume")}}},
+    "/api/images/{file_id}/thumb-{version}.jpg": {"get": {
+        "summary": "a small JPEG of the field's overlay; the URL (from Image.thumbnail) never changes its bytes",
+        "parameters": [_id_param("file_id", "image"),
+                       {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "JPEG, Cache-Control: public, max-age=31536000, immutable",
+                              "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                      "400": _error("an id out of range"),
+                      "403": _error("the recorded picture is outside the data folder"),
+                      "404": _error("no such image or picture, or not the current version"),
+                      "500": _error("the thumbnail could not be made")}}},
+    "/api/images/{file_id}/exclude": {"post": {
+        "summary": "leave a measured field out of the statistics, with a reason",
+        "parameters": [_id_param("file_id", "image")],
+        "requestBody": _body({"reason": _text(MAX_TEXT)}, []),
+        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+    "/api/images/{file_id}/include": {"post": {
+        "summary": "put an excluded field back into the statistics (body: {})",
+        "parameters": [_id_param("file_id", "image")],
+        "requestBody": _body({}, []),
+        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+    "/api/images/{file_id}/accept": {"post": {
+        "summary": "count a flagged field, naming who and why",
+        "parameters": [_id_param("file_id", "image")],
+        "requestBody": _body({"who": _name(MAX_NAME), "reason": _name(MAX_TEXT)}, ["who", "reason"]),
+        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+    "/api/images/{file_id}/unaccept": {"post": {
+        "summary": "withdraw an acceptance (body: {})",
+        "parameters": [_id_param("file_id", "image")],
+        "requestBody": _body({}, []),
+        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+    "/api/specimens": {
+        "get": {"summary": "the current specimen and all specimens, newest first",
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "current": _ref("Specimen"), "specimens": {"type": "array", "items": _ref("Specimen")}}},
+                    "specimens")}},
+        "post": {"summary": "start a new specimen; it becomes the current one",
+                 "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT),
+                                       "operator": _text(MAX_NAME)}, ["name"]),
+                 "responses": {"201": _json(_ref("Specimen"), "the new specimen"), **_CHANGE_ERRORS}}},
+    "/api/specimens/{specimen_id}": {
+        "get": {"summary": "one specimen", "parameters": [_id_param("specimen_id", "specimen")],
+                "responses": {"200": _json(_ref("Specimen"), "the specimen"), **_SPECIMEN_ERRORS}},
+        "patch": {"summary": "rename a specimen and/or replace its notes or operator",
+                  "parameters": [_id_param("specimen_id", "specimen")],
+                  "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT),
+                                        "operator": _text(MAX_NAME)}, [], min_properties=1),
+                  "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                                **_CHANGE_ERRORS}}},
+    "/api/specimens/{specimen_id}/current": {"post": {
+        "summary": "make an open specimen the current one: new fields go to it (body: {})",
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
+        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                      **_CHANGE_ERRORS, "409": _error("the specimen is closed")}}},
+    "/api/specimens/{specimen_id}/close": {"post": {
+        "summary": "sign a specimen off (body: {}); not the current one",
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
+        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                      **_CHANGE_ERRORS, "409": _error("the specimen is the current one")}}},
+    "/api/specimens/{specimen_id}/reopen": {"post": {
+        "summary": "reopen a closed specimen (body: {})",
+        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
+        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                      **_CHANGE_ERRORS}}},
+    "/api/specimens/{specimen_id}/stats": {"get": {
+        "summary": "a specimen's statistics (ASTM E562 / E1245)",
+        "parameters": [_id_param("specimen_id", "specimen")],
+        "responses": {"200": _json(_ref("Stats"), "statistics"), "400": _error("an id out of range"),
+                      "404": _error("no such specimen")}}},
+    "/export.csv": {"get": {
+        "summary": "every field as CSV, oldest first",
+        "parameters": [_query_int("specimen", "only this specimen's fields")],
+        "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      "400": _error("a parameter out of range")}}},
+    "/events": {"get": {
+        "summary": "Server-Sent Events: field (a field ended done or failed), specimen (statistics changed)",
+        "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
+                        "description": "replay the recent events after this id (ignored unless 0..2^63-1)",
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "the stream", "content": {"text/event-stream": {
+            "schema": {"type": "string"}}}},
+            "503": _error("every stream slot (in total or for this client address) is taken; retry later")}}},
+    **_PAGES,
+    **_REPORTS,
+    "/healthz": {"get": {
+        "summary": "health for monitoring; needs no token", "security": [],
+        "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "unhealthy")}}},
+    "/metrics": {"get": {
+        "summary": "Prometheus metrics",
+        "responses": {"200": {"description": "Prometheus text exposition",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+}
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "phasewatch", "version": "1",
+             "description": "The appliance's HTTP API. Every request needs a Host the service answers to "
+                            "(400 otherwise). With a token configured, every route but /healthz needs it "
+                            "(401 otherwise). State-changing requests must be application/json (415) and "
+                            "from the service's own origin (403)."},
+    "components": {
+        "schemas": _SCHEMAS,
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "the [web] token"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE,
+                       "description": "set by POST /login"},
+        },
+        "responses": {"Unauthorized": _error("a token is configured and the request does not carry it")},
+    },
+    "security": [{"bearer": []}, {"cookie": []}],
+    "paths": _PATHS,
+}
+
+
+def _with_unauthorized(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that needs the token may answer 401."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if operation.get("security") != []:
+                operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    return paths
+
+
+_with_unauthorized(_PATHS)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document (a copy: the caller may change it)."""
+    return copy.deepcopy(_DOCUMENT)
+
+
+@blueprint.get("/api/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())

@@ -1,0 +1,272 @@
+"""What a specimen's report says, gathered once for its three forms: the printable page
+(:mod:`.report`), the PDF (:mod:`.report_pdf`) and the per-specimen CSV (:mod:`.csv_export`).
+
+The statistics are :func:`runtime.stats.specimen_statistics` itself, so the report shows
+the numbers the page and ``/api/specimens/ID/stats`` show. Every field of the specimen is
+listed with whether it counts and, when it does not, why (excluded with the operator's
+reason, flagged by the model and not accepted, failed, a duplicate, not yet measured).
+
+Models. A field's record names the bundle that measured it; the report reads that bundle's
+manifest for its version, ONNX hash and held-out evaluation (``evaluations``), verifying the
+hash against ``model.onnx`` as :func:`runtime.bundle.load_bundle` does. Records keep the
+name only, so this is the bundle installed under that name now; a bundle that cannot be
+read is said so in the report rather than left out.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phasewatch.bundle import BundleError, load_bundle
+from phasewatch.core.stats import specimen_statistics
+from phasewatch.store.database import Store, awaits_acceptance, display_text, flagged
+
+_PAGE = 1000
+THUMBNAIL_KINDS = ("overlay", "preview")  # the segmentation is what is signed off; else the micrograph
+SIGN_OFF = "Reviewed and released by"
+FIELDS_NOTE = ("Every file of the specimen, oldest first: the model's overlay, the area % of each class, and why "
+               "a field is not counted.")
+
+# (stats key, heading, number format): each quantity of specimen_statistics the report tabulates.
+QUANTITIES = (
+    ("fractions", "Area fraction", ".2f"),
+    ("number_density", "Number density", ".4g"),
+    ("mean_ecd", "Mean equivalent circle diameter", ".3g"),
+)
+# specimen_statistics' unit names, as a person reads them.
+UNITS = {"area %": "area %", "1/mm2": "1/mm²", "1/Mpx": "1/Mpx", "um": "µm", "px": "px"}
+
+
+def number(value: float | None, spec: str = ".2f") -> str:
+    """A statistic as the report prints it; an en dash where it cannot be computed."""
+    return "–" if value is None else format(value, spec)
+
+
+def pct(fraction: float | None) -> str:
+    """A 0..1 score (accuracy, IoU) as a percentage."""
+    return "–" if fraction is None else f"{100 * fraction:.1f} %"
+
+
+def when(timestamp: float | None) -> str:
+    """A time in the appliance's local zone, with its offset: what the lab's clock said."""
+    return "" if timestamp is None else time.strftime("%Y-%m-%d %H:%M %z", time.localtime(timestamp))
+
+
+def software_version() -> str:
+    try:
+        return importlib.metadata.version("phasewatch")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One held-out evaluation from a manifest's ``evaluations``."""
+
+    dataset: str
+    images: int | None
+    pixel_accuracy: float | None
+    mean_iou: float | None
+    per_class_iou: dict[str, float]
+    flagged: int | None  # fields the trust record flagged, of ``images``
+    evaluated_at: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model that measured fields of the specimen; ``problem`` says why its bundle could
+    not be read (hash and evaluations are then unknown)."""
+
+    name: str
+    fields: int
+    onnx_sha256: str = ""
+    exported_at: str = ""
+    architecture: str = ""
+    evaluations: tuple[Evaluation, ...] = ()
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class FieldEntry:
+    """One file of the specimen: its store row, whether it counts, and why not."""
+
+    row: dict[str, Any]
+    counted: bool
+    status: str  # counted, accepted, excluded, flagged, failed, duplicate, no valid area, pending, processing
+    note: str  # the reason behind the status, for a person
+    picture: tuple[str, Path] | None  # (kind, file) of the thumbnail, inside the data folder
+
+    @property
+    def id(self) -> int:
+        return int(self.row["id"])
+
+    @property
+    def file(self) -> str:
+        return Path(display_text(self.row["path"])).name
+
+    @property
+    def measured(self) -> bool:
+        """A field with its own measurement (a duplicate shares its original's)."""
+        return self.row["state"] == "done" and self.row["duplicate_of"] is None
+
+    @property
+    def model(self) -> str:
+        return str((self.row.get("measurement") or {}).get("model") or "")
+
+
+@dataclass(frozen=True)
+class Report:
+    specimen: dict[str, Any]
+    operator: str
+    stats: dict[str, Any]
+    fields: tuple[FieldEntry, ...]
+    models: tuple[ModelInfo, ...]
+    software_version: str
+    generated: float
+
+    @property
+    def excluded(self) -> list[FieldEntry]:
+        return [f for f in self.fields if f.status == "excluded"]
+
+    @property
+    def accepted(self) -> list[FieldEntry]:
+        return [f for f in self.fields if f.status == "accepted"]
+
+    @property
+    def flagged_not_counted(self) -> list[FieldEntry]:
+        return [f for f in self.fields if f.status == "flagged"]
+
+    @property
+    def classes(self) -> list[str]:
+        """Every class any field measured, in the order they first appear."""
+        return class_names([f.row for f in self.fields])
+
+    def decision_groups(self) -> tuple[tuple[str, list[FieldEntry], str], ...]:
+        """(title, fields, what their note says) of what operators and the model decided."""
+        return (("Excluded by an operator", self.excluded, "reason"),
+                ("Flagged and accepted", self.accepted, "why flagged; who accepted it and why"),
+                ("Flagged, not counted", self.flagged_not_counted, "why the model flagged it"))
+
+    @property
+    def flagged_total(self) -> int:
+        return sum(flagged(f.row) for f in self.fields if f.measured)
+
+    def tables(self) -> Iterator[tuple[str, str, str, list[tuple[str, dict[str, Any]]]]]:
+        """(heading, unit, number format, [(class, statistics)]) per quantity that has classes."""
+        for key, heading, spec in QUANTITIES:
+            per_class = self.stats[key]
+            if per_class:
+                unit = next(iter(per_class.values()))["unit"]
+                yield heading, UNITS.get(unit, unit), spec, list(per_class.items())
+
+
+def class_names(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The classes in the ``fractions`` of store image ``rows``, in the order they first appear."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row.get("fractions") or {}))
+    return list(names)
+
+
+def specimen_rows(store: Store, specimen_id: int) -> list[dict[str, Any]]:
+    """Every file row of a specimen, oldest first (the store pages newest first)."""
+    rows: list[dict[str, Any]] = []
+    before = None
+    while page := store.list_images(_PAGE, specimen_id, before):
+        rows.extend(page)
+        before = page[-1]["id"]
+    rows.reverse()
+    return rows
+
+
+def picture(row: dict[str, Any], data_dir: Path) -> tuple[str, Path] | None:
+    """The field's thumbnail: the first of :data:`THUMBNAIL_KINDS` recorded, on disk and
+    inside the (resolved) data folder, the same rule as the API's picture route."""
+    outputs = row.get("outputs") or {}
+    for kind in THUMBNAIL_KINDS:
+        if kind in outputs:
+            path = Path(outputs[kind]).resolve()
+            if path.is_relative_to(data_dir) and path.is_file():
+                return kind, path
+    return None
+
+
+def _reasons(row: dict[str, Any]) -> str:
+    return "; ".join((row.get("trust") or {}).get("reasons") or []) or "flagged by the model"
+
+
+def _status(row: dict[str, Any], counted: bool, count_flagged: bool) -> tuple[str, str]:
+    """(status, note) of one row; ``counted`` is what the statistics used."""
+    state = row["state"]
+    if state != "done":
+        return state, row["error"] or ""
+    if row["duplicate_of"] is not None:
+        return "duplicate", f"same content as field {row['duplicate_of']}: counted once, there"
+    if row["excluded"]:
+        return "excluded", row["exclude_reason"] or ""
+    if not counted:
+        if awaits_acceptance(row):
+            return "flagged", f"{_reasons(row)}; not counted until an operator accepts it"
+        return "no valid area", "the whole field is excluded classes (data bar?)"
+    if flagged(row) and row["accepted"]:
+        return "accepted", f"{_reasons(row)}; accepted by {row['accepted_by']}: {row['accept_reason']}"
+    if flagged(row) and count_flagged:
+        return "counted", f"{_reasons(row)}; counted unaccepted ([specimen] count_flagged)"
+    return "counted", ""
+
+
+def _evaluation(dataset: str, raw: dict[str, Any]) -> Evaluation:
+    trust = raw.get("trust") or {}
+    flagged_fields = None
+    if "wrong_flagged" in trust:
+        flagged_fields = int(trust["wrong_flagged"]) + int(trust.get("right_flagged", 0))
+    return Evaluation(
+        dataset=dataset, images=raw.get("images"), pixel_accuracy=raw.get("pixel_accuracy"),
+        mean_iou=raw.get("mean_iou"), per_class_iou=dict(raw.get("per_class_iou") or {}),
+        flagged=flagged_fields, evaluated_at=str(raw.get("evaluated_at", "")),
+    )
+
+
+def model_info(name: str, fields: int) -> ModelInfo:
+    """What the bundle installed under ``name`` says about itself (module doc)."""
+    try:
+        bundle = load_bundle(name)
+    except BundleError as exc:
+        return ModelInfo(name, fields, problem=str(exc))
+    manifest = bundle.manifest
+    evaluations = tuple(_evaluation(k, v) for k, v in (manifest.get("evaluations") or {}).items())
+    return ModelInfo(name, fields, bundle.onnx_sha256, str(manifest.get("exported_at", "")),
+                     bundle.architecture, evaluations)
+
+
+def gather_report(
+    store: Store, specimen_id: int, data_dir: Path, target_ra: float = 0.10, count_flagged: bool = False
+) -> Report | None:
+    """The report of a specimen; None when there is no such specimen. ``data_dir`` must be
+    resolved (as ``create_app`` does): thumbnails outside it are not read."""
+    specimen = store.get_specimen(specimen_id)
+    if specimen is None:
+        return None
+    stats = specimen_statistics(store, specimen_id, target_ra, count_flagged)
+    # specimen_statistics counts these: field_results less the fields without valid area.
+    counted = {f["id"] for f in store.field_results(specimen_id, count_flagged) if f["valid_area_px"]}
+    entries = []
+    for row in specimen_rows(store, specimen_id):
+        status, note = _status(row, row["id"] in counted, count_flagged)
+        entries.append(FieldEntry(row, row["id"] in counted, status, note, picture(row, data_dir)))
+    made_by = Counter(e.model for e in entries if e.measured and e.model)
+    return Report(
+        specimen=specimen,
+        operator=specimen["operator"],
+        stats=stats,
+        fields=tuple(entries),
+        models=tuple(model_info(name, n) for name, n in sorted(made_by.items())),
+        software_version=software_version(),
+        generated=time.time(),
+    )
