@@ -1211,7 +1211,7 @@ class Suite:
     def fault_db_lock(self, during: Callable[[], None] | None = None) -> None:
         """Another connection holds BEGIN EXCLUSIVE until the service shows the lock (the busy
         timeout has passed), then a second more."""
-        from phasewatch.store.database import BUSY_TIMEOUT_S
+        from phasewatch.store import BUSY_TIMEOUT_S
 
         holder: list[sqlite3.Connection] = []
 

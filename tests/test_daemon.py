@@ -35,7 +35,7 @@ from phasewatch.service import sdnotify
 from phasewatch.service.config import load_config
 from phasewatch.service.daemon import Daemon
 from phasewatch.service.stages import BACKOFF_MAX_S, Backoff
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker
 

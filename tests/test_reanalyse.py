@@ -30,7 +30,7 @@ from phasewatch.core.pipeline import open_model, process_file
 from phasewatch.service.archive_compare import compare
 from phasewatch.service.config import load_config
 from phasewatch.service.daemon import Daemon
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.csv_export import store_csv
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from phasewatch.app.cli import main
 from phasewatch.core.stats import field_statistics
 from phasewatch.service.archive_compare import compare
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 
 
 def record(phase: float, area: int, trusted: bool = True) -> dict[str, object]:

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from phasewatch.service.archive_pool import Job, ModelSpec, Outcome, run_queue
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 
 RECORD = {"fractions": {"phase": 0.5}, "particles": {}, "valid_area_px": 10}
 

@@ -33,7 +33,7 @@ from phasewatch.core.pipeline import Model
 from phasewatch.service.config import WatchConfig, load_config
 from phasewatch.service.daemon import Daemon
 from phasewatch.service.watcher import FolderWatcher
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 
 BUSY_TIMEOUT_S = 0.3
 FAULT_S = 2.5  # how long a fault lasts: longer than the busy timeout and the first backoffs

@@ -22,7 +22,7 @@ import pytest
 
 from phasewatch.bundle import load_bundle
 from phasewatch.core.stats import specimen_statistics
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.csv_export import PROVENANCE_COLUMNS

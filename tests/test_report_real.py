@@ -18,7 +18,7 @@ import pytest
 
 from phasewatch.bundle import load_bundle, sha256_file
 from phasewatch.core.pipeline import open_model, process_file
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker

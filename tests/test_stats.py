@@ -14,7 +14,7 @@ from phasewatch.core.stats import (
     specimen_statistics,
     t_975,
 )
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from phasewatch.store.database import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, StoreUnavailable
+from phasewatch.store import Store, StoreError, StoreUnavailable
+from phasewatch.store.database import MIGRATIONS, SCHEMA_VERSION
 
 RESULT = {
     "fractions": {"matrix": 0.75, "carbide": 0.25},

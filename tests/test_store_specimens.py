@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from phasewatch.store.database import ImageFilter, Store, StoreError
+from phasewatch.store import ImageFilter, Store, StoreError
 
 SUPERALLOY = {"name": "superalloy", "onnx_sha256": "a" * 64, "classes": ["gamma matrix"]}
 EBC = {"name": "ebc", "onnx_sha256": "b" * 64, "classes": ["background"]}

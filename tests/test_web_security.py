@@ -21,7 +21,7 @@ import pytest
 
 from phasewatch.app.commands import serve
 from phasewatch.service import config as cfg
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.access import Access, exposure_problem, split_host
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker

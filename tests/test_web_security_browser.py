@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker

@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker

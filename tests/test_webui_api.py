@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from phasewatch.service.metrics import DaemonMetrics
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker, StreamRefused
 from phasewatch.webui.server import serve_in_thread

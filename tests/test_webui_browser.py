@@ -19,7 +19,7 @@ from phasewatch.bundle import ClassInfo
 from phasewatch.core.measure import measure
 from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
 from phasewatch.core.synthetic import superalloy_micrograph
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
 from phasewatch.webui.server import serve_in_thread

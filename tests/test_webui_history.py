@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from phasewatch.core.stats import ecd_histogram
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker

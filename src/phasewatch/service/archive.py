@@ -31,7 +31,7 @@ from phasewatch.bundle import Bundle, sha256_file
 from phasewatch.errors import one_line
 from phasewatch.imageio.formats import SUPPORTED_SUFFIXES
 from phasewatch.service.config import DataConfig
-from phasewatch.store.database import Store, StoreError
+from phasewatch.store import Store, StoreError
 
 
 @dataclass(frozen=True)

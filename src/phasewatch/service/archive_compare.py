@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from phasewatch.core.stats import field_statistics
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 
 
 def counted_fields(store: Store, count_flagged: bool) -> dict[int, list[dict[str, Any]]]:

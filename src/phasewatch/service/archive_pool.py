@@ -37,7 +37,7 @@ from phasewatch.core.volume import open_volume, says_volume
 from phasewatch.core.volume_views import record_volume
 from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.service.config import CalibrationConfig, DataConfig
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 
 INTERRUPTED = "the re-analysis was interrupted before this file"
 POLL_S = 0.2  # how late a stop request may be seen while every worker is busy

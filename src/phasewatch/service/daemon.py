@@ -89,7 +89,7 @@ from phasewatch.service.logs import fields as log_fields
 from phasewatch.service.metrics import DaemonMetrics
 from phasewatch.service.stages import POLL_S, Stage, TransientFault
 from phasewatch.service.watcher import FolderWatcher
-from phasewatch.store.database import Store, StoreError, StoreUnavailable
+from phasewatch.store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("phasewatch.daemon")
 

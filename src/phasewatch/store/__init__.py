@@ -1,0 +1,26 @@
+"""The durable queue and results store: one SQLite file (``database``), and a module per
+concern built on it: ``specimens``, ``queue``, ``queries``, ``curation``. :class:`Store`
+is all of them over one connection per thread.
+"""
+
+from phasewatch.store.curation import Curation
+from phasewatch.store.database import (
+    BUSY_TIMEOUT_S,
+    DEFAULT_SPECIMEN,
+    STATES,
+    StoreError,
+    StoreUnavailable,
+    display_text,
+)
+from phasewatch.store.queries import IMAGE_KINDS, ImageFilter, Queries, awaits_acceptance, flagged
+from phasewatch.store.queue import Queue
+
+
+class Store(Queue, Queries, Curation):
+    """The SQLite store at ``path`` (created with its folder when missing)."""
+
+
+__all__ = [
+    "BUSY_TIMEOUT_S", "DEFAULT_SPECIMEN", "IMAGE_KINDS", "STATES", "ImageFilter", "Store", "StoreError",
+    "StoreUnavailable", "awaits_acceptance", "display_text", "flagged",
+]

@@ -35,7 +35,7 @@ from flask import Blueprint, Response, jsonify, request, send_file
 
 from phasewatch.core.measure3d import VolumeMeasureError, open_label_stack
 from phasewatch.core.volume_views import SLICE_PICTURES
-from phasewatch.store.database import IMAGE_KINDS, STATES, ImageFilter, flagged
+from phasewatch.store import IMAGE_KINDS, STATES, ImageFilter, flagged
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import store_csv
 from phasewatch.webui.payloads import PICTURES, image_detail_json, image_json

@@ -21,7 +21,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from phasewatch.store.database import StoreError
+from phasewatch.store import StoreError
 from phasewatch.webui import api, events_view, login, openapi, pages, report, specimens_api
 from phasewatch.webui.context import AppContext, install
 from phasewatch.webui.payloads import image_json

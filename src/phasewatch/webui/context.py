@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.events import EventBroker
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from phasewatch.store.database import Store, display_text
+from phasewatch.store import Store, display_text
 from phasewatch.webui.payloads import trust_json
 from phasewatch.webui.report_data import FieldEntry, class_names
 

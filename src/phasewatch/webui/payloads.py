@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from phasewatch.store.database import display_text
+from phasewatch.store import display_text
 from phasewatch.webui.names import display_name
 from phasewatch.webui.thumbs import thumbnail_url
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from phasewatch.bundle import BundleError, load_bundle
 from phasewatch.core.stats import specimen_statistics
-from phasewatch.store.database import Store, awaits_acceptance, display_text, flagged
+from phasewatch.store import Store, awaits_acceptance, display_text, flagged
 
 _PAGE = 1000
 THUMBNAIL_KINDS = ("overlay", "preview")  # the segmentation is what is signed off; else the micrograph

@@ -12,7 +12,7 @@ from flask import Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from phasewatch.errors import PhasewatchError
-from phasewatch.store.database import StoreError
+from phasewatch.store import StoreError
 
 log = logging.getLogger(__name__)
 

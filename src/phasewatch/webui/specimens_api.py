@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from phasewatch.core.stats import specimen_statistics
-from phasewatch.store.database import ImageFilter
+from phasewatch.store import ImageFilter
 from phasewatch.webui.context import current_context
 from phasewatch.webui.payloads import classes_json
 from phasewatch.webui.rest import MAX_NAME, MAX_TEXT, ApiError, checked_id, json_body, text_field

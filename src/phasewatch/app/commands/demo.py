@@ -54,7 +54,7 @@ from phasewatch.service.config import (
     WorkersConfig,
 )
 from phasewatch.service.logs import setup_logging
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 
 CALIBRATION_FIELDS = 4  # trust.calibrate needs 3; each costs two segmentations at start
 MIN_AGREEMENT = 0.9  # below this the drawn fields are no fair test of the model

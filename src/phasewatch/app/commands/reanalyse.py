@@ -29,7 +29,7 @@ from phasewatch.errors import PhasewatchError
 from phasewatch.service.archive import Intake, archive_files, open_books, take_in
 from phasewatch.service.archive_pool import Job, ModelSpec, Outcome, run_queue
 from phasewatch.service.config import CalibrationConfig, load_config
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.csv_export import store_csv
 
 INTERRUPTED_RC = 130  # the shell's code for a run ended by SIGINT

@@ -17,7 +17,7 @@ from phasewatch.atomic_files import write_bytes_atomic
 from phasewatch.errors import PhasewatchError
 from phasewatch.service.archive_compare import COLUMNS, compare, rows, table
 from phasewatch.service.config import DataConfig
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

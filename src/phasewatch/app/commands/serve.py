@@ -28,7 +28,7 @@ from phasewatch.service.config import TOKEN_ENV, Config, add_service_arguments, 
 from phasewatch.service.daemon import Daemon, model_factory
 from phasewatch.service.logs import fields as log_fields
 from phasewatch.service.logs import setup_logging
-from phasewatch.store.database import Store
+from phasewatch.store import Store
 from phasewatch.webui.access import Access, exposure_problem
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker

@@ -1,0 +1,232 @@
+"""The durable queue: every file that arrives is a row of ``files`` whose ``state`` moves
+``pending -> processing -> done | failed``; a file is never dropped, it ends ``done``
+or ``failed`` with a reason, through crashes and restarts (:meth:`Queue.recover_after_crash`).
+
+Crash accounting. A worker that dies (a native crash, the kernel's OOM killer, ``kill -9``)
+leaves its rows ``processing``. Only a row that was inside inference at that moment can
+have caused it, so the daemon marks rows ``stage = 'segmenting'`` just before they enter
+the backend and clears the mark when they leave (:meth:`Store.set_stage`); at the next
+start only those rows are charged a crash, and only when the worker died of a crash
+rather than being killed (the daemon tells them apart, ``charge``); every other row goes
+back to ``pending`` free. Rows that were inside inference together (one batch) are each
+run alone from then on (``alone``), so that a file that crashes the worker is soon
+charged by itself and ends ``failed`` after ``max_attempts`` crashes, while its batch
+mates survive any number of restarts.
+
+Duplicates. The same content (same sha256) is one result, whatever its path: a
+second arrival becomes a ``done`` row with ``duplicate_of`` pointing at the first,
+and shares its result (exclusion acts on the first). When the first fails, so do its
+duplicates, with its reason: the same bytes would fail the same way. A file rewritten
+with new content (same path, new sha256) is a new field. An arrival whose content
+matches only a ``failed`` row is queued anew: copying a file again is how an operator
+retries it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from phasewatch.store.database import STATES, StoreError, _db_path, _fail_duplicates, _file, _inserted, _one_line
+from phasewatch.store.specimens import Specimens
+
+log = logging.getLogger(__name__)
+
+
+class Queue(Specimens):
+    """Enqueue, claim, finish and recover the rows of files."""
+
+
+    def enqueue(
+        self,
+        path: Path | str,
+        size: int,
+        mtime_ns: int,
+        sha256: str,
+        specimen_id: int | None = None,
+    ) -> dict[str, Any]:
+        """The row for this version of the file, created ``pending`` (or ``done`` as a
+        duplicate) when new; the same path, size, mtime and sha256 again is the same row."""
+        stored_path = _db_path(str(path))
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT * FROM files WHERE path = ? AND size = ? AND mtime_ns = ? AND sha256 = ?",
+                (stored_path, size, mtime_ns, sha256),
+            ).fetchone()
+            if row is not None:
+                return _file(row)
+            if specimen_id is None:
+                specimen_id = conn.execute(
+                    "SELECT id FROM specimens WHERE is_current = 1"
+                ).fetchone()["id"]
+            original = conn.execute(
+                """SELECT id FROM files WHERE sha256 = ? AND duplicate_of IS NULL
+                   AND state != 'failed' ORDER BY id LIMIT 1""",
+                (sha256,),
+            ).fetchone()
+            now = time.time()
+            values: tuple[str, str | None, float | None, int | None]
+            if original is None:
+                values = ("pending", None, None, None)
+            else:
+                note = f"same content as file {original['id']}"
+                values = ("done", note, now, original["id"])
+            file_id = _inserted(conn.execute(
+                """INSERT INTO files (path, size, mtime_ns, sha256, specimen_id, created,
+                                      state, error, processed, duplicate_of)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (stored_path, size, mtime_ns, sha256, specimen_id, now, *values),
+            ))
+            return _file(conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
+
+    def claim_next(self, batch: int = 1) -> list[dict[str, Any]]:
+        """Up to ``batch`` oldest pending rows, moved to ``processing`` with one more
+        attempt, atomically: no two callers get the same row."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT id FROM files WHERE state = 'pending' ORDER BY id LIMIT ?", (batch,)
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            marks = ",".join("?" * len(ids))
+            if not ids:
+                return []
+            conn.execute(
+                f"UPDATE files SET state = 'processing', attempts = attempts + 1 "
+                f"WHERE id IN ({marks})",
+                ids,
+            )
+            claimed = conn.execute(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", ids)
+            return [_file(r) for r in claimed]
+
+    def set_stage(self, file_ids: Iterable[int], stage: str | None) -> None:
+        """Mark claimed rows as inside a step that can crash the worker (``'segmenting'``),
+        or clear the mark (None): what :meth:`recover_after_crash` charges (module doc)."""
+        ids = list(file_ids)
+        marks = ",".join("?" * len(ids))
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE files SET stage = ?, stage_since = ? WHERE state = 'processing' AND id IN ({marks})",
+                (stage, None if stage is None else time.time(), *ids),
+            )
+
+    def _finish(
+        self, conn: sqlite3.Connection, file_id: int, state: str, error: str | None
+    ) -> None:
+        updated = conn.execute(
+            """UPDATE files SET state = ?, error = ?, processed = ?, stage = NULL, stage_since = NULL
+               WHERE id = ? AND state = 'processing'""",
+            (state, error, time.time(), file_id),
+        ).rowcount
+        if not updated:
+            raise StoreError(f"{self.path}: file {file_id} is not being processed")
+
+    def mark_done(
+        self,
+        file_id: int,
+        result: Mapping[str, Any],
+        outputs: Mapping[str, str] | None = None,
+        model: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store a claimed file's measurement (``measure.measure``'s dict) and outputs;
+        ``model`` is the identity of the model that measured it (``name``, ``onnx_sha256``
+        and whatever else the caller records, JSON-able), which keeps each specimen to one
+        model (module doc)."""
+        with self._write() as conn:
+            self._finish(conn, file_id, "done", None)
+            if model is not None:
+                self._keep_to_one_model(conn, file_id, model)
+            conn.execute(
+                """INSERT OR REPLACE INTO results (file_id, fractions, particles, valid_area_px,
+                       valid_area_um2, pixel_size_um, measurement, outputs, model)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    file_id,
+                    json.dumps(result.get("fractions", {})),
+                    json.dumps(result.get("particles", {})),
+                    result.get("valid_area_px"),
+                    result.get("valid_area_um2"),
+                    result.get("pixel_size_um"),
+                    json.dumps(result),
+                    json.dumps({k: str(v) for k, v in (outputs or {}).items()}),
+                    None if model is None else json.dumps(model),
+                ),
+            )
+
+    def mark_failed(self, file_id: int, error: str) -> None:
+        """A claimed file that cannot be processed; ``error`` is its one-line reason.
+        Its duplicates fail with it."""
+        with self._write() as conn:
+            self._finish(conn, file_id, "failed", _one_line(error))
+            _fail_duplicates(conn)
+
+    def release(self, file_id: int, reason: str) -> None:
+        """Put a claimed file back in the queue without spending an attempt: the worker
+        could not finish it for a reason outside the file (full disk, backend error)."""
+        with self._write() as conn:
+            updated = conn.execute(
+                """UPDATE files SET state = 'pending', attempts = MAX(attempts - 1, 0), error = ?,
+                       stage = NULL, stage_since = NULL
+                   WHERE id = ? AND state = 'processing'""",
+                (_one_line(reason), file_id),
+            ).rowcount
+            if not updated:
+                raise StoreError(f"{self.path}: file {file_id} is not being processed")
+
+    def requeue_failed(self) -> int:
+        """Put every failed file back in the queue with its attempts and crashes forgiven, and
+        its duplicates back to ``done`` beside it: how a re-analysis retries what failed last
+        time (the daemon retries a file when it is copied again). Returns how many were requeued."""
+        with self._write() as conn:
+            requeued = conn.execute(
+                """UPDATE files SET state = 'pending', error = NULL, processed = NULL, attempts = 0,
+                       crashes = 0, alone = 0
+                   WHERE state = 'failed' AND duplicate_of IS NULL"""
+            ).rowcount
+            conn.execute(
+                """UPDATE files SET state = 'done', error = 'same content as file ' || duplicate_of
+                   WHERE state = 'failed' AND duplicate_of IS NOT NULL"""
+            )
+        return requeued
+
+    def recover_after_crash(self, max_attempts: int | None = None, charge: bool = True) -> dict[str, int]:
+        """At start, the rows a dead worker left ``processing`` (module doc): those inside
+        inference run alone from now on when several were, and when ``charge`` (the worker
+        crashed, it was not killed) are charged a crash and fail, with their duplicates,
+        after ``max_attempts`` crashes; every other row goes back to ``pending`` without
+        spending its attempt. Returns how many rows were requeued, charged and failed."""
+        limit = self.max_attempts if max_attempts is None else max_attempts
+        with self._write() as conn:
+            inside = conn.execute(
+                "SELECT COUNT(*) FROM files WHERE state = 'processing' AND stage IS NOT NULL").fetchone()[0]
+            charged = inside if charge else 0
+            conn.execute(
+                """UPDATE files SET crashes = crashes + ?, alone = MAX(alone, ?)
+                   WHERE state = 'processing' AND stage IS NOT NULL""",
+                (int(charge), int(inside > 1)),
+            )
+            failed = conn.execute(
+                """UPDATE files SET state = 'failed', processed = ?, error = 'crashed the worker '
+                       || CASE crashes WHEN 1 THEN 'once' ELSE crashes || ' times' END || ' while ' || stage
+                   WHERE state = 'processing' AND stage IS NOT NULL AND crashes >= ?""",
+                (time.time(), limit),
+            ).rowcount
+            # Also mends duplicates that older versions left done on a failed original.
+            _fail_duplicates(conn)
+            requeued = conn.execute(
+                """UPDATE files SET state = 'pending', stage = NULL, stage_since = NULL,
+                       attempts = CASE WHEN stage IS NULL OR NOT ? THEN MAX(attempts - 1, 0) ELSE attempts END
+                   WHERE state = 'processing'""",
+                (int(charge),),
+            ).rowcount
+        return {"requeued": requeued, "charged": charged, "failed": failed}
+
+    def counts_by_state(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        rows = self._read("SELECT state, COUNT(*) AS n FROM files GROUP BY state")
+        counts.update({r["state"]: r["n"] for r in rows})
+        return counts
