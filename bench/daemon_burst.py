@@ -54,7 +54,7 @@ from phasewatch.backends.registry import KINDS
 from phasewatch.bundle import bundled_model_names
 from phasewatch.core.normalise import prepare
 from phasewatch.core.pipeline import open_model, process_file, segment_images
-from phasewatch.imageio.formats import read_fields
+from phasewatch.imageio.formats import read_pages
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MATERIALS = ("superalloy", "ebc")  # each bundled model's name is its material's
@@ -121,7 +121,7 @@ def engine_seconds(paths: list[Path], model: str, backend_kind: str, batch: int,
 
     opened = open_model(model, backend_kind, batch)
     bundle, backend = opened.bundle, opened.backend
-    images = [read_fields(p)[0].image for p in paths]
+    images = [read_pages(p)[0].image for p in paths]
     try:
         list(segment_images(images[:1], bundle, backend, batch=batch, plan=opened.plan))  # warm-up
         started = time.perf_counter()

@@ -116,10 +116,10 @@ def measure(name: str, data: Path, backend_kind: str, threads: int, repeats: int
 
     from phasewatch.core.normalise import prepare
     from phasewatch.core.pipeline import open_model, segment_images
-    from phasewatch.imageio.formats import images_in, read_fields
+    from phasewatch.imageio.formats import images_in, read_pages
 
     path = images_in(data / FIELDS[name])[0]
-    image = read_fields(path)[0].image
+    image = read_pages(path)[0].image
     model = open_model(name, backend_kind, threads=threads)
     bundle, backend = model.bundle, model.backend
     if model.plan is None:

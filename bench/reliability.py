@@ -16,7 +16,7 @@ One command, ``python bench/reliability.py`` (``--short`` for CI, ``--long`` for
 4. soak: a steady feed with API reads while the service's RSS, file descriptors and
    threads are sampled;
 5. fuzzers: schemathesis against the service's own OpenAPI description, hypothesis
-   against ``phasewatch.imageio.formats.read_fields`` (in a child process, bounded in time
+   against ``phasewatch.imageio.formats.read_pages`` (in a child process, bounded in time
    and memory), pip-audit over the installed dependencies.
 
 It ends with one table (also written as JSON and Markdown; the paths are printed):
@@ -1541,7 +1541,7 @@ FUZZ_EXAMPLE_LIMIT_S = 20
 
 
 def fuzz_worker(folder: Path, seconds: float, seed: int) -> None:
-    """Hypothesis: whatever the bytes, ``read_fields`` gives fields as the module promises
+    """Hypothesis: whatever the bytes, ``read_pages`` gives fields as the module promises
     (uint8/uint16, H x W or H x W x 3, sides >= MIN_SIDE, within max_pixels) or raises
     ``ImageReadError`` with one line; never another exception, never a hang (an alarm per
     example) and never a crash (the suite sees this process die and keeps current.bin)."""
@@ -1551,7 +1551,7 @@ def fuzz_worker(folder: Path, seconds: float, seed: int) -> None:
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
-    from phasewatch.imageio.formats import MIN_SIDE, ImageReadError, read_fields
+    from phasewatch.imageio.formats import MIN_SIDE, ImageReadError, read_pages
 
     # Like the daemon's decoder: a decoding that wants more memory fails, it does not swap.
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
@@ -1583,7 +1583,7 @@ def fuzz_worker(folder: Path, seconds: float, seed: int) -> None:
         return suffix, bytes(out)
 
     def timeout(*_: Any) -> None:
-        raise TimeoutError(f"read_fields took longer than {FUZZ_EXAMPLE_LIMIT_S} s")
+        raise TimeoutError(f"read_pages took longer than {FUZZ_EXAMPLE_LIMIT_S} s")
 
     signal.signal(signal.SIGALRM, timeout)
 
@@ -1594,7 +1594,7 @@ def fuzz_worker(folder: Path, seconds: float, seed: int) -> None:
         current.write_bytes(data)
         signal.alarm(FUZZ_EXAMPLE_LIMIT_S)
         try:
-            fields = read_fields(path, max_pixels=FUZZ_MAX_PIXELS)
+            fields = read_pages(path, max_pixels=FUZZ_MAX_PIXELS)
         except ImageReadError as exc:
             state["outcomes"]["refused"] += 1
             assert str(exc) and "\n" not in str(exc), f"not one line: {str(exc)!r}"

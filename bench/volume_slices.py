@@ -45,9 +45,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def slices_of(data: Path, depth: int) -> np.ndarray:
-    from phasewatch.imageio.formats import images_in, read_fields
+    from phasewatch.imageio.formats import images_in, read_pages
 
-    images = [read_fields(path)[0].image for path in images_in(data / "tomography" / "validate" / "images")]
+    images = [read_pages(path)[0].image for path in images_in(data / "tomography" / "validate" / "images")]
     gray = [image[..., 0] if image.ndim == 3 else image for image in images]  # gray stored as RGB
     return np.stack([gray[i % len(gray)] for i in range(depth)])
 

@@ -11,7 +11,7 @@ import pytest
 
 from phasewatch.core.pipeline import Model, open_model, process_file, segment_images
 from phasewatch.core.tiling import Plan
-from phasewatch.imageio.formats import images_in, read_fields
+from phasewatch.imageio.formats import images_in, read_pages
 
 # model -> the shared data it is judged on (held out from its training)
 HELD_OUT = {
@@ -55,7 +55,7 @@ def fractions(classes: np.ndarray, count: int) -> np.ndarray:
 
 def test_the_same_field_imaged_otherwise_gives_the_same_classes(model: Model, shared_data: Path) -> None:
     path = images_in(shared_data / HELD_OUT[model.bundle.name])[0]
-    image = read_fields(path)[0].image
+    image = read_pages(path)[0].image
     assert image.dtype == np.uint8
     variants = imaged_otherwise(image)
     base, *others = segment_images([image, *variants.values()], model.bundle, model.backend)
@@ -86,7 +86,7 @@ def test_tiles_planned_per_field_equal_a_whole_field_pass(model: Model, shared_d
     """A field too large for the memory budget is cut into large tiles; they must agree with
     the whole field in one pass (the geometry a field that fits gets)."""
     assert model.plan is not None, f"{model.bundle.name} should take any size on the CPU backend"
-    field = read_fields(images_in(shared_data / HELD_OUT[model.bundle.name])[0])[0].image
+    field = read_pages(images_in(shared_data / HELD_OUT[model.bundle.name])[0])[0].image
     reps = (-(-size[0] // field.shape[0]), -(-size[1] // field.shape[1])) + (1,) * (field.ndim - 2)
     large = np.ascontiguousarray(np.tile(field, reps)[: size[0], : size[1]])
     whole_plan = Plan(model.plan.multiple, 10**8, model.plan.halo)

@@ -9,7 +9,7 @@ import tifffile
 
 from phasewatch.bundle import Normalisation
 from phasewatch.export.datasets import DatasetError, find_pairs, load_samples, parse_palette, read_label
-from phasewatch.imageio.formats import read_fields
+from phasewatch.imageio.formats import read_pages
 
 SUPERALLOY_PALETTE = {(0, 0, 255): 1, (255, 0, 0): 2}
 
@@ -108,5 +108,5 @@ def test_every_real_data_set_pairs_and_reads(shared_data, images, labels, palett
     assert len(pairs) >= 10
     image_path, label_path = pairs[0]
     label = read_label(label_path, palette)
-    assert label.shape == read_fields(image_path)[0].image.shape[:2]
+    assert label.shape == read_pages(image_path)[0].image.shape[:2]
     assert 0 < label.max() <= 3

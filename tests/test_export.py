@@ -20,7 +20,7 @@ from phasewatch.core.normalise import prepare  # noqa: E402
 from phasewatch.export import onnx_export  # noqa: E402
 from phasewatch.export.models import build_model  # noqa: E402
 from phasewatch.export.onnx_export import ExportError, export_bundle  # noqa: E402
-from phasewatch.imageio.formats import read_fields  # noqa: E402
+from phasewatch.imageio.formats import read_pages  # noqa: E402
 
 TILE = 64
 CLASSES = [
@@ -79,7 +79,7 @@ def test_cli_exports_a_bundle_with_parity_on_real_tiles(shared_data, tmp_path, c
     tiles = np.load(out / manifest["reference_tiles"])
     assert tiles.dtype == np.float32 and tiles.shape == (4, 1, TILE, TILE)
     first = sorted(p for p in images.iterdir() if p.suffix.lower() in (".tif", ".tiff"))[0]
-    inp = prepare(read_fields(first)[0].image, 1, Normalisation(mean=(0.5,), std=(0.25,)), 1.0)
+    inp = prepare(read_pages(first)[0].image, 1, Normalisation(mean=(0.5,), std=(0.25,)), 1.0)
     y0, x0 = round((inp.height - TILE) / 2), round((inp.width - TILE) / 2)
     np.testing.assert_array_equal(tiles[0], inp.region(y0, y0 + TILE, x0, x0 + TILE))
 

@@ -12,9 +12,9 @@ import pytest
 
 from phasewatch.core.outputs import write_outputs, write_png_atomic
 from phasewatch.core.pipeline import field_stem
-from phasewatch.imageio.formats import Field
+from phasewatch.imageio.formats import Page
 
-PAGE = Field(np.zeros((8, 8), np.uint8), 3, None, "none")
+PAGE = Page(np.zeros((8, 8), np.uint8), 3, None, "none")
 OUTPUT_SUFFIXES = (".classes.png", ".overlay.png", ".json", ".unsure.png")
 NAME_MAX = 255
 

@@ -18,12 +18,12 @@ import tifffile
 from phasewatch.imageio.formats import (
     FORMATS,
     SUPPORTED_SUFFIXES,
-    Field,
     ImageFormat,
     ImageReadError,
+    Page,
     images_in,
-    iter_fields,
-    read_fields,
+    iter_pages,
+    read_pages,
 )
 
 RNG = np.random.default_rng(7)
@@ -34,7 +34,7 @@ def random_image(shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
 
 
 def only_field(path: Path, **kwargs):
-    fields = read_fields(path, **kwargs)
+    fields = read_pages(path, **kwargs)
     assert len(fields) == 1
     return fields[0]
 
@@ -53,7 +53,7 @@ def write_png(path: Path, width: int, height: int, colour_type: int, rows: list[
 
 def assert_one_line_error(path: Path, match: str, **kwargs) -> None:
     with pytest.raises(ImageReadError, match=match) as info:
-        read_fields(path, **kwargs)
+        read_pages(path, **kwargs)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
@@ -150,7 +150,7 @@ def test_tiff_multi_page_gives_one_field_per_page(tmp_path):
     stack = random_image((3, 24, 32), np.uint16)
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack, photometric="minisblack")
-    fields = read_fields(path)
+    fields = read_pages(path)
     assert [f.page for f in fields] == [0, 1, 2]
     for field, page in zip(fields, stack, strict=True):
         np.testing.assert_array_equal(field.image, page)
@@ -159,7 +159,7 @@ def test_tiff_multi_page_gives_one_field_per_page(tmp_path):
 def test_iter_fields_is_lazy(tmp_path):
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, random_image((3, 24, 32)), photometric="minisblack")
-    fields = iter_fields(path)
+    fields = iter_pages(path)
     assert next(fields).page == 0
     fields.close()
 
@@ -327,7 +327,7 @@ def test_user_pixel_size_must_be_positive(tmp_path):
     path = tmp_path / "a.png"
     cv2.imwrite(str(path), random_image((16, 16)))
     with pytest.raises(ValueError, match="positive"):
-        read_fields(path, pixel_size_um=0.0)
+        read_pages(path, pixel_size_um=0.0)
 
 
 # --- bad input -----------------------------------------------------------------------
@@ -418,7 +418,7 @@ def test_huge_png_header_is_refused_before_decoding(tmp_path):
 def test_max_pixels_applies_per_field(tmp_path):
     path = tmp_path / "a.png"
     cv2.imwrite(str(path), random_image((100, 100)))
-    assert len(read_fields(path, max_pixels=10_000)) == 1
+    assert len(read_pages(path, max_pixels=10_000)) == 1
     assert_one_line_error(path, "more than the limit of 9999", max_pixels=9_999)
 
 
@@ -436,7 +436,7 @@ def test_signed_and_complex_dtypes(tmp_path):
 
 
 def read_pgm(path: Path, pixel_size_um: float | None, max_pixels: int):
-    yield Field(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), 0, pixel_size_um, "user" if pixel_size_um else "none")
+    yield Page(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), 0, pixel_size_um, "user" if pixel_size_um else "none")
 
 
 def test_suffixes_come_from_the_registry():
@@ -494,9 +494,9 @@ def test_real_micrographs(shared_data, pattern, shape):
 _READ_IN_CHILD = """
 import itertools, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a loop that allocates dies fast
-from phasewatch.imageio.formats import ImageReadError, iter_fields
+from phasewatch.imageio.formats import ImageReadError, iter_pages
 try:
-    fields = list(itertools.islice(iter_fields(sys.argv[1]), 1000))
+    fields = list(itertools.islice(iter_pages(sys.argv[1]), 1000))
 except ImageReadError as exc:
     print(exc)
 else:
@@ -545,7 +545,7 @@ def tiff_with_ifd_chain(byteorder: str, bigtiff: bool, pages: int, last_next: in
 def test_hand_built_tiff_is_read(tmp_path, byteorder, bigtiff):
     path = tmp_path / "two.tif"
     path.write_bytes(tiff_with_ifd_chain(byteorder, bigtiff, pages=2, last_next=None)[0])
-    fields = read_fields(path)
+    fields = read_pages(path)
     assert [f.page for f in fields] == [0, 1]
     assert np.array_equal(fields[1].image, np.arange(64, dtype=np.uint8).reshape(8, 8))
 

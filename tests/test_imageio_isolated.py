@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from phasewatch.imageio.formats import _CHILD_MAIN, DecoderClosed, ImageReadError, IsolatedReader, read_fields
+from phasewatch.imageio.formats import ImageReadError, read_pages
+from phasewatch.imageio.isolated import _CHILD_MAIN, DecoderClosed, IsolatedReader
 
 MEMORY = 256 << 20
 
@@ -68,17 +69,17 @@ def test_fields_come_back_exactly_as_read_in_process(reader: IsolatedReader, tmp
     rgb = np.random.default_rng(2).integers(0, 255, (30, 20, 3), np.uint8)
     assert cv2.imwrite(str(tmp_path / "rgb.png"), rgb)
     for path in (stack(tmp_path / "stack.tif"), tmp_path / "rgb.png"):
-        assert_same_fields(reader.read_fields(path), read_fields(path))
-    assert_same_fields(reader.read_fields(tmp_path / "stack.tif", 0.5), read_fields(tmp_path / "stack.tif", 0.5))
+        assert_same_fields(reader.read_pages(path), read_pages(path))
+    assert_same_fields(reader.read_pages(tmp_path / "stack.tif", 0.5), read_pages(tmp_path / "stack.tif", 0.5))
 
 
 def test_a_bad_file_fails_with_the_same_line_as_in_process(reader: IsolatedReader, tmp_path: Path) -> None:
     bad = tmp_path / "header-only.tif"
     bad.write_bytes(b"II*\x00garbage")
     with pytest.raises(ImageReadError) as in_process:
-        read_fields(bad)
+        read_pages(bad)
     with pytest.raises(ImageReadError) as isolated:
-        reader.read_fields(bad)
+        reader.read_pages(bad)
     assert str(isolated.value) == str(in_process.value) == f"{bad}: no image in the file"
 
 
@@ -87,61 +88,61 @@ def test_a_decompression_bomb_fails_on_the_memory_limit_and_the_next_file_reads(
     path = bomb(tmp_path / "bomb.tif")
     assert path.stat().st_size < 2 << 20
     with pytest.raises(ImageReadError) as failed:
-        reader.read_fields(path)
+        reader.read_pages(path)
     assert str(failed.value) == f"{path}: decoding needs more memory than the limit of {MEMORY >> 20} MiB"
-    assert_same_fields(reader.read_fields(stack(tmp_path / "next.tif")), read_fields(tmp_path / "next.tif"))
+    assert_same_fields(reader.read_pages(stack(tmp_path / "next.tif")), read_pages(tmp_path / "next.tif"))
 
 
 def test_the_8000_square_zlib_image_of_the_issue_decodes_within_bounds(reader: IsolatedReader, tmp_path: Path) -> None:
     path = tmp_path / "big.tif"
     image = np.tile(np.arange(8000, dtype=np.uint16)[None, :] % 251, (8000, 1)).astype(np.uint8)
     tifffile.imwrite(path, image, compression="zlib")
-    (field,) = reader.read_fields(path)  # within 2 s and 256 MiB, or it would have raised
+    (field,) = reader.read_pages(path)  # within 2 s and 256 MiB, or it would have raised
     assert field.image.shape == (8000, 8000) and np.array_equal(field.image[::997, ::991], image[::997, ::991])
 
 
 def test_a_read_that_hangs_fails_on_the_time_limit_and_the_next_file_reads(
         reader: IsolatedReader, tmp_path: Path) -> None:
-    reader.read_fields(stack(tmp_path / "warm.tif"))  # the child is up: the limit is the read's alone
+    reader.read_pages(stack(tmp_path / "warm.tif"))  # the child is up: the limit is the read's alone
     path = fifo(tmp_path / "wedged.tif")
     started = time.monotonic()
     with pytest.raises(ImageReadError) as failed:
-        reader.read_fields(path)
+        reader.read_pages(path)
     assert str(failed.value) == f"{path}: decoding took longer than the limit of 2 s"
     assert time.monotonic() - started < 2.0 + 10.0  # the limit, and the kill of the child
-    assert_same_fields(reader.read_fields(stack(tmp_path / "next.tif")), read_fields(tmp_path / "next.tif"))
+    assert_same_fields(reader.read_pages(stack(tmp_path / "next.tif")), read_pages(tmp_path / "next.tif"))
 
 
 def test_a_decoder_that_dies_fails_the_file_with_how_it_died(reader: IsolatedReader, tmp_path: Path) -> None:
-    reader.read_fields(stack(tmp_path / "warm.tif"))
+    reader.read_pages(stack(tmp_path / "warm.tif"))
     child = reader._child
     assert child is not None
     # A native crash of the decoder, as a segfaulting codec would end it.
     threading.Timer(0.3, os.kill, (child.process.pid, signal.SIGSEGV)).start()
     path = fifo(tmp_path / "crashes.tif")
     with pytest.raises(ImageReadError) as failed:
-        reader.read_fields(path)
+        reader.read_pages(path)
     assert str(failed.value) == f"{path}: the decoder died reading it (killed by SIGSEGV)"
-    assert_same_fields(reader.read_fields(stack(tmp_path / "next.tif")), read_fields(tmp_path / "next.tif"))
+    assert_same_fields(reader.read_pages(stack(tmp_path / "next.tif")), read_pages(tmp_path / "next.tif"))
 
 
 def test_close_cuts_a_read_short_without_blaming_the_file(reader: IsolatedReader, tmp_path: Path) -> None:
-    reader.read_fields(stack(tmp_path / "warm.tif"))
+    reader.read_pages(stack(tmp_path / "warm.tif"))
     threading.Timer(0.3, reader.close).start()
     with pytest.raises(DecoderClosed):
-        reader.read_fields(fifo(tmp_path / "slow.tif"))
+        reader.read_pages(fifo(tmp_path / "slow.tif"))
     with pytest.raises(DecoderClosed):
-        reader.read_fields(tmp_path / "warm.tif")
+        reader.read_pages(tmp_path / "warm.tif")
 
 
 def test_a_stop_signal_to_the_whole_group_does_not_end_a_read(reader: IsolatedReader, tmp_path: Path) -> None:
-    reader.read_fields(stack(tmp_path / "warm.tif"))
+    reader.read_pages(stack(tmp_path / "warm.tif"))
     child = reader._child
     assert child is not None
     for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # what systemd or a terminal sends everyone
         os.kill(child.process.pid, stop)
     time.sleep(0.3)
-    assert_same_fields(reader.read_fields(tmp_path / "warm.tif"), read_fields(tmp_path / "warm.tif"))
+    assert_same_fields(reader.read_pages(tmp_path / "warm.tif"), read_pages(tmp_path / "warm.tif"))
     assert reader._child is child
 
 

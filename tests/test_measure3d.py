@@ -14,7 +14,8 @@ import tifffile
 
 from phasewatch.app.cli import main
 from phasewatch.bundle import ClassInfo
-from phasewatch.core.measure3d import VolumeMeasureError, VolumeMeasurer, measure_volume, open_label_stack
+from phasewatch.core.measure3d import VolumeMeasureError, VolumeMeasurer, measure_volume
+from phasewatch.imageio.stacks import StackReadError, open_label_stack
 
 # --- synthetic volumes ---------------------------------------------------------------------
 
@@ -336,7 +337,7 @@ def test_a_256_x_256_x_300_stack_is_measured_in_memory_far_below_its_size(tmp_pa
     path = tmp_path / "big.tif"
     _write_stack(path, _rods_and_pores(shape))
     volume_bytes = int(np.prod(shape))
-    from phasewatch.core.measure3d import open_label_stack
+    from phasewatch.imageio.stacks import open_label_stack
 
     measure_volume(np.zeros((2, 3, 3), np.uint8))  # lazy imports (OpenCV's, numpy's) are not the volume's
     tracemalloc.start()
@@ -449,7 +450,7 @@ def test_one_slice_is_read_alone_from_either_imagej_layout(tmp_path, truncate):
     for index in (0, 3, 5):
         assert np.array_equal(stack.plane(index), volume[index])
     for index in (-1, 6):
-        with pytest.raises(VolumeMeasureError, match=f"no slice {index}; the stack has 6"):
+        with pytest.raises(StackReadError, match=f"no slice {index}; the stack has 6"):
             stack.plane(index)
 
 

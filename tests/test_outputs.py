@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from phasewatch import atomic_files
 from phasewatch.atomic_files import OutputError, write_json_atomic
 from phasewatch.core import outputs
 from phasewatch.core.outputs import overlay, preview, to_display_8bit, write_outputs, write_png_atomic
@@ -139,7 +140,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatc
     def broken_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(outputs.os, "fsync", broken_fsync)
+    monkeypatch.setattr(atomic_files.os, "fsync", broken_fsync)
     with pytest.raises(OutputError, match="field.json: cannot write: No space left"):
         write_json_atomic(path, {"version": 2})
     assert json.loads(path.read_text()) == {"version": 1}

@@ -14,7 +14,7 @@ from phasewatch.backends.registry import choose_backend
 from phasewatch.bundle import bundled_model_names, load_bundle, resolve_bundle_path
 from phasewatch.core.pipeline import open_model, segment_images
 from phasewatch.export import engine_gate
-from phasewatch.imageio.formats import images_in, read_fields
+from phasewatch.imageio.formats import images_in, read_pages
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_an_int8_model_that_agrees_is_kept_and_runs_only_by_name(superalloy_copy
 
     assert choose_backend(bundle, "auto").backend.name == "cpu"  # auto never changes the numbers
     fp32, int8 = open_model(superalloy_copy, "cpu"), open_model(superalloy_copy, "cpu-int8")
-    image = read_fields(check)[0].image
+    image = read_pages(check)[0].image
     (a,), (b,) = (list(segment_images([image], m.bundle, m.backend, plan=m.plan)) for m in (fp32, int8))
     assert int8.backend.name == "cpu-int8" and np.mean(a.classes == b.classes) >= 0.999
 

@@ -17,7 +17,7 @@ from phasewatch.bundle import bundled_model_names, load_bundle
 from phasewatch.core.measure3d import measure_volume
 from phasewatch.core.pipeline import open_model
 from phasewatch.core.volume import Volume, numbered_slices, open_volume, segment_volume
-from phasewatch.imageio.formats import ImageReadError, read_fields
+from phasewatch.imageio.formats import ImageReadError, read_pages
 
 SPACING = (2.0, 0.5, 0.5)  # z, y, x in µm
 
@@ -232,7 +232,7 @@ def tomography_stack(shared_data, stack, count: int) -> np.ndarray:
     if not images.is_dir():
         pytest.skip(f"tomography validate slices not found in {images}")
     paths = sorted(images.glob("*.png"))[:count]
-    planes = [read_fields(path)[0].image for path in paths]
+    planes = [read_pages(path)[0].image for path in paths]
     # the PNGs are gray stored as RGB: one channel of each makes the stack (the same image to the model)
     planes = [p[..., 0] if p.ndim == 3 and (p == p[..., :1]).all() else p for p in planes]
     tifffile.imwrite(stack, np.stack(planes), imagej=True, metadata={"axes": "ZYX"})

@@ -11,7 +11,7 @@ import pytest
 from phasewatch.bundle import load_bundle
 from phasewatch.core.microscope import Microscope, calibration_seeds, capture, fields_in
 from phasewatch.core.synthetic import MATERIALS, ebc_micrograph, material_for, superalloy_micrograph
-from phasewatch.imageio.formats import read_fields
+from phasewatch.imageio.formats import read_pages
 
 # class name -> plausible range of its area fraction in any drawn field
 PLAUSIBLE = {
@@ -73,7 +73,7 @@ def test_a_captured_field_carries_its_pixel_size_and_its_truth_comes_first(tmp_p
     path = tmp_path / "f.tif"
     truths = []
     labels = capture(material, 3, path, lambda truth: truths.append((truth, path.exists())))
-    (field,) = read_fields(path)
+    (field,) = read_pages(path)
     assert field.pixel_size_um == pytest.approx(material.pixel_size_um)
     assert np.array_equal(field.image, material.draw(3)[0])
     [(truth, field_was_there)] = truths

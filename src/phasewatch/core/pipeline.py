@@ -38,7 +38,7 @@ from phasewatch.core.normalise import ModelInput, StackInput, prepare, sliding_s
 from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
 from phasewatch.core.tiling import Plan, default_overlap, segment_many
 from phasewatch.core.trust import InputFeatures, assess, input_features, unsure_fraction
-from phasewatch.imageio.formats import DEFAULT_MAX_PIXELS, Field, read_fields
+from phasewatch.imageio.formats import DEFAULT_MAX_PIXELS, Page, read_pages
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Decoded:
     """The fields of one file, decoded."""
 
     path: Path
-    fields: list[Field]
+    fields: list[Page]
     decode_ms: float
 
 
@@ -111,7 +111,7 @@ class Segmented:
 
 @dataclass
 class FieldResult:
-    field: Field
+    field: Page
     classes: np.ndarray
     margin: np.ndarray
     record: dict[str, Any]
@@ -129,8 +129,8 @@ class FileResult:
     outputs: dict[str, str]
 
 
-# (path, pixel_size_um, max_pixels) -> fields: imageio.read_fields, or an IsolatedReader's
-FieldReader = Callable[[Path, float | None, int], list[Field]]
+# (path, pixel_size_um, max_pixels) -> fields: imageio.read_pages, or an IsolatedReader's
+PageReader = Callable[[Path, float | None, int], list[Page]]
 
 
 def decode_file(
@@ -138,7 +138,7 @@ def decode_file(
     pixel_size_um: float | None = None,
     fallback_pixel_size_um: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    read: FieldReader = read_fields,
+    read: PageReader = read_pages,
 ) -> Decoded:
     """Every field of ``path``, read by ``read``; raises ``ImageReadError`` (one line) for
     a bad file.
@@ -284,7 +284,7 @@ def segment_images(
 MAX_STEM_BYTES = 200
 
 
-def field_stem(path: Path, field: Field, fields_in_file: int) -> str:
+def field_stem(path: Path, field: Page, fields_in_file: int) -> str:
     """Output name of a field: the file's stem, plus the page for multi-page files.
 
     A stem that is not UTF-8 (a Latin-1 name from an SMB client: its pictures could not be
@@ -303,7 +303,7 @@ def field_stem(path: Path, field: Field, fields_in_file: int) -> str:
     return text[:kept] + tag + page
 
 
-def field_record(path: Path, field: Field, classes: np.ndarray, model: Model) -> dict[str, Any]:
+def field_record(path: Path, field: Page, classes: np.ndarray, model: Model) -> dict[str, Any]:
     """The per-field record: identity, producer, pixel size and its source, measurements."""
     measured = measure(classes, model.bundle.classes, field.pixel_size_um)
     return {
@@ -319,7 +319,7 @@ def field_record(path: Path, field: Field, classes: np.ndarray, model: Model) ->
     }
 
 
-def assessed_record(path: Path, field: Field, segmentation: ImageSegmentation, model: Model) -> dict[str, Any]:
+def assessed_record(path: Path, field: Page, segmentation: ImageSegmentation, model: Model) -> dict[str, Any]:
     """:func:`field_record` with its trust record (``src/phasewatch/core/trust.py``): what every field,
     and every slice of a volume, is recorded as."""
     classes = segmentation.classes

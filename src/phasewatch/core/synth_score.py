@@ -18,7 +18,7 @@ from phasewatch.bundle import Bundle, load_bundle
 from phasewatch.core.encoder_features import Encoder, FeatureError, encode, open_encoder
 from phasewatch.core.gan_metrics import fid, fid_over_subsets, kid
 from phasewatch.core.normalise import prepare
-from phasewatch.imageio.formats import SUPPORTED_SUFFIXES, read_fields
+from phasewatch.imageio.formats import SUPPORTED_SUFFIXES, read_pages
 
 NOT_COMPARABLE = ("features from this bundle's encoder, not InceptionV3: not comparable with FID/KID "
                   "published on Inception features")
@@ -40,7 +40,7 @@ def folder_features(folder: Path, bundle: Bundle, encoder: Encoder, crop: int, s
         raise FeatureError(f"{folder}: no images")
     features = []
     for path in tqdm(paths, desc=f"features {Path(folder).name}", unit="image", disable=None):
-        image = read_fields(path)[0].image
+        image = read_pages(path)[0].image
         if crop and min(image.shape[:2]) < crop:
             raise FeatureError(f"{path}: {image.shape[1]}x{image.shape[0]} is smaller than the {crop} px crop")
         inp = prepare(image, bundle.channels, bundle.normalisation, bundle.scale)

@@ -15,10 +15,10 @@ spacing comes from ``--spacing`` only. Every slice is recorded with the X spacin
 size.
 
 Reading is one slice at a time, never the whole volume: a TIFF's pages through
-:class:`~phasewatch.core.measure3d.LabelStack` (the one stack reader; ImageJ stacks over
+:class:`~phasewatch.imageio.stacks.LabelStack` (the one stack reader; ImageJ stacks over
 4 GB included), converted by :func:`~phasewatch.imageio.formats.page_pixels` so that a slice
 is the same image as the same page read as a field; a folder's files one at a time through
-:func:`~phasewatch.imageio.formats.read_fields`. Every slice must have the first one's size.
+:func:`~phasewatch.imageio.formats.read_pages`. Every slice must have the first one's size.
 
 Segmenting (:func:`segment_volume`): the slices go through the engine of fields
 (:func:`~phasewatch.core.pipeline.segment_images`, tiles of consecutive slices sharing
@@ -48,21 +48,22 @@ import tifffile
 
 from phasewatch.atomic_files import write_json_atomic
 from phasewatch.bundle import ClassInfo
-from phasewatch.core.measure3d import VolumeMeasurer, open_label_stack
+from phasewatch.core.measure3d import VolumeMeasurer
 from phasewatch.core.normalise import ModelInput
 from phasewatch.core.pipeline import Model, assessed_record, segment_images
 from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.imageio.formats import (
     DEFAULT_MAX_PIXELS,
-    Field,
     ImageReadError,
+    Page,
     check_colour_model,
     check_ifd_chain,
     check_size,
     images_in,
     page_pixels,
-    read_fields,
+    read_pages,
 )
+from phasewatch.imageio.stacks import open_label_stack
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 Spacing = tuple[float, float, float]
@@ -184,7 +185,7 @@ def _folder_volume(folder: Path, spacing_um: Spacing | None, max_pixels: int) ->
 
     def read() -> Iterator[np.ndarray]:
         for file in files:
-            fields = read_fields(file, None, max_pixels)
+            fields = read_pages(file, None, max_pixels)
             if len(fields) != 1:
                 raise ImageReadError(file, f"{len(fields)} pages: a folder's slices are one image per file")
             yield fields[0].image
@@ -241,11 +242,11 @@ def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | 
     """Each slice's class map as it comes out of the engine, recorded and measured on the way."""
     pixel_size = volume.spacing_um[2] if volume.spacing_um else None
     source = volume.spacing_source if volume.spacing_um else "none"
-    in_flight: collections.deque[Field] = collections.deque()  # slices in the engine's batches
+    in_flight: collections.deque[Page] = collections.deque()  # slices in the engine's batches
 
     def images() -> Iterator[np.ndarray]:
         for index, image in enumerate(volume.slices()):
-            in_flight.append(Field(image, index, pixel_size, source))
+            in_flight.append(Page(image, index, pixel_size, source))
             yield image
 
     for segmentation in segment_images(images(), model.bundle, model.backend, overlap, batch, plan=model.plan,

@@ -35,7 +35,7 @@ import tifffile
 from phasewatch.bundle import Normalisation
 from phasewatch.core.normalise import StackInput, prepare, window_indices
 from phasewatch.errors import PhasewatchError, one_line
-from phasewatch.imageio.formats import SUPPORTED_SUFFIXES, read_fields
+from phasewatch.imageio.formats import SUPPORTED_SUFFIXES, read_pages
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".npy")
 Palette = Mapping[tuple[int, int, int], int]
@@ -142,7 +142,7 @@ def load_samples(
         return _volume_samples(images_dir, labels_dir, slices, normalisation, scale, palette, default, num_classes)
     samples = []
     for image_path, label_path in find_pairs(images_dir, labels_dir):
-        field = read_fields(image_path)[0]
+        field = read_pages(image_path)[0]
         label = read_label(label_path, palette, default)
         if label.shape != field.image.shape[:2]:
             raise DatasetError(f"{label_path}: label {label.shape} does not match image {field.image.shape[:2]}")
@@ -161,7 +161,7 @@ def read_volume(path: Path) -> list[np.ndarray]:
 
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
-        return [read_fields(path)[0].image]  # one slice
+        return [read_pages(path)[0].image]  # one slice
     return list(open_volume(path).slices())
 
 

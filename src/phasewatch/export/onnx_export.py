@@ -200,7 +200,7 @@ def cut_reference_tiles(
     from phasewatch.core.normalise import ModelInput, StackInput, prepare, prepare_stack, window_indices
     from phasewatch.export.datasets import read_volume
     from phasewatch.export.models import input_slices
-    from phasewatch.imageio.formats import read_fields
+    from phasewatch.imageio.formats import read_pages
 
     tile, channels = export_tile(config, tile), int(config["in_channels"])
     normalisation = normalisation_from_config(config["normalisation"], channels)
@@ -214,7 +214,7 @@ def cut_reference_tiles(
                 window = window_indices(len(volume) // 2, len(volume), slices)
                 inputs.append(prepare_stack([volume[z] for z in window], channels, normalisation, scale))
             else:
-                inputs.append(prepare(read_fields(path)[0].image, channels, normalisation, scale))
+                inputs.append(prepare(read_pages(path)[0].image, channels, normalisation, scale))
         except ValueError as exc:
             raise ExportError(f"{path}: cannot normalise: {exc}") from exc
     if not inputs:

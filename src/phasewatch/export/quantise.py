@@ -29,13 +29,13 @@ from phasewatch.core.normalise import prepare
 from phasewatch.errors import one_line
 from phasewatch.export.engine_gate import GateResult, compare_logits, fp32_logits, load_reference_tiles
 from phasewatch.export.onnx_export import ExportError
-from phasewatch.imageio.formats import read_fields
+from phasewatch.imageio.formats import read_pages
 
 
 def field_input(path: Path, bundle: Bundle) -> np.ndarray:
     """1 x C x H x W: a whole field's model input, extended by mirroring to the stride (a
     2.5D bundle's: the field as its own neighbours, as the runtime feeds a field)."""
-    inp = prepare(read_fields(path)[0].image, bundle.channels, bundle.normalisation, bundle.scale,
+    inp = prepare(read_pages(path)[0].image, bundle.channels, bundle.normalisation, bundle.scale,
                   slices=bundle.slices)
     array = inp.region(0, inp.height, 0, inp.width)
     multiple = bundle.spatial_multiple or 1

@@ -32,10 +32,7 @@ yield its pages for ever (a 512-byte file then holds a worker and all its memory
 
 Every failure raises :class:`ImageReadError` whose message is one line, ``FILE: reason``.
 
-Untrusted files are read under limits by :class:`IsolatedReader` (the daemon does): in a
-child process with a bounded address space and a time limit, so that a decoder bug, a
-decompression bomb or a hostile file costs the child its life and the file one line,
-never the service its memory, its time or its process.
+Untrusted files are read under limits in a child process (``phasewatch.imageio.isolated``).
 
 :data:`FORMATS`, at the end of this module, is the one list of formats: adding a format is
 one entry there (suffixes, magic bytes, reader).
@@ -45,17 +42,9 @@ from __future__ import annotations
 
 import math
 import os
-import resource
-import signal
 import struct
-import subprocess
-import sys
-import threading
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from multiprocessing import Pipe
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -64,6 +53,7 @@ import numpy as np
 import tifffile
 
 from phasewatch.errors import PhasewatchError, one_line
+from phasewatch.imageio.tiff_metadata import tiff_pixel_size
 
 MIN_SIDE = 8  # smaller images hold too little structure to segment or measure
 DEFAULT_MAX_PIXELS = 400_000_000
@@ -80,25 +70,6 @@ _SUPPORTED_PHOTOMETRIC = (
 _PNG_GRAY_ALPHA = 4  # IHDR colour type
 # JPEG start-of-frame markers carry the image size; C4, C8 and CC are other segments.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_INCH_UM = 25400.0
-_MIN_TRUSTED_PPI = 2540.0
-# Length units as microscope software spells them, in micrometres. Inches are left out on
-# purpose: ImageJ and friends report a graphics file's dpi as "inch", never a calibration.
-_UM_PER_UNIT = {
-    "m": 1e6, "meter": 1e6, "metre": 1e6,
-    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
-    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
-    "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0,
-    "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
-    "\u00e5": 1e-4, "\u212b": 1e-4, "angstrom": 1e-4,
-    "pm": 1e-6,
-}  # fmt: skip
-_UM_PER_RESUNIT: dict[int, float] = {
-    tifffile.RESUNIT.CENTIMETER: 1e4,
-    tifffile.RESUNIT.MILLIMETER: 1e3,
-    tifffile.RESUNIT.MICROMETER: 1.0,
-}
 
 
 class ImageReadError(PhasewatchError):
@@ -110,7 +81,7 @@ class ImageReadError(PhasewatchError):
 
 
 @dataclass(frozen=True, eq=False)
-class Field:
+class Page:
     """One image to segment: a whole file or one page of a TIFF stack."""
 
     image: np.ndarray  # H x W or H x W x 3 (RGB), uint8 or uint16
@@ -120,7 +91,7 @@ class Field:
 
 
 # (path, the caller's pixel size or None, max_pixels) -> the file's fields
-Reader = Callable[[Path, float | None, int], Iterator[Field]]
+Reader = Callable[[Path, float | None, int], Iterator[Page]]
 
 
 class ImageFormat(NamedTuple):
@@ -131,16 +102,16 @@ class ImageFormat(NamedTuple):
     read: Reader
 
 
-def read_fields(
+def read_pages(
     path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> list[Field]:
-    """All fields of an image file; see :func:`iter_fields`."""
-    return list(iter_fields(path, pixel_size_um, max_pixels))
+) -> list[Page]:
+    """All fields of an image file; see :func:`iter_pages`."""
+    return list(iter_pages(path, pixel_size_um, max_pixels))
 
 
-def iter_fields(
+def iter_pages(
     path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Iterator[Field]:
+) -> Iterator[Page]:
     """Yield the fields of an image file one at a time (a TIFF stack is never held whole).
 
     ``pixel_size_um``, when given, overrides any pixel size found in the file's metadata.
@@ -254,14 +225,14 @@ def _unpack(code: str, data: bytes) -> int:
     return value
 
 
-def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Field]:
+def _tiff_pages(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Page]:
     check_ifd_chain(path)
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:
         raise ImageReadError(path, f"not a readable TIFF: {one_line(exc)}") from exc
     with tif:
-        pixel_size, source = (user_pixel_size, "user") if user_pixel_size is not None else _tiff_pixel_size(tif)
+        pixel_size, source = (user_pixel_size, "user") if user_pixel_size is not None else tiff_pixel_size(tif)
         file_size = tif.filehandle.size
         skip = tifffile.FILETYPE.REDUCEDIMAGE | tifffile.FILETYPE.MASK  # thumbnails, masks
         fields = 0
@@ -271,7 +242,7 @@ def _tiff_fields(path: Path, user_pixel_size: float | None, max_pixels: int) -> 
                 continue
             image = _tiff_page_image(path, page, file_size, max_pixels)
             fields += 1
-            yield Field(image, index, pixel_size, source)
+            yield Page(image, index, pixel_size, source)
         if not fields:  # e.g. a header whose first page offset points nowhere, or thumbnails only
             raise ImageReadError(path, "no image in the file")
 
@@ -357,93 +328,6 @@ def _to_supported_dtype(path: Path, image: np.ndarray) -> np.ndarray:
     return np.rint(values).astype(np.uint16)
 
 
-# --- TIFF pixel size -----------------------------------------------------------------
-
-
-def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, str]:
-    readers: tuple[tuple[str, Callable[[tifffile.TiffFile], float | None]], ...] = (
-        ("fei", _fei_pixel_size),
-        ("zeiss", _zeiss_pixel_size),
-        ("ome", _ome_pixel_size),
-        ("imagej", _imagej_pixel_size),
-        ("tiff-resolution", _resolution_pixel_size),
-    )
-    for source, reader in readers:
-        try:
-            value = reader(tif)
-        except Exception:  # malformed optional metadata must not make the image unreadable
-            continue
-        if value is not None and math.isfinite(value) and value > 0:
-            return value, source
-    return None, "none"
-
-
-def _um_per_unit(unit: Any) -> float | None:
-    return _UM_PER_UNIT.get(str(unit).strip().lower())
-
-
-def _fei_pixel_size(tif: tifffile.TiffFile) -> float | None:
-    meta = tif.fei_metadata
-    if not meta:
-        return None
-    for section in ("Scan", "EScan"):
-        width_m = meta.get(section, {}).get("PixelWidth")
-        if width_m is not None:
-            return float(width_m) * 1e6
-    return None
-
-
-def _zeiss_pixel_size(tif: tifffile.TiffFile) -> float | None:
-    meta = tif.sem_metadata
-    if not meta:
-        return None
-    for key in ("ap_image_pixel_size", "ap_pixel_size"):
-        entry = meta.get(key)
-        if entry is None:
-            continue
-        # tifffile gives (label, value, unit), or (label, "value unit") when unparsed
-        value, unit = entry[1:3] if len(entry) >= 3 else str(entry[1]).split()
-        scale = _um_per_unit(unit)
-        if scale is not None:
-            return float(value) * scale
-    return None
-
-
-def _ome_pixel_size(tif: tifffile.TiffFile) -> float | None:
-    xml = tif.ome_metadata
-    if not xml:
-        return None
-    for element in ElementTree.fromstring(xml).iter():
-        if element.tag.rsplit("}", 1)[-1] == "Pixels":
-            size = element.get("PhysicalSizeX")
-            scale = _um_per_unit(element.get("PhysicalSizeXUnit", "µm"))  # OME's default unit
-            return float(size) * scale if size is not None and scale is not None else None
-    return None
-
-
-def _imagej_pixel_size(tif: tifffile.TiffFile) -> float | None:
-    meta = tif.imagej_metadata
-    scale = _um_per_unit(meta.get("unit", "")) if meta else None
-    if scale is None:
-        return None
-    pixels_per_unit = tif.pages.first.resolution[0]
-    return scale / pixels_per_unit if pixels_per_unit > 0 else None
-
-
-def _resolution_pixel_size(tif: tifffile.TiffFile) -> float | None:
-    page = tif.pages.first
-    if "XResolution" not in page.tags:
-        return None
-    pixels_per_unit = page.resolution[0]
-    if pixels_per_unit <= 0:
-        return None
-    unit = page.resolutionunit
-    if unit == tifffile.RESUNIT.INCH:
-        return _INCH_UM / pixels_per_unit if pixels_per_unit >= _MIN_TRUSTED_PPI else None
-    scale = _UM_PER_RESUNIT.get(unit)
-    return scale / pixels_per_unit if scale is not None else None
-
-
 # --- PNG, JPEG, BMP ------------------------------------------------------------------
 
 
@@ -457,7 +341,7 @@ def _opencv_reader(kind: str, header: Callable[[Path, bytes], _Header]) -> Reade
     """A reader of single-image files that OpenCV decodes; ``header`` reads the size
     before any pixel is decoded. ``kind`` names the format in messages."""
 
-    def read(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Field]:
+    def read(path: Path, user_pixel_size: float | None, max_pixels: int) -> Iterator[Page]:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -470,7 +354,7 @@ def _opencv_reader(kind: str, header: Callable[[Path, bytes], _Header]) -> Reade
         if image.ndim == 3:
             image = image[..., 0] if size.gray_alpha else cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
         source = "none" if user_pixel_size is None else "user"
-        yield Field(np.ascontiguousarray(image), 0, user_pixel_size, source)
+        yield Page(np.ascontiguousarray(image), 0, user_pixel_size, source)
 
     return read
 
@@ -516,192 +400,9 @@ def _bmp_header(path: Path, data: bytes) -> _Header:
 
 # Tried in this order; the names appear in messages.
 FORMATS: dict[str, ImageFormat] = {
-    "TIFF": ImageFormat((".tif", ".tiff"), (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff_fields),
+    "TIFF": ImageFormat((".tif", ".tiff"), (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff_pages),
     "PNG": ImageFormat((".png",), (b"\x89PNG\r\n\x1a\n",), _opencv_reader("PNG", _png_header)),
     "JPEG": ImageFormat((".jpg", ".jpeg"), (b"\xff\xd8\xff",), _opencv_reader("JPEG", _jpeg_header)),
     "BMP": ImageFormat((".bmp",), (b"BM",), _opencv_reader("BMP", _bmp_header)),
 }
 SUPPORTED_SUFFIXES = _suffixes()
-
-
-# --- reading under limits ------------------------------------------------------------
-
-# One thread per numeric library and few malloc arenas in the child: every thread's stack
-# and arena count against its address-space limit, which would then depend on the core count.
-_CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
-_CHILD_MAIN = "import sys; from phasewatch.imageio.formats import serve_reads; serve_reads(*map(int, sys.argv[1:]))"
-CHILD_START_TIMEOUT_S = 120.0  # importing numpy, OpenCV and tifffile on a busy machine
-_READY = "ready"
-
-
-class DecoderUnavailable(Exception):
-    """No child to decode in (it would not start); not the file's fault, try again later."""
-
-
-class DecoderClosed(DecoderUnavailable):
-    """The reader was closed while a file was being read (the service is stopping)."""
-
-
-class _Child(NamedTuple):
-    process: subprocess.Popen[bytes]
-    conn: Connection
-
-
-class IsolatedReader:
-    """:func:`read_fields` in a child process, under a memory and a time limit.
-
-    A file whose decoding needs more than ``memory_bytes`` of address space (beyond what
-    the child's Python and libraries hold), takes longer than ``timeout_s``, or crashes the
-    decoder fails with one line, and the next file gets a fresh child. The child is kept
-    between files, so the common path costs a round trip through a socket, not a start of
-    Python; the pixels come back as raw buffers, copied once. One file at a time.
-    """
-
-    def __init__(self, memory_bytes: int, timeout_s: float) -> None:
-        self.memory_bytes, self.timeout_s = memory_bytes, timeout_s
-        self._lock = threading.Lock()
-        self._child: _Child | None = None
-        self._busy = False
-        self._closed = False
-
-    def read_fields(
-        self, path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-    ) -> list[Field]:
-        child = self._acquire()
-        try:
-            child.conn.send((os.fspath(path), pixel_size_um, max_pixels))
-            if not child.conn.poll(self.timeout_s):
-                self._discard(child)
-                raise ImageReadError(path, f"decoding took longer than the limit of {self.timeout_s:g} s")
-            return _receive_fields(path, child.conn)
-        except (EOFError, OSError) as exc:  # the child died, or close() ended it
-            died = _death(child.process)
-            self._discard(child)
-            if self._closed:
-                raise DecoderClosed(f"{path}: decoding cut short: the reader was closed") from exc
-            raise ImageReadError(path, f"the decoder died reading it ({died})") from exc
-        finally:
-            with self._lock:
-                self._busy = False
-
-    def close(self) -> None:
-        """End the child; a read in progress ends with :class:`DecoderClosed`."""
-        with self._lock:
-            self._closed = True
-            child, busy = self._child, self._busy
-        if child is not None:
-            child.process.kill()
-            child.process.wait()
-            if not busy:  # else the reading thread closes its end when it sees the child gone
-                self._discard(child)
-
-    def _acquire(self) -> _Child:
-        with self._lock:
-            if self._closed:
-                raise DecoderClosed("the reader is closed")
-            if self._child is None:
-                self._child = _start_child(self.memory_bytes)
-            self._busy = True
-            return self._child
-
-    def _discard(self, child: _Child) -> None:
-        child.process.kill()
-        child.process.wait()
-        child.conn.close()
-        with self._lock:
-            if self._child is child:
-                self._child = None
-
-
-def _start_child(memory_bytes: int) -> _Child:
-    ours, theirs = Pipe()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(memory_bytes)],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env={**os.environ, **_CHILD_ENV})
-    except OSError as exc:  # no memory or no process slot left to start it
-        ours.close()
-        raise DecoderUnavailable(f"cannot start a decoder process: {exc.strerror or exc}") from exc
-    finally:
-        theirs.close()
-    child = _Child(process, ours)
-    try:
-        if ours.poll(CHILD_START_TIMEOUT_S) and ours.recv() == _READY:
-            return child
-    except (EOFError, OSError):
-        pass
-    died = _death(process)
-    process.kill()
-    process.wait()
-    ours.close()
-    raise DecoderUnavailable(f"the decoder process did not start ({died})")
-
-
-def _death(process: subprocess.Popen[bytes]) -> str:
-    """How a child that closed its end ended, in words."""
-    try:
-        code = process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        return "no answer"
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"
-
-
-def _receive_fields(path: str | Path, conn: Connection) -> list[Field]:
-    reply = conn.recv()
-    if isinstance(reply, str):
-        raise ImageReadError(path, reply)
-    fields = []
-    for shape, dtype, page, pixel_size_um, source in reply:
-        image = np.empty(shape, dtype)
-        conn.recv_bytes_into(image.reshape(-1).view(np.uint8))
-        fields.append(Field(image, page, pixel_size_um, source))
-    return fields
-
-
-def serve_reads(fd: int, memory_bytes: int) -> None:
-    """The child's side of :class:`IsolatedReader`: read each file asked for over the
-    connection ``fd``, and answer with its fields or the reason it cannot be read."""
-    # The service's stop signals reach the child too (systemd signals the whole control
-    # group, a terminal the whole process group): a read in progress must not end as a
-    # decoder death blamed on its file. The service ends the child itself.
-    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(stop, signal.SIG_IGN)
-    conn = Connection(fd)
-    _limit_address_space(memory_bytes)
-    try:
-        _answer_reads(conn, memory_bytes)
-    except (EOFError, ConnectionError):  # the service closed its end, or died (kill -9)
-        return
-
-
-def _answer_reads(conn: Connection, memory_bytes: int) -> None:
-    conn.send(_READY)
-    while True:
-        path, pixel_size_um, max_pixels = conn.recv()
-        try:
-            fields = read_fields(path, pixel_size_um, max_pixels)
-        except Exception as exc:
-            conn.send(_failure_reason(exc, memory_bytes))
-            continue
-        conn.send([(f.image.shape, f.image.dtype.str, f.page, f.pixel_size_um, f.pixel_size_source) for f in fields])
-        for f in fields:
-            conn.send_bytes(np.ascontiguousarray(f.image).data.cast("B"))
-        del fields  # before the next file is read: the limit is for one file
-
-
-def _failure_reason(exc: Exception, memory_bytes: int) -> str:
-    if isinstance(exc, MemoryError) or isinstance(exc.__cause__, MemoryError):
-        return f"decoding needs more memory than the limit of {memory_bytes >> 20} MiB"
-    if isinstance(exc, ImageReadError):
-        return exc.reason
-    return f"cannot decode: {one_line(exc)}"
-
-
-def _limit_address_space(extra_bytes: int) -> None:
-    """Allow the child ``extra_bytes`` of address space beyond what its Python and
-    libraries hold now."""
-    with open("/proc/self/statm") as fh:
-        held = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    resource.setrlimit(resource.RLIMIT_AS, (held + extra_bytes, held + extra_bytes))

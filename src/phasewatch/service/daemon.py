@@ -83,7 +83,7 @@ from phasewatch.core.provenance import model_identity
 from phasewatch.core.volume import Volume, open_volume, says_volume
 from phasewatch.core.volume_views import record_volume
 from phasewatch.errors import PhasewatchError, one_line
-from phasewatch.imageio.formats import DecoderClosed, DecoderUnavailable, IsolatedReader
+from phasewatch.imageio.isolated import DecoderClosed, DecoderUnavailable, IsolatedReader
 from phasewatch.service.config import Config
 from phasewatch.service.logs import fields as log_fields
 from phasewatch.service.metrics import DaemonMetrics
@@ -419,7 +419,7 @@ class Daemon:
             else:
                 configured = self.config.calibration.pixel_size_for(work.path, self.config.watch.dir)
                 work.decoded = decode_file(work.path, fallback_pixel_size_um=configured,
-                                           max_pixels=self._max_pixels, read=self.decoder.read_fields)
+                                           max_pixels=self._max_pixels, read=self.decoder.read_pages)
         except DecoderClosed:  # stopping: the file waits in the queue for the next start
             self._release(work, "the service stopped while decoding it")
             return

@@ -33,8 +33,8 @@ from typing import Any
 import cv2
 from flask import Blueprint, Response, jsonify, request, send_file
 
-from phasewatch.core.measure3d import VolumeMeasureError, open_label_stack
 from phasewatch.core.volume_views import SLICE_PICTURES
+from phasewatch.imageio.stacks import StackReadError, open_label_stack
 from phasewatch.store import IMAGE_KINDS, STATES, ImageFilter, flagged
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import store_csv
@@ -144,7 +144,7 @@ def slice_picture(file_id: int, index: int, kind: str) -> Response:
     path = _recorded_file(file_id, kind, recorded)
     try:
         plane = open_label_stack(path).plane(index)
-    except VolumeMeasureError as exc:  # no such slice, or a stack damaged on disk since
+    except StackReadError as exc:  # no such slice, or a stack damaged on disk since
         raise ApiError(404, f"image {file_id}: {exc}") from exc
     if plane.ndim == 3:
         plane = cv2.cvtColor(plane, cv2.COLOR_RGB2BGR)

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from phasewatch.bundle import ROLES, ClassInfo
-from phasewatch.core.measure3d import VolumeMeasureError, VolumeMeasurer, open_label_stack
+from phasewatch.core.measure3d import VolumeMeasureError, VolumeMeasurer
 from phasewatch.errors import PhasewatchError
+from phasewatch.imageio.stacks import StackReadError, open_label_stack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         for plane in stack.slices():
             measurer.add(plane)
         result = measurer.result()
-    except VolumeMeasureError as exc:
+    except (VolumeMeasureError, StackReadError) as exc:
         message = str(exc)
         where = "" if message.startswith(str(path)) or message.startswith("--") else f"{path}: "
         print(f"phasewatch measure-volume: {where}{message}", file=sys.stderr)

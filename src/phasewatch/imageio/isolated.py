@@ -1,0 +1,205 @@
+"""Untrusted files are read under limits by :class:`IsolatedReader` (the daemon does): in a
+child process with a bounded address space and a time limit, so that a decoder bug, a
+decompression bomb or a hostile file costs the child its life and the file one line,
+never the service its memory, its time or its process.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from phasewatch.errors import one_line
+from phasewatch.imageio.formats import DEFAULT_MAX_PIXELS, ImageReadError, Page, read_pages
+
+# --- reading under limits ------------------------------------------------------------
+
+# One thread per numeric library and few malloc arenas in the child: every thread's stack
+# and arena count against its address-space limit, which would then depend on the core count.
+_CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+_CHILD_MAIN = "import sys; from phasewatch.imageio.isolated import serve_reads; serve_reads(*map(int, sys.argv[1:]))"
+CHILD_START_TIMEOUT_S = 120.0  # importing numpy, OpenCV and tifffile on a busy machine
+_READY = "ready"
+
+
+class DecoderUnavailable(Exception):
+    """No child to decode in (it would not start); not the file's fault, try again later."""
+
+
+class DecoderClosed(DecoderUnavailable):
+    """The reader was closed while a file was being read (the service is stopping)."""
+
+
+class _Child(NamedTuple):
+    process: subprocess.Popen[bytes]
+    conn: Connection
+
+
+class IsolatedReader:
+    """:func:`read_pages` in a child process, under a memory and a time limit.
+
+    A file whose decoding needs more than ``memory_bytes`` of address space (beyond what
+    the child's Python and libraries hold), takes longer than ``timeout_s``, or crashes the
+    decoder fails with one line, and the next file gets a fresh child. The child is kept
+    between files, so the common path costs a round trip through a socket, not a start of
+    Python; the pixels come back as raw buffers, copied once. One file at a time.
+    """
+
+    def __init__(self, memory_bytes: int, timeout_s: float) -> None:
+        self.memory_bytes, self.timeout_s = memory_bytes, timeout_s
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._busy = False
+        self._closed = False
+
+    def read_pages(
+        self, path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> list[Page]:
+        child = self._acquire()
+        try:
+            child.conn.send((os.fspath(path), pixel_size_um, max_pixels))
+            if not child.conn.poll(self.timeout_s):
+                self._discard(child)
+                raise ImageReadError(path, f"decoding took longer than the limit of {self.timeout_s:g} s")
+            return _receive_pages(path, child.conn)
+        except (EOFError, OSError) as exc:  # the child died, or close() ended it
+            died = _death(child.process)
+            self._discard(child)
+            if self._closed:
+                raise DecoderClosed(f"{path}: decoding cut short: the reader was closed") from exc
+            raise ImageReadError(path, f"the decoder died reading it ({died})") from exc
+        finally:
+            with self._lock:
+                self._busy = False
+
+    def close(self) -> None:
+        """End the child; a read in progress ends with :class:`DecoderClosed`."""
+        with self._lock:
+            self._closed = True
+            child, busy = self._child, self._busy
+        if child is not None:
+            child.process.kill()
+            child.process.wait()
+            if not busy:  # else the reading thread closes its end when it sees the child gone
+                self._discard(child)
+
+    def _acquire(self) -> _Child:
+        with self._lock:
+            if self._closed:
+                raise DecoderClosed("the reader is closed")
+            if self._child is None:
+                self._child = _start_child(self.memory_bytes)
+            self._busy = True
+            return self._child
+
+    def _discard(self, child: _Child) -> None:
+        child.process.kill()
+        child.process.wait()
+        child.conn.close()
+        with self._lock:
+            if self._child is child:
+                self._child = None
+
+
+def _start_child(memory_bytes: int) -> _Child:
+    ours, theirs = Pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(memory_bytes)],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env={**os.environ, **_CHILD_ENV})
+    except OSError as exc:  # no memory or no process slot left to start it
+        ours.close()
+        raise DecoderUnavailable(f"cannot start a decoder process: {exc.strerror or exc}") from exc
+    finally:
+        theirs.close()
+    child = _Child(process, ours)
+    try:
+        if ours.poll(CHILD_START_TIMEOUT_S) and ours.recv() == _READY:
+            return child
+    except (EOFError, OSError):
+        pass
+    died = _death(process)
+    process.kill()
+    process.wait()
+    ours.close()
+    raise DecoderUnavailable(f"the decoder process did not start ({died})")
+
+
+def _death(process: subprocess.Popen[bytes]) -> str:
+    """How a child that closed its end ended, in words."""
+    try:
+        code = process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return "no answer"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _receive_pages(path: str | Path, conn: Connection) -> list[Page]:
+    reply = conn.recv()
+    if isinstance(reply, str):
+        raise ImageReadError(path, reply)
+    fields = []
+    for shape, dtype, page, pixel_size_um, source in reply:
+        image = np.empty(shape, dtype)
+        conn.recv_bytes_into(image.reshape(-1).view(np.uint8))
+        fields.append(Page(image, page, pixel_size_um, source))
+    return fields
+
+
+def serve_reads(fd: int, memory_bytes: int) -> None:
+    """The child's side of :class:`IsolatedReader`: read each file asked for over the
+    connection ``fd``, and answer with its fields or the reason it cannot be read."""
+    # The service's stop signals reach the child too (systemd signals the whole control
+    # group, a terminal the whole process group): a read in progress must not end as a
+    # decoder death blamed on its file. The service ends the child itself.
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(stop, signal.SIG_IGN)
+    conn = Connection(fd)
+    _limit_address_space(memory_bytes)
+    try:
+        _answer_reads(conn, memory_bytes)
+    except (EOFError, ConnectionError):  # the service closed its end, or died (kill -9)
+        return
+
+
+def _answer_reads(conn: Connection, memory_bytes: int) -> None:
+    conn.send(_READY)
+    while True:
+        path, pixel_size_um, max_pixels = conn.recv()
+        try:
+            fields = read_pages(path, pixel_size_um, max_pixels)
+        except Exception as exc:
+            conn.send(_failure_reason(exc, memory_bytes))
+            continue
+        conn.send([(f.image.shape, f.image.dtype.str, f.page, f.pixel_size_um, f.pixel_size_source) for f in fields])
+        for f in fields:
+            conn.send_bytes(np.ascontiguousarray(f.image).data.cast("B"))
+        del fields  # before the next file is read: the limit is for one file
+
+
+def _failure_reason(exc: Exception, memory_bytes: int) -> str:
+    if isinstance(exc, MemoryError) or isinstance(exc.__cause__, MemoryError):
+        return f"decoding needs more memory than the limit of {memory_bytes >> 20} MiB"
+    if isinstance(exc, ImageReadError):
+        return exc.reason
+    return f"cannot decode: {one_line(exc)}"
+
+
+def _limit_address_space(extra_bytes: int) -> None:
+    """Allow the child ``extra_bytes`` of address space beyond what its Python and
+    libraries hold now."""
+    with open("/proc/self/statm") as fh:
+        held = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (held + extra_bytes, held + extra_bytes))
