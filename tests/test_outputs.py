@@ -11,7 +11,6 @@ import pytest
 
 from phasewatch import atomic_files
 from phasewatch.atomic_files import OutputError, write_json_atomic
-from phasewatch.core import outputs
 from phasewatch.core.outputs import overlay, preview, to_display_8bit, write_outputs, write_png_atomic
 
 PALETTE = [(0, 0, 0), (255, 0, 0), (0, 200, 255)]
