@@ -15,7 +15,7 @@ from onnx_graphs import make_bundle
 
 from phasewatch.app.cli import main
 from phasewatch.bundle import load_bundle, sha256_file, write_manifest
-from phasewatch.export import metrics
+from phasewatch.export import seg_scores
 from phasewatch.export.evaluate import field_is_wrong, trust_report
 
 H, W = 40, 60
@@ -146,11 +146,11 @@ def test_human_report_and_error_maps(setup, tmp_path, capsys):
     picture = cv2.cvtColor(cv2.imread(str(maps / "a.errors.png")), cv2.COLOR_BGR2RGB)
     # image a, one-vs-rest for class 1, along a row: TN, FP (cols 20-24), TP, TN
     along_row = [picture[5, col] for col in (0, 22, 30, 50)]
-    expected = [metrics.TRUE_NEGATIVE, metrics.FALSE_POSITIVE, metrics.TRUE_POSITIVE,
-                metrics.TRUE_NEGATIVE]
+    expected = [seg_scores.TRUE_NEGATIVE, seg_scores.FALSE_POSITIVE, seg_scores.TRUE_POSITIVE,
+                seg_scores.TRUE_NEGATIVE]
     np.testing.assert_array_equal(along_row, expected)
     picture_b = cv2.cvtColor(cv2.imread(str(maps / "b.errors.png")), cv2.COLOR_BGR2RGB)
-    assert tuple(picture_b[0, 0]) == metrics.FALSE_NEGATIVE
+    assert tuple(picture_b[0, 0]) == seg_scores.FALSE_NEGATIVE
 
 
 def test_rgb_labels_through_palette_from_manifest_or_command_line(tmp_path, capsys):

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from phasewatch.core.gan_metrics import fid, fid_over_subsets, frechet_distance, kid
+from phasewatch.core.gan_scores import fid, fid_over_subsets, frechet_distance, kid
 from phasewatch.core.synthetic import superalloy_micrograph
 
 BLOCK = "import sys\nfor name in ('torch', 'tensorrt', 'cuda'):\n    sys.modules[name] = None\n"

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from phasewatch.service.metrics import DaemonMetrics
+from phasewatch.service.prometheus import DaemonMetrics
 from phasewatch.store import Store
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker, StreamRefused

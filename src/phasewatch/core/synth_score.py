@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from phasewatch.bundle import Bundle, load_bundle
 from phasewatch.core.encoder_features import Encoder, FeatureError, encode, open_encoder
-from phasewatch.core.gan_metrics import fid, fid_over_subsets, kid
+from phasewatch.core.gan_scores import fid, fid_over_subsets, kid
 from phasewatch.core.normalise import prepare
 from phasewatch.imageio.formats import SUPPORTED_SUFFIXES, read_pages
 

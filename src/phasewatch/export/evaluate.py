@@ -36,7 +36,7 @@ from phasewatch.bundle import Bundle, write_manifest
 from phasewatch.core.outputs import write_png_atomic
 from phasewatch.core.pipeline import Model, process_file
 from phasewatch.errors import PhasewatchError, one_line
-from phasewatch.export import datasets, metrics
+from phasewatch.export import datasets, seg_scores
 from phasewatch.export.datasets import read_label
 
 LABEL_FORMATS = ("auto", "index", "palette", "npy")
@@ -118,7 +118,7 @@ def score_pairs(
     *,
     batch: int | None = None,
     ignore: int | None = None,
-    bf_tolerance_px: float = metrics.DEFAULT_BF_TOLERANCE_PX,
+    bf_tolerance_px: float = seg_scores.DEFAULT_BF_TOLERANCE_PX,
     error_maps: Path | None = None,
     error_class: int | None = None,
     report_failure: Callable[[str], None] = lambda message: None,
@@ -141,7 +141,7 @@ def score_pairs(
         try:
             truth, pred, trust = segment_pair(image_path, label_path, model, palette, batch)
             try:
-                cm = metrics.confusion_matrix(truth, pred, k, ignore)
+                cm = seg_scores.confusion_matrix(truth, pred, k, ignore)
             except ValueError as exc:  # label ids outside the model's classes
                 raise EvaluationError(f"{label_path}: {exc}") from exc
         except PhasewatchError as exc:
@@ -152,20 +152,20 @@ def score_pairs(
             scores.failures += 1
             continue
         scores.confusion += cm
-        scores.bf_per_image.append(metrics.boundary_f1(truth, pred, k, bf_tolerance_px, ignore))
-        true_f, pred_f = metrics.class_fractions(cm)
+        scores.bf_per_image.append(seg_scores.boundary_f1(truth, pred, k, bf_tolerance_px, ignore))
+        true_f, pred_f = seg_scores.class_fractions(cm)
         scores.images.append(
             {
                 "image": image_path.name,
                 "true_fractions": _named(names, true_f),
                 "predicted_fractions": _named(names, pred_f),
-                "pixel_accuracy": _finite(metrics.pixel_accuracy(cm)),
+                "pixel_accuracy": _finite(seg_scores.pixel_accuracy(cm)),
                 "wrong": field_is_wrong(true_f, pred_f),
                 "trust": trust,
             }
         )
         if error_maps is not None:
-            picture = metrics.error_map(truth, pred, error_class, ignore)
+            picture = seg_scores.error_map(truth, pred, error_class, ignore)
             write_png_atomic(error_maps / f"{image_path.stem}.errors.png", picture)
     return scores
 
@@ -199,10 +199,10 @@ def report(bundle: Bundle, backend_name: str, scores: Scores) -> dict[str, Any]:
     become null."""
     names = [c.name for c in bundle.classes]
     cm = scores.confusion
-    iou = metrics.per_class_iou(cm)
-    accuracy = metrics.per_class_accuracy(cm)
-    true_f, pred_f = metrics.class_fractions(cm)
-    bf_per_class, bf_mean = metrics.mean_bf_score(scores.bf_per_image, len(names))
+    iou = seg_scores.per_class_iou(cm)
+    accuracy = seg_scores.per_class_accuracy(cm)
+    true_f, pred_f = seg_scores.class_fractions(cm)
+    bf_per_class, bf_mean = seg_scores.mean_bf_score(scores.bf_per_image, len(names))
     per_class = {
         name: {
             "iou": _finite(iou[i]),
@@ -216,14 +216,14 @@ def report(bundle: Bundle, backend_name: str, scores: Scores) -> dict[str, Any]:
     return {
         "model": bundle.name,
         "backend": backend_name,
-        "mean_iou": _finite(metrics.mean_iou(cm)),
-        "pixel_accuracy": _finite(metrics.pixel_accuracy(cm)),
-        "mean_accuracy": _finite(metrics.mean_accuracy(cm)),
-        "weighted_iou": _finite(metrics.weighted_iou(cm)),
+        "mean_iou": _finite(seg_scores.mean_iou(cm)),
+        "pixel_accuracy": _finite(seg_scores.pixel_accuracy(cm)),
+        "mean_accuracy": _finite(seg_scores.mean_accuracy(cm)),
+        "weighted_iou": _finite(seg_scores.weighted_iou(cm)),
         "bf_score": _finite(bf_mean),
         "bf_tolerance_px": scores.bf_tolerance_px,
         "per_class": per_class,
-        "confusion": metrics.normalised_confusion(cm).tolist(),
+        "confusion": seg_scores.normalised_confusion(cm).tolist(),
         "trust": trust_report(scores.images),
         "images": scores.images,
     }

@@ -46,7 +46,7 @@ from phasewatch.core.pipeline import open_model
 from phasewatch.core.tiling import default_overlap, segment_many
 from phasewatch.core.trust_calibration import calibrate_bundle
 from phasewatch.errors import PhasewatchError
-from phasewatch.export import augment, losses, metrics
+from phasewatch.export import augment, losses, seg_scores
 from phasewatch.export.datasets import Sample, load_samples, parse_palette
 from phasewatch.export.finetune import initial_model
 from phasewatch.export.models import input_slices
@@ -314,10 +314,10 @@ def validate(model: torch.nn.Module, samples: list[Sample], tile: int, num_class
     maps = segment_many((ArrayInput(s.image) for s in samples), backend, tile, overlap, batch, halo=halo)
     cm = np.zeros((num_classes, num_classes), np.int64)
     for sample, predicted in zip(samples, maps, strict=True):
-        cm += metrics.confusion_matrix(sample.label, predicted.classes, num_classes, ignore=255)
+        cm += seg_scores.confusion_matrix(sample.label, predicted.classes, num_classes, ignore=255)
     model.train()
-    return {"mean_iou": float(metrics.mean_iou(cm)), "pixel_accuracy": float(metrics.pixel_accuracy(cm)),
-            "per_class_iou": [None if math.isnan(v) else float(v) for v in metrics.per_class_iou(cm)]}
+    return {"mean_iou": float(seg_scores.mean_iou(cm)), "pixel_accuracy": float(seg_scores.pixel_accuracy(cm)),
+            "per_class_iou": [None if math.isnan(v) else float(v) for v in seg_scores.per_class_iou(cm)]}
 
 
 # -- the loop ---------------------------------------------------------------------------

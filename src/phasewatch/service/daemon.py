@@ -86,7 +86,7 @@ from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.imageio.isolated import DecoderClosed, DecoderUnavailable, IsolatedReader
 from phasewatch.service.config import Config
 from phasewatch.service.logs import fields as log_fields
-from phasewatch.service.metrics import DaemonMetrics
+from phasewatch.service.prometheus import DaemonMetrics
 from phasewatch.service.stages import POLL_S, Stage, TransientFault
 from phasewatch.service.watcher import FolderWatcher
 from phasewatch.store import Store, StoreError, StoreUnavailable

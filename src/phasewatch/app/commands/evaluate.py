@@ -17,7 +17,7 @@ from phasewatch.backends.tta import MODES
 from phasewatch.bundle import load_bundle
 from phasewatch.core.pipeline import open_model
 from phasewatch.errors import PhasewatchError
-from phasewatch.export import metrics
+from phasewatch.export import seg_scores
 from phasewatch.export.datasets import find_pairs
 from phasewatch.export.evaluate import (
     LABEL_FORMATS,
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bf-tolerance",
         type=float,
-        default=metrics.DEFAULT_BF_TOLERANCE_PX,
+        default=seg_scores.DEFAULT_BF_TOLERANCE_PX,
         help="boundary F1 distance tolerance in pixels (default %(default)s)",
     )
     parser.add_argument("--error-maps", type=Path, help="write STEM.errors.png here")

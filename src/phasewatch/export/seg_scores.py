@@ -1,4 +1,4 @@
-"""Segmentation metrics: everything is computed from a confusion matrix or from two class maps.
+"""Segmentation scores (IoU, accuracy, BF): all computed from a confusion matrix or from two class maps.
 
 Conventions used throughout:
 

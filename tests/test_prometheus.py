@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from phasewatch.service.metrics import LATENCY_BUCKETS_S, DaemonMetrics
+from phasewatch.service.prometheus import LATENCY_BUCKETS_S, DaemonMetrics
 
 
 def _samples(metrics: DaemonMetrics) -> dict[tuple[str, tuple], float]:
