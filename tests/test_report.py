@@ -43,7 +43,7 @@ TRUSTED = {"ok": True, "score": 0.3, "reasons": []}
 
 
 def record(carbide: float, area_px: int = 1000, model: str = "superalloy", trust: dict | None = None) -> dict:
-    """A field record as pipeline.record_file writes it (0.5 µm pixels from the TIFF)."""
+    """A field record as pipeline.measure_and_write writes it (0.5 µm pixels from the TIFF)."""
     return {
         "model": model, "backend": "cpu", "pixel_size_um": 0.5, "pixel_size_source": "tiff",
         "fractions": {"matrix": 1.0 - carbide, "carbide": carbide},

@@ -6,12 +6,12 @@ path is three steps so that the daemon can run each in its own stage (and share 
 backend's batches between files) while the one-off commands chain them in
 :func:`process_file`:
 
-``decode_file``    read every field (page) of a file: :class:`Decoded`;
-``segment_files``  class maps for the fields of several files, tiles sharing batches,
-                   each result carrying the :class:`Model` that produced it;
-``record_file``    measure each field, build its record (with its trust record,
-                   ``src/phasewatch/core/trust.py``), combine the pages, and write the outputs when
-                   given a folder: :class:`FileResult`.
+``decode_file``        read every page of a file: :class:`Decoded`;
+``segment_files``      class maps for the pages of several files, tiles sharing batches,
+                       each :class:`FileSegmentation` carrying the :class:`Model` that produced it;
+``measure_and_write``  measure each page as a field, build its record (with its trust record,
+                       ``src/phasewatch/core/trust.py``), combine the pages, and write the outputs
+                       when given a folder: :class:`FileResult`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Decoded:
     decode_ms: float
 
 
-class ImageSegmentation(NamedTuple):
+class PageSegmentation(NamedTuple):
     """The engine's result for one image at the image's own size, and what its input
     looked like to the model (for the trust record)."""
 
@@ -100,12 +100,12 @@ class ImageSegmentation(NamedTuple):
 
 
 @dataclass
-class Segmented:
+class FileSegmentation:
     """The segmentations of one file's fields and the model that produced them."""
 
     decoded: Decoded
     model: Model
-    maps: list[ImageSegmentation]
+    maps: list[PageSegmentation]
     segment_ms: float
 
 
@@ -160,7 +160,7 @@ def segment_files(
     model: Model,
     overlap: int | None = None,
     batch: int | None = None,
-) -> list[Segmented]:
+) -> list[FileSegmentation]:
     """Class maps for every field of every file; tiles of all of them share batches.
 
     The time is shared out per field, since one batch holds tiles of several fields.
@@ -171,10 +171,10 @@ def segment_files(
     per_file = [[next(maps) for _ in d.fields] for d in decoded]
     fields = sum(len(d.fields) for d in decoded)
     per_field_ms = (time.perf_counter() - started) * 1000 / max(1, fields)
-    return [Segmented(d, model, m, per_field_ms * len(m)) for d, m in zip(decoded, per_file, strict=True)]
+    return [FileSegmentation(d, model, m, per_field_ms * len(m)) for d, m in zip(decoded, per_file, strict=True)]
 
 
-def record_file(segmented: Segmented, out_dir: Path | None) -> FileResult:
+def measure_and_write(segmented: FileSegmentation, out_dir: Path | None) -> FileResult:
     """Measure, record and (when ``out_dir`` is given) write every field of one file.
 
     Outputs are ``STEM.classes.png``, ``STEM.overlay.png``, ``STEM.json`` per field and
@@ -222,7 +222,7 @@ def process_file(
     """The whole path for one file (what the daemon's stages do, in one call); the pixel sizes
     as :func:`decode_file` takes them."""
     (segmented,) = segment_files([decode_file(path, pixel_size_um, fallback_pixel_size_um)], model, overlap, batch)
-    return record_file(segmented, out_dir)
+    return measure_and_write(segmented, out_dir)
 
 
 def segment_images(
@@ -235,8 +235,8 @@ def segment_images(
     plan: Plan | None = None,
     volume: bool = False,
     window: collections.deque[tuple[int, ModelInput]] | None = None,
-) -> Iterator[ImageSegmentation]:
-    """Yield an :class:`ImageSegmentation` per image, at the image's own width and height.
+) -> Iterator[PageSegmentation]:
+    """Yield an :class:`PageSegmentation` per image, at the image's own width and height.
 
     ``volume``: the images are the slices of one volume in Z order; a 2.5D bundle then sees each
     slice with its neighbours (``normalise.sliding_stacks``, holding its ``slices`` prepared
@@ -276,7 +276,7 @@ def segment_images(
         if classes.shape != (height, width):
             classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
             margin = cv2.resize(margin, (width, height), interpolation=cv2.INTER_NEAREST)
-        yield ImageSegmentation(classes, margin, features)
+        yield PageSegmentation(classes, margin, features)
 
 
 # A file name has at most 255 bytes: outputs add up to 12 to a field's stem
@@ -319,7 +319,7 @@ def field_record(path: Path, field: Page, classes: np.ndarray, model: Model) -> 
     }
 
 
-def assessed_record(path: Path, field: Page, segmentation: ImageSegmentation, model: Model) -> dict[str, Any]:
+def assessed_record(path: Path, field: Page, segmentation: PageSegmentation, model: Model) -> dict[str, Any]:
     """:func:`field_record` with its trust record (``src/phasewatch/core/trust.py``): what every field,
     and every slice of a volume, is recorded as."""
     classes = segmentation.classes

@@ -27,7 +27,7 @@ the rows no later band touches are reduced to classes and dropped. Peak memory i
 ``K x tile x width`` float32 buffers plus the uint8 outputs, whatever the image height.
 
 Confidence: per pixel, the softmax margin between the two most probable classes of the
-window-weighted mean logits, 0..255 for 0..1 (:class:`Segmentation`). A margin near 0 is
+window-weighted mean logits, 0..255 for 0..1 (:class:`ClassMap`). A margin near 0 is
 a pixel the model could as well have given another class; the trust record
 (``src/phasewatch/core/trust.py``) and the overlay's "unsure" view read it.
 """
@@ -48,7 +48,7 @@ from phasewatch.backends.registry import Backend
 STAGES = ("prepare_ms", "infer_ms", "stitch_ms")
 
 
-class Segmentation(NamedTuple):
+class ClassMap(NamedTuple):
     """What the engine makes of one image: class ids and softmax margins (0..255)."""
 
     classes: np.ndarray  # uint8 H x W
@@ -338,7 +338,7 @@ def _infer_and_stitch(
     slots: list[tuple[_Job, int, int]],
     backend: Backend,
     stats: dict[str, float],
-) -> list[Segmentation]:
+) -> list[ClassMap]:
     """Run one batch (tiles of one geometry) and stitch its tiles; return the images it completed."""
     start = time.perf_counter()
     logits = backend.run(batch)
@@ -356,7 +356,7 @@ def _infer_and_stitch(
         if c + 1 == len(job.cols):
             job.finish_band(r)
             if r + 1 == len(job.rows):
-                finished.append(Segmentation(job.classes, job.margin))
+                finished.append(ClassMap(job.classes, job.margin))
     stats["stitch_ms"] += (time.perf_counter() - stitched) * 1000
     return finished
 
@@ -370,8 +370,8 @@ def segment_many(
     timings: dict[str, float] | None = None,
     halo: int = 0,
     plan: Plan | None = None,
-) -> Iterator[Segmentation]:
-    """Yield a :class:`Segmentation` per input, in input order.
+) -> Iterator[ClassMap]:
+    """Yield a :class:`ClassMap` per input, in input order.
 
     A batch is filled with the next image's tiles when the current image runs out, so
     the next input is pulled from ``inputs`` before the current map is yielded: pass an
@@ -423,7 +423,7 @@ def segment_many(
 
 
 def _flush(buffer: np.ndarray | None, slots: list[tuple[_Job, int, int]], backend: Backend,
-           stats: dict[str, float], start: float) -> list[Segmentation]:
+           stats: dict[str, float], start: float) -> list[ClassMap]:
     """Infer and stitch the first ``len(slots)`` tiles of ``buffer`` (all of one size)."""
     assert buffer is not None
     stats["prepare_ms"] += (time.perf_counter() - start) * 1000
@@ -439,6 +439,6 @@ def segment(
     timings: dict[str, float] | None = None,
     halo: int = 0,
     plan: Plan | None = None,
-) -> Segmentation:
+) -> ClassMap:
     """Classes and margins of one image (see :func:`segment_many`)."""
     return next(segment_many([inp], backend, tile, overlap, batch, timings, halo, plan))

@@ -12,7 +12,7 @@ and writing overlap and the backend sees full batches when a burst arrives:
 ``infer``   segments every decoded file that is ready, tiles of several files in a
             batch (``pipeline.segment_files``); a model reload (SIGHUP) happens here,
             between batches, and each result carries the model that produced it;
-``write``   measures, writes the outputs atomically (``pipeline.record_file``), marks
+``write``   measures, writes the outputs atomically (``pipeline.measure_and_write``), marks
             the file done and publishes the event that the web page shows.
 
 Decoded pixels in flight are bounded (``[workers] in_flight_megapixels``), not files:
@@ -72,11 +72,11 @@ from phasewatch.bundle import sha256_file
 from phasewatch.core.pipeline import (
     Decoded,
     FileResult,
+    FileSegmentation,
     Model,
-    Segmented,
     decode_file,
+    measure_and_write,
     open_model,
-    record_file,
     segment_files,
 )
 from phasewatch.core.provenance import model_identity
@@ -121,7 +121,7 @@ class _Work:
     row: dict[str, Any]
     decoded: Decoded | None = None
     volume: Volume | None = None  # a Z stack: opened in decode, segmented (and written) in infer
-    segmented: Segmented | None = None
+    segmented: FileSegmentation | None = None
     result: FileResult | None = None  # outputs written, not yet marked done
     error: str | None = None
     pixels: int = 0
@@ -481,7 +481,7 @@ class Daemon:
             segmented = segment_files([w.decoded for w in group if w.decoded is not None], beating,
                                       self.config.model.overlap or None, self.config.model.batch)
             for w, s in zip(group, segmented, strict=True):
-                w.segmented = Segmented(s.decoded, model, s.maps, s.segment_ms)
+                w.segmented = FileSegmentation(s.decoded, model, s.maps, s.segment_ms)
                 self.metrics.observe_inference(s.segment_ms / 1000)
             log.debug("segmented %d file(s) in %.2f s", len(group), time.perf_counter() - started)
         except Exception as exc:  # a backend error must not take the service down
@@ -560,7 +560,7 @@ class Daemon:
         """Measure and write the outputs; None when the file failed (a bad output)."""
         assert work.segmented is not None
         try:
-            return record_file(work.segmented, self.config.data.result_dir(work.id))
+            return measure_and_write(work.segmented, self.config.data.result_dir(work.id))
         except OutputError as exc:
             if exc.errno in TRANSIENT_WRITE_ERRNOS:
                 raise TransientFault("disk", str(exc)) from exc
