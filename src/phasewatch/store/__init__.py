@@ -1,8 +1,10 @@
 """The durable queue and results store: one SQLite file (``database``), and a module per
-concern built on it: ``specimens``, ``queue``, ``queries``, ``curation``. :class:`Store`
+concern built on it: ``specimens``, ``queue``, ``queries``, ``curation``, ``labels`` (materials,
+labels, the active model) and ``audit`` (the hash-chained record, ``store.audit``). :class:`Store`
 is all of them over one connection per thread.
 """
 
+from phasewatch.store.audit import AuditLog, Verification
 from phasewatch.store.curation import Curation
 from phasewatch.store.database import (
     BUSY_TIMEOUT_S,
@@ -12,15 +14,16 @@ from phasewatch.store.database import (
     StoreUnavailable,
     display_text,
 )
+from phasewatch.store.labels import UNLABELLED, Labels
 from phasewatch.store.queries import IMAGE_KINDS, ImageFilter, Queries, awaits_acceptance, flagged
 from phasewatch.store.queue import Queue
 
 
-class Store(Queue, Queries, Curation):
+class Store(Queue, Queries, Curation, Labels):
     """The SQLite store at ``path`` (created with its folder when missing)."""
 
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "DEFAULT_SPECIMEN", "IMAGE_KINDS", "STATES", "ImageFilter", "Store", "StoreError",
-    "StoreUnavailable", "awaits_acceptance", "display_text", "flagged",
+    "BUSY_TIMEOUT_S", "DEFAULT_SPECIMEN", "IMAGE_KINDS", "STATES", "UNLABELLED", "AuditLog", "ImageFilter",
+    "Store", "StoreError", "StoreUnavailable", "Verification", "awaits_acceptance", "display_text", "flagged",
 ]

@@ -119,12 +119,72 @@ MIGRATIONS = [
     """
     ALTER TABLE specimens ADD COLUMN operator TEXT NOT NULL DEFAULT '';  -- who prepared and imaged it
     """,
+    """
+    CREATE TABLE materials (                 -- class sets people made (bundled models' come from manifests)
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        classes TEXT NOT NULL,                -- JSON [{name, colour, role}], index = class id
+        target_miou REAL NOT NULL DEFAULT 0.8,
+        created REAL NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    CREATE TABLE labels (                    -- every version kept
+        id INTEGER PRIMARY KEY,
+        file_id INTEGER NOT NULL REFERENCES files(id),
+        material TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        png BLOB NOT NULL,                    -- one channel, class ids, 255 = not labelled
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        labelled_px INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        created REAL NOT NULL,
+        UNIQUE (file_id, material, version)
+    );
+    CREATE INDEX labels_material ON labels(material, file_id);
+    CREATE TABLE model_activations (         -- the daemon's model for new fields, newest last
+        id INTEGER PRIMARY KEY,
+        name TEXT,                            -- NULL: the configured model
+        previous INTEGER REFERENCES model_activations(id),
+        rollback_of INTEGER REFERENCES model_activations(id),
+        who TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE audit (                     -- append-only, hash-chained: store/audit.py
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        reason TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit record is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit record is append-only'); END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The suffix a specimen started for another model gets (Store._derive_specimen).
 _MODEL_SUFFIX = re.compile(r" \(model [^()]*\)$")
 # Surrogates: how Python spells the bytes of a name that are not UTF-8; never valid text.
 _SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a migration, whole: a trigger's body holds semicolons of its own."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending)
+            pending = ""
+    return statements
 
 
 class StoreError(PhasewatchError):
@@ -292,9 +352,8 @@ class Database:
                     )
                 for step in range(version, SCHEMA_VERSION):
                     # executescript would commit our transaction; run statements one by one.
-                    for statement in MIGRATIONS[step].split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    for statement in _statements(MIGRATIONS[step]):
+                        conn.execute(statement)
                 if version == 0:
                     conn.execute(
                         "INSERT INTO specimens (name, created, is_current) VALUES (?, ?, 1)",
