@@ -127,18 +127,29 @@ def bundled_model_names() -> list[str]:
     return sorted(p.name for p in BUNDLED_MODELS_DIR.iterdir() if (p / "manifest.json").is_file())
 
 
-def resolve_bundle_path(model: str | Path) -> Path:
-    """A bundle is named by a path to its folder or by the name of a bundled model."""
+def taught_model_names(models_dir: Path | None) -> list[str]:
+    """The models taught on this appliance: bundles ``NAME@N`` in the data folder's ``models``."""
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    return sorted(p.name for p in models_dir.iterdir() if "@" in p.name and (p / "manifest.json").is_file())
+
+
+def resolve_bundle_path(model: str | Path, models_dir: Path | None = None) -> Path:
+    """A bundle is named by a path to its folder, by the name of a model taught here (a folder
+    of ``models_dir``, the data folder's ``models``) or by the name of a bundled model."""
     path = Path(model)
     if (path / "manifest.json").is_file():
         return path
+    if path.name == str(model) and models_dir is not None and (models_dir / path.name / "manifest.json").is_file():
+        return models_dir / path.name
     bundled = BUNDLED_MODELS_DIR / str(model)
     if path.name == str(model) and (bundled / "manifest.json").is_file():
         return bundled
     known = ", ".join(bundled_model_names()) or "none installed"
+    taught = f"; taught here: {', '.join(taught_model_names(models_dir)) or 'none'}" if models_dir is not None else ""
     raise BundleError(
         f"{model}: not a model bundle (no manifest.json there) and not a bundled model "
-        f"(bundled: {known})"
+        f"(bundled: {known}{taught})"
     )
 
 
@@ -233,9 +244,10 @@ def parse_manifest(manifest: dict[str, Any], path: Path) -> Bundle:
     )
 
 
-def load_bundle(model: str | Path, verify_hash: bool = True) -> Bundle:
-    """Read and validate a bundle named by path or bundled-model name."""
-    path = resolve_bundle_path(model)
+def load_bundle(model: str | Path, verify_hash: bool = True, models_dir: Path | None = None) -> Bundle:
+    """Read and validate a bundle named by path, taught-model name (in ``models_dir``) or
+    bundled-model name."""
+    path = resolve_bundle_path(model, models_dir)
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
