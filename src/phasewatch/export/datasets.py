@@ -140,19 +140,24 @@ def load_samples(
     ``slices`` > 1 every slice of every volume, as its k-slice stack (module doc)."""
     if slices > 1:
         return _volume_samples(images_dir, labels_dir, slices, normalisation, scale, palette, default, num_classes)
-    samples = []
-    for image_path, label_path in find_pairs(images_dir, labels_dir):
-        field = read_pages(image_path)[0]
-        label = read_label(label_path, palette, default)
-        if label.shape != field.image.shape[:2]:
-            raise DatasetError(f"{label_path}: label {label.shape} does not match image {field.image.shape[:2]}")
-        if num_classes is not None and (bad := label[label != 255].max(initial=0)) >= num_classes:
-            raise DatasetError(f"{label_path}: class id {bad} but the config has {num_classes} classes")
-        inp = prepare(field.image, channels, normalisation, scale)
-        if scale != 1.0:
-            label = cv2.resize(label, (inp.width, inp.height), interpolation=cv2.INTER_NEAREST)
-        samples.append(Sample(image_path.stem, inp.region(0, inp.height, 0, inp.width), label, image_path))
-    return samples
+    return [sample_of(image_path, read_label(label_path, palette, default), channels, normalisation, scale,
+                      num_classes, str(label_path))
+            for image_path, label_path in find_pairs(images_dir, labels_dir)]
+
+
+def sample_of(image_path: Path, label: np.ndarray, channels: int, normalisation: Normalisation, scale: float = 1.0,
+              num_classes: int | None = None, where: str = "label") -> Sample:
+    """One field and its class-id label (255 = not labelled), normalised as the runtime does;
+    ``where`` names the label in an error."""
+    field = read_pages(image_path)[0]
+    if label.shape != field.image.shape[:2]:
+        raise DatasetError(f"{where}: label {label.shape} does not match image {field.image.shape[:2]}")
+    if num_classes is not None and (bad := label[label != 255].max(initial=0)) >= num_classes:
+        raise DatasetError(f"{where}: class id {bad} but the config has {num_classes} classes")
+    inp = prepare(field.image, channels, normalisation, scale)
+    if scale != 1.0:
+        label = cv2.resize(label, (inp.width, inp.height), interpolation=cv2.INTER_NEAREST)
+    return Sample(image_path.stem, inp.region(0, inp.height, 0, inp.width), label, image_path)
 
 
 def read_volume(path: Path) -> list[np.ndarray]:
