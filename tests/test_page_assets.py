@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-WEBUI = Path(__file__).resolve().parents[1] / "webui"
+WEBUI = Path(__file__).resolve().parents[1] / "src" / "phasewatch" / "webui"
 TEMPLATES = sorted(p for p in (WEBUI / "templates").glob("*.html") if not p.name.startswith("report"))
 SCRIPTS = sorted((WEBUI / "static").glob("*.js"))
 
