@@ -135,6 +135,66 @@ def test_tiff_palette_becomes_rgb(tmp_path):
     assert tuple(image[15, 15]) == (0, 0, 0)
 
 
+PILLOW_IMAGES = Path(__file__).parent / "data" / "pillow"  # Pillow's own test images (README there)
+
+
+def test_pillows_palette_and_alpha_tiff_decodes_to_rgb_not_4d() -> None:
+    # Issue 21, defect 1: this file decoded to (556, 518, 2, 3) and wedged the daemon.
+    path = PILLOW_IMAGES / "rdf.tif"
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        indices, colormap = page.asarray()[..., 0], page.colormap
+    image = only_field(path).image
+    assert image.shape == (556, 518, 3) and image.dtype == np.uint8
+    # Pillow stores 8-bit colours times 256; the alpha sample plays no part
+    np.testing.assert_array_equal(image, np.moveaxis(colormap[:, indices] >> 8, 0, -1))
+
+
+@pytest.mark.parametrize(("name", "sizes"), [("multipage.tiff", [(10, 10), (10, 10), (20, 20)]),
+                                             ("multipage-lastframe.tif", [(20, 20)]),
+                                             ("multipage_out_of_order.tiff", [(10, 10), (20, 20), (10, 10)])])
+def test_pillows_one_bit_palette_pages_decode(name: str, sizes: list[tuple[int, int]]) -> None:
+    # Issue 21, also found 8: "too many indices for array" (bool indices taken as a mask).
+    path = PILLOW_IMAGES / name
+    with tifffile.TiffFile(path) as tif:
+        expected = [np.moveaxis(p.colormap[:, p.asarray().astype(int)], 0, -1) for p in tif.pages]
+    fields = read_pages(path)
+    assert [f.image.shape[:2] for f in fields] == sizes
+    for field, colours in zip(fields, expected, strict=True):
+        assert field.image.dtype == np.uint8 and field.image.ndim == 3  # the maps hold colours
+        scale = 257 if not np.any(colours % 257) else 256
+        np.testing.assert_array_equal(field.image, colours // scale)
+
+
+def test_a_gray_palette_becomes_gray_and_a_one_bit_palette_page_too(tmp_path: Path) -> None:
+    ramp = np.repeat(np.arange(256, dtype=np.uint16)[None] * 257, 3, axis=0)
+    indices = random_image((12, 16))
+    path = tmp_path / "gray-palette.tif"
+    tifffile.imwrite(path, indices, photometric="palette", colormap=ramp)
+    image = only_field(path).image
+    assert image.shape == (12, 16) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, indices)
+
+    bits = RNG.random((12, 16)) > 0.5  # 1-bit page, black and white map: tifffile writes bool as 1 bit
+    one_bit = tmp_path / "one-bit-palette.tif"
+    white_black = np.array([[65535, 0]] * 3, np.uint16)
+    tifffile.imwrite(one_bit, bits, photometric="minisblack", extratags=[(320, "H", 6, white_black.ravel(), True)])
+    with tifffile.TiffFile(one_bit, mode="r+b") as tif:  # tifffile writes no 1-bit palette itself
+        tif.pages.first.tags["PhotometricInterpretation"].overwrite(tifffile.PHOTOMETRIC.PALETTE)
+    image = only_field(one_bit).image
+    np.testing.assert_array_equal(image, np.where(bits, 0, 255).astype(np.uint8))
+
+
+def test_a_palette_index_beyond_the_colour_map_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "short-map.tif"
+    indices = np.full((16, 16), 3, np.uint8)
+    tifffile.imwrite(path, indices, photometric="minisblack", extratags=[(320, "H", 6, [0, 1] * 3, True)])
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages.first.tags["PhotometricInterpretation"].overwrite(tifffile.PHOTOMETRIC.PALETTE)
+    with pytest.raises(ImageReadError, match="palette index 3 beyond the colour map's 2 entries"):
+        read_pages(path)
+
+
 def test_tiff_float_is_rescaled_to_uint16(tmp_path):
     image = np.zeros((10, 10), np.float32)
     image[0, 0], image[0, 1], image[0, 2], image[0, 3] = -1.0, 3.0, 1.0, np.nan

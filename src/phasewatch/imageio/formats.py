@@ -4,7 +4,8 @@ A field's image is ``H x W`` (gray) or ``H x W x 3`` (RGB order), ``uint8`` or `
 never truncated. Conversions, so that the rest of the runtime sees only those two shapes
 and dtypes:
 
-- alpha is dropped (RGBA -> RGB, gray + alpha -> gray); palette images become RGB;
+- alpha is dropped (RGBA -> RGB, gray + alpha -> gray, palette + alpha -> palette); palette
+  images (1-bit pages included) become gray when every colour of the map is a gray, else RGB;
   TIFF ``MinIsWhite`` is inverted so that 0 is always black; bilevel becomes 0/255 ``uint8``.
 - any other numeric dtype (float, signed, 32/64-bit) is rescaled linearly from its finite
   min..max to 0..65535 ``uint16`` (NaN and infinities become 0): a float SEM or tomography
@@ -282,7 +283,7 @@ def page_pixels(path: Path, image: np.ndarray, photometric: int = tifffile.PHOTO
     become the same images as the fields of the same pages.
     """
     if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
-        return _apply_palette(image, colormap)
+        return _apply_palette(path, _drop_alpha(path, image), colormap)
     image = _drop_alpha(path, image)
     image = _to_supported_dtype(path, image)
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
@@ -301,12 +302,22 @@ def _drop_alpha(path: Path, image: np.ndarray) -> np.ndarray:
     raise ImageReadError(path, f"{samples} samples per pixel are not supported (1 to 4)")
 
 
-def _apply_palette(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
-    rgb = np.moveaxis(colormap[:, indices], 0, -1)
-    # TIFF colour maps are 16-bit; most writers store 8-bit colours times 257.
-    if not np.any(colormap % 257):
-        return (rgb // 257).astype(np.uint8)
-    return np.ascontiguousarray(rgb.astype(np.uint16))
+def _apply_palette(path: Path, indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    """Palette indices (alpha already dropped; 1-bit pages come as bool) through the colour map:
+    gray when the map is gray (every entry R = G = B, as bilevel and gray palettes are), else RGB."""
+    indices = indices.astype(np.intp)  # bool indices would be a mask, not entries 0 and 1
+    if indices.size and int(indices.max()) >= colormap.shape[1]:
+        raise ImageReadError(path, f"palette index {int(indices.max())} beyond the colour map's "
+                                   f"{colormap.shape[1]} entries")
+    gray = bool(np.all(colormap == colormap[:1]))
+    table = colormap[:1] if gray else colormap
+    # TIFF colour maps are 16-bit; most writers store 8-bit colours times 257, Pillow times 256.
+    for scale in (257, 256):
+        if not np.any(colormap % scale):
+            table = (table // scale).astype(np.uint8)
+            break
+    pixels = np.take(table, indices, axis=1)  # channels x H x W
+    return np.ascontiguousarray(pixels[0] if gray else np.moveaxis(pixels, 0, -1))
 
 
 def _to_supported_dtype(path: Path, image: np.ndarray) -> np.ndarray:
