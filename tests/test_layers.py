@@ -35,7 +35,9 @@ def top_package(module: str) -> str | None:
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    """The dotted name from the last folder called phasewatch down (the tree under test)."""
+    parts = path.with_suffix("").parts
+    parts = parts[len(parts) - 1 - parts[::-1].index("phasewatch"):]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -78,6 +80,19 @@ def violations() -> list[str]:
     return wrong
 
 
+def command_imports(src: Path = SRC) -> list[str]:
+    """Imports of one command module by another: what two commands share belongs in the
+    library or in app/ (wiring.py, common.py), never in a command."""
+    commands = src / "app" / "commands"
+    wrong = []
+    for path in sorted(commands.glob("*.py")):
+        own = module_name(path)
+        for line, module in imported_modules(path):
+            if module.startswith("phasewatch.app.commands.") and not module.startswith(own + "."):
+                wrong.append(f"{path.relative_to(src.parent)}:{line}: {own} imports {module}")
+    return wrong
+
+
 def test_every_top_level_package_has_a_layer():
     packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}
     packages |= {p.stem for p in SRC.glob("*.py") if p.stem != "__init__"}
@@ -86,6 +101,19 @@ def test_every_top_level_package_has_a_layer():
 
 def test_packages_import_only_down_the_layers():
     assert violations() == []
+
+
+def test_commands_never_import_each_other():
+    assert command_imports() == []
+
+
+def test_a_command_importing_another_is_found(tmp_path):
+    fake = tmp_path / "phasewatch"
+    (fake / "app" / "commands").mkdir(parents=True)
+    (fake / "app" / "commands" / "one.py").write_text("from phasewatch.app.commands.two import helper\n")
+    (fake / "app" / "commands" / "two.py").write_text("from phasewatch.app.common import expand_inputs\n")
+    assert command_imports(fake) == [
+        "phasewatch/app/commands/one.py:1: phasewatch.app.commands.one imports phasewatch.app.commands.two.helper"]
 
 
 @pytest.mark.parametrize(("own", "imported", "allowed"), [

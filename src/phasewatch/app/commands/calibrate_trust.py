@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from phasewatch.app.commands.segment import expand_inputs
+from phasewatch.app.common import expand_inputs
 from phasewatch.backends.registry import KINDS
 from phasewatch.core.pipeline import open_model
 from phasewatch.core.trust_calibration import calibrate_bundle

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from phasewatch.app.commands.train import add_recipe_overrides, apply_recipe_overrides
+from phasewatch.app.common import add_recipe_overrides, apply_recipe_overrides
 from phasewatch.errors import PhasewatchError
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from phasewatch.app.commands.serve import ServiceError, start_service, stop_service
+from phasewatch.app.wiring import ServiceError, start_service, stop_service
 from phasewatch.backends.registry import KINDS
 from phasewatch.bundle import Bundle, load_bundle, write_manifest
 from phasewatch.core.microscope import Microscope, Truth, calibration_seeds, capture, fields_in

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from phasewatch.app.common import ArgumentError, parse_spacing
 from phasewatch.bundle import ROLES, ClassInfo
 from phasewatch.core.measure3d import VolumeMeasureError, VolumeMeasurer
 from phasewatch.errors import PhasewatchError
@@ -27,16 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'a list of names or of {"name", "role"} (role excluded leaves the valid volume), '
                              'or a bundle manifest (its "classes")')
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def parse_spacing(text: str) -> tuple[float, float, float]:
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 3 or not all(v > 0 for v in values):
-        raise VolumeMeasureError(f"--spacing must be three positive numbers Z,Y,X in µm, not '{text}'")
-    return values[0], values[1], values[2]
 
 
 def parse_classes(text: str) -> list[ClassInfo]:
@@ -112,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         for plane in stack.slices():
             measurer.add(plane)
         result = measurer.result()
-    except (VolumeMeasureError, StackReadError) as exc:
+    except (VolumeMeasureError, StackReadError, ArgumentError) as exc:
         message = str(exc)
         where = "" if message.startswith(str(path)) or message.startswith("--") else f"{path}: "
         print(f"phasewatch measure-volume: {where}{message}", file=sys.stderr)

@@ -13,13 +13,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from phasewatch.app.commands.measure_volume import parse_spacing
+from phasewatch.app.common import expand_inputs, parse_spacing
 from phasewatch.backends.registry import KINDS, REMOTE_PROTOCOLS, Remote
 from phasewatch.backends.tta import MODES
 from phasewatch.core.pipeline import Model, open_model, process_file
 from phasewatch.core.volume import Spacing, open_volume, says_volume, segment_volume, summary_line
 from phasewatch.errors import PhasewatchError
-from phasewatch.imageio.formats import images_in
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,17 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spacing", metavar="Z,Y,X",
                         help="voxel size of volumes in µm (default: from the file's ImageJ or OME metadata; "
                              "--pixel-size is for fields)")
-
-
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the images they hold (sorted, not recursive)."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += images_in(path)
-        else:
-            files.append(path)
-    return files
 
 
 def plan_inputs(paths: list[Path], volume: bool) -> list[tuple[Path, bool]]:

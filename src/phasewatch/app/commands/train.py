@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from phasewatch.app.common import add_recipe_overrides, apply_recipe_overrides
 from phasewatch.errors import PhasewatchError
 
 
@@ -21,22 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=None)
     add_recipe_overrides(parser)
-
-
-def add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
-    """Options that change a config's recipe for one run (A/B comparisons, cross-validation)."""
-    parser.add_argument("--time-limit-min", type=float, default=None,
-                        help="stop training after this many minutes (replaces [train] time_limit_min)")
-    parser.add_argument("--init-from", default=None,
-                        help="start from this bundle (name or folder; replaces [model] init_from)")
-
-
-def apply_recipe_overrides(config: dict, args: argparse.Namespace) -> dict:
-    if args.time_limit_min is not None:
-        config["train"]["time_limit_min"] = args.time_limit_min
-    if args.init_from is not None:
-        config["model"]["init_from"] = args.init_from
-    return config
 
 
 def run(args: argparse.Namespace) -> int:
