@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -34,6 +36,7 @@ from phasewatch.core.pipeline import Model, open_model
 from phasewatch.service import sdnotify
 from phasewatch.service.config import load_config
 from phasewatch.service.daemon import Daemon
+from phasewatch.service.logs import FIELDS_ATTR
 from phasewatch.service.stages import BACKOFF_MAX_S, Backoff
 from phasewatch.store import Store
 from phasewatch.webui.app import AppContext, create_app
@@ -157,6 +160,27 @@ def test_header_only_tiff_fails_with_a_reason_and_the_workers_live_on(make_daemo
     images = wait_for(lambda: finished(daemon, 2), "the next file's result")
     assert images[0]["state"] == "done" and images[0]["fractions"]["class1"] == pytest.approx(0.5)
     assert daemon.health() == (True, {})
+
+
+def test_each_processed_image_is_one_info_line_with_its_result_and_seconds(make_daemon, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="phasewatch.service.daemon")
+    daemon = make_daemon()
+    drop(daemon, "header-only.tif", lambda p: p.write_bytes(b"II*\x00garbage"))
+    drop(daemon, "good.tif", lambda p: tifffile.imwrite(p, half_bright(16, 16)))
+
+    def lines() -> list[logging.LogRecord] | None:
+        found = [r for r in caplog.records if r.levelno == logging.INFO and " in " in r.getMessage()
+                 and r.getMessage().split(":")[0] in ("header-only.tif", "good.tif")]
+        return found if len(found) >= 2 else None
+
+    records = wait_for(lines, "two processed-image lines")
+    by_name = {r.getMessage().split(":")[0]: r for r in records}
+    assert len(records) == 2 and set(by_name) == {"header-only.tif", "good.tif"}
+    for name, result in (("header-only.tif", "failed"), ("good.tif", "done")):
+        fields = getattr(by_name[name], FIELDS_ATTR)  # the structured fields the JSON log format writes
+        assert (fields["image"], fields["result"]) == (name, result)
+        assert 0 < fields["seconds"] < 60
+        assert re.fullmatch(rf"{re.escape(name)}: {result} in \d+\.\d\d s", by_name[name].getMessage())
 
 
 def test_backend_error_requeues_without_spending_an_attempt(make_daemon) -> None:

@@ -137,3 +137,38 @@ def test_bad_level_is_one_clear_line():
 )
 def test_syslog_priority(level, priority):
     assert syslog_priority(level) == priority
+
+
+def _closed_stream_lines(level: str) -> list[str]:
+    """Serve a real endless stream with waitress, read its first chunk, close the socket, and
+    return the service's log output at ``level`` once waitress has noticed the disconnect."""
+    import socket
+    import time
+
+    from phasewatch.webui.server import serve_in_thread
+
+    def endless(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        for _ in range(200):
+            yield b"data: x\n\n"
+            time.sleep(0.02)
+
+    out = io.StringIO()
+    setup_logging(level, json=False, stream=out)
+    handle = serve_in_thread(endless)
+    try:
+        with socket.create_connection((handle.host, handle.port)) as sock:
+            sock.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 4.0  # the stream runs 200 x 20 ms; its next write fails at once
+        while "Client disconnected" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        handle.stop()
+    return out.getvalue().splitlines()
+
+
+def test_a_closed_event_stream_is_logged_at_debug_only(no_journal):
+    debug = [line for line in _closed_stream_lines("DEBUG") if "Client disconnected" in line]
+    assert len(debug) == 1 and "DEBUG" in debug[0] and "/events" in debug[0], debug
+    assert not [line for line in _closed_stream_lines("INFO") if "Client disconnected" in line]

@@ -91,7 +91,7 @@ from phasewatch.service.stages import POLL_S, Stage, TransientFault
 from phasewatch.service.watcher import FolderWatcher
 from phasewatch.store import Store, StoreError, StoreUnavailable
 
-log = logging.getLogger("phasewatch.daemon")
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "superalloy"
 MIN_FREE_DISK_BYTES = 200 * 1024 * 1024
@@ -126,6 +126,7 @@ class _Work:
     error: str | None = None
     pixels: int = 0
     staged: bool = False  # marked as inside inference in the store
+    claimed: float = dataclasses.field(default_factory=time.perf_counter)  # taken from the queue
 
     @property
     def path(self) -> Path:
@@ -553,6 +554,7 @@ class Daemon:
                                  model=model_identity(work.result.model))
         settled = self._settled_at.pop(work.row["sha256"], work.row["created"])
         self.metrics.result_done(max(0.0, time.time() - settled))
+        self._processed(work, "done")
         self._finished(work)
         self._announce(work.id)
 
@@ -577,8 +579,16 @@ class Daemon:
         self._settled_at.pop(work.row["sha256"], None)  # only done results read it
         self.metrics.result_failed()
         log.warning("%s", reason, extra=log_fields(file_id=work.id))
+        self._processed(work, "failed")
         self._finished(work)
         self._announce(work.id)
+
+    @staticmethod
+    def _processed(work: _Work, result: str) -> None:
+        """The one INFO line per image: which, how it ended, and its seconds since it left the queue."""
+        seconds = time.perf_counter() - work.claimed
+        log.info("%s: %s in %.2f s", work.path.name, result, seconds,
+                 extra=log_fields(image=work.path.name, image_id=work.id, result=result, seconds=round(seconds, 3)))
 
     def _give_back(self, work: _Work) -> None:
         """A stage stopped during a fault: the file waits in the queue for the next start."""

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-log = logging.getLogger("phasewatch.daemon")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 POLL_S = 0.5  # how long ``take`` may block: bounds how late a stop request is seen

@@ -115,6 +115,21 @@ def _serve(server, stopping: threading.Event) -> None:
     server.asyncore.close_all(server._map)
 
 
+class _DisconnectsAtDebug(logging.Filter):
+    """waitress logs every closed browser tab at INFO ("Client disconnected while serving
+    /events"): a page left open and closed is no news, so such a line is DEBUG here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.getMessage().startswith("Client disconnected while serving"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return WAITRESS_LOG.isEnabledFor(logging.DEBUG)
+        return True
+
+
+WAITRESS_LOG = logging.getLogger("waitress")
+_DISCONNECTS_AT_DEBUG = _DisconnectsAtDebug()
+
+
 def _reap_slow_requests(server: Any, timeout_s: float) -> None:
     """Make waitress's periodic sweep also close a connection whose request has been
     arriving for longer than ``timeout_s`` (slowloris): waitress only closes sockets with
@@ -150,6 +165,7 @@ def _descriptors_for(connections: int) -> int:
 def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, limits: ServerLimits | None = None) -> ServerHandle:
     """Serve the WSGI ``app`` on ``host``:``port`` (0 picks a free port) from a daemon thread."""
     limits = limits or ServerLimits()
+    WAITRESS_LOG.addFilter(_DISCONNECTS_AT_DEBUG)  # the same filter object is added once
     server = create_server(
         app,
         host=host,
