@@ -43,7 +43,7 @@ def fields() -> str:
 
 @blueprint.get("/fields/<int:file_id>")
 def field(file_id: int) -> str:
-    return _page("field.html", "field.js", "fields", file_id=checked_id("image", file_id))
+    return _page("field.html", "field.js", "fields", file_id=checked_id("image", file_id), editable=True)
 
 
 @blueprint.get("/specimens")

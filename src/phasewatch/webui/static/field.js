@@ -1,14 +1,17 @@
 // One field's page (/fields/ID): its pictures, legend, measurements, trust and
 // provenance; a volume's 3D measurements. Older and newer fields (links, ← →) change the address as they change the
 // field (history.pushState), so every field shown has its own URL; x excludes or puts back.
+// The label editor (label_editor.js) paints the field's labels over its picture.
 
 import { api, ApiError } from "./api.js";
 import { boot, stream } from "./app.js";
 import { $, element, link } from "./dom.js";
 import { fixed, plural, sig, sourceText, unitText, when } from "./format.js";
 import { FieldView, typing } from "./fieldview.js";
+import { LabelEditor } from "./label_editor.js";
 
 const fieldView = new FieldView((image) => load(image.id));
+const editor = new LabelEditor(fieldView);
 let shown = null;
 
 const idFromPath = () => Number(window.location.pathname.split("/").pop());
@@ -124,7 +127,7 @@ async function load(id) {
     measurementRows(field);
     volumePanel(field);
     provenanceList(field);
-    await Promise.all([fieldView.show(field), neighbours(id)]);
+    await Promise.all([fieldView.show(field).then(() => editor.show(field)), neighbours(id)]);
   } catch (err) {
     shown = null;
     $("field-title").textContent = err instanceof ApiError && err.status === 404 ? `There is no field #${id}` : err.message;
@@ -132,7 +135,7 @@ async function load(id) {
 }
 
 function go(anchor) {
-  if (anchor.hidden) return;
+  if (anchor.hidden || !editor.mayLeave()) return;
   history.pushState(null, "", anchor.href);
   load(idFromPath());
 }

@@ -18,9 +18,11 @@ export const isFlagged = (image) => image.trust != null && !image.trust.ok;
 const TEXT_INPUTS = /^(text|search|email|number|password|date|datetime-local|month|week|time|url|tel)$/;
 
 // Whether a key press belongs to the control that has the focus (typing; arrows on a
-// slider or radio button) or a dialog: then it is not a shortcut.
+// slider or radio button) or a dialog, or was taken already (the label editor's keys):
+// then it is not a shortcut.
 export function typing(event) {
   const target = event.target;
+  if (event.defaultPrevented) return true;
   if (event.ctrlKey || event.metaKey || event.altKey || target.isContentEditable) return true;
   if (["TEXTAREA", "SELECT"].includes(target.tagName) || document.querySelector("dialog[open]")) return true;
   return target.tagName === "INPUT" && (TEXT_INPUTS.test(target.type) || event.key.startsWith("Arrow"));
@@ -123,7 +125,9 @@ export class FieldView {
     $("picture").setAttribute("aria-label", `${field.file}: micrograph and its classes`);
     const middle = this.showSliceControl(field);
     try {
-      if (await this.viewer.show(field)) {
+      // The same field again (its state changed): keep the operator's zoom and place.
+      const again = $("picture").dataset.field === String(field.id);
+      if (await this.viewer.show(field, { keepView: again })) {
         if (middle == null) delete $("picture").dataset.slice;
         else $("picture").dataset.slice = middle;
         document.querySelector('input[name="mode"][value="classes"]').disabled = !this.viewer.colourable;

@@ -7,6 +7,10 @@
 // palette, so the opacity can change without another picture from the server. A result
 // recorded before its model's classes were (no palette) shows the daemon's overlay.png.
 // The canvas says what it shows in data-field and data-mode (tests and tools read them).
+//
+// The label editor (label_editor.js) adds a layer of its own over the picture
+// (setLabels), draws its cursor in screen pixels (decorate), decides which pointer drags
+// pan (pans) and keeps the class ids of the model's map (ids) to fill regions of.
 
 const MAX_SCALE = 32; // device pixels per image pixel
 const WHEEL_STEP = 1.2;
@@ -28,7 +32,7 @@ function rgb(hex) {
 }
 
 // Two layers from the class-id picture: `tint` (every class but the background ones,
-// opaque) and `full` (every class).
+// opaque) and `full` (every class); and `ids`, the class id of every pixel.
 function colourLayers(ids, classes) {
   const { naturalWidth: width, naturalHeight: height } = ids;
   const scratch = document.createElement("canvas");
@@ -57,7 +61,9 @@ function colourLayers(ids, classes) {
     canvas.getContext("2d").putImageData(data, 0, 0);
     return canvas;
   };
-  return { tint: layer(tint), full: layer(full) };
+  const idBytes = new Uint8Array(width * height);
+  for (let p = 0, q = 0; q < idBytes.length; p += 4, q += 1) idBytes[q] = source[p];
+  return { tint: layer(tint), full: layer(full), ids: idBytes };
 }
 
 export class Viewer {
@@ -72,6 +78,10 @@ export class Viewer {
     this.offset = [0, 0];
     this.fitted = true;
     this.loading = 0;
+    this.labels = null; // {layer, only}: the editor's labels over the picture; only: without the model's colours
+    this.decorate = null; // (context): drawn last, in device pixels
+    this.pans = () => true; // (pointerdown event): whether this drag pans
+    this.frame = 0;
     new ResizeObserver(() => this.resize()).observe(canvas);
     this.listen();
   }
@@ -119,6 +129,20 @@ export class Viewer {
   setOpacity(opacity) {
     this.opacity = opacity;
     this.draw();
+  }
+
+  setLabels(labels) {
+    this.labels = labels;
+    this.requestDraw();
+  }
+
+  // Draw at the next frame, once however often asked (a stroke asks at every pointer move).
+  requestDraw() {
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      this.draw();
+    });
   }
 
   // -- geometry ---------------------------------------------------------------------------
@@ -180,6 +204,13 @@ export class Viewer {
     return [(x - this.offset[0]) / this.scale, (y - this.offset[1]) / this.scale];
   }
 
+  // Where a pointer event is, in device pixels of the canvas.
+  at(event) {
+    const box = this.canvas.getBoundingClientRect();
+    const ratio = window.devicePixelRatio || 1;
+    return [(event.clientX - box.left) * ratio, (event.clientY - box.top) * ratio];
+  }
+
   // -- drawing ----------------------------------------------------------------------------
 
   draw() {
@@ -198,12 +229,19 @@ export class Viewer {
         c.drawImage(layer, 0, 0, width, height);
         c.globalAlpha = 1;
       };
-      if (this.mode === "classes" && full) put(full);
+      const labels = this.labels;
+      if (labels && labels.only) put(original || overlay);
+      else if (this.mode === "classes" && full) put(full);
       else if (this.mode === "original" || !tint) put(this.mode === "original" && original ? original : overlay || original);
       else {
         put(original);
         put(tint, this.opacity);
       }
+      if (labels) put(labels.layer, Math.max(this.opacity, labels.only ? 0.6 : 0.35)); // never invisible
+    }
+    if (this.decorate) {
+      c.setTransform(1, 0, 0, 1, 0, 0);
+      this.decorate(c);
     }
     this.onChange(this);
   }
@@ -212,17 +250,14 @@ export class Viewer {
 
   listen() {
     const canvas = this.canvas;
-    const ratio = () => window.devicePixelRatio || 1;
-    const at = (event) => {
-      const box = canvas.getBoundingClientRect();
-      return [(event.clientX - box.left) * ratio(), (event.clientY - box.top) * ratio()];
-    };
+    const at = (event) => this.at(event);
     canvas.addEventListener("wheel", (event) => {
       event.preventDefault();
       this.zoomBy(WHEEL_STEP ** (-event.deltaY / 100), ...at(event));
     }, { passive: false });
     let last = null;
     canvas.addEventListener("pointerdown", (event) => {
+      if (!this.pans(event)) return;
       last = at(event);
       canvas.setPointerCapture(event.pointerId);
       canvas.classList.add("dragging");
@@ -239,7 +274,7 @@ export class Viewer {
     };
     canvas.addEventListener("pointerup", release);
     canvas.addEventListener("pointercancel", release);
-    canvas.addEventListener("dblclick", (event) => this.zoomBy(2, ...at(event)));
+    canvas.addEventListener("dblclick", (event) => this.pans(event) && this.zoomBy(2, ...at(event)));
     canvas.addEventListener("keydown", (event) => {
       const moves = { ArrowLeft: [PAN_STEP, 0], ArrowRight: [-PAN_STEP, 0], ArrowUp: [0, PAN_STEP], ArrowDown: [0, -PAN_STEP] };
       if (!moves[event.key]) return;
