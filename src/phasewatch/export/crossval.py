@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from phasewatch.export.train import (
     train,
     validate,
 )
+
+log = logging.getLogger(__name__)
 
 
 def pooled_samples(config: dict[str, Any], data_root: Path) -> list[Sample]:
@@ -89,8 +91,8 @@ def cross_validate(config: dict[str, Any], out_dir: Path, folds: int, data_root:
                        "val_images": [s.name for s in val_samples], "specimens": split_groups}
         fold_config = copy.deepcopy(config)
         fold_config["export"] = {"enabled": False}
-        print(f"fold {index + 1}/{len(groups)}: held out {held_out}, validation {val_specimen}, "
-              f"{len(train_samples)} training images", file=sys.stderr)
+        log.info("fold %d/%d: held out %s, validation %s, %d training images",
+                 index + 1, len(groups), held_out, val_specimen, len(train_samples))
         checkpoint = train(fold_config, out_dir / f"fold-{index + 1}", data_root, device,
                            splits=Splits(train_samples, val_samples, description))
         ckpt = load_checkpoint(checkpoint)
@@ -108,8 +110,8 @@ def cross_validate(config: dict[str, Any], out_dir: Path, folds: int, data_root:
                 "training_seconds": ckpt["training"]["seconds"],
             })
             # as each fold ends, so that a run stopped part-way still says what it measured
-            print(f"fold {index + 1}: {specimen}: mIoU {scores['mean_iou']:.2%}, "
-                  + ", ".join(f"{c} IoU {v:.2%}" for c, v in specimens[-1]["iou"].items()), file=sys.stderr)
+            log.info("fold %d: %s: mIoU %.2f%%, %s", index + 1, specimen, 100 * scores["mean_iou"],
+                     ", ".join(f"{c} IoU {v:.2%}" for c, v in specimens[-1]["iou"].items()))
     report = {"config": where, "specimen_pattern": pattern, "folds": groups, "specimens": specimens,
               "parent": config["model"].get("init_from"),
               "time_limit_min": config["train"].get("time_limit_min"),

@@ -17,6 +17,7 @@ run that finds one in its folder carries on from it.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from phasewatch.export.synth_models import NOISE_CHANNELS, MaskToImage, PatchDiscriminator, one_hot
 from phasewatch.export.train import Splits, TrainError, load_splits, pick_device, seed_everything
 
+log = logging.getLogger(__name__)
 CHECKPOINT = "generator.pt"
 
 
@@ -119,7 +121,7 @@ def train_generator(config: dict[str, Any], out_dir: Path, data_root: Path, sett
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         step, seconds_before = int(state["step"]), float(state["seconds"])
-        print(f"resuming {checkpoint_path} at step {step} ({seconds_before / 60:.1f} min trained)", file=sys.stderr)
+        log.info("resuming %s at step %d (%.1f min trained)", checkpoint_path, step, seconds_before / 60)
     # A resumed run draws new crops, not the first run's again.
     rng = seed_everything(settings.seed + step)
     pairs = gan_pairs(splits, config)
@@ -133,7 +135,7 @@ def train_generator(config: dict[str, Any], out_dir: Path, data_root: Path, sett
                     "data_root": str(data_root), "data": splits.description}, checkpoint_path)
 
     bar = tqdm(total=settings.steps, initial=step, desc="generator", unit="step", file=sys.stderr, disable=None)
-    with open(log_path, "a") as log:
+    with open(log_path, "a") as log_file:
         while step < settings.steps and time.time() - started < settings.minutes * 60:
             images_np, masks_np = random_crops(pairs, settings.crop, settings.batch, rng)
             real = torch.from_numpy(images_np).to(dev)
@@ -158,10 +160,10 @@ def train_generator(config: dict[str, Any], out_dir: Path, data_root: Path, sett
             bar.update()
             bar.set_postfix(d=f"{loss_d.item():.3f}", g=f"{adversarial.item():.3f}", l1=f"{l1.item():.3f}")
             if step % 20 == 0:
-                log.write(json.dumps({"step": step, "loss_d": loss_d.item(), "loss_g_adv": adversarial.item(),
+                log_file.write(json.dumps({"step": step, "loss_d": loss_d.item(), "loss_g_adv": adversarial.item(),
                                       "l1": l1.item(), "seconds": round(seconds_before + time.time() - started, 1)})
                           + "\n")
-                log.flush()
+                log_file.flush()
             if step % settings.save_every == 0:
                 save()
     bar.close()

@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import logging
 import math
 import os
 import random
@@ -52,6 +53,8 @@ from phasewatch.export.finetune import initial_model
 from phasewatch.export.models import input_slices
 from phasewatch.export.onnx_export import normalisation_from_config
 from phasewatch.tomlfile import tomllib
+
+log = logging.getLogger(__name__)
 
 # Every key a training config may hold, by table; anything else (a typo like ``epocs``, or a key
 # this version does not know) is refused, since an ignored key silently trains something else.
@@ -483,9 +486,8 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
             }, checkpoint_path)
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        print(f"epoch {epoch:3d} step {step:5d} loss {record['loss']:.4f} val mIoU {val['mean_iou']:.4f} "
-              f"acc {val['pixel_accuracy']:.4f} lr {lr:.2e} {record['seconds']:.0f}s" + (" *" if improved else ""),
-              file=sys.stderr)
+        log.info("epoch %3d step %5d loss %.4f val mIoU %.4f acc %.4f lr %.2e %.0fs%s", epoch, step, record["loss"],
+                 val["mean_iou"], val["pixel_accuracy"], lr, record["seconds"], " *" if improved else "")
     finish_checkpoint(checkpoint_path, time.time() - started, step, stopped_early)
     export = config.get("export", {})
     if export.get("enabled", False):

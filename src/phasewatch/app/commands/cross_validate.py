@@ -10,6 +10,7 @@ from pathlib import Path
 
 from phasewatch.app.common import add_recipe_overrides, apply_recipe_overrides
 from phasewatch.errors import PhasewatchError
+from phasewatch.service.logs import setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from phasewatch.export.crossval import cross_validate, report_table
     from phasewatch.export.train import default_data_root, load_config
 
+    setup_logging("INFO")  # each fold's progress lines
     try:
         config = apply_recipe_overrides(load_config(args.config), args)
         out = args.out or Path("runs") / f"{config.get('name', args.config.stem)}-cv"

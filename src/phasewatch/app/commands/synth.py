@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from phasewatch.errors import PhasewatchError
+from phasewatch.service.logs import setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    setup_logging("INFO")  # training's progress lines
     try:
         return {"train": _train, "generate": _generate, "score": _score}[args.action](args)
     except PhasewatchError as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from phasewatch.app.common import add_recipe_overrides, apply_recipe_overrides
 from phasewatch.errors import PhasewatchError
+from phasewatch.service.logs import setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from phasewatch.export.train import load_config, train
 
+    setup_logging("INFO")  # the epochs' progress lines
     try:
         config = apply_recipe_overrides(load_config(args.config), args)
         out = args.out or Path("runs") / config.get("name", args.config.stem)
