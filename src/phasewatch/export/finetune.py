@@ -1,4 +1,5 @@
-"""Fine-tuning from a bundle: ``[model] init_from`` and ``[model] freeze`` of a training config.
+"""Where training starts: random weights, ImageNet weights (``[model] pretrained``), or a bundle
+(``[model] init_from``, with ``[model] freeze``) of a training config.
 
 The operator's remedy for a flagged specimen: start from a bundled model (or any bundle
 folder) instead of random weights, optionally with its encoder frozen, and train on a few
@@ -24,6 +25,7 @@ from torch import nn
 
 from phasewatch.bundle import Bundle, load_bundle, sha256_file
 from phasewatch.errors import PhasewatchError
+from phasewatch.export.encoders import LITE0, EfficientNetLite0Encoder, PretrainedError, load_imagenet
 from phasewatch.export.models import build_model, replace_classifier
 from phasewatch.export.onnx_export import BATCHNORM_ROWS
 
@@ -47,12 +49,19 @@ def initial_model(config: dict[str, Any], ckpt_config: dict[str, Any]) -> tuple[
     if freeze not in FREEZE_CHOICES:
         raise FinetuneError(f"{where}: [model] freeze '{freeze}' is not one of {', '.join(FREEZE_CHOICES)}")
     num_classes = len(ckpt_config["classes"])
+    pretrained = model_cfg.get("pretrained", False)
+    if not isinstance(pretrained, bool):
+        raise FinetuneError(f"{where}: [model] pretrained must be true or false, got {pretrained!r}")
+    if pretrained and "init_from" in model_cfg:
+        raise FinetuneError(f"{where}: [model] pretrained and init_from both say where the weights come from; "
+                            "give one")
     if "init_from" not in model_cfg:
         if freeze != "none":
             raise FinetuneError(f"{where}: [model] freeze = '{freeze}' needs init_from (a random encoder is "
                                 "not worth freezing)")
-        return build_model(ckpt_config["architecture"], ckpt_config["in_channels"], num_classes,
-                           **ckpt_config["model_kwargs"]), None
+        model = build_model(ckpt_config["architecture"], ckpt_config["in_channels"], num_classes,
+                            **ckpt_config["model_kwargs"])
+        return model, imagenet_encoder(model, where) if pretrained else None
     try:
         bundle = load_bundle(str(model_cfg["init_from"]))
     except PhasewatchError as exc:
@@ -70,6 +79,18 @@ def initial_model(config: dict[str, Any], ckpt_config: dict[str, Any]) -> tuple[
     parent = {"name": bundle.name, "onnx_sha256": sha256_file(bundle.onnx_path), "path": str(bundle.path),
               "freeze": freeze, "head": head}
     return model, parent
+
+
+def imagenet_encoder(model: nn.Module, where: str) -> dict[str, Any]:
+    """Load the ImageNet weights into the model's encoder; the parent record for the checkpoint."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, EfficientNetLite0Encoder):
+        raise FinetuneError(f"{where}: [model] pretrained = true needs encoder = \"{LITE0}\" (the only encoder "
+                            "with ImageNet weights here)")
+    try:
+        return load_imagenet(encoder)
+    except PretrainedError as exc:
+        raise FinetuneError(f"{where}: [model] pretrained: {exc}") from exc
 
 
 def check_compatible(bundle: Bundle, ckpt_config: dict[str, Any], where: str) -> None:

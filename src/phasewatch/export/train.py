@@ -65,8 +65,8 @@ CONFIG_KEYS: dict[str, set[str]] = {
     "data.split": {"images", "labels"},
     "data.synthetic": {"images", "labels", "ratio"},
     "classes": {"id", "name", "colour", "role"},
-    "model": {"architecture", "kwargs", "in_channels", "tile", "export_tile", "scale", "pixel_size_um",
-              "init_from", "freeze"},
+    "model": {"architecture", "encoder", "pretrained", "kwargs", "in_channels", "tile", "export_tile", "scale",
+              "pixel_size_um", "init_from", "freeze"},
     "normalisation": {"rule", "percentiles", "mean", "std", "sixteen_bit"},
     "augment": {f.name for f in dataclasses.fields(augment.AugmentConfig)},
     "train": {"batch", "epochs", "steps_per_epoch", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
@@ -83,7 +83,8 @@ class TrainError(PhasewatchError, ValueError):
 def default_data_root() -> Path:
     """$PHASEWATCH_DATA, else ../shared/data beside the project checkout."""
     env = os.environ.get("PHASEWATCH_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    # This file is PROJECT/src/phasewatch/export/train.py: parents[4] is the folder beside the project.
+    return Path(env) if env else Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -378,7 +379,7 @@ def checkpoint_config(config: dict[str, Any]) -> dict[str, Any]:
     model = config["model"]
     return {
         "architecture": model["architecture"],
-        "model_kwargs": dict(model.get("kwargs", {})),
+        "model_kwargs": model_kwargs(config),
         "in_channels": int(model.get("in_channels", 1)),
         "classes": [dict(c) for c in config["classes"]],
         "tile": int(model["tile"]),
@@ -387,6 +388,19 @@ def checkpoint_config(config: dict[str, Any]) -> dict[str, Any]:
         "scale": float(model.get("scale", 1.0)),
         "pixel_size_um": model.get("pixel_size_um"),
     }
+
+
+def model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """``[model] kwargs`` with ``[model] encoder`` among them: the encoder is part of what
+    rebuilds the network (``models.build_model``), so the checkpoint and manifest carry it there."""
+    model = config["model"]
+    kwargs = dict(model.get("kwargs", {}))
+    if "encoder" in model:
+        if kwargs.get("encoder", model["encoder"]) != model["encoder"]:
+            raise TrainError(f"{config['config_file']}: [model] encoder {model['encoder']!r} and kwargs.encoder "
+                             f"{kwargs['encoder']!r} differ; give it once")
+        kwargs["encoder"] = model["encoder"]
+    return kwargs
 
 
 def batch_of(samples: list[Sample], weights: np.ndarray, size: int, tile: int, aug: augment.AugmentConfig,
