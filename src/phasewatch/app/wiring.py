@@ -69,7 +69,8 @@ def _serve_web(config: Config, store: Store, daemon: Daemon, events: EventBroker
                                 health=daemon.health_report, metrics=daemon.metrics.render,
                                 target_ra=config.specimen.target_ra, data_dir=config.data.dir,
                                 count_flagged=config.specimen.count_flagged,
-                                access=Access.for_service(web.token, config.server.host, web.allowed_hosts)))
+                                access=Access.for_service(web.token, config.server.host, web.allowed_hosts,
+                                                          session_lifetime_s=web.session_hours * 3600.0)))
     limits = ServerLimits(streams=web.max_streams, connection_limit=web.max_connections,
                           idle_timeout_s=web.idle_timeout_s)
     return serve_in_thread(app, config.server.host, config.server.port, limits)

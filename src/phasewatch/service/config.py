@@ -221,6 +221,8 @@ class WebConfig:
     # A socket with no traffic, or still sending its request, this long is closed.
     idle_timeout_s: int = _rule(30, min=1, max=3600)
     max_connections: int = _rule(1000, min=16, max=100000)
+    # A browser's sign-in lasts this long; then the server refuses its cookie (sign in again).
+    session_hours: float = _rule(12.0, above=0.0, max=24.0 * 366)
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,15 @@ The checks are small and separate so that each one can be tested alone:
   cannot read the API through the victim's browser.
 * :func:`origin_of` / :func:`same_origin`: a state-changing request that says where it
   comes from (``Origin``, else ``Referer``) must come from this service's own origin.
-* :func:`token_matches` / :func:`session_value`: the token is compared in constant time,
-  and the browser's cookie holds an HMAC of the token, never the token itself, so a
-  stolen cookie does not reveal the token (and a new token invalidates old cookies).
+* :func:`token_matches`: the token is compared in constant time. The browser's cookie
+  (:mod:`.sessions`) holds an HMAC keyed by the token, never the token itself, and
+  expires after :attr:`Access.session_lifetime_s`; wrong tokens are throttled per client
+  address (:mod:`.throttle`).
 * :func:`exposure_problem`: listening beyond loopback without a token is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_SESSION_MESSAGE = b"phasewatch web session v1"
+SESSION_LIFETIME_S = 12 * 3600.0  # a shift; [web] session_hours
 
 
 def normal_host(name: str) -> str:
@@ -34,17 +34,20 @@ def normal_host(name: str) -> str:
 
 @dataclass(frozen=True)
 class Access:
-    """The token (empty: none) and the host names a request may be addressed to."""
+    """The token (empty: none), the host names a request may be addressed to, and how
+    long a browser's sign-in lasts."""
 
     token: str = ""
     allowed_hosts: frozenset[str] = field(default_factory=lambda: LOOPBACK_NAMES)
+    session_lifetime_s: float = SESSION_LIFETIME_S
 
     @classmethod
-    def for_service(cls, token: str, bind_host: str, extra_hosts: tuple[str, ...] = ()) -> Access:
+    def for_service(cls, token: str, bind_host: str, extra_hosts: tuple[str, ...] = (),
+                    session_lifetime_s: float = SESSION_LIFETIME_S) -> Access:
         """The loopback names, the address the service binds and the configured names."""
         # A configured "name:port" or "[v6]" counts by its name: ports are not compared here.
         names = {*LOOPBACK_NAMES, normal_host(bind_host), *(host_name(h) or normal_host(h) for h in extra_hosts)}
-        return cls(token=token, allowed_hosts=frozenset(n for n in names if n))
+        return cls(token=token, allowed_hosts=frozenset(n for n in names if n), session_lifetime_s=session_lifetime_s)
 
     def host_allowed(self, host_header: str | None) -> bool:
         name = host_name(host_header)
@@ -108,15 +111,6 @@ def same_origin(claimed: str, scheme: str, host_header: str | None) -> bool:
 def token_matches(presented: str, token: str) -> bool:
     """Constant-time comparison; an empty token never matches."""
     return bool(token) and hmac.compare_digest(presented.encode("utf-8"), token.encode("utf-8"))
-
-
-def session_value(token: str) -> str:
-    """What the login cookie holds: an HMAC keyed by the token."""
-    return hmac.new(token.encode("utf-8"), _SESSION_MESSAGE, hashlib.sha256).hexdigest()
-
-
-def session_matches(cookie: str, token: str) -> bool:
-    return bool(token) and hmac.compare_digest(cookie.encode("utf-8"), session_value(token).encode("utf-8"))
 
 
 def is_loopback(host: str) -> bool:

@@ -49,6 +49,7 @@ from phasewatch.webui.rest import (
     query_int,
     text_field,
 )
+from phasewatch.webui.security import request_authorised
 from phasewatch.webui.thumbs import CACHE_FOREVER, thumbnail_bytes, thumbnail_source, thumbnail_version
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ def status() -> Response:
 @blueprint.get("/healthz")
 def healthz() -> tuple[Response, int]:
     ok, details = current_context().health()
+    if not request_authorised():
+        # Anyone may ask (monitoring, systemd): the state and what is failing, in words the
+        # code chose. The reasons name paths and echo library errors: with the token only.
+        details = {"failing": sorted(details.get("problems", {}))}
     return jsonify({"ok": ok, **details}), 200 if ok else 503
 
 

@@ -18,14 +18,13 @@ import dataclasses
 from pathlib import Path
 
 from flask import Flask
-from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from phasewatch.store import StoreError
 from phasewatch.webui import api, events_view, login, openapi, pages, report, specimens_api
 from phasewatch.webui.context import AppContext, install
 from phasewatch.webui.payloads import image_json
-from phasewatch.webui.rest import ApiError, api_error, http_error, store_error
+from phasewatch.webui.rest import ApiError, JsonProvider, JsonRequest, api_error, http_error, store_error
 from phasewatch.webui.security import install_guards
 
 __all__ = ["AppContext", "create_app", "image_json"]
@@ -34,15 +33,14 @@ __all__ = ["AppContext", "create_app", "image_json"]
 def create_app(ctx: AppContext) -> Flask:
     """The web app over ``ctx``."""
     app = Flask(__name__)
-    provider = DefaultJSONProvider(app)
-    provider.sort_keys = False  # keys in the order the API builds them: id first
-    app.json = provider
+    app.json = JsonProvider(app)
+    app.request_class = JsonRequest
     # Pictures are checked against the real data folder: resolved once, here.
     install(app, dataclasses.replace(ctx, data_dir=Path(ctx.data_dir).resolve()))
     app.register_error_handler(ApiError, api_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(StoreError, store_error)
-    install_guards(app)
+    install_guards(app, ctx.access)
     for blueprint in (pages.blueprint, api.blueprint, specimens_api.blueprint, openapi.blueprint,
                       events_view.blueprint, login.blueprint, report.blueprint):
         app.register_blueprint(blueprint)

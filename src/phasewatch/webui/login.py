@@ -1,26 +1,35 @@
-"""``/login``: a browser trades the token for a cookie once, so the page's own requests
-(fetch, EventSource, pictures) carry it without the script ever holding the token.
+"""``/login`` and ``/logout``: a browser trades the token for a cookie once, so the page's
+own requests (fetch, EventSource, pictures) carry it without the script ever holding the
+token; signing out ends that session.
 
-The cookie is HttpOnly (no script can read it) and SameSite=Strict, and holds an HMAC of
-the token (:func:`phasewatch.webui.access.session_value`), not the token. ``next`` (a
-path of this service: a deep link opened before signing in) is where the browser goes
-afterwards; anything else goes to ``/``.
+The cookie is HttpOnly (no script can read it) and SameSite=Strict, and holds a signed
+time of issue (:mod:`.sessions`), not the token: the server refuses it after
+``[web] session_hours``. Wrong tokens count against the client's address, which past a
+few must wait (429, :mod:`.throttle`). ``next`` (a path of this service: a deep link
+opened before signing in) is where the browser goes afterwards; anything else goes to ``/``.
+
+``POST /logout`` is a state-changing request like any other (same origin, JSON: the
+page's sign-out button sends it with ``fetch``); it revokes the session and deletes the
+cookie.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 
 from flask import Blueprint, Response, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
 
-from phasewatch.webui.access import session_value, token_matches
 from phasewatch.webui.context import current_context
-from phasewatch.webui.security import COOKIE, COOKIE_MAX_AGE_S, authorised
-
-log = logging.getLogger(__name__)
+from phasewatch.webui.security import COOKIE, judge_token, request_authorised, sign_in_state, wait_message
 
 blueprint = Blueprint("login", __name__)
+
+
+@blueprint.app_context_processor
+def _sign_out_control() -> dict[str, bool]:
+    """Every page offers to sign out when there is a token to sign in with."""
+    return {"can_sign_out": bool(current_context().access.token)}
 
 
 def _next() -> str:
@@ -43,8 +52,7 @@ def _form(error: str, status: int = 200) -> tuple[Response, int]:
 
 @blueprint.get("/login")
 def login_form() -> BaseResponse | tuple[Response, int]:
-    token = current_context().access.token
-    if not token or authorised(token):
+    if request_authorised():
         return redirect(_next(), 303)
     return _form("")
 
@@ -54,10 +62,26 @@ def login() -> BaseResponse | tuple[Response, int]:
     token = current_context().access.token
     if not token:
         return redirect("/", 303)
-    if not token_matches(request.form.get("token", ""), token):
-        log.warning("web: wrong token from %s", request.remote_addr)
+    ok, wait = judge_token(request.form.get("token", ""), token)
+    if wait > 0:
+        form, status = _form(wait_message(wait).capitalize() + ".", 429)
+        form.headers["Retry-After"] = str(math.ceil(wait))
+        return form, status
+    if not ok:
         return _form("That is not the token of this service.", 401)
+    sessions = sign_in_state().sessions
     response = redirect(_next(), 303)
-    response.set_cookie(COOKIE, session_value(token), max_age=COOKIE_MAX_AGE_S, path="/",
+    response.set_cookie(COOKIE, sessions.issue(token), max_age=int(sessions.lifetime_s), path="/",
                         httponly=True, samesite="Strict", secure=request.is_secure)
+    return response
+
+
+@blueprint.post("/logout")
+def logout() -> Response:
+    token = current_context().access.token
+    cookie = request.cookies.get(COOKIE)
+    if token and cookie is not None:
+        sign_in_state().sessions.revoke(cookie, token)
+    response = Response(status=204)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict", secure=request.is_secure)
     return response

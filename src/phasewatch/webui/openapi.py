@@ -4,7 +4,7 @@ Written by hand, next to the routes it describes; ``tests/test_web_security.py``
 that every route of the app (``/api/...``, ``/events``, ``/export.csv``, ``/healthz``,
 ``/metrics``, the pages and the reports) and its methods are here and that nothing here
 is missing from the app. The pages are listed as what they are, HTML (tag ``pages``);
-``/``, ``/login`` and static files are left out.
+``/``, ``/login``, ``/logout`` and static files are left out.
 """
 
 from __future__ import annotations
@@ -158,7 +158,11 @@ _SCHEMAS: dict[str, Any] = {
                   "flagged_pending": {"type": "integer"}, "count_flagged": {"type": "boolean"},
                   "specimen": _ref("Specimen"), "classes": {"type": "array", "items": _ref("Class")}}},
     "Health": {"type": "object", "required": ["ok"], "properties": {
-        "ok": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}},
+        "ok": {"type": "boolean"},
+        "failing": {"type": "array", "items": {"type": "string"},
+                    "description": "without the token: the failing components (disk, watch, worker, ...)"},
+        "reasons": {"type": "array", "items": {"type": "string"}, "description": "with the token: one line each"},
+        "problems": {"type": "object", "description": "with the token: component -> reason"}}},
 }
 
 def _page(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
@@ -329,7 +333,7 @@ _PATHS: dict[str, Any] = {
     **_PAGES,
     **_REPORTS,
     "/healthz": {"get": {
-        "summary": "health for monitoring; needs no token", "security": [],
+        "summary": "health for monitoring; needs no token, and shows the reasons only with it", "security": [],
         "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "unhealthy")}}},
     "/metrics": {"get": {
         "summary": "Prometheus metrics",
@@ -351,7 +355,9 @@ _DOCUMENT: dict[str, Any] = {
             "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE,
                        "description": "set by POST /login"},
         },
-        "responses": {"Unauthorized": _error("a token is configured and the request does not carry it")},
+        "responses": {"Unauthorized": _error("a token is configured and the request does not carry it"),
+                      "TooManyWrongTokens": _error("too many wrong tokens from this address: wait "
+                                                   "Retry-After seconds before presenting one again")},
     },
     "security": [{"bearer": []}, {"cookie": []}],
     "paths": _PATHS,
@@ -359,11 +365,13 @@ _DOCUMENT: dict[str, Any] = {
 
 
 def _with_unauthorized(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every operation that needs the token may answer 401."""
+    """Every operation that needs the token may answer 401; any may answer 429 to a wrong
+    bearer token once its address must wait."""
     for operations in paths.values():
         for operation in operations.values():
             if operation.get("security") != []:
                 operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+            operation["responses"]["429"] = {"$ref": "#/components/responses/TooManyWrongTokens"}
     return paths
 
 

@@ -1,5 +1,6 @@
 """What the routes share: :class:`ApiError` (a refused request), the request parsing
-that raises it, and the JSON answers for every error (the app registers the handlers).
+that raises it (:class:`JsonRequest`, :class:`JsonProvider`: any body that is not JSON is a
+400 with one line), and the JSON answers for every error (the app registers the handlers).
 """
 
 from __future__ import annotations
@@ -8,22 +9,49 @@ import logging
 import math
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Request, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from phasewatch.errors import PhasewatchError
+from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.store import StoreError
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(PhasewatchError):
-    """A request the API refuses: ``status`` and a one-line message for the client."""
+    """A request the API refuses: ``status``, a one-line message for the client and any
+    headers the answer needs (``Retry-After``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, keys in the order the API builds them (id first), and a body nested
+    deeper than the parser's recursion allows (``[`` x 100000) is invalid JSON like any
+    other, a ValueError (a 400), not a RecursionError (a 500 and a traceback)."""
+
+    sort_keys = False
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+
+
+class JsonRequest(Request):
+    """Flask's request, saying why a body is not JSON (``request.get_json()`` in any route):
+    Flask's own 400 says only that the request was not understood."""
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        if e is None:  # not sent as JSON: Flask's 415
+            return super().on_json_loading_failed(e)
+        raise ApiError(400, f"the request body is not valid JSON: {one_line(e)}") from None
 
 
 # Longest names (who, a specimen) and texts (reasons, notes) a request may set.
@@ -82,9 +110,11 @@ def json_body(optional: bool = False) -> dict[str, Any]:
     """The request's JSON object (sent as ``application/json``); ``{}`` for an empty body
     when ``optional``."""
     require_json()
-    if optional and not request.get_data():
-        return {}
-    body = request.get_json(silent=True)
+    if not request.get_data():
+        if optional:
+            return {}
+        raise ApiError(400, "the request body must be a JSON object")
+    body = request.get_json()  # malformed, not UTF-8 or nested too deeply: 400 (JsonRequest)
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
@@ -104,7 +134,9 @@ def text_field(body: dict[str, Any], name: str, limit: int, required: bool = Fal
 
 
 def api_error(exc: ApiError) -> tuple[Response, int]:
-    return jsonify(error=exc.message), exc.status
+    response = jsonify(error=exc.message)
+    response.headers.update(exc.headers)
+    return response, exc.status
 
 
 def http_error(exc: HTTPException) -> tuple[Response, int]:

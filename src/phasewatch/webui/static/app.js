@@ -2,7 +2,7 @@
 // announcements of new and failed fields. A page's own script imports this module,
 // registers its listeners (stream.on) and then calls boot().
 
-import { api } from "./api.js";
+import { api, postJson } from "./api.js";
 import { $ } from "./dom.js";
 import { fixed } from "./format.js";
 import * as stream from "./stream.js";
@@ -46,7 +46,19 @@ function announce(image) {
   $("announce").textContent = `New field ${image.file}${value}${flagged}${duplicate}`;
 }
 
+// The server ends the session (the cookie is revoked, not only forgotten), then the
+// browser goes to the sign-in form.
+async function signOut() {
+  try {
+    await postJson("/logout");
+  } finally {
+    window.location.assign("/login");
+  }
+}
+
 export function boot() {
+  const signOutButton = $("sign-out");
+  if (signOutButton) signOutButton.addEventListener("click", signOut);
   stream.on("live", renderStatus);
   stream.on("open", refreshStatus);
   stream.on("field", (image) => {
