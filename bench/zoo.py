@@ -1,7 +1,8 @@
 """The zoo at one CPU budget: random init vs ImageNet vs fine-tuned from a bundle, per data set.
 
 For a data set's training config (``src/phasewatch/export/configs/NAME.toml``) it trains each arm
-for the same ``--minutes`` of wall time on the same seed, exports the bundle (every export gate
+for the same ``--minutes`` of the process's CPU time (not wall time: on a shared machine the
+arms would otherwise get whatever the other work leaves them) on the same seed, exports the bundle (every export gate
 applies) and scores it with ``phasewatch evaluate``'s code on the config's ``test`` split:
 
 - ``unet-random``: the config's own recipe (the bundled U-Net, 1.1 M parameters), random init;
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.out / arm
         if not (run_dir / "bundle" / "manifest.json").is_file():
             print(f"training {config['name']} for {args.minutes:g} min", file=sys.stderr)
-            train(config, run_dir, data_root, device="cpu")
+            train(config, run_dir, data_root, device="cpu", clock=time.process_time)
         if args.train_only:
             continue
         result = score(run_dir / "bundle", config, data_root)

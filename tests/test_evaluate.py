@@ -142,7 +142,8 @@ def test_human_report_and_error_maps(setup, tmp_path, capsys):
     assert summary["pixel accuracy"] == "83.33"
     assert summary["BF score (2 px)"] == "25.00"
     class1 = next(line for line in out.splitlines() if line.startswith("class1"))
-    assert class1.split() == ["class1", "42.86", "50.00", "25.00", "25.00", "16.67"]
+    # IoU 600/1400, Dice 2*600/(1200+800), precision 600/800, recall 600/1200, BF, true, predicted
+    assert class1.split() == ["class1", "42.86", "60.00", "75.00", "50.00", "25.00", "25.00", "16.67"]
     picture = cv2.cvtColor(cv2.imread(str(maps / "a.errors.png")), cv2.COLOR_BGR2RGB)
     # image a, one-vs-rest for class 1, along a row: TN, FP (cols 20-24), TP, TN
     along_row = [picture[5, col] for col in (0, 22, 30, 50)]
@@ -204,6 +205,8 @@ def test_record_keeps_the_summary_in_the_manifest(setup, capsys):
     assert recorded["pixel_accuracy"] == pytest.approx(4000 / 4800)
     assert recorded["per_class_iou"] == pytest.approx(dict(zip(NAMES, [0.8, 600 / 1400, 2600 / 3200], strict=True)))
     assert recorded["images"] == 2
+    assert recorded["per_class_dice"]["class1"] == pytest.approx(0.6)
+    assert recorded["measurement_agreement"]["images"] == 2
 
 
 @pytest.mark.parametrize("palette", ["not json", "[1, 2]", '{"1,2": 1}'])
@@ -241,3 +244,71 @@ def test_trust_report_counts_flags_on_wrong_and_right_fields():
     report = trust_report(images)
     assert {k: report[k] for k in ("fields", "wrong", "wrong_flagged", "right_flagged")} == {
         "fields": 5, "wrong": 2, "wrong_flagged": 1, "right_flagged": 1}
+
+
+def _ecd(area: float) -> float:
+    return float(np.sqrt(4 * area / np.pi))
+
+
+def test_measurement_agreement_against_known_counts_and_sizes(tmp_path, capsys):
+    """Two hand-made fields at 0.5 um per pixel; class 0 is the background.
+
+    p: truth has three 4x4 class-2 squares and one 2x5 class-1 bar; the image (and so the
+       prediction) keeps the first square, grows the second to 6x6, loses the third, keeps the
+       bar and adds a 3x3 class-1 blob. q: one 4x4 class-2 square, predicted exactly.
+    """
+    bundle = threshold_bundle(tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["classes"][0]["role"] = "background"
+    write_manifest(bundle, manifest)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    image, truth = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    truth[5:9, 5:9] = truth[5:9, 20:24] = truth[5:9, 40:44] = 2
+    image[5:9, 5:9] = image[4:10, 19:25] = 255
+    truth[20:22, 10:15] = 1
+    image[20:22, 10:15] = image[25:28, 40:43] = 128
+    cv2.imwrite(str(images / "p.png"), image)
+    np.save(labels / "p.npy", truth.astype(np.int8))
+    image, truth = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    image[10:14, 10:14], truth[10:14, 10:14] = 255, 2
+    cv2.imwrite(str(images / "q.png"), image)
+    np.save(labels / "q.npy", truth.astype(np.int8))
+    args = ["--model", str(bundle), "--images", str(images), "--labels", str(labels), "--pixel-size", "0.5"]
+
+    code, out, _ = evaluate(capsys, *args, "--json")
+    assert code == 0
+    result = json.loads(out)
+    p = next(i["measurements"] for i in result["images"] if i["image"] == "p.png")
+    n = H * W
+    assert p["fractions"]["class2"] == pytest.approx({"true": 48 / n, "predicted": 52 / n, "error": 4 / n})
+    assert p["fractions"]["class1"]["error"] == pytest.approx(9 / n)
+    assert p["fractions"]["class0"]["error"] == pytest.approx(-13 / n)
+    square, grown = _ecd(16) * 0.5, _ecd(36) * 0.5
+    assert p["particles"]["class2"] == pytest.approx({
+        "true_count": 3, "predicted_count": 2, "count_error": -1, "true_mean_ecd": square,
+        "predicted_mean_ecd": (square + grown) / 2, "mean_ecd_error": (grown - square) / 2, "unit": "um"})
+    class1_ecd_error = (_ecd(9) - _ecd(10)) / 2 * 0.5
+    assert p["particles"]["class1"]["count_error"] == 1
+    assert p["particles"]["class1"]["mean_ecd_error"] == pytest.approx(class1_ecd_error)
+    assert "class0" not in p["particles"]  # a background class has no particles
+
+    summary = result["measurement_agreement"]
+    assert summary["images"] == 2 and summary["pooled_classes"] == ["class1", "class2"]
+    class2 = summary["per_class"]["class2"]
+    assert class2["fraction_error"] == pytest.approx({"mean": 2 / n, "worst": 4 / n, "worst_image": "p.png"})
+    assert class2["count_error"] == pytest.approx({"mean": 0.5, "worst": 1.0, "worst_image": "p.png"})
+    assert class2["mean_ecd_error"]["mean"] == pytest.approx((grown - square) / 4)
+    assert summary["per_class"]["class1"]["mean_ecd_error"]["worst"] == pytest.approx(abs(class1_ecd_error))
+    assert summary["fraction_error_mean"] == pytest.approx(13 / n / 4)
+    assert summary["fraction_error_worst"] == pytest.approx(9 / n)
+    assert summary["fraction_error_worst_at"] == "p.png (class1)"
+    assert "count_error" not in summary["per_class"]["class0"]
+
+    code, out, _ = evaluate(capsys, *args)
+    assert code == 0
+    table = out[out.index("measurement agreement"):].splitlines()
+    assert table[2].split() == ["class0", "0.27", "/", "0.54", "-", "-"]  # 13 / 2400 in points, over 2 images
+    assert table[4].split()[:7] == ["class2", "0.08", "/", "0.17", "0.5", "/", "1.0"]
+    assert table[4].endswith("um")

@@ -10,6 +10,7 @@ from typing import Any
 from phasewatch.errors import PhasewatchError
 from phasewatch.service.config import Config
 from phasewatch.service.daemon import Daemon, model_factory
+from phasewatch.service.teach_jobs import TeachJobs
 from phasewatch.store import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app, image_json
@@ -29,6 +30,7 @@ class Service:
     daemon: Daemon
     events: EventBroker
     server: ServerHandle
+    teach: TeachJobs | None = None
 
     @property
     def url(self) -> str:
@@ -44,31 +46,36 @@ def start_service(config: Config) -> Service:
         store, daemon = _open_service(config, events)
     except (PhasewatchError, OSError) as exc:
         raise ServiceError(f"cannot start: {exc}") from exc
+    teach = TeachJobs(config.data.dir, store, on_change=lambda job: events.publish("teach", job),
+                      reload_model=daemon.reload_model)
     try:
-        server = _serve_web(config, store, daemon, events)
+        server = _serve_web(config, store, daemon, events, teach)
     except (OSError, ValueError) as exc:  # the port is taken, the address is not ours, ...
         store.close()
         raise ServiceError(f"cannot start the web page on {config.server.host}:{config.server.port}: {exc}") from exc
     daemon.start()
-    return Service(store, daemon, events, server)
+    return Service(store, daemon, events, server, teach)
 
 
 def stop_service(service: Service) -> None:
     """Finish the fields in hand and stop, in the order that loses nothing: the daemon
     (its last fields still publish events), the event streams (they free the server's
-    threads), the web server, and the store last, as a request in flight may still read it."""
+    threads), the web server, and the store last, as a request in flight may still read it.
+    Teach jobs are cancelled first: a model half taught is not kept."""
+    if service.teach is not None:
+        service.teach.close()
     service.daemon.stop()
     service.events.close()
     service.server.stop()
     service.store.close()
 
 
-def _serve_web(config: Config, store: Store, daemon: Daemon, events: EventBroker) -> ServerHandle:
+def _serve_web(config: Config, store: Store, daemon: Daemon, events: EventBroker, teach: TeachJobs) -> ServerHandle:
     web = config.web
     app = create_app(AppContext(store=store, events=events, status=daemon.status,
                                 health=daemon.health_report, metrics=daemon.metrics.render,
                                 target_ra=config.specimen.target_ra, data_dir=config.data.dir,
-                                count_flagged=config.specimen.count_flagged,
+                                count_flagged=config.specimen.count_flagged, teach=teach,
                                 access=Access.for_service(web.token, config.server.host, web.allowed_hosts,
                                                           session_lifetime_s=web.session_hours * 3600.0)))
     limits = ServerLimits(streams=web.max_streams, connection_limit=web.max_connections,
@@ -81,7 +88,8 @@ def _open_service(config: Config, events: EventBroker) -> tuple[Store, Daemon]:
     config.data.dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.data.database, max_attempts=config.queue.max_attempts)
     try:
-        return store, Daemon(config, store, model_factory(config),
+        active = store.active_model
+        return store, Daemon(config, store, model_factory(config, lambda: (active() or {}).get("name")),
                              publish=lambda event, image: _publish(events, event, image))
     except BaseException:
         store.close()

@@ -3,8 +3,10 @@
 Images go through the runtime's one per-file path (:func:`phasewatch.core.pipeline.process_file`:
 decode, normalise once per image, the sliding-window engine), so the scores are those of the
 deployed model, tiling included. Metrics come from one confusion matrix summed over all images
-(see ``metrics``); the BF score is averaged per class over the images where it is defined, then
-over classes.
+(see ``seg_scores``): IoU, Dice, precision, recall (= class accuracy); the BF score is averaged per
+class over the images where it is defined, then over classes. What QA signs is compared per image
+by :mod:`phasewatch.export.agreement`: phase fractions, particle counts and mean ECD of the
+prediction (the field record the daemon would write) against the label measured by the same code.
 
 How labels are read, first match wins:
 
@@ -37,6 +39,7 @@ from phasewatch.core.outputs import write_png_atomic
 from phasewatch.core.pipeline import Model, process_file
 from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.export import datasets, seg_scores
+from phasewatch.export.agreement import format_agreement, image_agreement, summarise
 from phasewatch.export.datasets import read_label
 
 LABEL_FORMATS = ("auto", "index", "palette", "npy")
@@ -98,17 +101,19 @@ def _named(names: list[str], values: np.ndarray) -> dict[str, float | None]:
 
 
 def segment_pair(
-    image_path: Path, label_path: Path, model: Model, palette: Palette | None, batch: int | None = None
+    image_path: Path, label_path: Path, model: Model, palette: Palette | None, batch: int | None = None,
+    pixel_size_um: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(truth, prediction, trust record) of one labelled image, maps at the image's size."""
+    """(truth, prediction, field record) of one labelled image, maps at the image's size;
+    ``pixel_size_um`` applies where the file itself says nothing (as the daemon's config does)."""
     truth = read_label(label_path, palette)
-    result = process_file(image_path, model, batch=batch)
+    result = process_file(image_path, model, batch=batch, fallback_pixel_size_um=pixel_size_um)
     if len(result.fields) != 1:
         raise EvaluationError(f"{image_path}: {len(result.fields)} pages; a label fits one image per file")
     pred = result.fields[0].classes
     if truth.shape != pred.shape:
         raise EvaluationError(f"{label_path}: label {truth.shape} != image {pred.shape}")
-    return truth, pred, result.fields[0].record["trust"]
+    return truth, pred, result.fields[0].record
 
 
 def score_pairs(
@@ -121,6 +126,7 @@ def score_pairs(
     bf_tolerance_px: float = seg_scores.DEFAULT_BF_TOLERANCE_PX,
     error_maps: Path | None = None,
     error_class: int | None = None,
+    pixel_size_um: float | None = None,
     report_failure: Callable[[str], None] = lambda message: None,
 ) -> Scores:
     """Segment and score every (image, label) pair.
@@ -139,7 +145,7 @@ def score_pairs(
             raise OutputError(f"{error_maps}: cannot create folder: {exc.strerror or exc}") from exc
     for image_path, label_path in tqdm(pairs, desc="evaluate", unit="image", disable=None):
         try:
-            truth, pred, trust = segment_pair(image_path, label_path, model, palette, batch)
+            truth, pred, record = segment_pair(image_path, label_path, model, palette, batch, pixel_size_um)
             try:
                 cm = seg_scores.confusion_matrix(truth, pred, k, ignore)
             except ValueError as exc:  # label ids outside the model's classes
@@ -161,7 +167,10 @@ def score_pairs(
                 "predicted_fractions": _named(names, pred_f),
                 "pixel_accuracy": _finite(seg_scores.pixel_accuracy(cm)),
                 "wrong": field_is_wrong(true_f, pred_f),
-                "trust": trust,
+                "trust": record["trust"],
+                # An ignored label pixel has no class to measure: such an image gets no agreement.
+                "measurements": None if ignore is not None and bool(np.any(truth == ignore))
+                else image_agreement(truth, record, model.bundle.classes),
             }
         )
         if error_maps is not None:
@@ -201,11 +210,15 @@ def report(bundle: Bundle, backend_name: str, scores: Scores) -> dict[str, Any]:
     cm = scores.confusion
     iou = seg_scores.per_class_iou(cm)
     accuracy = seg_scores.per_class_accuracy(cm)
+    dice, precision = seg_scores.per_class_dice(cm), seg_scores.per_class_precision(cm)
     true_f, pred_f = seg_scores.class_fractions(cm)
     bf_per_class, bf_mean = seg_scores.mean_bf_score(scores.bf_per_image, len(names))
     per_class = {
         name: {
             "iou": _finite(iou[i]),
+            "dice": _finite(dice[i]),
+            "precision": _finite(precision[i]),
+            "recall": _finite(accuracy[i]),
             "accuracy": _finite(accuracy[i]),
             "bf_score": _finite(bf_per_class[i]),
             "true_fraction": float(true_f[i]),
@@ -225,6 +238,9 @@ def report(bundle: Bundle, backend_name: str, scores: Scores) -> dict[str, Any]:
         "per_class": per_class,
         "confusion": seg_scores.normalised_confusion(cm).tolist(),
         "trust": trust_report(scores.images),
+        "measurement_agreement": summarise(
+            [(i["image"], i["measurements"]) for i in scores.images if i["measurements"] is not None],
+            bundle.classes),
         "images": scores.images,
     }
 
@@ -234,16 +250,17 @@ def _percent(value: float | None) -> str:
 
 
 def format_report(result: dict[str, Any]) -> str:
-    """Human-readable tables: per class, summary, row-normalised confusion (in %)."""
+    """Human-readable tables: per class, summary, row-normalised confusion (in %), measurement agreement."""
     names = list(result["per_class"])
     width = max(12, *(len(n) for n in names))
     lines = [
         f"model {result['model']}  backend {result['backend']}  images {len(result['images'])}",
         "",
-        f"{'class':<{width}}  {'IoU %':>6}  {'acc %':>6}  {'BF %':>6}  {'true %':>6}  {'pred %':>6}",
+        f"{'class':<{width}}  {'IoU %':>6}  {'Dice %':>6}  {'prec %':>6}  {'rec %':>6}  {'BF %':>6}  "
+        f"{'true %':>6}  {'pred %':>6}",
     ]
     for name, row in result["per_class"].items():
-        cells = [row["iou"], row["accuracy"], row["bf_score"]]
+        cells = [row["iou"], row["dice"], row["precision"], row["recall"], row["bf_score"]]
         cells += [row["true_fraction"], row["predicted_fraction"]]
         lines.append(f"{name:<{width}}  " + "  ".join(_percent(v) for v in cells))
     summary = [
@@ -261,6 +278,8 @@ def format_report(result: dict[str, Any]) -> str:
     ]
     for name, row in zip(names, result["confusion"], strict=True):
         lines.append(f"{name:<{width}}  " + "  ".join(_percent(v) for v in row))
+    if result["measurement_agreement"]["images"]:
+        lines += ["", *format_agreement(result["measurement_agreement"])]
     trust = result["trust"]
     lines += ["", f"trust: {trust['wrong']} of {trust['fields']} fields wrong, {trust['wrong_flagged']} of them "
                   f"flagged; {trust['right_flagged']} right fields flagged ({trust['rule']})"]
@@ -271,7 +290,9 @@ def record_evaluation(bundle: Bundle, name: str, result: dict[str, Any]) -> None
     """Keep the headline numbers with the model they describe (the ONNX files are untouched)."""
     summary = {key: result[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy", "weighted_iou",
                                             "bf_score", "bf_tolerance_px")}
-    summary["per_class_iou"] = {name_: c["iou"] for name_, c in result["per_class"].items()}
+    for score in ("iou", "dice", "precision", "recall"):
+        summary[f"per_class_{score}"] = {name_: c[score] for name_, c in result["per_class"].items()}
+    summary["measurement_agreement"] = result["measurement_agreement"]
     summary |= {"images": len(result["images"]), "backend": result["backend"], "trust": result["trust"],
                 "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     manifest = bundle.manifest

@@ -94,6 +94,16 @@ def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
     return _ratio(np.diag(cm), cm.sum(1))
 
 
+def per_class_precision(cm: np.ndarray) -> np.ndarray:
+    """TP / predicted pixels of that class; NaN for a class never predicted."""
+    return _ratio(np.diag(cm), cm.sum(0))
+
+
+def per_class_dice(cm: np.ndarray) -> np.ndarray:
+    """Dice (F1) per class, 2 TP / (truth + predicted pixels); NaN for a class in neither."""
+    return _ratio(2 * np.diag(cm), cm.sum(0) + cm.sum(1))
+
+
 def mean_accuracy(cm: np.ndarray) -> float:
     """Mean of per-class accuracy over classes present in the truth."""
     return _nanmean(per_class_accuracy(cm))

@@ -33,6 +33,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,11 +419,13 @@ def batch_of(samples: list[Sample], weights: np.ndarray, size: int, tile: int, a
 
 def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, device: str = "auto",
           seed: int | None = None, epochs: int | None = None, max_steps: int | None = None,
-          splits: Splits | None = None) -> Path:
+          splits: Splits | None = None, clock: Callable[[], float] = time.time) -> Path:
     """Train, keep the best checkpoint in ``out_dir/checkpoint.pt``, log to ``out_dir/log.jsonl``;
     export a bundle to ``out_dir/bundle`` when the config's [export] asks. Returns the checkpoint.
-    ``splits`` (already loaded) replaces the config's data, as cross-validation's folds do."""
-    started = time.time()
+    ``splits`` (already loaded) replaces the config's data, as cross-validation's folds do.
+    ``clock`` measures ``time_limit_min`` and the recorded seconds: wall time, or the process's CPU
+    time (``time.process_time``) where runs on a shared machine must get the same compute."""
+    started = clock()
     seed = int(config.get("seed", 0) if seed is None else seed)
     rng = seed_everything(seed)
     dev = pick_device(device)
@@ -454,11 +457,11 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
     model.train()
     while step < total and not stopped_early:
         epoch += 1
-        epoch_started, running, epoch_steps = time.time(), 0.0, 0
+        epoch_started, running, epoch_steps = clock(), 0.0, 0
         bar = tqdm(range(min(steps_per_epoch, total - step)), desc=f"epoch {epoch}", unit="step",
                    leave=False, file=sys.stderr, disable=None)
         for _ in bar:
-            lr = learning_rate(schedule_step(step, total, time.time() - started, time_limit), total,
+            lr = learning_rate(schedule_step(step, total, clock() - started, time_limit), total,
                                float(train_cfg.get("lr", 1e-3)), train_cfg.get("schedule", "cosine"),
                                int(train_cfg.get("warmup_steps", 0)))
             for group in optimiser.param_groups:
@@ -477,13 +480,13 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
             epoch_steps += 1
             step += 1
             bar.set_postfix(loss=f"{value:.3f}")
-            if time.time() - started > time_limit:
+            if clock() - started > time_limit:
                 stopped_early = True
                 break
         val = validate(model, splits.val, tile, num_classes, dev, batch)
         record = {"epoch": epoch, "step": step, "loss": running / max(1, epoch_steps), "lr": lr,
                   "val_mean_iou": val["mean_iou"], "val_pixel_accuracy": val["pixel_accuracy"],
-                  "val_per_class_iou": val["per_class_iou"], "seconds": round(time.time() - epoch_started, 1)}
+                  "val_per_class_iou": val["per_class_iou"], "seconds": round(clock() - epoch_started, 1)}
         improved = val["mean_iou"] > best
         if improved:
             best = val["mean_iou"]
@@ -502,7 +505,7 @@ def train(config: dict[str, Any], out_dir: Path, data_root: Path | None = None, 
             fh.write(json.dumps(record) + "\n")
         log.info("epoch %3d step %5d loss %.4f val mIoU %.4f acc %.4f lr %.2e %.0fs%s", epoch, step, record["loss"],
                  val["mean_iou"], val["pixel_accuracy"], lr, record["seconds"], " *" if improved else "")
-    finish_checkpoint(checkpoint_path, time.time() - started, step, stopped_early)
+    finish_checkpoint(checkpoint_path, clock() - started, step, stopped_early)
     export = config.get("export", {})
     if export.get("enabled", False):
         export_trained(checkpoint_path, out_dir / "bundle", config, splits, int(export.get("tiles", 4)))

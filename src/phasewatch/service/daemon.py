@@ -68,7 +68,7 @@ import numpy as np
 
 from phasewatch.atomic_files import OutputError
 from phasewatch.backends.registry import Backend, BackendError, any_size
-from phasewatch.bundle import sha256_file
+from phasewatch.bundle import resolve_bundle_path, sha256_file
 from phasewatch.core.pipeline import (
     Decoded,
     FileResult,
@@ -237,10 +237,12 @@ class CrashRecord:
         self._file = None
 
 
-def model_factory(config: Config) -> ModelFactory:
-    """What the service opens at start and at every reload: the configured bundle and backend."""
-    model = config.model
-    return lambda: open_model(model.ref or DEFAULT_MODEL, model.backend, model.batch, tta=model.tta,
+def model_factory(config: Config, active: Callable[[], str | None] = lambda: None) -> ModelFactory:
+    """What the service opens at start and at every reload: the model activated last (``active()``,
+    e.g. one taught here, in the data folder's ``models``), else the configured bundle; and the backend."""
+    model, models = config.model, config.data.dir / "models"
+    bundle = lambda: resolve_bundle_path(active() or model.ref or DEFAULT_MODEL, models)  # noqa: E731
+    return lambda: open_model(bundle(), model.backend, model.batch, tta=model.tta,
                               tile_megapixels=model.tile_megapixels, remote=model.remote)
 
 

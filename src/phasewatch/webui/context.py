@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Flask, current_app
 
@@ -19,6 +19,26 @@ from phasewatch.webui.access import Access
 from phasewatch.webui.events import EventBroker
 
 _EXTENSION = "phasewatch"
+
+
+class Teaching(Protocol):
+    """What the service does for the teach routes (:mod:`.teach_api`; ``service/teach_jobs.py``)."""
+
+    def start(self, material: str, base: str, fields: list[int] | None, budget_min: float, name: str | None,
+              who: str) -> str: ...
+
+    def job(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def jobs(self) -> list[dict[str, Any]]: ...
+
+    def cancel(self, job_id: str, who: str) -> dict[str, Any] | None: ...
+
+    def reload_model(self) -> None:
+        """Make the daemon open the (newly) active model for its next fields."""
+
+    def reanalyse(self, model: str, specimen_id: int, who: str) -> str: ...
+
+    def reanalysis(self, job_id: str) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -31,7 +51,8 @@ class AppContext:
     ``metrics()`` returns the Prometheus exposition and its content type;
     ``count_flagged``: fields the model flagged count in the statistics before an
     operator accepts them (``[specimen] count_flagged``); ``access``: the token and the
-    host names requests may address (:mod:`.access`; by default no token, loopback names).
+    host names requests may address (:mod:`.access`; by default no token, loopback names);
+    ``teach``: the service's teach jobs and model switch (:class:`Teaching`).
     """
 
     store: Store
@@ -43,6 +64,7 @@ class AppContext:
     data_dir: Path
     count_flagged: bool = False
     access: Access = field(default_factory=Access)
+    teach: Teaching | None = None  # teach jobs, activation, re-analysis; None: a web app without the service
 
 
 def install(app: Flask, ctx: AppContext) -> None:

@@ -199,6 +199,93 @@ _REPORTS: dict[str, Any] = {
                                                    paper=False),
 }
 
+_JOB = {"type": "object", "description": "a teach job", "properties": {
+    "job": {"type": "string"},
+    "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+    "progress": {"type": "number", "minimum": 0, "maximum": 1},
+    "model": {"type": "string", "nullable": True, "description": "NAME@N, once made"},
+    "gate": {"type": "object", "nullable": True, "description": "passed, rule, reasons, held_out {candidate, base?, "
+             "images}, reference {measured, forgetting_points, ...}"},
+    "error": {"type": "string", "nullable": True}, "stage": {"type": "string"}, "message": {"type": "string"},
+    "warnings": {"type": "array", "items": {"type": "string"}},
+    "eta_s": {"type": "number", "nullable": True}, "elapsed_s": {"type": "number"}}}
+_MODEL = {"type": "object", "properties": {
+    "name": {"type": "string"}, "source": {"type": "string", "enum": ["bundled", "taught"]},
+    "material": {"type": "string"}, "parent": {"type": "string", "nullable": True},
+    "onnx_sha256": {"type": "string"}, "classes": {"type": "array", "items": _ref("Class")},
+    "gate": {"type": "object", "nullable": True}, "fields": {"type": "array", "nullable": True},
+    "budget_min": {"type": "number", "nullable": True}}}
+_WHO = {"who": _name(MAX_NAME), "reason": _text(MAX_TEXT)}
+_TEACH_PATHS: dict[str, Any] = {
+    "/api/teach": {
+        "get": {"summary": "every teach job, newest first",
+                "responses": {"200": _json({"type": "object", "properties": {"jobs": {"type": "array", "items": _JOB}}},
+                                           "jobs"), "503": _error("the web app runs without the service")}},
+        "post": {"summary": "teach a model: fine-tune a base on a material's labelled fields, gate it (202: started)",
+                 "requestBody": _body({"material": _name(MAX_NAME), "base": _name(MAX_NAME),
+                                       "fields": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                                       "budget_min": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                                       "name": _text(MAX_NAME), "who": _name(MAX_NAME)},
+                                      ["material", "base", "budget_min", "who"]),
+                 "responses": {"202": _json({"type": "object", "properties": {"job": {"type": "string"}}}, "started"),
+                               **_CHANGE_ERRORS, "404": _error("no such material or base model"),
+                               "409": _error("too few labelled fields"),
+                               "503": _error("the web app runs without the service")}}},
+    "/api/teach/{job}": {
+        "get": {"summary": "a teach job's state, progress, model and gate",
+                "parameters": [{"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(_JOB, "the job"), "404": _error("no such job"),
+                              "503": _error("the web app runs without the service")}},
+        "delete": {"summary": "cancel a teach job (body: {} or {who})",
+                   "parameters": [{"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}],
+                   "requestBody": _body({"who": _text(MAX_NAME)}, []),
+                   "responses": {"200": _json(_JOB, "the job as it is now"), **_CHANGE_ERRORS,
+                                 "404": _error("no such job"), "503": _error("the web app runs without the service")}}},
+    "/api/models": {"get": {
+        "summary": "bundled and taught models with material, parent and gate; the one measuring new fields",
+        "responses": {"200": _json({"type": "object", "properties": {
+            "models": {"type": "array", "items": _MODEL}, "active": {"type": "string", "nullable": True,
+                                                                     "description": "null: the configured model"}}},
+            "models")}}},
+    "/api/models/{name}": {"get": {
+        "summary": "one model", "parameters": [{"name": "name", "in": "path", "required": True,
+                                                "schema": {"type": "string"}}],
+        "responses": {"200": _json(_MODEL, "the model"), "404": _error("no such model")}}},
+    "/api/models/{name}/activate": {"post": {
+        "summary": "measure new fields with this model (a new specimen starts); a taught one only if its gate passed",
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": _body(_WHO, ["who"]),
+        "responses": {"200": _json({"type": "object", "properties": {"active": {"type": "string"}}}, "activated"),
+                      **_CHANGE_ERRORS, "404": _error("no such model"),
+                      "409": _error("its gate failed or its files do not match its manifest"),
+                      "503": _error("the web app runs without the service")}}},
+    "/api/models/rollback": {"post": {
+        "summary": "undo the last model change: back to the model in force before it",
+        "requestBody": _body(_WHO, ["who"]),
+        "responses": {"200": _json({"type": "object", "properties": {"active": {"type": "string", "nullable": True}}},
+                                   "the model now in force (null: the configured one)"),
+                      **_CHANGE_ERRORS, "409": _error("nothing to roll back"),
+                      "503": _error("the web app runs without the service")}}},
+    "/api/models/{name}/reanalyse": {"post": {
+        "summary": "re-analyse a specimen's measured files with this model (202: started)",
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": _body({"specimen": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                              "who": _text(MAX_NAME)}, ["specimen"]),
+        "responses": {"202": _json({"type": "object", "properties": {"job": {"type": "string"}}}, "started"),
+                      **_CHANGE_ERRORS, "404": _error("no such model or specimen"),
+                      "503": _error("the web app runs without the service")}}},
+    "/api/reanalyses/{job}": {"get": {
+        "summary": "a re-analysis: state, progress, and old against new per class (reanalyse-compare's numbers) "
+                   "with the fields now trusted",
+        "parameters": [{"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "state": {"type": "string", "enum": ["running", "done", "failed"]}, "progress": {"type": "number"},
+            "comparison": {"type": "object", "nullable": True}, "error": {"type": "string", "nullable": True}}},
+            "the re-analysis"), "404": _error("no such re-analysis"),
+            "503": _error("the web app runs without the service")}}},
+}
+
+
 _PATHS: dict[str, Any] = {
     "/api/openapi.json": {"get": {
         "summary": "this description", "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")}}},
@@ -332,6 +419,7 @@ _PATHS: dict[str, Any] = {
             "503": _error("every stream slot (in total or for this client address) is taken; retry later")}}},
     **_PAGES,
     **_REPORTS,
+    **_TEACH_PATHS,
     "/healthz": {"get": {
         "summary": "health for monitoring; needs no token, and shows the reasons only with it", "security": [],
         "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "unhealthy")}}},

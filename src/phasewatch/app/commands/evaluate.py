@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=seg_scores.DEFAULT_BF_TOLERANCE_PX,
         help="boundary F1 distance tolerance in pixels (default %(default)s)",
     )
+    parser.add_argument("--pixel-size", type=_positive, metavar="UM",
+                        help="micrometres per pixel where an image file does not say (sizes in µm, not px)")
     parser.add_argument("--error-maps", type=Path, help="write STEM.errors.png here")
     parser.add_argument(
         "--error-class", type=int, help="error maps one-vs-rest for this class id (default: all)"
@@ -53,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--record", metavar="NAME",
                         help="also store the summary in the bundle's manifest under evaluations.NAME")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def _print_error(message: str) -> None:
@@ -67,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         with closing(open_model(bundle.path, args.backend, args.batch, tta=args.tta)) as model:
             scores = score_pairs(pairs, model, palette, batch=args.batch, ignore=args.ignore,
                                  bf_tolerance_px=args.bf_tolerance, error_maps=args.error_maps,
-                                 error_class=args.error_class, report_failure=_print_error)
+                                 error_class=args.error_class, pixel_size_um=args.pixel_size,
+                                 report_failure=_print_error)
         result = report(bundle, model.backend.name, scores)
         print(json.dumps(result, indent=2) if args.json else format_report(result))
         if args.record and scores.images and not scores.failures:
