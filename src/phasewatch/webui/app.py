@@ -26,6 +26,7 @@ from phasewatch.webui.context import AppContext, install
 from phasewatch.webui.payloads import image_json
 from phasewatch.webui.rest import ApiError, JsonProvider, JsonRequest, api_error, http_error, store_error
 from phasewatch.webui.security import install_guards
+from phasewatch.webui.teach_api import blueprint as teach_blueprint
 
 __all__ = ["AppContext", "create_app", "image_json"]
 
@@ -44,4 +45,5 @@ def create_app(ctx: AppContext) -> Flask:
     for blueprint in (pages.blueprint, api.blueprint, specimens_api.blueprint, openapi.blueprint,
                       events_view.blueprint, login.blueprint, report.blueprint):
         app.register_blueprint(blueprint)
+    app.register_blueprint(teach_blueprint)  # teach jobs, models, re-analysis: webui/teach_api.py
     return app
