@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 from timing import best_of
 
-from phasewatch.backends.registry import physical_cores
+from phasewatch.backends.base import physical_cores
 from phasewatch.core.pipeline import open_model
 
 SIDES = (128, 256, 512)

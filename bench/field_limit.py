@@ -152,7 +152,7 @@ def measure(name: str, data: Path, backend_kind: str, threads: int, repeats: int
 
 def main() -> int:
     args = parse_args()
-    from phasewatch.backends.registry import physical_cores
+    from phasewatch.backends.base import physical_cores
 
     threads = args.threads or physical_cores()
     env = os.environ.get("PHASEWATCH_DATA")

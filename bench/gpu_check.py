@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from phasewatch.backends.registry import Backend, OrtBackend, open_backend, preload_gpu_libraries
+from phasewatch.backends.base import Backend
+from phasewatch.backends.onnxruntime import OrtBackend, preload_gpu_libraries
+from phasewatch.backends.registry import open_backend
 from phasewatch.bundle import Bundle, bundled_model_names, load_bundle
 from phasewatch.export.engine_gate import compare_logits, load_reference_tiles
 

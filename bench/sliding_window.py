@@ -58,7 +58,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from timing import best_of, matmul_peak  # noqa: E402
 
-from phasewatch.backends.registry import OrtBackend, physical_cores  # noqa: E402
+from phasewatch.backends.base import physical_cores  # noqa: E402
+from phasewatch.backends.onnxruntime import OrtBackend  # noqa: E402
 from phasewatch.bundle import Normalisation  # noqa: E402
 from phasewatch.core.normalise import prepare  # noqa: E402
 from phasewatch.core.tiling import Plan, gaussian_window, segment, tile_starts  # noqa: E402

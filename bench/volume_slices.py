@@ -80,7 +80,7 @@ def measure(stack: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
 
 def main() -> int:
     args = parse_args()
-    from phasewatch.backends.registry import physical_cores
+    from phasewatch.backends.base import physical_cores
 
     env = os.environ.get("PHASEWATCH_DATA")
     data = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"

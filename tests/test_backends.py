@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -14,17 +15,12 @@ import pytest
 from onnx import numpy_helper
 from onnx_graphs import make_bundle, make_conv_net
 
-from phasewatch.backends import registry as backends
-from phasewatch.backends.registry import (
-    BACKENDS,
-    BackendError,
-    BackendKind,
-    OrtBackend,
-    Remote,
-    choose_backend,
-    open_backend,
-)
+from phasewatch.backends import onnxruntime as ort_backends
+from phasewatch.backends.base import BackendError, BackendKind, no_options, options_from_table
+from phasewatch.backends.onnxruntime import OrtBackend
+from phasewatch.backends.registry import BACKENDS, choose_backend, kind_options, open_backend
 from phasewatch.bundle import load_bundle
+from phasewatch.service.config import ConfigError, load_config
 
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 no_gpu_provider = pytest.mark.skipif(
@@ -49,7 +45,8 @@ class FakeBackend:
 
 
 def fake_kind() -> BackendKind:
-    return BackendKind(open=lambda bundle, batch, threads, remote: FakeBackend(), unavailable=lambda bundle: None)
+    return BackendKind(open=lambda bundle, batch, threads, options: FakeBackend(), unavailable=lambda bundle: None,
+                       options=no_options("fake"))
 
 
 def switch_off_every_kind(monkeypatch) -> None:
@@ -163,11 +160,11 @@ def test_a_new_backend_is_one_registry_entry(bundle, monkeypatch):
 
 
 def test_auto_passes_over_a_kind_that_fails_to_open_with_its_error(bundle, monkeypatch):
-    def refuse(bundle, batch, threads, remote):
+    def refuse(bundle, batch, threads, options):
         raise BackendError("cannot open: out of device memory")
 
     switch_off_every_kind(monkeypatch)
-    monkeypatch.setitem(BACKENDS, "tensorrt", BackendKind(refuse, lambda bundle: None))
+    monkeypatch.setitem(BACKENDS, "tensorrt", BackendKind(refuse, lambda bundle: None, no_options("tensorrt")))
     monkeypatch.setitem(BACKENDS, "fake", fake_kind())
     _, passed_over = choose_backend(bundle, "auto")
     assert passed_over["tensorrt"] == "cannot open: out of device memory"
@@ -183,10 +180,10 @@ def test_no_backend_at_all_is_one_line_error_with_every_reason(bundle, monkeypat
 
 def test_onnxruntime_kinds_open_a_session_named_after_their_entry(bundle, monkeypatch):
     opened = []
-    monkeypatch.setattr(backends, "OrtBackend", lambda path, kind, *args: opened.append(kind))
+    monkeypatch.setattr(ort_backends, "OrtBackend", lambda path, kind, *args: opened.append(kind))
     for entry in BACKENDS.values():
         if entry.provider is not None:
-            entry.open(bundle, 2, None, Remote())
+            entry.open(bundle, 2, None, None)
     assert opened == [kind for kind, entry in BACKENDS.items() if entry.provider is not None]
     assert opened == ["tensorrt-ep", "cuda", "cpu"]
 
@@ -215,13 +212,64 @@ def test_tensorrt_ep_builds_fp16_with_cuda_after_it_and_preloads_gpu_libraries(b
     monkeypatch.setattr(ort, "get_available_providers", lambda: available)
     monkeypatch.setattr(ort, "InferenceSession", Session)
     monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append(1), raising=False)
-    backends.preload_gpu_libraries.cache_clear()
+    ort_backends.preload_gpu_libraries.cache_clear()
     try:
-        BACKENDS["tensorrt-ep"].open(bundle, 2, None, Remote())
-        BACKENDS["tensorrt-ep"].open(bundle, 2, None, Remote())
+        BACKENDS["tensorrt-ep"].open(bundle, 2, None, None)
+        BACKENDS["tensorrt-ep"].open(bundle, 2, None, None)
     finally:
-        backends.preload_gpu_libraries.cache_clear()
+        ort_backends.preload_gpu_libraries.cache_clear()
     (trt, trt_options), (cuda, _), cpu = sessions[0]
     assert (trt, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     assert trt_options["trt_fp16_enable"] == "True"
     assert preloads == [1]  # once per process
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """A new backend's own settings, as its module would declare them."""
+
+    address: str = "here"
+    retries: int = 1
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise BackendError(f"[model.remote] retries: must be >= 0, got {self.retries}")
+
+    @classmethod
+    def from_table(cls, table):
+        return options_from_table(cls, "remote", table)
+
+
+def test_a_new_backend_with_settings_is_its_module_and_one_entry(bundle, monkeypatch, tmp_path):
+    """Nothing but the registry entry names the new kind: the config checks its [model.remote]
+    table through it, and the opener gets the parsed options."""
+    opened = []
+
+    def open_remote(bundle, batch, threads, options):
+        opened.append((batch, threads, options))
+        return FakeBackend()
+
+    monkeypatch.setitem(BACKENDS, "remote", BackendKind(open_remote, lambda bundle: None, RemoteOptions.from_table,
+                                                         auto=False))
+    config = tmp_path / "phasewatch.toml"
+    config.write_text('[model]\nbatch = 4\n\n[model.remote]\naddress = "gpu-box"\nretries = 3\n')
+    settings = load_config(config).model.settings
+    assert settings == {"remote": {"address": "gpu-box", "retries": 3}}
+    choose_backend(bundle, "remote", 4, 2, settings)
+    assert opened == [(4, 2, RemoteOptions("gpu-box", 3))]
+    for text, error in [('retries = -1', "[model.remote] retries: must be >= 0, got -1"),
+                        ('retries = "3"', "[model.remote] retries: must be int, got '3'"),
+                        ('adress = "x"', "[model.remote]: unknown key 'adress' (known: address, retries)")]:
+        config.write_text(f"[model.remote]\n{text}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(config)
+        assert str(err.value) == f"{config}: {error}"
+
+
+def test_kinds_without_settings_refuse_a_table_and_an_unknown_kind_is_named():
+    assert kind_options("cpu", {}) is None
+    with pytest.raises(BackendError, match=r"^\[model.cpu\]: backend 'cpu' has no settings, got threads$"):
+        kind_options("cpu", {"threads": 2})
+    with pytest.raises(BackendError, match=r"^\[model.tpu\]: no backend 'tpu' \(backends: tensorrt, "):
+        kind_options("tpu", {})
+

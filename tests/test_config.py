@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from phasewatch.backends.triton.client import TritonOptions
 from phasewatch.service import config as cfg
 from phasewatch.service.config import Config, ConfigError, load_config
 from phasewatch.service.logs import LEVELS
@@ -43,12 +44,21 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
 
 def test_example_file_documents_every_key_with_its_default():
     config = load_config(EXAMPLE)
-    assert dataclasses.replace(config, source=None) == Config()
+    # [model.triton] is written out with its defaults; every other section is the default itself
+    settings = config.model.backend_settings
+    assert set(settings) == {"triton"}
+    assert TritonOptions.from_table(settings["triton"]) == TritonOptions()
+    default = dataclasses.replace(config, source=None, model=dataclasses.replace(config.model, backend_settings={}))
+    assert default == Config()
     text = EXAMPLE.read_text()
     for section, cls in cfg.SECTIONS.items():
         assert f"[{section}]" in text
         for f in dataclasses.fields(cls):
-            assert re.search(rf"^{f.name} = ", text, re.M), f"{section}.{f.name} not in the example"
+            if f.name != "backend_settings":  # the [model.<kind>] tables, not a key
+                assert re.search(rf"^{f.name} = ", text, re.M), f"{section}.{f.name} not in the example"
+    triton = text[text.index("[model.triton]"):]
+    for f in dataclasses.fields(TritonOptions):
+        assert re.search(rf"^{f.name} = ", triton, re.M), f"model.triton.{f.name} not in the example"
 
 
 def test_values_are_read_and_relative_paths_follow_the_file(tmp_path):
@@ -175,8 +185,9 @@ def test_every_service_flag_sets_a_real_key(tmp_path):
     config = cfg.config_from_args(parser.parse_args(argv))
     values = {}
     for flag, key in cfg.FLAG_KEYS.items():
-        section, name = key.split(".")
-        values[flag] = getattr(getattr(config, section), name)
+        section, name, *sub = key.split(".")
+        # model.triton.url: a key of a backend's own table, [model.triton]
+        values[flag] = config.model.settings[name][sub[0]] if sub else getattr(getattr(config, section), name)
     assert values == {"watch": Path.cwd() / "in", "data": Path.cwd() / "d", "model": "steel",
                       "backend": "cpu", "triton_url": "gpu-server:8001", "host": "0.0.0.0", "port": 9100}
 

@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 from onnx_graphs import conv_net_halo, make_conv_net
 
-from phasewatch.backends.registry import CPU_CALL_PIXELS, OrtBackend, call_pixels
+from phasewatch.backends.base import call_pixels
+from phasewatch.backends.onnxruntime import CPU_CALL_PIXELS, OrtBackend
 from phasewatch.backends.tta import TtaBackend
 from phasewatch.core.tiling import (
     STAGES,

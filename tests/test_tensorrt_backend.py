@@ -17,7 +17,8 @@ import onnxruntime as ort
 import pytest
 import test_build_engine as shared
 
-from phasewatch.backends.registry import BackendError, choose_backend
+from phasewatch.backends.base import BackendError
+from phasewatch.backends.registry import choose_backend
 from phasewatch.backends.tensorrt import open_tensorrt_backend
 from phasewatch.backends.tta import TtaBackend
 from phasewatch.core.pipeline import tile_plan

@@ -16,7 +16,8 @@ from test_runtime_without_torch import BLOCK
 from triton_serving import free_port
 
 from phasewatch.app.cli import main
-from phasewatch.backends.registry import BACKENDS, BackendError, Remote, choose_backend
+from phasewatch.backends.base import BackendError
+from phasewatch.backends.registry import BACKENDS, choose_backend
 from phasewatch.backends.triton.repository import (
     ENGINE_KEY,
     MAX_SIDE_KEY,
@@ -32,7 +33,7 @@ tritonclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grp
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-from phasewatch.backends.triton.client import TritonBackend, check_identity, check_tensors  # noqa: E402
+from phasewatch.backends.triton.client import TritonOptions, check_identity, check_tensors  # noqa: E402
 
 
 def read_entry(entry: Path):
@@ -178,7 +179,7 @@ def test_no_server_at_the_address_is_a_one_line_backend_error(protocol):
     bundle = load_bundle("uhcs-carbide")
     url = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(BackendError) as err:
-        choose_backend(bundle, "triton", 8, remote=Remote(url, "", protocol, 5.0))
+        choose_backend(bundle, "triton", 8, settings={"triton": {"url": url, "protocol": protocol, "timeout_s": 5.0}})
     message = str(err.value)
     assert message.startswith(f"triton {protocol}://{url} model 'uhcs-carbide': ") and "\n" not in message
 
@@ -192,17 +193,37 @@ def test_auto_never_picks_the_shared_server_even_when_it_is_all_there_is(monkeyp
     assert "triton" not in str(err.value)
 
 
-def test_triton_settings_come_from_the_model_section_and_the_serve_flag(tmp_path):
+def triton_options(config) -> TritonOptions:
+    return TritonOptions.from_table(config.model.settings["triton"])
+
+
+def test_triton_settings_come_from_the_model_triton_table_and_the_serve_flag(tmp_path):
+    path = tmp_path / "phasewatch.toml"
+    path.write_text('[model]\nbackend = "triton"\n\n[model.triton]\nurl = "gpu-server:8001"\nmodel = "carbide"\n'
+                    'protocol = "http"\ntimeout_s = 5\nshared_memory = true\n')
+    assert triton_options(load_config(path)) == TritonOptions("gpu-server:8001", "carbide", "http", 5.0, True)
+    assert triton_options(load_config(path, {"triton_url": "other:9001"})) == TritonOptions(
+        "other:9001", "carbide", "http", 5.0, True)
+    path.write_text('[model.triton]\nprotocol = "udp"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: [model.triton] protocol: must be one of grpc, http, got 'udp'"
+
+
+def test_the_deprecated_model_triton_keys_still_work_and_say_so(tmp_path, caplog):
     path = tmp_path / "phasewatch.toml"
     path.write_text('[model]\nbackend = "triton"\ntriton_url = "gpu-server:8001"\ntriton_model = "carbide"\n'
                     'triton_protocol = "http"\ntriton_timeout_s = 5\ntriton_shared_memory = true\n')
-    assert load_config(path).model.remote == Remote("gpu-server:8001", "carbide", "http", 5.0, True)
-    assert load_config(path, {"triton_url": "other:9001"}).model.remote.url == "other:9001"
-    path.write_text('[model]\ntriton_protocol = "udp"\n')
-    with pytest.raises(ConfigError, match="triton_protocol"):
+    with caplog.at_level("WARNING", logger="phasewatch.service.config"):
+        config = load_config(path)
+    assert triton_options(config) == TritonOptions("gpu-server:8001", "carbide", "http", 5.0, True)
+    assert f"{path}: 'model.triton_url' is deprecated, read as [model.triton] url" in caplog.messages
+    assert len(caplog.messages) == 5
+    path.write_text('[model]\ntriton_timeout_s = 0\n')
+    with pytest.raises(ConfigError, match=r"\[model.triton\] timeout_s: must be > 0, got 0.0"):
         load_config(path)
 
 
 def test_a_protocol_outside_the_list_is_refused_by_name():
-    with pytest.raises(BackendError, match="protocol 'udp' is not one of grpc, http"):
-        TritonBackend(load_bundle("uhcs-carbide"), 8, Remote("", "", "udp"))
+    with pytest.raises(BackendError, match=r"\[model.triton\] protocol: must be one of grpc, http, got 'udp'"):
+        TritonOptions(protocol="udp")

@@ -10,6 +10,7 @@ exactly once. Every wait polls up to a deadline; no test asserts a duration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -23,11 +24,12 @@ from test_daemon_e2e import ServeProcess, wait_for
 from triton_serving import TritonServer, free_port, server_python, tritonserver_binary
 
 from phasewatch.app.cli import main
-from phasewatch.backends.registry import BackendError, OrtBackend, Remote
+from phasewatch.backends.base import BackendError
+from phasewatch.backends.onnxruntime import OrtBackend
 from phasewatch.bundle import load_bundle, resolve_bundle_path
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc,http] is not installed")
-from phasewatch.backends.triton.client import TritonBackend  # noqa: E402
+from phasewatch.backends.triton.client import TritonBackend, TritonOptions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MODEL = "uhcs-carbide"
@@ -84,7 +86,7 @@ def test_real_micrographs_through_triton_get_the_cpu_backends_class_maps(
 def test_a_server_that_stops_answering_is_a_timeout_and_is_used_again_once_it_answers(
         server: TritonServer, protocol: str) -> None:
     bundle = load_bundle(MODEL)
-    backend = TritonBackend(bundle, 8, server.remote(protocol)._replace(timeout_s=HUNG_TIMEOUT_S))
+    backend = TritonBackend(bundle, 8, dataclasses.replace(server.remote(protocol), timeout_s=HUNG_TIMEOUT_S))
     tiles = np.random.default_rng(0).random((2, 1, 256, 256), dtype=np.float32)
     expected = OrtBackend(bundle.onnx_path, "cpu").run(tiles)
     try:
@@ -139,11 +141,11 @@ def test_the_real_server_reads_the_entry_itself(tmp_path: Path) -> None:
 class TritonServe(ServeProcess):
     """``phasewatch serve`` with the bundled model on the Triton server ``remote``."""
 
-    def __init__(self, root: Path, remote: Remote, shared_memory: bool) -> None:
+    def __init__(self, root: Path, remote: TritonOptions, shared_memory: bool) -> None:
         super().__init__(root, resolve_bundle_path(MODEL))
         self.backend_args = ("--backend", "triton", "--triton-url", remote.url)
         with self.config.open("a") as config:
-            config.write(f"\n[model]\ntriton_shared_memory = {str(shared_memory).lower()}\n")
+            config.write(f"\n[model.triton]\nshared_memory = {str(shared_memory).lower()}\n")
 
 
 def health(serve: ServeProcess) -> tuple[int, dict]:

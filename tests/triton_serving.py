@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-from phasewatch.backends.registry import Remote
+from phasewatch.backends.triton.client import TritonOptions
 from phasewatch.backends.triton.shm import NAME_PREFIX
 
 PYTHON_ENV = "PHASEWATCH_TRITON_PYTHON"
@@ -61,8 +61,8 @@ class TritonServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def remote(self, protocol: str = "grpc") -> Remote:
-        return Remote(f"127.0.0.1:{self.ports[protocol]}", "", protocol)
+    def remote(self, protocol: str = "grpc") -> TritonOptions:
+        return TritonOptions(f"127.0.0.1:{self.ports[protocol]}", "", protocol)
 
     def log_text(self) -> str:
         return (self.work / f"triton.{self.starts}.log").read_text(errors="replace")

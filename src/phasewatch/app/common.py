@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from phasewatch.backends.registry import KINDS, Settings
 from phasewatch.errors import PhasewatchError
 from phasewatch.imageio.formats import images_in
 
@@ -22,6 +23,28 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
         else:
             files.append(path)
     return files
+
+
+# --triton-* flag -> its [model.triton] key (segment's flags for the one backend with settings).
+TRITON_FLAGS = {"triton_url": "url", "triton_model": "model", "triton_protocol": "protocol",
+                "triton_shared_memory": "shared_memory"}
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and the triton backend's flags (its [model.triton] keys)."""
+    parser.add_argument("--backend", choices=KINDS, default="auto")
+    parser.add_argument("--triton-url", metavar="HOST:PORT",
+                        help="--backend triton: the server (default: this host, 8001 for grpc, 8000 for http)")
+    parser.add_argument("--triton-model", help="--backend triton: the model's name there (default: the bundle's)")
+    parser.add_argument("--triton-protocol", choices=("grpc", "http"), help="--backend triton: default grpc")
+    parser.add_argument("--triton-shared-memory", action="store_true", default=None,
+                        help="--backend triton: tiles and logits through system shared memory (server on this host)")
+
+
+def backend_settings(args: argparse.Namespace) -> Settings:
+    """The [model.<kind>] tables the flags of :func:`add_backend_arguments` give."""
+    triton = {key: getattr(args, flag) for flag, key in TRITON_FLAGS.items() if getattr(args, flag) is not None}
+    return {"triton": triton} if triton else {}
 
 
 def parse_spacing(text: str) -> tuple[float, float, float]:

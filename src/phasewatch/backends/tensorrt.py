@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from phasewatch.backends.registry import BackendError
+from phasewatch.backends.base import BackendError
 from phasewatch.bundle import Bundle, sha256_file
 from phasewatch.errors import one_line
 

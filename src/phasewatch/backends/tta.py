@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from phasewatch.backends.registry import Backend, any_size
+from phasewatch.backends.base import Backend, any_size
 
 Transform = tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
 

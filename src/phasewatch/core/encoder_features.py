@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from phasewatch.backends.registry import session_options
+from phasewatch.backends.onnxruntime import session_options
 from phasewatch.bundle import Bundle
 from phasewatch.errors import PhasewatchError, one_line
 

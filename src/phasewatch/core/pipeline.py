@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from phasewatch.backends.registry import DEFAULT_REMOTE, Backend, Remote, any_size, call_pixels, max_side, open_backend
+from phasewatch.backends.base import Backend, any_size, call_pixels, max_side
+from phasewatch.backends.registry import Settings, open_backend
 from phasewatch.backends.tta import TtaBackend
 from phasewatch.bundle import Bundle, load_bundle
 from phasewatch.core.measure import combine_pages, measure
@@ -61,14 +62,14 @@ DEFAULT_TILE_MEGAPIXELS = 2.0
 
 def open_model(
     ref: str | Path, kind: str = "auto", batch: int = 8, threads: int | None = None, tta: str = "none",
-    tile_megapixels: float = DEFAULT_TILE_MEGAPIXELS, remote: Remote = DEFAULT_REMOTE,
+    tile_megapixels: float = DEFAULT_TILE_MEGAPIXELS, settings: Settings | None = None,
 ) -> Model:
     """Load a bundle (folder or bundled name) and open a backend for it, with test-time
     augmentation ``tta`` (``src/phasewatch/backends/tta.py``) unless it is ``none``; tiles are planned per
-    field within ``tile_megapixels`` when the bundle and backend take any size; ``remote`` is
-    where the ``triton`` backend finds its server."""
+    field within ``tile_megapixels`` when the bundle and backend take any size; ``settings``
+    holds the backends' own ``[model.<kind>]`` tables (the ``triton`` server, ...)."""
     bundle = load_bundle(ref)
-    backend: Backend = open_backend(bundle, kind, batch, threads, remote)
+    backend: Backend = open_backend(bundle, kind, batch, threads, settings)
     if tta != "none":
         backend = TtaBackend(backend, tta)
     return Model(bundle, backend, tile_plan(bundle, backend, tile_megapixels))

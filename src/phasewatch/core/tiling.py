@@ -43,7 +43,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from phasewatch.backends.registry import Backend
+from phasewatch.backends.base import Backend
 
 STAGES = ("prepare_ms", "infer_ms", "stitch_ms")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import logging
 import os
 import typing
 from collections.abc import Mapping
@@ -24,12 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phasewatch.backends.registry import KINDS, REMOTE_PROTOCOLS, Remote
+from phasewatch.backends.base import BackendError
+from phasewatch.backends.registry import KINDS, Settings, kind_options
 from phasewatch.backends.tta import MODES as TTA_MODES
 from phasewatch.errors import PhasewatchError
 from phasewatch.imageio.formats import SUPPORTED_SUFFIXES
 from phasewatch.service.logs import LEVELS
 from phasewatch.tomlfile import tomllib
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/phasewatch/phasewatch.toml")
 DEFAULT_INCLUDE = tuple(f"*{suffix}" for suffix in SUPPORTED_SUFFIXES)
@@ -41,7 +45,7 @@ FLAG_KEYS = {
     "data": "data.dir",
     "model": "model.path",
     "backend": "model.backend",
-    "triton_url": "model.triton_url",
+    "triton_url": "model.triton.url",
     "host": "server.host",
     "port": "server.port",
 }
@@ -136,14 +140,9 @@ class ModelConfig:
     # Model-input pixels one backend call may hold (the memory budget of inference): a field
     # that fits is run whole, a larger one in tiles as large as fit (bundles with dynamic sizes).
     tile_megapixels: float = _rule(2.0, above=0.0)  # about 1 GB on the CPU for the bundled models
-    # backend "triton": the server (host:port; empty: this host on 8001 for grpc, 8000 for http),
-    # the model's name there (empty: the bundle's), the protocol, and one request's timeout.
-    triton_url: str = ""
-    triton_model: str = ""
-    triton_protocol: str = _rule("grpc", choices=REMOTE_PROTOCOLS)
-    triton_timeout_s: float = _rule(60.0, above=0.0)
-    # Tiles and logits through system shared memory: only for a server on this host (same /dev/shm).
-    triton_shared_memory: bool = False
+    # The backends' own settings: the [model.<kind>] tables (e.g. [model.triton] url = ...),
+    # each checked at load by its backend's module; not a key of [model] itself.
+    backend_settings: dict[str, dict[str, Any]] = _rule({}, table_of_tables=True)
 
     @property
     def ref(self) -> str | None:
@@ -151,10 +150,9 @@ class ModelConfig:
         return self.path or self.name or None
 
     @property
-    def remote(self) -> Remote:
-        """Where the ``triton`` backend finds its server and model."""
-        return Remote(self.triton_url, self.triton_model, self.triton_protocol, self.triton_timeout_s,
-                      self.triton_shared_memory)
+    def settings(self) -> Settings:
+        """The kinds' tables, as ``pipeline.open_model`` and ``registry.choose_backend`` take them."""
+        return self.backend_settings
 
 
 @dataclass(frozen=True)
@@ -323,7 +321,7 @@ def _section_values(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
-        if key not in fields:
+        if key not in fields or fields[key].metadata.get("table_of_tables"):
             errors.append(f"{where}: unknown key '{section}.{key}'{_suggest(key, list(fields))}")
             continue
         try:
@@ -357,8 +355,41 @@ def _overrides_as_tables(overrides: Mapping[str, Any], errors: list[str]) -> dic
             continue
         if isinstance(value, Path):
             value = str(value)
-        tables.setdefault(section, {})[name] = value
+        table = tables.setdefault(section, {})
+        if "." in name:  # a key of a sub-table: model.triton.url
+            sub, _, name = name.partition(".")
+            table = table.setdefault(sub, {})
+        table[name] = value
     return tables
+
+
+# [model] keys of phasewatch 0.1, read as their [model.triton] keys with a warning.
+DEPRECATED_MODEL_KEYS = {"triton_url": "url", "triton_model": "model", "triton_protocol": "protocol",
+                         "triton_timeout_s": "timeout_s", "triton_shared_memory": "shared_memory"}
+
+
+def _backend_settings(
+    model: ModelConfig, raw: dict[str, Any], where: str, errors: list[str]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """[model]'s own keys, and its [model.<kind>] tables merged over ``model``'s, each checked
+    by its backend (``registry.kind_options``); the deprecated ``triton_*`` keys are mapped."""
+    plain: dict[str, Any] = {}
+    settings = {kind: dict(table) for kind, table in model.backend_settings.items()}
+    for key, value in raw.items():
+        if key in DEPRECATED_MODEL_KEYS:
+            log.warning("%s: 'model.%s' is deprecated, read as [model.triton] %s", where, key,
+                        DEPRECATED_MODEL_KEYS[key])
+            settings.setdefault("triton", {})[DEPRECATED_MODEL_KEYS[key]] = value
+        elif isinstance(value, dict):
+            settings.setdefault(key, {}).update(value)
+        else:
+            plain[key] = value
+    for kind, table in settings.items():
+        try:
+            kind_options(kind, table)
+        except BackendError as exc:
+            errors.append(f"{where}: {exc}{_suggest(kind, list(KINDS[1:]), '[model.{}]') if kind not in KINDS else ''}")
+    return plain, settings
 
 
 def _merge(
@@ -373,8 +404,11 @@ def _merge(
         if not isinstance(raw, dict):
             errors.append(f"{where}: '{section}' must be a table ([{section}]), got {raw!r}")
             continue
+        extra: dict[str, Any] = {}
+        if section == "model":
+            raw, extra["backend_settings"] = _backend_settings(config.model, raw, where, errors)
         values = _section_values(SECTIONS[section], raw, section, where, base, errors)
-        changes[section] = dataclasses.replace(getattr(config, section), **values)
+        changes[section] = dataclasses.replace(getattr(config, section), **values, **extra)
     return dataclasses.replace(config, **changes)
 
 

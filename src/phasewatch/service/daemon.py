@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from phasewatch.atomic_files import OutputError
-from phasewatch.backends.registry import Backend, BackendError, any_size
+from phasewatch.backends.base import Backend, BackendError, any_size
 from phasewatch.bundle import resolve_bundle_path, sha256_file
 from phasewatch.core.pipeline import (
     Decoded,
@@ -243,7 +243,7 @@ def model_factory(config: Config, active: Callable[[], str | None] = lambda: Non
     model, models = config.model, config.data.dir / "models"
     bundle = lambda: resolve_bundle_path(active() or model.ref or DEFAULT_MODEL, models)  # noqa: E731
     return lambda: open_model(bundle(), model.backend, model.batch, tta=model.tta,
-                              tile_megapixels=model.tile_megapixels, remote=model.remote)
+                              tile_megapixels=model.tile_megapixels, settings=model.settings)
 
 
 def _batches(works: list[_Work]) -> list[list[_Work]]:

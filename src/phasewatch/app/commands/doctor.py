@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from phasewatch.backends.registry import DEFAULT_REMOTE, BackendError, Remote, choose_backend, physical_cores
+from phasewatch.backends.base import BackendError, physical_cores
+from phasewatch.backends.registry import Settings, choose_backend
 from phasewatch.bundle import Bundle, BundleError, load_bundle
 from phasewatch.service.config import Config, ConfigError, add_service_arguments, config_from_args
 from phasewatch.service.daemon import DEFAULT_MODEL, MIN_FREE_DISK_BYTES
@@ -84,7 +85,7 @@ def service_checks(config: Config) -> list[Check]:
         checks.append(Check(FAIL, "model", str(exc)))
     else:
         checks += [model_check(bundle), engine_check(bundle)]
-        checks += backend_checks(bundle, config.model.backend, config.model.batch, config.model.remote)
+        checks += backend_checks(bundle, config.model.backend, config.model.batch, config.model.settings)
     checks += [watch_check(config), data_check(config.data.dir), disk_check(config.data.dir)]
     return checks
 
@@ -143,10 +144,10 @@ def engine_check(bundle: Bundle) -> Check:
     return Check(INFO, "engine", f"matching TensorRT engine: {engine}")
 
 
-def backend_checks(bundle: Bundle, configured: str, batch: int, remote: Remote = DEFAULT_REMOTE) -> list[Check]:
+def backend_checks(bundle: Bundle, configured: str, batch: int, settings: Settings | None = None) -> list[Check]:
     """Open the backend ``auto`` picks (and the configured one, when another) as the service would."""
     try:
-        backend, passed_over = choose_backend(bundle, "auto", batch)
+        backend, passed_over = choose_backend(bundle, "auto", batch, settings=settings)
     except BackendError as exc:
         checks = [Check(FAIL, "auto", str(exc))]
     else:
@@ -155,7 +156,7 @@ def backend_checks(bundle: Bundle, configured: str, batch: int, remote: Remote =
         checks += [Check(INFO, "auto", f"passed over {kind}: {why}") for kind, why in passed_over.items()]
     if configured != "auto":
         try:
-            choose_backend(bundle, configured, batch, remote=remote).backend.close()
+            choose_backend(bundle, configured, batch, settings=settings).backend.close()
         except BackendError as exc:
             checks.append(Check(FAIL, "backend", str(exc)))
         else:

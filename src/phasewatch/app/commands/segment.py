@@ -13,8 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from phasewatch.app.common import expand_inputs, parse_spacing
-from phasewatch.backends.registry import KINDS, REMOTE_PROTOCOLS, Remote
+from phasewatch.app.common import add_backend_arguments, backend_settings, expand_inputs, parse_spacing
 from phasewatch.backends.tta import MODES
 from phasewatch.core.pipeline import Model, open_model, process_file
 from phasewatch.core.volume import Spacing, open_volume, says_volume, segment_volume, summary_line
@@ -26,14 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="micrograph files, or folders whose images are all segmented")
     parser.add_argument("--model", required=True, help="bundle folder or bundled model name")
     parser.add_argument("--out", required=True, type=Path, help="folder for the outputs")
-    parser.add_argument("--backend", choices=KINDS, default="auto")
-    parser.add_argument("--triton-url", default="", metavar="HOST:PORT",
-                        help="--backend triton: the server (default: this host, 8001 for grpc, 8000 for http)")
-    parser.add_argument("--triton-model", default="",
-                        help="--backend triton: the model's name there (default: the bundle's)")
-    parser.add_argument("--triton-protocol", choices=REMOTE_PROTOCOLS, default="grpc")
-    parser.add_argument("--triton-shared-memory", action="store_true",
-                        help="--backend triton: tiles and logits through system shared memory (server on this host)")
+    add_backend_arguments(parser)
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
     parser.add_argument("--overlap", type=int, default=None,
                         help="tile overlap in pixels (default: from the model's halo)")
@@ -69,9 +61,7 @@ def segment_one(path: Path, is_volume: bool, model: Model, args: argparse.Namesp
 def run(args: argparse.Namespace) -> int:
     try:
         spacing = parse_spacing(args.spacing) if args.spacing else None
-        remote = Remote(args.triton_url, args.triton_model, args.triton_protocol,
-                        shared_memory=args.triton_shared_memory)
-        model = open_model(args.model, args.backend, args.batch, tta=args.tta, remote=remote)
+        model = open_model(args.model, args.backend, args.batch, tta=args.tta, settings=backend_settings(args))
     except PhasewatchError as exc:
         print(f"phasewatch segment: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,8 @@ Every failure of a request (the server gone, a timeout, a model unloaded) is a o
 fault on ``/healthz`` and retries (``stages.TransientFault``). The gRPC channel and the HTTP
 client both reconnect by themselves, so a server that comes back is used again without a restart.
 
-With ``remote.shared_memory`` (a server on the same host) tiles and logits go through system
+Its settings are the ``[model.triton]`` table (:class:`TritonOptions`). With ``shared_memory``
+(a server on the same host) tiles and logits go through system
 shared memory (``triton_shm.py``) instead of the socket; one request at a time uses the regions.
 
 Each thread gets its own client: the HTTP client runs on gevent, whose sockets belong to the
@@ -24,22 +25,51 @@ from __future__ import annotations
 
 import importlib
 import threading
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from phasewatch.backends.registry import REMOTE_PROTOCOLS, BackendError, Remote
+from phasewatch.backends.base import Backend, BackendError, Table, options_from_table
 from phasewatch.backends.triton.repository import MAX_SIDE_KEY, MODEL_KEY, ONNX_KEY
 from phasewatch.backends.triton.shm import Region
 from phasewatch.bundle import Bundle
 from phasewatch.errors import one_line
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+PROTOCOLS = tuple(DEFAULT_PORTS)
 
 
-def server_url(remote: Remote) -> str:
-    """``remote.url``, or this host on the protocol's default port."""
-    return remote.url or f"localhost:{DEFAULT_PORTS[remote.protocol]}"
+@dataclass(frozen=True)
+class TritonOptions:
+    """The ``[model.triton]`` table: where the backend finds its server and model."""
+
+    url: str = ""  # host:port; empty: this host on the protocol's default port
+    model: str = ""  # the server's model name; empty: the bundle's name
+    protocol: str = "grpc"  # grpc or http
+    timeout_s: float = 60.0  # one request, connection included
+    shared_memory: bool = False  # tiles and logits through system shared memory (server on this host)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise BackendError(f"[model.triton] protocol: must be one of {', '.join(PROTOCOLS)}, "
+                               f"got {self.protocol!r}")
+        if not self.timeout_s > 0:
+            raise BackendError(f"[model.triton] timeout_s: must be > 0, got {self.timeout_s}")
+
+    @classmethod
+    def from_table(cls, table: Table) -> TritonOptions:
+        return options_from_table(cls, "triton", table)
+
+
+def server_url(options: TritonOptions) -> str:
+    """``options.url``, or this host on the protocol's default port."""
+    return options.url or f"localhost:{DEFAULT_PORTS[options.protocol]}"
+
+
+def open_triton(bundle: Bundle, batch: int, threads: int | None, options: TritonOptions) -> Backend:
+    # threads is not used: the server runs the network.
+    return TritonBackend(bundle, batch, options)
 
 
 def client_errors() -> tuple[type[BaseException], ...]:
@@ -100,18 +130,16 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, bundle: Bundle, batch: int, remote: Remote) -> None:
-        if remote.protocol not in REMOTE_PROTOCOLS:
-            raise BackendError(f"triton: protocol '{remote.protocol}' is not one of {', '.join(REMOTE_PROTOCOLS)}")
-        self.protocol = remote.protocol
-        self.url = server_url(remote)
-        self.model = remote.model or bundle.name
-        self.timeout_s = remote.timeout_s
+    def __init__(self, bundle: Bundle, batch: int, options: TritonOptions) -> None:
+        self.protocol = options.protocol
+        self.url = server_url(options)
+        self.model = options.model or bundle.name
+        self.timeout_s = options.timeout_s
         self.where = f"triton {self.protocol}://{self.url} model '{self.model}'"
         self.module = importlib.import_module(f"tritonclient.{self.protocol}")
         self._local = threading.local()
         self._clients: list[Any] = []
-        self.regions = (Region("in"), Region("out")) if remote.shared_memory else None
+        self.regions = (Region("in"), Region("out")) if options.shared_memory else None
         self._regions_lock = threading.Lock()
         self.classes = bundle.num_classes
         try:
