@@ -21,7 +21,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from phasewatch.store import StoreError
-from phasewatch.webui import api, events_view, login, openapi, pages, report, specimens_api
+from phasewatch.webui import api, events_view, labels_api, login, openapi, pages, report, specimens_api
 from phasewatch.webui.context import AppContext, install
 from phasewatch.webui.payloads import image_json
 from phasewatch.webui.rest import ApiError, JsonProvider, JsonRequest, api_error, http_error, store_error
@@ -43,7 +43,7 @@ def create_app(ctx: AppContext) -> Flask:
     app.register_error_handler(StoreError, store_error)
     install_guards(app, ctx.access)
     for blueprint in (pages.blueprint, api.blueprint, specimens_api.blueprint, openapi.blueprint,
-                      events_view.blueprint, login.blueprint, report.blueprint):
+                      events_view.blueprint, login.blueprint, report.blueprint, labels_api.blueprint):
         app.register_blueprint(blueprint)
     app.register_blueprint(teach_blueprint)  # teach jobs, models, re-analysis: webui/teach_api.py
     return app

@@ -106,6 +106,8 @@ export class LabelEditor {
     $("label-edit").textContent = this.active ? "Stop editing" : "Edit labels";
     $("label-tools").hidden = !this.active;
     this.viewer.canvas.classList.toggle("editing", this.active);
+    document.body.classList.toggle("editing-labels", this.active); // the tools beside the picture (app.css)
+    if (this.active) this.viewer.canvas.scrollIntoView({ block: "nearest" });
     if (this.active && !this.raster) await this.load();
     else this.showLayer();
     this.showState();
@@ -455,6 +457,7 @@ export class LabelEditor {
   }
 
   showClasses() {
+    const shown = new Map(((this.field && this.field.classes) || []).map((c) => [c.name, c.label])); // display names
     $("label-classes").replaceChildren(...this.material.classes.map((c, index) => {
       const item = element("li");
       item.dataset.index = String(index);
@@ -463,7 +466,7 @@ export class LabelEditor {
       button.dataset.index = String(index);
       button.setAttribute("aria-pressed", String(index === this.classIndex));
       if (index < 10) button.setAttribute("aria-keyshortcuts", String((index + 1) % 10));
-      button.append(swatch(c.colour), element("span", c.name, "name"),
+      button.append(swatch(c.colour), element("span", shown.get(c.name) || c.name, "name"),
         ...(index < 10 ? [element("kbd", String((index + 1) % 10))] : []),
         ...(c.role === "excluded" ? [element("span", "excluded", "role")] : []), element("span", "", "count"));
       button.addEventListener("click", () => this.pickClass(index));
