@@ -11,6 +11,11 @@ JSON API, so a page's URL is all it needs: every view has its own address (a fie
 | ``/specimens``             | ``specimens.html``| ``specimens.js`` |
 | ``/specimens/ID``          | ``specimen.html`` | ``specimen.js``  |
 | ``/specimens/compare?ids=``| ``compare.html``  | ``compare.js``   |
+| ``/teach`` (``?job=``)     | ``teach.html``    | ``teach.js``     |
+| ``/models``                | ``models.html``   | ``models.js``    |
+| ``/models/NAME``           | ``model.html``    | ``model.js``     |
+
+A field's page carries the label editor (``_labels.html``, ``label_editor.js``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 from flask import Blueprint, render_template
 
 from phasewatch.webui.context import current_context
-from phasewatch.webui.rest import checked_id
+from phasewatch.webui.rest import ApiError, checked_id
 
 blueprint = Blueprint("pages", __name__)
 
@@ -43,7 +48,10 @@ def fields() -> str:
 
 @blueprint.get("/fields/<int:file_id>")
 def field(file_id: int) -> str:
-    return _page("field.html", "field.js", "fields", file_id=checked_id("image", file_id), editable=True)
+    # A page of no field would show empty panels and controls that act on nothing.
+    if current_context().store.get_image(checked_id("image", file_id)) is None:
+        raise ApiError(404, f"no field {file_id}")
+    return _page("field.html", "field.js", "fields", file_id=file_id, editable=True)
 
 
 @blueprint.get("/specimens")
@@ -53,9 +61,26 @@ def specimens() -> str:
 
 @blueprint.get("/specimens/<int:specimen_id>")
 def specimen(specimen_id: int) -> str:
-    return _page("specimen.html", "specimen.js", "specimens", specimen_id=checked_id("specimen", specimen_id))
+    if current_context().store.get_specimen(checked_id("specimen", specimen_id)) is None:
+        raise ApiError(404, f"no specimen {specimen_id}")
+    return _page("specimen.html", "specimen.js", "specimens", specimen_id=specimen_id)
 
 
 @blueprint.get("/specimens/compare")
 def compare() -> str:
     return _page("compare.html", "compare.js", "specimens")
+
+
+@blueprint.get("/teach")
+def teach() -> str:
+    return _page("teach.html", "teach.js", "teach")
+
+
+@blueprint.get("/models")
+def models() -> str:
+    return _page("models.html", "models.js", "models")
+
+
+@blueprint.get("/models/<name>")
+def model(name: str) -> str:
+    return _page("model.html", "model.js", "models", model_name=name)
