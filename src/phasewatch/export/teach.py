@@ -13,8 +13,10 @@ in a low-priority process of its own, ``service/teach_jobs.py``):
    (``finetune``: its weights, the head replaced when the material has other classes), with
    the base's architecture, tile and normalisation, on random augmented crops of the
    training fields; unlabelled pixels (255) leave the loss. It runs for the time budget, the
-   learning rate annealed by the clock. The checkpoint is chosen on the training fields,
-   never on the held-out ones, so the gate's scores are not picked for.
+   learning rate annealed by the clock: on the CPU, CPU time per training CPU
+   (:func:`training_clock`), so that a job niced behind a busy daemon trains as much, later.
+   The checkpoint is chosen on the training fields, never on the held-out ones, so the gate's
+   scores are not picked for.
 3. **Export** (``onnx_export.export_bundle``: its ONNX and FP16 parity checks refuse a bad
    export) and **trust calibration** (``trust_calibration``) on every labelled field of the
    material, plus the base's own training images where the material is the base's and they
@@ -221,7 +223,7 @@ def training_config(p: Plan, budget_min: float, seed: int) -> dict[str, Any]:
         "augment": {"flips": True, "rot90": True, "scale": [0.8, 1.25], "brightness": 0.2, "contrast": 0.2,
                     "noise": 0.05, "gamma": 0.3, "blur": 0.2, "single_class_cap": 0.3},
         "train": {"batch": 8, "epochs": 100_000, "steps_per_epoch": STEPS_PER_EPOCH, "optimizer": "adamw",
-                  "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 20,
+                  "lr": 2e-3, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 20,
                   "losses": [{"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 0.5}],
                   "time_limit_min": budget_min},
         "export": {"enabled": False},
@@ -355,8 +357,9 @@ def teach(request: TeachRequest, progress: Progress = lambda stage, fraction, me
         splits = Splits(train_samples, chosen_on, {"material": request.material, "train_images": [
             s.name for s in train_samples], "checkpoint_chosen_on": [s.name for s in chosen_on],
             "held_out_images": [r["file_id"] for r in p.held_out]})
-        with _ticking(progress, "train", PROGRESS["plan"], PROGRESS["train"], request.budget_min * 60):
-            checkpoint = train(config, work, device=request.device, seed=request.seed, splits=splits)
+        clock = training_clock(request.device)
+        with _ticking(progress, "train", PROGRESS["plan"], PROGRESS["train"], request.budget_min * 60, clock):
+            checkpoint = train(config, work, device=request.device, seed=request.seed, splits=splits, clock=clock)
 
         progress("export", PROGRESS["train"], "exporting and checking ONNX against PyTorch")
         bundle_dir = models_dir(data_dir) / f".{p.name}.partial"
@@ -400,6 +403,18 @@ def teach(request: TeachRequest, progress: Progress = lambda stage, fraction, me
         store.close()
 
 
+def training_clock(device: str) -> Callable[[], float]:
+    """What the budget is counted in: on a GPU wall time; on the CPU the process's CPU time
+    per CPU it trains on, so that a job niced behind a busy daemon gets the same training,
+    only later (on an idle machine the two are the same)."""
+    import torch
+
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return time.time
+    cpus = max(1, len(os.sched_getaffinity(0)))  # what train() sizes its thread pool by
+    return lambda: time.process_time() / cpus
+
+
 def _base_training_images(base: Bundle) -> list[Path]:
     """The base's training images, where its manifest names them and this machine has them."""
     data = base.manifest.get("data") or {}
@@ -431,17 +446,20 @@ def _finish_bundle(partial: Path, final: Path, p: Plan, request: TeachRequest, v
 class _ticking:
     """Report a stage's progress by the clock while it runs (training is timed by its budget)."""
 
-    def __init__(self, progress: Progress, stage: str, start: float, end: float, seconds: float) -> None:
+    def __init__(self, progress: Progress, stage: str, start: float, end: float, seconds: float,
+                 clock: Callable[[], float]) -> None:
         self.progress, self.stage, self.start, self.end, self.seconds = progress, stage, start, end, seconds
+        self.clock = clock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        began = time.time()
+        began = self.clock()
         while not self._stop.wait(2.0):
-            done = min(1.0, (time.time() - began) / self.seconds)
-            left = max(0.0, self.seconds - (time.time() - began))
-            self.progress(self.stage, self.start + (self.end - self.start) * done, f"training, {left:.0f} s left")
+            spent = self.clock() - began
+            done = min(1.0, spent / self.seconds)
+            self.progress(self.stage, self.start + (self.end - self.start) * done,
+                          f"training: {spent:.0f} of {self.seconds:.0f} s of its budget")
 
     def __enter__(self) -> _ticking:
         self._thread.start()
