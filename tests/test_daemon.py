@@ -184,7 +184,8 @@ def test_each_processed_image_is_one_info_line_with_its_result_and_seconds(make_
 
 
 def test_backend_error_requeues_without_spending_an_attempt(make_daemon) -> None:
-    backend = ThresholdBackend(failures=1)
+    # The file's call and the daemon's test ramp both fail: the backend's fault, not the file's.
+    backend = ThresholdBackend(failures=2)
     daemon = make_daemon(backend)
     drop(daemon, "a.tif", lambda p: tifffile.imwrite(p, half_bright(16, 16)))
     problem = wait_for(lambda: daemon.health()[1].get("backend"), "the backend problem to show")
@@ -193,6 +194,17 @@ def test_backend_error_requeues_without_spending_an_attempt(make_daemon) -> None
     assert image["state"] == "done" and image["attempts"] == 1
     assert image["fractions"]["class1"] == pytest.approx(0.5)
     assert "backend" not in daemon.health()[1]
+
+
+def test_a_backend_error_on_one_file_only_costs_that_file_an_attempt(make_daemon) -> None:
+    # Only the file's call fails; the test ramp after it passes: charged to the file, tried again.
+    backend = ThresholdBackend(failures=1)
+    daemon = make_daemon(backend)
+    drop(daemon, "a.tif", lambda p: tifffile.imwrite(p, half_bright(16, 16)))
+    (image,) = wait_for(lambda: finished(daemon, 1), "the retried result")
+    assert image["state"] == "done" and image["attempts"] == 2
+    assert backend.calls == 3  # the file, the ramp, the file again
+    assert daemon.health() == (True, {})
 
 
 def test_full_disk_is_retried_and_recovers(make_daemon, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,12 @@ class DecoderClosed(DecoderUnavailable):
     """The reader was closed while a file was being read (the service is stopping)."""
 
 
+class DecodeAborted(ImageReadError):
+    """The child gave no answer for the file: it took longer than the time limit, or it died.
+    Unlike the decoder's verdict on the content, another attempt may go otherwise (a busy
+    machine, a child killed from outside), so the daemon charges the file an attempt."""
+
+
 class _Child(NamedTuple):
     process: subprocess.Popen[bytes]
     conn: Connection
@@ -70,14 +76,14 @@ class IsolatedReader:
             child.conn.send((os.fspath(path), pixel_size_um, max_pixels))
             if not child.conn.poll(self.timeout_s):
                 self._discard(child)
-                raise ImageReadError(path, f"decoding took longer than the limit of {self.timeout_s:g} s")
+                raise DecodeAborted(path, f"decoding took longer than the limit of {self.timeout_s:g} s")
             return _receive_pages(path, child.conn)
         except (EOFError, OSError) as exc:  # the child died, or close() ended it
             died = _death(child.process)
             self._discard(child)
             if self._closed:
                 raise DecoderClosed(f"{path}: decoding cut short: the reader was closed") from exc
-            raise ImageReadError(path, f"the decoder died reading it ({died})") from exc
+            raise DecodeAborted(path, f"the decoder died reading it ({died})") from exc
         finally:
             with self._lock:
                 self._busy = False

@@ -9,9 +9,10 @@ and writing overlap and the backend sees full batches when a burst arrives:
             ``[limits]`` (``imageio.IsolatedReader``: a file that needs too much time or
             memory, or crashes the decoder, fails here with one line, and so does a
             field over ``[limits] max_megapixels``);
-``infer``   segments every decoded file that is ready, tiles of several files in a
-            batch (``pipeline.segment_files``); a model reload (SIGHUP) happens here,
-            between batches, and each result carries the model that produced it;
+``infer``   segments the decoded files that are ready, up to ``[limits] max_megapixels``
+            in all, tiles of several files in a batch (``pipeline.segment_files``); a
+            model reload (SIGHUP) happens here, between batches, and each result
+            carries the model that produced it;
 ``write``   measures, writes the outputs atomically (``pipeline.measure_and_write``), marks
             the file done and publishes the event that the web page shows.
 
@@ -20,18 +21,32 @@ one 20000 x 20000 image weighs what 1500 small ones do. Each stage reports a hea
 a stage that holds an item without progress for ``[workers] stall_timeout_s`` makes
 :meth:`Daemon.health` report a ``worker`` problem, which stops the watchdog pings.
 
+Faults of a file are charged to the file, faults of the machine to nobody. The decoder's
+verdict on a file's content fails it at once (the same bytes give the same verdict). Any
+other error that a file's content can cause (a decoder that timed out or died; prepare,
+the backend rejecting its input or stitching; measuring; writing its outputs) costs it an
+attempt: back to the queue, failed with its one-line reason after ``[queue]
+max_attempts`` (``Store.charge``). When a batch of several files fails, its halves are
+tried one after the other down to the file at fault (bisect), so the others go on. A
+failure of one file alone is the backend's only when the backend also fails a plain gray
+ramp of one tile (:meth:`Daemon._backend_fails`).
+
 Transient faults are retried, never charged to a file: a full disk or a read-only or
 unwritable results folder (``disk``), a database that is locked, full or failing
-(``database``), a failing backend (``backend``). The stage that meets one keeps its item,
-shows the fault in :meth:`Daemon.health` while it lasts and tries again with backoff
+(``database``), a backend that is down (``backend``). The stage that meets one keeps its
+item, shows the fault in :meth:`Daemon.health` while it lasts and tries again with backoff
 (``stages.TransientFault``); it resumes by itself when the cause goes.
 
-Crashes. Rows are marked in the store while they are inside inference, the one step
-that runs native code in this process on a file's pixels. At the next start those rows
-run alone when there were several; they are charged a crash only when the worker died of
-a fatal signal (:class:`CrashRecord`), not when it was killed, and a row that keeps
-crashing the worker ends failed (``Store.recover_after_crash``). Every other row the
-worker held goes back to the queue free.
+Deaths. Rows are marked in the store while they are inside a step that runs native code
+in this process on a file's pixels: ``segmenting`` (inference, a volume's slices
+included) and ``measuring`` (measuring and writing the outputs). At the next start those
+rows are charged a death, whatever killed the process: a native crash, and also a
+SIGKILL, since the kernel's OOM killer sends nothing else; rows charged together each run
+alone from then on, and a row charged ``[queue] max_attempts`` deaths ends failed
+(``Store.recover_after_crash``), so a file that kills the service cannot keep it in a
+crash loop. Every other row the process held goes back to the queue free, and the
+temporary files that the death left in their results are removed. :class:`CrashRecord`
+names the signal of a crash in the log.
 Outputs of file ``ID`` go to ``results/ID/`` under the data folder; the watch folder is
 only ever read. A multi-page TIFF is one queue row and one field of its specimen
 (``measure.combine_pages``).
@@ -78,12 +93,13 @@ from phasewatch.core.pipeline import (
     measure_and_write,
     open_model,
     segment_files,
+    segment_images,
 )
 from phasewatch.core.provenance import model_identity
 from phasewatch.core.volume import Volume, open_volume, says_volume
 from phasewatch.core.volume_views import record_volume
 from phasewatch.errors import PhasewatchError, one_line
-from phasewatch.imageio.isolated import DecoderClosed, DecoderUnavailable, IsolatedReader
+from phasewatch.imageio.isolated import DecodeAborted, DecoderClosed, DecoderUnavailable, IsolatedReader
 from phasewatch.service.config import Config
 from phasewatch.service.logs import fields as log_fields
 from phasewatch.service.prometheus import DaemonMetrics
@@ -99,6 +115,7 @@ MIN_FREE_DISK_BYTES = 200 * 1024 * 1024
 # remount, permissions taken away, a failing disk. Retried until they go.
 TRANSIENT_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 SEGMENTING = "segmenting"
+MEASURING = "measuring"
 
 Publish = Callable[[str, dict[str, Any]], None]
 ModelFactory = Callable[[], Model]
@@ -124,6 +141,7 @@ class _Work:
     segmented: FileSegmentation | None = None
     result: FileResult | None = None  # outputs written, not yet marked done
     error: str | None = None
+    retry: bool = False  # the error may not repeat: charge an attempt (Store.charge), do not fail at once
     pixels: int = 0
     staged: bool = False  # marked as inside inference in the store
     claimed: float = dataclasses.field(default_factory=time.perf_counter)  # taken from the queue
@@ -191,14 +209,13 @@ class _Beating:
 
 
 class CrashRecord:
-    """Tells a crash from a kill, across a restart.
+    """Names a crash of the last run in the log, across a restart.
 
     While armed, :mod:`faulthandler` writes into the record file when the process dies of
     SIGSEGV, SIGABRT (also what systemd's watchdog sends a hung service), SIGBUS, SIGFPE
-    or SIGILL: native code failed on what it was given. A ``kill -9``, the OOM killer or
-    a power cut write nothing, and neither does a clean stop. Such a death says nothing
-    about the files in hand, so a steady feed survives any number of kills; inference
-    memory, the OOM killer's trigger, is bounded by ``[limits]`` and the pixel budget.
+    or SIGILL, with the threads' stacks. A ``kill -9``, the OOM killer or a power cut write
+    nothing, and neither does a clean stop. Deaths are charged to the files in a marked
+    step either way (module doc): the OOM killer's SIGKILL looks like any other.
     """
 
     def __init__(self, path: Path) -> None:
@@ -274,6 +291,7 @@ class Daemon:
         self._settled_at: dict[str, float] = {}
         self._arrivals: queue.Queue[_Arrival] = queue.Queue()
         self._decoded: queue.Queue[_Work] = queue.Queue()
+        self._held: _Work | None = None  # decoded, left for the next batch by the pixel bound
         self._segmented: queue.Queue[_Work] = queue.Queue()
         self._budget = PixelBudget(int(config.workers.in_flight_megapixels * 1e6))
         self._work_ready = threading.Event()
@@ -300,7 +318,8 @@ class Daemon:
         crash = self.crash_record.last_run()
         if crash is not None:
             log.error("the last run crashed: %s", crash)
-        recovered = self.store.recover_after_crash(charge=crash is not None)
+        self._remove_partial_outputs(self.store.in_work())
+        recovered = self.store.recover_after_crash(charge=True)  # every death: an OOM kill is a SIGKILL
         if any(recovered.values()):
             log.warning("recovered interrupted work", extra=log_fields(**recovered))
         self.crash_record.arm()
@@ -308,6 +327,19 @@ class Daemon:
             stage.start()
         self._work_ready.set()  # rows left pending by the last run
         self.watcher.start()
+
+    def _remove_partial_outputs(self, file_ids: list[int]) -> None:
+        """The temporary files (``.NAME.*.tmp`` of atomic writes, ``.NAME.partial`` of stacks)
+        that a death left in the results of the files it interrupted: they are written again."""
+        for file_id in file_ids:
+            folder = self.config.data.result_dir(file_id)
+            for leftover in [*folder.glob(".*.tmp"), *folder.glob(".*.partial")]:
+                try:
+                    leftover.unlink()
+                except OSError as exc:
+                    log.warning("%s: cannot remove a partial output: %s", leftover, exc.strerror or exc)
+                else:
+                    log.info("removed a partial output of the last run: %s", leftover)
 
     def stop(self) -> None:
         """Stop taking new files, finish the fields in hand (stage by stage, in order), then
@@ -428,11 +460,13 @@ class Daemon:
             return
         except DecoderUnavailable as exc:
             raise TransientFault("decoder", str(exc)) from exc
-        except PhasewatchError as exc:
+        except DecodeAborted as exc:  # timed out or died: another attempt may go otherwise
+            work.error, work.retry = str(exc), True
+        except PhasewatchError as exc:  # the decoder's verdict on the content: the same every time
             work.error = str(exc)
         except Exception as exc:  # one odd file must not stop the decode stage
             log.exception("%s: unexpected error while decoding", work.path)
-            work.error = f"{work.path}: unexpected error while decoding: {one_line(exc)}"
+            work.error, work.retry = f"{work.path}: unexpected error while decoding: {one_line(exc)}", True
         if work.decoded is not None:
             pixels = sum(f.image.shape[0] * f.image.shape[1] for f in work.decoded.fields)
             if not self._budget.acquire(pixels, lambda: self.decode.stopping):
@@ -447,24 +481,35 @@ class Daemon:
     # -- inference ----------------------------------------------------------------------
 
     def _take_decoded(self, timeout: float) -> list[_Work] | None:
+        """What is decoded by now, up to ``[limits] max_megapixels`` in all (one larger file
+        alone): files share the backend's batches, and inference's memory (maps, inputs) is
+        bounded by what the largest allowed field needs, however many small files wait."""
         try:
-            batch = [self._decoded.get(timeout=timeout)]
+            batch = [self._held or self._decoded.get(timeout=timeout)]
         except queue.Empty:  # an idle service reloads at once, not at the next field
             return [] if self._reload.is_set() else None
-        while True:  # everything decoded by now shares the backend's batches
+        self._held = None
+        pixels = batch[0].pixels
+        while True:
             try:
-                batch.append(self._decoded.get_nowait())
+                work = self._decoded.get_nowait()
             except queue.Empty:
                 return batch
+            if pixels + work.pixels > self._max_pixels:
+                self._held = work  # first in the next batch
+                return batch
+            batch.append(work)
+            pixels += work.pixels
 
     def _infer(self, batch: list[_Work]) -> None:
         """Segment what the batch still needs (a retry after a fault skips what is done),
         then hand every file on to the write stage."""
         if self._reload.is_set():
             self._reload_model()
-        self._leave_inference([w for w in batch if w.staged])  # a retry after a store fault
+        self._leave_stage([w for w in batch if w.staged])  # a retry after a store fault
         model = self.model  # what segments this batch is what its results record
-        for group in _batches([w for w in batch if w.decoded is not None and w.segmented is None]):
+        for group in _batches([w for w in batch if w.decoded is not None and w.segmented is None
+                               and w.error is None]):
             self._segment(group, model)
         for w in batch:
             if w.volume is not None and w.result is None and w.error is None:
@@ -473,11 +518,26 @@ class Daemon:
             self._segmented.put(w)
 
     def _segment(self, group: list[_Work], model: Model) -> None:
-        """Segment ``group`` together, marked in the store as inside inference meanwhile."""
-        with _database():
-            self.store.set_stage([w.id for w in group], SEGMENTING)
-        for w in group:
-            w.staged = True
+        """Segment ``group`` together; when that fails, its halves one after the other (bisect),
+        down to the file at fault, whose error is charged to it unless the backend fails on
+        what no file sent (:meth:`_blame`): the others go on."""
+        try:
+            self._segment_together(group, model)
+        except TransientFault:
+            raise
+        except Exception as exc:  # prepare, the backend, stitching: whatever the pixels made fail
+            if len(group) == 1:
+                self._blame(group[0], model, "cannot segment", exc)
+                return
+            log.warning("a batch of %d files failed (%s); trying them in halves to find the one at fault",
+                        len(group), one_line(exc))
+            half = len(group) // 2
+            self._segment(group[:half], model)
+            self._segment(group[half:], model)
+
+    def _segment_together(self, group: list[_Work], model: Model) -> None:
+        """Segment ``group`` in shared batches, marked in the store as inside inference meanwhile."""
+        self._enter_stage(group, SEGMENTING)
         try:
             started = time.perf_counter()
             beating = dataclasses.replace(model, backend=_Beating(model.backend, self.infer.beat))
@@ -487,38 +547,65 @@ class Daemon:
                 w.segmented = FileSegmentation(s.decoded, model, s.maps, s.segment_ms)
                 self.metrics.observe_inference(s.segment_ms / 1000)
             log.debug("segmented %d file(s) in %.2f s", len(group), time.perf_counter() - started)
-        except Exception as exc:  # a backend error must not take the service down
-            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
         finally:
-            self._leave_inference(group)
+            self._leave_stage(group)
+
+    def _blame(self, work: _Work, model: Model, what: str, exc: Exception) -> None:
+        """A step failed on ``work`` alone: the file's fault, charged an attempt, when the backend
+        still segments a plain test image; else the backend's (down, device lost), retried
+        with backoff and charged to nobody."""
+        broken = self._backend_fails(model)
+        if broken is not None:
+            raise TransientFault("backend", f"{model.backend.name}: {broken}") from exc
+        work.error, work.retry = f"{work.path}: {what}: {one_line(exc)}", True
+
+    def _backend_fails(self, model: Model) -> str | None:
+        """Why the backend cannot segment a plain gray ramp of one tile, or None when it can."""
+        side = model.bundle.tile
+        ramp = np.tile(np.arange(side, dtype=np.uint8), (side, 1))
+        try:
+            next(segment_images([ramp], model.bundle, model.backend, self.config.model.overlap or None,
+                                self.config.model.batch, plan=model.plan))
+        except Exception as exc:
+            return one_line(exc)
+        return None
 
     def _segment_volume(self, work: _Work, model: Model) -> None:
         """Segment a volume slice by slice and write its outputs (module doc): its result is
         ready for the write stage, or its one-line reason is."""
         assert work.volume is not None
-        with _database():
-            self.store.set_stage([work.id], SEGMENTING)
-        work.staged = True
+        self._enter_stage([work], SEGMENTING)
         try:
             beating = dataclasses.replace(model, backend=_Beating(model.backend, self.infer.beat))
             result, record = record_volume(work.volume, beating, self.config.data.result_dir(work.id),
                                            self.config.model.overlap or None, self.config.model.batch)
             self.metrics.observe_inference(record["timing"]["seconds"])
             work.result = dataclasses.replace(result, model=model)
-        except BackendError as exc:
-            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
+        except DecodeAborted as exc:  # its decoder timed out or died: another attempt may go otherwise
+            work.error, work.retry = str(exc), True
         except OSError as exc:  # OutputError included: a full or read-only disk is retried
             if exc.errno in TRANSIENT_WRITE_ERRNOS:
                 raise TransientFault("disk", one_line(exc)) from exc
             work.error = f"{work.path}: {one_line(exc)}" if not isinstance(exc, PhasewatchError) else str(exc)
+            work.retry = True
+        except BackendError as exc:
+            self._blame(work, model, "cannot segment", exc)
         except PhasewatchError as exc:  # the volume's own fault: a damaged slice, slices of two sizes
             work.error = str(exc)
-        except Exception as exc:  # as for fields: the backend's native errors must not take the service down
-            raise TransientFault("backend", f"{model.backend.name}: {one_line(exc)}") from exc
+        except Exception as exc:  # as for fields: a native error is the file's only if the backend still works
+            self._blame(work, model, "cannot segment", exc)
         finally:
-            self._leave_inference([work])
+            self._leave_stage([work])
 
-    def _leave_inference(self, works: list[_Work]) -> None:
+    def _enter_stage(self, works: list[_Work], stage: str) -> None:
+        """Mark ``works`` as inside a step that runs native code on their pixels here: a death
+        meanwhile is charged to them at the next start (``Store.recover_after_crash``)."""
+        with _database():
+            self.store.set_stage([w.id for w in works], stage)
+        for w in works:
+            w.staged = True
+
+    def _leave_stage(self, works: list[_Work]) -> None:
         if works:
             with _database():
                 self.store.set_stage([w.id for w in works], None)
@@ -545,7 +632,7 @@ class Daemon:
 
     def _write(self, work: _Work) -> None:
         if work.segmented is None and work.result is None:
-            self._fail(work, work.error or f"{work.path}: not segmented")
+            self._fail(work, work.error or f"{work.path}: not segmented", charge=work.retry)
             return
         if work.result is None:
             work.result = self._record(work)
@@ -561,23 +648,38 @@ class Daemon:
         self._announce(work.id)
 
     def _record(self, work: _Work) -> FileResult | None:
-        """Measure and write the outputs; None when the file failed (a bad output)."""
+        """Measure and write the outputs, marked in the store as ``measuring`` meanwhile; None
+        when the file was charged an attempt for an error there (a bad output, a measurement
+        that fails)."""
         assert work.segmented is not None
+        self._enter_stage([work], MEASURING)
         try:
             return measure_and_write(work.segmented, self.config.data.result_dir(work.id))
         except OutputError as exc:
             if exc.errno in TRANSIENT_WRITE_ERRNOS:
+                self._leave_stage([work])  # the disk's fault: a death while it lasts is not the file's
                 raise TransientFault("disk", str(exc)) from exc
             reason = str(exc)
         except Exception as exc:  # one odd field must not stop the write stage
             log.exception("%s: unexpected error while measuring or writing", work.path)
             reason = f"{work.path}: unexpected error while writing: {one_line(exc)}"
-        self._fail(work, reason)
+        self._fail(work, reason, charge=True)
         return None
 
-    def _fail(self, work: _Work, reason: str) -> None:
+    def _fail(self, work: _Work, reason: str, charge: bool = False) -> None:
+        """Fail the file with its one-line reason; with ``charge`` (an error that may not repeat)
+        only once it has had ``[queue] max_attempts``, else it goes back to the queue."""
+        state = "failed"
         with _database():
-            self.store.mark_failed(work.id, reason)
+            if charge:
+                state = self.store.charge(work.id, reason)
+            else:
+                self.store.mark_failed(work.id, reason)
+        if state == "pending":
+            log.warning("%s (attempt %d of %d; tried again)", reason, work.row["attempts"], self.store.max_attempts,
+                        extra=log_fields(file_id=work.id))
+            self._finished(work)
+            return
         self._settled_at.pop(work.row["sha256"], None)  # only done results read it
         self.metrics.result_failed()
         log.warning("%s", reason, extra=log_fields(file_id=work.id))

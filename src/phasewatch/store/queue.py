@@ -2,16 +2,24 @@
 ``pending -> processing -> done | failed``; a file is never dropped, it ends ``done``
 or ``failed`` with a reason, through crashes and restarts (:meth:`Queue.recover_after_crash`).
 
+Attempts. A file whose own content made a step fail in a way that may not repeat (a
+decoder that timed out or died, an exception inside inference, measurement or writing)
+is charged an attempt (:meth:`Queue.charge`): back to ``pending`` with the attempt spent,
+and ``failed`` with its reason once it has had ``max_attempts``. A fault of the machine
+(full disk, locked database, backend down) is not the file's: :meth:`Queue.release` gives
+the attempt back.
+
 Crash accounting. A worker that dies (a native crash, the kernel's OOM killer, ``kill -9``)
-leaves its rows ``processing``. Only a row that was inside inference at that moment can
-have caused it, so the daemon marks rows ``stage = 'segmenting'`` just before they enter
-the backend and clears the mark when they leave (:meth:`Store.set_stage`); at the next
-start only those rows are charged a crash, and only when the worker died of a crash
-rather than being killed (the daemon tells them apart, ``charge``); every other row goes
-back to ``pending`` free. Rows that were inside inference together (one batch) are each
-run alone from then on (``alone``), so that a file that crashes the worker is soon
-charged by itself and ends ``failed`` after ``max_attempts`` crashes, while its batch
-mates survive any number of restarts.
+leaves its rows ``processing``. Only a row that was inside a step that runs native code on
+its pixels in the worker can have caused it, so the daemon marks rows ``stage`` (for
+instance ``'segmenting'``, ``'measuring'``) just before such a step and clears the mark
+after it (:meth:`Queue.set_stage`); at the next start those rows are charged a death
+(``charge``: the daemon charges every death, since an OOM kill looks like any SIGKILL;
+a tool whose workers are killed on purpose does not), and every other row goes back to
+``pending`` free. Rows that were inside such a step together (one batch) are each run alone
+from then on (``alone``), so that a file that kills the worker is soon charged by itself and
+ends ``failed`` after ``max_attempts`` deaths (no crash loop), while its batch mates are
+charged at most once.
 
 Duplicates. The same content (same sha256) is one result, whatever its path: a
 second arrival becomes a ``done`` row with ``duplicate_of`` pointing at the first,
@@ -103,6 +111,11 @@ class Queue(Specimens):
             claimed = conn.execute(f"SELECT * FROM files WHERE id IN ({marks}) ORDER BY id", ids)
             return [_file(r) for r in claimed]
 
+    def in_work(self) -> list[int]:
+        """The rows left ``processing``: at start, before :meth:`recover_after_crash`, what the
+        last run was doing when it ended (whose partial outputs the daemon removes)."""
+        return [r["id"] for r in self._read("SELECT id FROM files WHERE state = 'processing' ORDER BY id")]
+
     def set_stage(self, file_ids: Iterable[int], stage: str | None) -> None:
         """Mark claimed rows as inside a step that can crash the worker (``'segmenting'``),
         or clear the mark (None): what :meth:`recover_after_crash` charges (module doc)."""
@@ -164,6 +177,26 @@ class Queue(Specimens):
             self._finish(conn, file_id, "failed", _one_line(error))
             _fail_duplicates(conn)
 
+    def charge(self, file_id: int, reason: str) -> str:
+        """A claimed file whose own content made a step fail (module doc): ``failed`` with
+        ``reason`` (and its duplicates with it) once it has had ``max_attempts`` attempts, else
+        back to ``pending`` with the attempt spent and ``reason`` kept. Returns the new state."""
+        with self._write() as conn:
+            row = conn.execute("SELECT attempts FROM files WHERE id = ? AND state = 'processing'",
+                               (file_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"{self.path}: file {file_id} is not being processed")
+            if row["attempts"] >= self.max_attempts:
+                self._finish(conn, file_id, "failed", _one_line(reason))
+                _fail_duplicates(conn)
+                return "failed"
+            conn.execute(
+                """UPDATE files SET state = 'pending', error = ?, stage = NULL, stage_since = NULL
+                   WHERE id = ?""",
+                (_one_line(reason), file_id),
+            )
+            return "pending"
+
     def release(self, file_id: int, reason: str) -> None:
         """Put a claimed file back in the queue without spending an attempt: the worker
         could not finish it for a reason outside the file (full disk, backend error)."""
@@ -194,11 +227,11 @@ class Queue(Specimens):
         return requeued
 
     def recover_after_crash(self, max_attempts: int | None = None, charge: bool = True) -> dict[str, int]:
-        """At start, the rows a dead worker left ``processing`` (module doc): those inside
-        inference run alone from now on when several were, and when ``charge`` (the worker
-        crashed, it was not killed) are charged a crash and fail, with their duplicates,
-        after ``max_attempts`` crashes; every other row goes back to ``pending`` without
-        spending its attempt. Returns how many rows were requeued, charged and failed."""
+        """At start, the rows a dead worker left ``processing`` (module doc): those marked
+        inside a step run alone from now on when several were, and when ``charge`` are charged
+        a death and fail, with their duplicates, after ``max_attempts`` deaths; every other row
+        goes back to ``pending`` without spending its attempt. Returns how many rows were
+        requeued, charged and failed."""
         limit = self.max_attempts if max_attempts is None else max_attempts
         with self._write() as conn:
             inside = conn.execute(
