@@ -10,6 +10,7 @@ from phasewatch.store.database import (
     BUSY_TIMEOUT_S,
     DEFAULT_SPECIMEN,
     STATES,
+    Refused,
     StoreError,
     StoreUnavailable,
     display_text,
@@ -25,5 +26,6 @@ class Store(Queue, Queries, Curation, Labels):
 
 __all__ = [
     "BUSY_TIMEOUT_S", "DEFAULT_SPECIMEN", "IMAGE_KINDS", "STATES", "UNLABELLED", "AuditLog", "ImageFilter",
-    "Store", "StoreError", "StoreUnavailable", "Verification", "awaits_acceptance", "display_text", "flagged",
+    "Refused", "Store", "StoreError", "StoreUnavailable", "Verification", "awaits_acceptance", "display_text",
+    "flagged",
 ]

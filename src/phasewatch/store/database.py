@@ -191,6 +191,11 @@ class StoreError(PhasewatchError):
     """A database that cannot be used or a request that does not fit it; one line."""
 
 
+class Refused(StoreError):
+    """A request the data does not allow (a label PNG that does not fit its field, a material
+    that exists already, nothing to roll back): the caller's to mend, not the store's fault."""
+
+
 class StoreUnavailable(StoreError):
     """The database cannot be written or read right now (another process holds its lock
     past the busy timeout, the disk is full, an I/O error); the same call may succeed later."""

@@ -30,7 +30,7 @@ import numpy as np
 
 from phasewatch.bundle import ROLES, BundleError, bundled_model_names, load_bundle
 from phasewatch.store.audit import Audited
-from phasewatch.store.database import StoreError, _one_line
+from phasewatch.store.database import Refused, _one_line
 
 UNLABELLED = 255
 DEFAULT_TARGET_MIOU = 0.80
@@ -45,7 +45,7 @@ def colour_hex(rgb: tuple[int, int, int] | list[int]) -> str:
 
 def check_material_name(name: str) -> str:
     if not NAME_RULE.match(name) or "@" in name:
-        raise StoreError(f"material name {name!r}: use 1-64 letters, digits, space, '.', '_', '+' or '-' "
+        raise Refused(f"material name {name!r}: use 1-64 letters, digits, space, '.', '_', '+' or '-' "
                          "(starting with a letter or digit)")
     return name
 
@@ -53,19 +53,19 @@ def check_material_name(name: str) -> str:
 def check_classes(raw: Any, where: str) -> list[dict[str, str]]:
     """A material's classes as given (``[{name, colour, role}]``), checked; one line on a fault."""
     if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_CLASSES:
-        raise StoreError(f"{where}: classes must be a list of 2..{MAX_CLASSES} classes")
+        raise Refused(f"{where}: classes must be a list of 2..{MAX_CLASSES} classes")
     classes, names = [], set()
     for index, entry in enumerate(raw):
         if not isinstance(entry, dict):
-            raise StoreError(f"{where}: class {index} must be an object {{name, colour, role}}")
+            raise Refused(f"{where}: class {index} must be an object {{name, colour, role}}")
         name, colour, role = (str(entry.get(k, "")).strip() for k in ("name", "colour", "role"))
         role = role or "phase"
         if not name or len(name) > 64 or name in names:
-            raise StoreError(f"{where}: class {index}: a name of 1..64 characters, unique in the material, is needed")
+            raise Refused(f"{where}: class {index}: a name of 1..64 characters, unique in the material, is needed")
         if not COLOUR_RULE.match(colour):
-            raise StoreError(f"{where}: class {name!r}: colour must be '#rrggbb', got {colour!r}")
+            raise Refused(f"{where}: class {name!r}: colour must be '#rrggbb', got {colour!r}")
         if role not in ROLES:
-            raise StoreError(f"{where}: class {name!r}: role must be one of {', '.join(ROLES)}, got {role!r}")
+            raise Refused(f"{where}: class {name!r}: role must be one of {', '.join(ROLES)}, got {role!r}")
         names.add(name)
         classes.append({"name": name, "colour": colour.lower(), "role": role})
     return classes
@@ -91,17 +91,17 @@ def decode_label_png(png: bytes, width: int, height: int, num_classes: int, wher
     field's size with values < ``num_classes`` or 255."""
     array = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED) if png else None
     if array is None:
-        raise StoreError(f"{where}: the labels are not a readable PNG")
+        raise Refused(f"{where}: the labels are not a readable PNG")
     if array.ndim != 2 or array.dtype != np.uint8:
-        raise StoreError(f"{where}: the labels PNG must be one 8-bit channel (class ids), got "
+        raise Refused(f"{where}: the labels PNG must be one 8-bit channel (class ids), got "
                          f"{array.shape[2] if array.ndim == 3 else 1} channel(s) of {array.dtype}")
     if array.shape != (height, width):
-        raise StoreError(f"{where}: the labels PNG is {array.shape[1]} x {array.shape[0]}, "
+        raise Refused(f"{where}: the labels PNG is {array.shape[1]} x {array.shape[0]}, "
                          f"the field {width} x {height}")
     values = np.unique(array)
     bad = values[(values >= num_classes) & (values != UNLABELLED)]
     if bad.size:
-        raise StoreError(f"{where}: label value {int(bad[0])} is no class of the material (0..{num_classes - 1}, "
+        raise Refused(f"{where}: label value {int(bad[0])} is no class of the material (0..{num_classes - 1}, "
                          f"{UNLABELLED} = not labelled)")
     return array
 
@@ -117,14 +117,14 @@ class Labels(Audited):
         checked = check_classes(classes, f"material {name!r}")
         who = _one_line(who)
         if not who:
-            raise StoreError(f"material {name!r}: who makes it is required")
+            raise Refused(f"material {name!r}: who makes it is required")
         if not 0 < target_miou <= 1:
-            raise StoreError(f"material {name!r}: target mIoU must be in (0, 1], got {target_miou}")
+            raise Refused(f"material {name!r}: target mIoU must be in (0, 1], got {target_miou}")
         if name in bundled_model_names():
-            raise StoreError(f"material {name!r}: a bundled model's material of that name exists")
+            raise Refused(f"material {name!r}: a bundled model's material of that name exists")
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM materials WHERE name = ?", (name,)).fetchone():
-                raise StoreError(f"material {name!r} exists already")
+                raise Refused(f"material {name!r} exists already")
             conn.execute("INSERT INTO materials (name, classes, target_miou, created, created_by) "
                          "VALUES (?, ?, ?, ?, ?)", (name, json.dumps(checked), float(target_miou), time.time(), who))
         material = self.material(name)
@@ -148,7 +148,7 @@ class Labels(Audited):
     def _known_material(self, name: str) -> dict[str, Any]:
         material = self.material(name)
         if material is None:
-            raise StoreError(f"no material {name!r}: create it first (POST /api/materials)")
+            raise Refused(f"no material {name!r}: create it first (POST /api/materials)")
         return material
 
     # -- labels ----------------------------------------------------------------------
@@ -158,7 +158,7 @@ class Labels(Audited):
         material); returns the version's row without its PNG."""
         who = _one_line(who)
         if not who:
-            raise StoreError(f"image {file_id}: who labelled it is required")
+            raise Refused(f"image {file_id}: who labelled it is required")
         classes = self._known_material(material)["classes"]
         image = self._labelable(file_id)
         array = decode_label_png(png, image["width"], image["height"], len(classes), f"image {file_id}")
@@ -183,12 +183,12 @@ class Labels(Audited):
                              LEFT JOIN results r ON r.file_id = COALESCE(f.duplicate_of, f.id) WHERE f.id = ?""",
                           (file_id,))
         if not rows:
-            raise StoreError(f"no image {file_id}")
+            raise Refused(f"no image {file_id}")
         measurement = json.loads(rows[0]["measurement"]) if rows[0]["measurement"] else None
         if rows[0]["state"] != "done" or not measurement:
-            raise StoreError(f"image {file_id} is {rows[0]['state']}: only a measured field can be labelled")
+            raise Refused(f"image {file_id} is {rows[0]['state']}: only a measured field can be labelled")
         if "width" not in measurement or "height" not in measurement:
-            raise StoreError(f"image {file_id}: labels fit a single-page field; this one has pages or slices")
+            raise Refused(f"image {file_id}: labels fit a single-page field; this one has pages or slices")
         return {"width": int(measurement["width"]), "height": int(measurement["height"])}
 
     def labels(self, file_id: int, material: str, version: int | None = None) -> dict[str, Any] | None:
@@ -221,7 +221,7 @@ class Labels(Audited):
             return rows
         found = {r["file_id"] for r in rows}
         if missing := [i for i in file_ids if i not in found]:
-            raise StoreError(f"image {missing[0]} has no labels of material {material!r}"
+            raise Refused(f"image {missing[0]} has no labels of material {material!r}"
                              + (f" ({len(missing)} such)" if len(missing) > 1 else ""))
         wanted = set(file_ids)
         return [r for r in rows if r["file_id"] in wanted]
@@ -237,7 +237,7 @@ class Labels(Audited):
         """Make ``name`` the model for new fields; audited with the model it replaces."""
         who = _one_line(who)
         if not who:
-            raise StoreError(f"activating {name}: who activates it is required")
+            raise Refused(f"activating {name}: who activates it is required")
         current = self.active_model()
         with self._write() as conn:
             conn.execute("INSERT INTO model_activations (name, previous, who, created) VALUES (?, ?, ?, ?)",
@@ -252,10 +252,10 @@ class Labels(Audited):
         """Undo the newest activation: back to the model in force before it (module doc)."""
         who = _one_line(who)
         if not who:
-            raise StoreError("rolling back: who rolls back is required")
+            raise Refused("rolling back: who rolls back is required")
         current = self.active_model()
         if current is None or current["previous"] is None and current["name"] is None:
-            raise StoreError("no model activation to roll back: the configured model is in use")
+            raise Refused("no model activation to roll back: the configured model is in use")
         target = (self._read("SELECT * FROM model_activations WHERE id = ?", (current["previous"],))
                   if current["previous"] is not None else [])
         name, previous = (target[0]["name"], target[0]["previous"]) if target else (None, None)

@@ -216,6 +216,49 @@ _MODEL = {"type": "object", "properties": {
     "gate": {"type": "object", "nullable": True}, "fields": {"type": "array", "nullable": True},
     "budget_min": {"type": "number", "nullable": True}}}
 _WHO = {"who": _name(MAX_NAME), "reason": _text(MAX_TEXT)}
+_MATERIAL = {"type": "object", "properties": {
+    "name": {"type": "string"}, "source": {"type": "string", "enum": ["bundled", "made"]},
+    "classes": {"type": "array", "items": {"type": "object", "properties": {
+        "name": {"type": "string"}, "colour": {"type": "string", "description": "#rrggbb"},
+        "role": {"type": "string", "enum": ["phase", "background", "excluded"]}}}},
+    "target_miou": {"type": "number"}, "created": {"type": "number", "nullable": True},
+    "created_by": {"type": "string", "nullable": True}}}
+_LABELS_PATHS: dict[str, Any] = {
+    "/api/materials": {
+        "get": {"summary": "materials (class sets): bundled models' first, then those people made",
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "materials": {"type": "array", "items": _MATERIAL}}}, "materials")}},
+        "post": {"summary": "make a material: names, colours and roles of its classes (index = class id)",
+                 "requestBody": _body({"name": _name(MAX_NAME), "who": _name(MAX_NAME),
+                                       "classes": {"type": "array", "minItems": 2, "items": {
+                                           "type": "object", "required": ["name", "colour"], "properties": {
+                                               "name": {"type": "string"}, "colour": {"type": "string"},
+                                               "role": {"type": "string", "enum": ["phase", "background",
+                                                                                   "excluded"]}}}}},
+                                      ["name", "who", "classes"]),
+                 "responses": {"201": _json(_MATERIAL, "the material"), **_CHANGE_ERRORS}}},
+    "/api/materials/{name}/fields": {"get": {
+        "summary": "the fields labelled with a material: newest labels' version, who, when, labelled pixels",
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json({"type": "object", "properties": {"fields": {"type": "array", "items": {
+            "type": "object"}}}}, "the labelled fields"), "404": _error("no such material")}}},
+    "/api/images/{file_id}/labels": {
+        "get": {"summary": "the newest labels of a field for a material: a one-channel PNG of class ids, "
+                           "255 = not labelled",
+                "parameters": [_id_param("file_id", "image"),
+                               {"name": "material", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {
+                    "type": "string", "format": "binary"}}}}, **_IMAGE_ERRORS}},
+        "put": {"summary": "save a new version of a field's labels (every version is kept, with who and when)",
+                "parameters": [_id_param("file_id", "image")],
+                "requestBody": _body({"material": _name(MAX_NAME), "who": _name(MAX_NAME),
+                                      "png": {"type": "string", "format": "byte", "description":
+                                              "base64 of a one-channel PNG of the field's size: class ids, "
+                                              "255 = not labelled"}}, ["material", "who", "png"]),
+                "responses": {"201": _json({"type": "object"}, "the saved version (no PNG)"), **_IMAGE_ERRORS,
+                              **_CHANGE_ERRORS, "413": _error("the body is larger than 32 MiB")}}},
+}
+
 _TEACH_PATHS: dict[str, Any] = {
     "/api/teach": {
         "get": {"summary": "every teach job, newest first",
@@ -420,6 +463,7 @@ _PATHS: dict[str, Any] = {
     **_PAGES,
     **_REPORTS,
     **_TEACH_PATHS,
+    **_LABELS_PATHS,
     "/healthz": {"get": {
         "summary": "health for monitoring; needs no token, and shows the reasons only with it", "security": [],
         "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "unhealthy")}}},

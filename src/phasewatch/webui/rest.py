@@ -14,7 +14,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from phasewatch.errors import PhasewatchError, one_line
-from phasewatch.store import StoreError
+from phasewatch.store import Refused, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -148,5 +148,7 @@ def http_error(exc: HTTPException) -> tuple[Response, int]:
 
 
 def store_error(exc: StoreError) -> tuple[Response, int]:
+    if isinstance(exc, Refused):  # the request's fault (a label that does not fit its field, ...)
+        return jsonify(error=str(exc)), 400
     log.error("web: %s", exc)
     return jsonify(error=str(exc)), 500
