@@ -294,10 +294,13 @@ def test_a_failed_field_shows_its_reason_and_no_picture(daemon, browser):
     sync_api.expect(page.locator("#legend li")).to_have_count(0)
     sync_api.expect(page.locator("#no-measurements")).to_be_visible()
     sync_api.expect(page.locator('#provenance dd[data-fact="file"]')).to_have_text("broken.tif")
-    # The live view: the newest field failed; it shows the reason, no overlay.
+    # The live view: the newest file failed; its reason shows above the newest measured field,
+    # which keeps the view (test_webui_browser.py follows a failure as it arrives).
     page.goto(url(service, "/"))
-    sync_api.expect(page.locator("#field-error")).to_contain_text("not a TIFF", timeout=WAIT_MS)
-    sync_api.expect(page.locator("#viewer")).to_be_hidden()
+    sync_api.expect(page.locator("#live-failure-reason")).to_contain_text("not a TIFF", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#live-failure-link")).to_have_attribute("href", f"/fields/{failed}")
+    sync_api.expect(page.locator("#viewer")).to_be_visible()
+    sync_api.expect(page.locator("#field-error")).to_be_hidden()
     assert page.locator(f'#strip a[data-id="{failed}"] img').count() == 0
     page.close()
 

@@ -19,6 +19,7 @@ from phasewatch.bundle import ClassInfo
 from phasewatch.core.measure import measure
 from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
 from phasewatch.core.synthetic import superalloy_micrograph
+from phasewatch.imageio.formats import ImageReadError, read_pages
 from phasewatch.store import Store
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
@@ -176,3 +177,72 @@ def test_a_flagged_field_is_marked_not_counted_and_accepted(served, browser):
     page.locator("#unaccept").click()
     sync_api.expect(page.locator("#accept")).to_be_visible(timeout=WAIT_MS)
     assert store.get_image(flagged)["accepted"] == 0
+
+
+def fail_file(store: Store, name: str, reason: str) -> int:
+    """A file the daemon failed with ``reason`` (its one line); its id."""
+    file_id = store.enqueue(f"/watch/{name}", 1, 99, f"sha-{name}")["id"]
+    store.claim_next()
+    store.mark_failed(file_id, reason)
+    return file_id
+
+
+def test_a_failed_file_shows_its_reason_while_the_live_view_keeps_the_last_good_field(served, browser, tmp_path):
+    store, events, out_dir, url = served
+    good = [finish_field(store, out_dir, seed) for seed in (1, 2)]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    picture = page.locator("#picture")
+    sync_api.expect(picture).to_have_attribute("data-field", str(good[-1]), timeout=WAIT_MS)
+    notice = page.locator("#live-failure")
+    sync_api.expect(notice).to_be_hidden()
+
+    # The reason exactly as the decoder words it for a text file saved as .tif.
+    notes = tmp_path / "notes.tif"
+    notes.write_text("this is not an image\n")
+    with pytest.raises(ImageReadError) as caught:
+        read_pages(notes)
+    reason = str(caught.value).replace(str(notes), "/watch/notes.tif")
+    failed = fail_file(store, "notes.tif", reason)
+    events.publish("field", image_json(store.get_image(failed)))
+
+    sync_api.expect(notice).to_be_visible(timeout=WAIT_MS)
+    sync_api.expect(page.locator("#live-failure-link")).to_have_text("notes.tif")
+    sync_api.expect(page.locator("#live-failure-link")).to_have_attribute("href", f"/fields/{failed}")
+    readable = 'not a TIFF, PNG, JPEG or BMP image (starts with the text "this is ")'
+    sync_api.expect(page.locator("#live-failure-reason")).to_have_text(readable)
+    sync_api.expect(page.locator("#alarm")).to_have_text(f"Field notes.tif failed: {readable}")
+    # The strip has the failed card; the viewer still shows the last good field, drawn.
+    sync_api.expect(page.locator("#strip li")).to_have_count(3, timeout=WAIT_MS)
+    sync_api.expect(page.locator(f'#strip a[data-id="{failed}"] .error')).to_have_text(readable)
+    sync_api.expect(picture).to_have_attribute("data-field", str(good[-1]))
+    sync_api.expect(page.locator("#viewer")).to_be_visible()
+    sync_api.expect(page.locator("#field-error")).to_be_hidden()
+    sync_api.expect(page.locator("#field-title")).to_have_text(f"field02.tif (#{good[-1]})")
+    assert page.evaluate("document.getElementById('picture').width") > 0
+    assert "b'" not in page.locator("main").inner_text()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "failed-live-1280.png"), full_page=True)
+
+    # Two more failures: the newest is named, the others counted.
+    for name in ("empty.tif", "cut.tif"):
+        other = fail_file(store, name, f"/watch/{name}: empty file (0 bytes)")
+        events.publish("field", image_json(store.get_image(other)))
+    sync_api.expect(page.locator("#live-failure-link")).to_have_text("cut.tif", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#live-failure-more")).to_have_text("(and 2 earlier files failed)")
+
+    # A good field takes the view; the notice stays until it is dismissed.
+    newer = finish_field(store, out_dir, 3)
+    events.publish("field", image_json(store.get_image(newer)))
+    sync_api.expect(picture).to_have_attribute("data-field", str(newer), timeout=WAIT_MS)
+    sync_api.expect(notice).to_be_visible()
+    page.locator("#live-failure-dismiss").click()
+    sync_api.expect(notice).to_be_hidden()
+
+    # Opened after a file failed: the newest measured field, and the notice for the failure.
+    last = fail_file(store, "late.tif", "/watch/late.tif: image is 8 x 8 pixels, smaller than the 16 x 16 needed")
+    fresh = browser.new_page(viewport={"width": 1280, "height": 900})
+    fresh.goto(url)
+    sync_api.expect(fresh.locator("#picture")).to_have_attribute("data-field", str(newer), timeout=WAIT_MS)
+    sync_api.expect(fresh.locator("#live-failure-link")).to_have_attribute("href", f"/fields/{last}")
+    sync_api.expect(fresh.locator("#live-failure-more")).to_have_text("")

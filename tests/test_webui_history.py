@@ -304,6 +304,7 @@ PAGES = ["/", "/fields", "/fields/1", "/specimens", "/specimens/1", "/specimens/
 
 @pytest.mark.parametrize("url", PAGES)
 def test_every_page_is_its_template_and_script(service, url):
+    service.finish("a.tif", 0.4)  # field 1: a page of no field is a 404
     response = service.client.get(url)
     html = response.get_data(as_text=True)
     assert response.status_code == 200 and response.mimetype == "text/html"
@@ -323,6 +324,8 @@ def test_a_browser_opening_a_page_without_the_token_signs_in_and_comes_back(tmp_
     assert 'name="next" value="/fields/7"' in form
     signed_in = locked.client.post("/login", data={"token": TOKEN, "next": "/fields/7"})
     assert (signed_in.status_code, signed_in.headers["Location"]) == (303, "/fields/7")
+    for n in range(7):  # field 7: a page of no field is a 404
+        locked.finish(f"f{n}.tif", None)
     assert locked.client.get("/fields/7").status_code == 200
     for elsewhere in ("//evil.example/", "https://evil.example/", "/\\evil.example", "fields", "/x\ny"):
         assert locked.client.get("/login", query_string={"next": elsewhere}).headers["Location"] == "/", elsewhere

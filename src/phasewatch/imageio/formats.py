@@ -155,7 +155,16 @@ def _sniff(path: Path) -> ImageFormat:
         if head.startswith(image_format.magics):
             return image_format
     *others, last = FORMATS
-    raise ImageReadError(path, f"not a {', '.join(others)} or {last} image (starts with {head[:8]!r})")
+    raise ImageReadError(path, f"not a {', '.join(others)} or {last} image (starts with {_shown_head(head[:8])})")
+
+
+def _shown_head(head: bytes) -> str:
+    """A file's first bytes as a person reads them: text when they are printable ASCII (a
+    text file saved as .tif), else hexadecimal; never Python's ``b'...'``."""
+    text = head.decode("ascii", "replace")
+    if text.isprintable():
+        return f'the text "{text}"'
+    return "the bytes " + head.hex(" ")
 
 
 def check_size(path: Path, height: int, width: int, max_pixels: int) -> None:

@@ -169,7 +169,8 @@ def _page(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "the page (its data comes from the API)",
                                          "content": {"text/html": {"schema": {"type": "string"}}}}}
     if params:
-        responses |= {"400": _error("an id beyond the largest one"), "404": _error("an id that is not a number >= 0")}
+        responses |= {"400": _error("an id beyond the largest one"),
+                      "404": _error("no such field or specimen, or an id that is not a number >= 0")}
     return {"get": {"summary": summary, "tags": ["pages"], "parameters": list(params), "responses": responses}}
 
 

@@ -4,7 +4,7 @@
 
 import { api, postJson } from "./api.js";
 import { $ } from "./dom.js";
-import { fixed } from "./format.js";
+import { fixed, reasonText } from "./format.js";
 import * as stream from "./stream.js";
 
 export { stream };
@@ -36,7 +36,7 @@ async function refreshStatus() {
 // Said once per field, politely; a failed field interrupts.
 function announce(image) {
   if (image.state === "failed") {
-    $("alarm").textContent = `Field ${image.file} failed: ${image.error}`;
+    $("alarm").textContent = `Field ${image.file} failed: ${reasonText(image)}`;
     return;
   }
   const main = image.phases.find((p) => image.fractions && p in image.fractions);

@@ -2,7 +2,7 @@
 // Each card is a link to the field's own page.
 
 import { element, link } from "./dom.js";
-import { fixed, when } from "./format.js";
+import { fixed, reasonText, when } from "./format.js";
 import { isFlagged } from "./fieldview.js";
 
 function valueText(image, mainPhase) {
@@ -34,7 +34,7 @@ export function card(image, { mainPhase = null, details = false } = {}) {
     anchor.append(element("span", image.state === "failed" ? "failed" : "no picture", "no-picture"));
   }
   anchor.append(element("span", image.file, "name"));
-  if (image.state === "failed") anchor.append(element("span", image.error, "error"));
+  if (image.state === "failed") anchor.append(element("span", reasonText(image), "error"));
   else anchor.append(element("span", valueText(image, mainPhase), "value"));
   if (flagged) {
     const marker = element("span", image.accepted ? "outside experience · accepted" : "⚠ outside experience",

@@ -35,3 +35,10 @@ export const label = (labels, name) => (labels && labels[name]) || name;
 export function plural(n, one, many = `${one}s`) {
   return `${n} ${n === 1 ? one : many}`;
 }
+
+// Why a file failed, without its path in front: the page names the file beside it.
+export function reasonText(image) {
+  const reason = image.error || "no reason recorded";
+  const prefix = `${image.path}: `;
+  return reason.startsWith(prefix) ? reason.slice(prefix.length) : reason;
+}
