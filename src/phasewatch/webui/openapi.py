@@ -181,6 +181,10 @@ _PAGES: dict[str, Any] = {
     "/specimens": _page("page: the specimens; start, switch, close, reopen, compare"),
     "/specimens/{specimen_id}": _page("page: one specimen's statistics", _id_param("specimen_id", "specimen")),
     "/specimens/compare": _page("page: specimens side by side (ids=1,2,...)"),
+    "/teach": _page("page: teach a material (its labelled fields, base, budget), follow the job, its gate"),
+    "/models": _page("page: bundled and taught models with parent, material and gate; activate, roll back"),
+    "/models/{name}": _page("page: one model (facts, gate, re-analysis of a specimen)",
+                            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}),
 }
 
 
