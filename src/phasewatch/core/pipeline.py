@@ -71,7 +71,7 @@ def open_model(
     bundle = load_bundle(ref)
     backend: Backend = open_backend(bundle, kind, batch, threads, settings)
     if tta != "none":
-        backend = TtaBackend(backend, tta)
+        backend = TtaBackend(backend, tta, bundle.spatial_multiple)
     return Model(bundle, backend, tile_plan(bundle, backend, tile_megapixels))
 
 

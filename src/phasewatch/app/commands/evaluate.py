@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=KINDS, default="auto")
     parser.add_argument("--batch", type=int, default=8, help="tiles per inference batch")
     parser.add_argument("--tta", choices=MODES, default="none",
-                        help="test-time augmentation: average probabilities over flips (4 passes) or d4 (8)")
+                        help="test-time augmentation: average probabilities over flips (4 passes), d4 (8) or "
+                             "scales 0.75/1/1.25 (3; dynamic-size bundles)")
     parser.add_argument("--ignore", type=int, help="label value left out of every metric")
     parser.add_argument(
         "--bf-tolerance",
