@@ -107,8 +107,9 @@ export async function showGate(container, gate, material) {
     reasons.append(...gate.reasons.map((r) => element("li", r)));
     parts.push(reasons);
   }
-  parts.push(element("h3", "Held-out fields"), scoreTable("Held-out labelled fields: old (base) and new per class",
-    gate.held_out, colours));
+  const caption = gate.held_out.base ? "Held-out labelled fields: old (the base) and new per class"
+    : "Held-out labelled fields: the new model per class (the base has other classes)";
+  parts.push(element("h3", "Held-out fields"), scoreTable(caption, gate.held_out, colours));
   const reference = gate.reference || {};
   parts.push(element("h3", "The base's reference set (forgetting)"));
   if (reference.measured) {

@@ -121,8 +121,8 @@ async function showJob(state) {
     state.fields && plural(state.fields.length, "field"), state.budget_min != null && `budget ${state.budget_min} min`,
   ].filter(Boolean).join(" · ");
   // The server's estimate of the time left (none until it has seen some progress).
-  $("job-stage").textContent = [state.message, !ended && state.eta_s != null && `about ${duration(state.eta_s)} left`,
-    `${duration(state.elapsed_s)} so far`].filter(Boolean).join(" · ");
+  $("job-stage").textContent = [state.message, !ended && state.eta_s != null && `the whole job about ${duration(state.eta_s)} more`,
+    ended ? `took ${duration(state.elapsed_s)}` : `${duration(state.elapsed_s)} so far`].filter(Boolean).join(" · ");
   $("job-warnings").replaceChildren(...(state.warnings || []).map((w) => element("li", w)));
   $("job-cancel").hidden = ended;
   if (state.state === "failed" || state.state === "cancelled") {
