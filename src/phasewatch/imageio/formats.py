@@ -54,6 +54,7 @@ import numpy as np
 import tifffile
 
 from phasewatch.errors import PhasewatchError, one_line
+from phasewatch.imageio.decoder_messages import attributed
 from phasewatch.imageio.tiff_metadata import tiff_pixel_size
 
 MIN_SIDE = 8  # smaller images hold too little structure to segment or measure
@@ -126,7 +127,8 @@ def iter_pages(
     # The content decides, not the suffix: a PNG saved as .tif is still read.
     image_format = _sniff(path)
     try:
-        yield from image_format.read(path, pixel_size_um, max_pixels)
+        # What a decoder logs or warns while reading is charged to this file (decoder_messages).
+        yield from attributed(path, image_format.read(path, pixel_size_um, max_pixels))
     except ImageReadError:
         raise
     except Exception as exc:  # a decoder's own exception type must not reach the service

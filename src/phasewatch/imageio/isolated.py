@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from phasewatch.errors import one_line
+from phasewatch.imageio.decoder_messages import caught_stderr, log_said, setup_child_logging
 from phasewatch.imageio.formats import DEFAULT_MAX_PIXELS, ImageReadError, Page, read_pages
 
 # --- reading under limits ------------------------------------------------------------
@@ -152,8 +153,17 @@ def _death(process: subprocess.Popen[bytes]) -> str:
     return f"exit status {code}"
 
 
+class _Said(NamedTuple):
+    """What the child's decoders wrote to descriptor 2 while reading the file; sent before the answer."""
+
+    lines: tuple[str, ...]
+
+
 def _receive_pages(path: str | Path, conn: Connection) -> list[Page]:
     reply = conn.recv()
+    if isinstance(reply, _Said):
+        log_said(path, list(reply.lines))
+        reply = conn.recv()
     if isinstance(reply, str):
         raise ImageReadError(path, reply)
     fields = []
@@ -173,6 +183,7 @@ def serve_reads(fd: int, memory_bytes: int) -> None:
     for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(stop, signal.SIG_IGN)
     conn = Connection(fd)
+    setup_child_logging()
     _limit_address_space(memory_bytes)
     try:
         _answer_reads(conn, memory_bytes)
@@ -184,10 +195,16 @@ def _answer_reads(conn: Connection, memory_bytes: int) -> None:
     conn.send(_READY)
     while True:
         path, pixel_size_um, max_pixels = conn.recv()
-        try:
-            fields = read_pages(path, pixel_size_um, max_pixels)
-        except Exception as exc:
-            conn.send(_failure_reason(exc, memory_bytes))
+        failure = None
+        with caught_stderr() as said:  # what the decoders say goes back, to be logged with the file's name
+            try:
+                fields = read_pages(path, pixel_size_um, max_pixels)
+            except Exception as exc:
+                failure = _failure_reason(exc, memory_bytes)
+        if said:
+            conn.send(_Said(tuple(said)))
+        if failure is not None:
+            conn.send(failure)
             continue
         conn.send([(f.image.shape, f.image.dtype.str, f.page, f.pixel_size_um, f.pixel_size_source) for f in fields])
         for f in fields:

@@ -13,6 +13,11 @@ When stderr is connected to the journal (``$JOURNAL_STREAM`` names stderr's devi
 every line starts with the syslog priority ``<N>`` (sd-daemon(3)), so journald keeps the
 level: ``journalctl -p warning`` works and errors show in red. The journal adds its own
 timestamps, so the text format has none.
+
+Libraries. Python warnings are logged (``py.warnings``), not printed. A line a library
+logs while a file is being decoded (``imageio/decoder_messages.py``) names the file and is
+logged once per file: ``ERROR tifffile: a.tif: <TiffTag 270 @70> invalid value offset``
+with ``file=PATH`` (:class:`NamesTheFile`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import os
 import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
+
+from phasewatch.imageio import decoder_messages
 
 FIELDS_ATTR = "fields"
 FORMAT_ENV = "PHASEWATCH_LOG_FORMAT"
@@ -112,6 +119,23 @@ class _JournalPriorityFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in lines)
 
 
+class NamesTheFile(logging.Filter):
+    """A library's line logged while a file is decoded in this thread: prefixed with the
+    file's name and its path as ``file=``, and dropped when the file has said it before
+    (``decoder_messages.FileMessages``). Our own lines name their files already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        messages = decoder_messages.current()
+        if messages is None or record.name.startswith("phasewatch"):
+            return True
+        text = record.getMessage()
+        if not messages.admit(f"{record.name}: {text}"):
+            return False
+        record.msg, record.args = f"{messages.name}: {text}", None
+        setattr(record, FIELDS_ATTR, {**_record_fields(record), "file": messages.path})
+        return True
+
+
 class _PhasewatchHandler(logging.StreamHandler):
     """Marks the handler this module installed, so that setting up twice replaces it."""
 
@@ -135,6 +159,8 @@ def setup_logging(
         formatter = _JournalPriorityFormatter(formatter)
     handler = _PhasewatchHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(NamesTheFile())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _PhasewatchHandler)]:
         root.removeHandler(old)
