@@ -243,4 +243,35 @@ def test_a_service_with_a_token_wants_it_and_its_page_signs_in(tmp_path, browser
         # The cookie is gone (expired, token changed): the page's next request sends it back to /login.
         context.clear_cookies()
         sync_api.expect(page).to_have_url(url + "/login", timeout=WAIT_MS)
+
+        # Signing out from the page ends the session on the server: a copy of the cookie is refused.
+        sign_in(page, url)
+        kept = next(c for c in context.cookies() if c["name"] == COOKIE)
+        page.locator("#sign-out").click()
+        sync_api.expect(page).to_have_url(url + "/login", timeout=WAIT_MS)
+        assert [c for c in context.cookies() if c["name"] == COOKIE] == []
+        logout = next(e for e in recorder.seen if e["path"] == "/logout")
+        assert (logout["method"], logout["status"], logout["origin"], logout["type"]) == (
+            "POST", 204, url, "application/json")
+        context.add_cookies([kept])
+        assert page.goto(url + "/api/status").status == 401
         context.close()
+
+
+def test_the_sign_in_form_makes_a_guessing_address_wait(tmp_path, browser):
+    with service(tmp_path, TOKEN) as (url, _, recorder, _):
+        page = browser.new_page()
+        page.goto(url + "/login")
+        for n in range(6):
+            page.locator('input[name="token"]').fill(f"wrong-token-{n:02d}-0123456789")
+            page.locator('button[type="submit"]').click()
+            sync_api.expect(page.locator("#login-error")).to_have_text("That is not the token of this service.")
+        page.locator('input[name="token"]').fill(TOKEN)  # the right one, too soon: not even compared
+        page.locator('button[type="submit"]').click()
+        sync_api.expect(page.locator("#login-error")).to_have_text(
+            "Too many wrong tokens from your address: try again in 1 s.")
+        assert [e["status"] for e in recorder.posts()] == [401] * 6 + [429]
+        page.wait_for_timeout(1100)
+        page.locator('input[name="token"]').fill(TOKEN)
+        page.locator('button[type="submit"]').click()
+        sync_api.expect(page).to_have_url(url + "/", timeout=WAIT_MS)
