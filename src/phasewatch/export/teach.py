@@ -341,6 +341,7 @@ def teach(request: TeachRequest, progress: Progress = lambda stage, fraction, me
     data_dir = Path(request.data_dir)
     store = Store(data_dir / "phasewatch.sqlite3")
     work = data_dir / "teach" / f"run-{os.getpid()}-{int(started)}"
+    bundle_dir: Path | None = None
     try:
         p = plan(store, request)
         for warning in p.warnings:
@@ -398,8 +399,10 @@ def teach(request: TeachRequest, progress: Progress = lambda stage, fraction, me
         return result
     except (TrainError, ExportError, StoreError, BundleError) as exc:
         raise TeachError(one_line(exc)) from exc
-    finally:
+    finally:  # also when cancelled (SIGTERM: the command exits through here)
         shutil.rmtree(work, ignore_errors=True)
+        if bundle_dir is not None:
+            shutil.rmtree(bundle_dir, ignore_errors=True)  # gone once renamed: nothing half made is kept
         store.close()
 
 
@@ -438,7 +441,7 @@ def _finish_bundle(partial: Path, final: Path, p: Plan, request: TeachRequest, v
                 "gate": verdict}
     write_manifest(partial, manifest)
     if final.exists():
-        raise TeachError(f"{final}: exists already (another job took the name); this model is left at {partial}")
+        raise TeachError(f"{final}: exists already (another job took the name at the same time); teach again")
     partial.rename(final)
     return final
 

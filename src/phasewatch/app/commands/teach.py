@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from phasewatch.errors import PhasewatchError
 
+    # A cancel (SIGTERM from the service's job runner) unwinds, so the half-made model is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     started = time.time()
     request = TeachRequest(args.data, args.material, args.base, args.who, args.budget_min, fields, args.name,
                            args.threads, args.device, args.seed)
