@@ -13,7 +13,7 @@ from phasewatch.export.crossval import cross_validate, deal_folds, report_table
 from phasewatch.export.datasets import Sample
 from phasewatch.export.train import TrainError, load_config, load_splits, specimen_of, specimen_splits
 
-CONFIGS = Path(__file__).resolve().parents[1] / "export" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "phasewatch" / "export" / "configs"
 
 
 def sample(name: str) -> Sample:

@@ -11,7 +11,7 @@ from phasewatch.app.cli import main
 from phasewatch.bundle import load_bundle
 from phasewatch.export.train import TrainError, learning_rate, load_config, load_splits, schedule_step, train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "export" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "phasewatch" / "export" / "configs"
 
 
 def tiny_config(tmp_path: Path, steps: int = 3) -> dict:

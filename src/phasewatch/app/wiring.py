@@ -5,13 +5,13 @@ stopped in the order that loses nothing. The one module that joins ``service`` a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from phasewatch.errors import PhasewatchError
 from phasewatch.service.config import Config
 from phasewatch.service.daemon import Daemon, model_factory
 from phasewatch.service.teach_jobs import TeachJobs
 from phasewatch.store import Store
+from phasewatch.store.rows import ImageRow
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
@@ -96,5 +96,5 @@ def _open_service(config: Config, events: EventBroker) -> tuple[Store, Daemon]:
         raise
 
 
-def _publish(events: EventBroker, event: str, image: dict[str, Any]) -> None:
+def _publish(events: EventBroker, event: str, image: ImageRow) -> None:
     events.publish(event, image_json(image))

@@ -34,12 +34,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import cv2
 import numpy as np
 
 from phasewatch.bundle import ClassInfo
+from phasewatch.core.records import (
+    EcdHistogram,
+    FieldRecord,
+    Measurement,
+    PhaseParticles,
+    SizeStatistics,
+    TrustRecord,
+)
 
 CONNECTIVITY = 8
 MIN_PARTICLE_AREA_PX = 3
@@ -57,7 +64,7 @@ def _ecd(area: np.ndarray | float) -> np.ndarray:
     return np.sqrt(4.0 * np.asarray(area, np.float64) / np.pi)
 
 
-def _histogram(ecd: np.ndarray, first_edge: float) -> dict[str, list]:
+def _histogram(ecd: np.ndarray, first_edge: float) -> EcdHistogram:
     if ecd.size == 0:
         return {"edges": [], "counts": []}
     # The tolerance keeps a particle that sits exactly on a power of the ratio inside
@@ -68,7 +75,7 @@ def _histogram(ecd: np.ndarray, first_edge: float) -> dict[str, list]:
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def _size_statistics(ecd: np.ndarray) -> dict[str, Any]:
+def _size_statistics(ecd: np.ndarray) -> SizeStatistics:
     if ecd.size == 0:
         return {"mean_ecd": None, "median_ecd": None, "std_ecd": None, "ecd_percentiles": None}
     p10, p50, p90 = (float(v) for v in np.percentile(ecd, (10, 50, 90)))
@@ -96,7 +103,7 @@ def _particles(
     length_per_px: float,
     valid_area_px: int,
     pixel_size_um: float | None,
-) -> dict[str, Any]:
+) -> PhaseParticles:
     """Particle statistics of one phase given as a boolean ``mask``."""
     # Labels alone and bincounts for the areas: several times faster than OpenCV's
     # per-pixel statistics (bounding boxes, centroids) which nothing here needs.
@@ -127,7 +134,7 @@ def measure(
     classes: np.ndarray,
     class_infos: Sequence[ClassInfo],
     pixel_size_um: float | None,
-) -> dict[str, Any]:
+) -> Measurement:
     """Fractions over the valid area and particle statistics per phase class (module doc)."""
     if classes.ndim != 2 or classes.dtype != np.uint8 or classes.size == 0:
         raise ValueError(
@@ -172,7 +179,7 @@ def measure(
     }
 
 
-def combine_pages(records: list[dict[str, Any]]) -> dict[str, Any]:
+def combine_pages(records: list[FieldRecord]) -> FieldRecord:
     """One field's measurement from the pages of a stack: fractions weighted by valid area.
 
     A multi-page file is one field of a specimen, so its fractions are those of all its
@@ -185,15 +192,15 @@ def combine_pages(records: list[dict[str, Any]]) -> dict[str, Any]:
     names = records[0]["fractions"].keys()
     fractions = {n: float(sum(w * r["fractions"][n] for w, r in zip(weights, records, strict=True)))
                  for n in names}
-    combined = {**records[0], "page": None, "fractions": fractions,
+    combined: FieldRecord = {**records[0], "page": None, "fractions": fractions,
                 "valid_area_px": int(areas.sum()), "pages": records}
     if all("trust" in r for r in records):
         combined["trust"] = combine_trust([r["trust"] for r in records])
     return combined
 
 
-def combine_trust(pages: list[dict[str, Any]]) -> dict[str, Any]:
+def combine_trust(pages: list[TrustRecord]) -> TrustRecord:
     """A stack is trusted only if every page is: the worst score, every page's reasons."""
-    scores = [p["score"] for p in pages if p.get("score") is not None]
+    scores = [score for p in pages if (score := p.get("score")) is not None]
     return {"ok": all(p["ok"] for p in pages), "score": max(scores) if scores else None,
             "reasons": [f"page {i}: {reason}" for i, p in enumerate(pages) for reason in p["reasons"]]}

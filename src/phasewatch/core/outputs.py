@@ -7,7 +7,7 @@ stretch (:data:`DISPLAY_PERCENTILES`); the class map is written with the exact i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ def write_outputs(
     image: np.ndarray,
     classes: np.ndarray,
     palette: Sequence[tuple[int, int, int]],
-    record: dict[str, Any],
+    record: Mapping[str, Any],
     skip: set[int] | None = None,
 ) -> dict[str, Path]:
     """Write ``STEM.classes.png``, ``STEM.overlay.png`` and ``STEM.json`` into ``out_dir``.

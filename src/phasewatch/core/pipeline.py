@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -37,6 +37,7 @@ from phasewatch.bundle import Bundle, load_bundle
 from phasewatch.core.measure import combine_pages, measure
 from phasewatch.core.normalise import ModelInput, StackInput, prepare, sliding_stacks
 from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
+from phasewatch.core.records import FieldRecord
 from phasewatch.core.tiling import Plan, default_overlap, segment_many
 from phasewatch.core.trust import InputFeatures, assess, input_features, unsure_fraction
 from phasewatch.imageio.formats import DEFAULT_MAX_PIXELS, Page, read_pages
@@ -115,7 +116,7 @@ class FieldResult:
     field: Page
     classes: np.ndarray
     margin: np.ndarray
-    record: dict[str, Any]
+    record: FieldRecord
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -126,7 +127,7 @@ class FileResult:
     path: Path
     model: Model
     fields: list[FieldResult]
-    record: dict[str, Any]
+    record: FieldRecord
     outputs: dict[str, str]
 
 
@@ -304,7 +305,7 @@ def field_stem(path: Path, field: Page, fields_in_file: int) -> str:
     return text[:kept] + tag + page
 
 
-def field_record(path: Path, field: Page, classes: np.ndarray, model: Model) -> dict[str, Any]:
+def field_record(path: Path, field: Page, classes: np.ndarray, model: Model) -> FieldRecord:
     """The per-field record: identity, producer, pixel size and its source, measurements."""
     measured = measure(classes, model.bundle.classes, field.pixel_size_um)
     return {
@@ -320,7 +321,7 @@ def field_record(path: Path, field: Page, classes: np.ndarray, model: Model) -> 
     }
 
 
-def assessed_record(path: Path, field: Page, segmentation: PageSegmentation, model: Model) -> dict[str, Any]:
+def assessed_record(path: Path, field: Page, segmentation: PageSegmentation, model: Model) -> FieldRecord:
     """:func:`field_record` with its trust record (``src/phasewatch/core/trust.py``): what every field,
     and every slice of a volume, is recorded as."""
     classes = segmentation.classes
@@ -331,7 +332,7 @@ def assessed_record(path: Path, field: Page, segmentation: PageSegmentation, mod
     return record
 
 
-def write_field(out_dir: Path, stem: str, image: np.ndarray, classes: np.ndarray, record: dict[str, Any],
+def write_field(out_dir: Path, stem: str, image: np.ndarray, classes: np.ndarray, record: FieldRecord,
                 bundle: Bundle) -> dict[str, Path]:
     """Write class map, overlay and JSON of one field (or one slice) atomically; background
     classes stay untinted in the overlay so the phases stand out."""

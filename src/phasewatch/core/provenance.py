@@ -10,9 +10,9 @@ each specimen to one model (``src/phasewatch/store/``).
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
 
 from phasewatch.core.pipeline import Model
+from phasewatch.core.records import ModelIdentity, ModelTiling
 
 
 def software_version() -> str:
@@ -23,12 +23,12 @@ def software_version() -> str:
         return "unknown"
 
 
-def model_identity(model: Model) -> dict[str, Any]:
+def model_identity(model: Model) -> ModelIdentity:
     """The JSON-able identity of ``model`` as it segments fields now."""
     bundle = model.bundle
-    tiling: dict[str, Any] = {"tile": bundle.tile, "halo": bundle.halo, "scale": bundle.scale}
+    tiling: ModelTiling = {"tile": bundle.tile, "halo": bundle.halo, "scale": bundle.scale}
     if model.plan is not None:  # tiles planned per field instead of the fixed tile
-        tiling.update(planned=True, multiple=model.plan.multiple, max_pixels=model.plan.max_pixels)
+        tiling |= {"planned": True, "multiple": model.plan.multiple, "max_pixels": model.plan.max_pixels}
     return {
         "name": bundle.name,
         "onnx_sha256": bundle.onnx_sha256,

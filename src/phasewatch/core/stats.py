@@ -31,7 +31,7 @@ in µm when every field has a pixel size, else in pixels.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from phasewatch.core.measure import HISTOGRAM_RATIO
@@ -129,7 +129,7 @@ def _per_class(
     }
 
 
-def main_phase(fields: Iterable[dict[str, Any]]) -> str | None:
+def main_phase(fields: Iterable[Mapping[str, Any]]) -> str | None:
     """The phase class (a class with particle statistics) with the largest summed
     fraction over ``fields``; None when no field has a phase."""
     totals: dict[str, float] = {}
@@ -144,7 +144,7 @@ def running_statistics(values: Sequence[float], target_ra: float = 0.10) -> list
     return [field_statistics(values[:n], target_ra=target_ra) for n in range(1, len(values) + 1)]
 
 
-def phase_trend(fields: Sequence[dict[str, Any]], name: str, target_ra: float = 0.10) -> dict[str, Any]:
+def phase_trend(fields: Sequence[Mapping[str, Any]], name: str, target_ra: float = 0.10) -> dict[str, Any]:
     """Area % of class ``name`` per field (``class``, field ``ids`` and ``values``, in
     the order of ``fields``), with the running ``mean`` and its 95 % half-width
     ``ci95`` after each field (None below two fields)."""
@@ -159,7 +159,7 @@ def phase_trend(fields: Sequence[dict[str, Any]], name: str, target_ra: float = 
     }
 
 
-def ecd_histogram(fields: Sequence[dict[str, Any]], name: str, physical: bool) -> dict[str, Any] | None:
+def ecd_histogram(fields: Sequence[Mapping[str, Any]], name: str, physical: bool) -> dict[str, Any] | None:
     """The ECD histogram of class ``name`` summed over ``fields`` (``edges``, ``counts``,
     ``unit`` "um" when ``physical``, else "px"); None when no field has a whole particle
     of it.
@@ -195,9 +195,10 @@ def ecd_histogram(fields: Sequence[dict[str, Any]], name: str, physical: bool) -
 
 
 class FieldResults(Protocol):
-    """Where a specimen's measured fields come from (the store; a list in tests)."""
+    """Where a specimen's measured fields come from (the store's image rows, ``store/rows.py``,
+    which this layer may not import; a list in tests)."""
 
-    def field_results(self, specimen_id: int, count_flagged: bool = False) -> list[dict[str, Any]]: ...
+    def field_results(self, specimen_id: int, count_flagged: bool = False) -> Sequence[Mapping[str, Any]]: ...
 
     def flagged_pending(self, specimen_id: int) -> int: ...
 

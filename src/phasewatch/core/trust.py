@@ -38,6 +38,7 @@ import numpy as np
 
 from phasewatch.bundle import Bundle
 from phasewatch.core.normalise import ModelInput
+from phasewatch.core.records import TrustMeasures, TrustRecord
 
 FEATURE_CROP = 768  # centre crop (at the model's scale) the input measures are taken on
 HISTOGRAM_BINS = 32
@@ -125,7 +126,7 @@ def pixel_size_reason(pixel_size_um: float | None, bundle: Bundle) -> str | None
 
 def assess(
     features: InputFeatures, unsure: float, bundle: Bundle, pixel_size_um: float | None = None
-) -> dict[str, Any]:
+) -> TrustRecord:
     """The trust record ``{"ok", "score", "reasons", "measures"}`` of one field."""
     scale_reason = pixel_size_reason(pixel_size_um, bundle)
     reference = bundle.manifest.get("trust")
@@ -148,8 +149,8 @@ def assess(
                        f"(limit {100 * limits['unsure']:.0f} %)")
     if scale_reason:
         reasons.append(scale_reason)
-    return {"ok": not reasons, "score": round(max(ratios.values()), 3),
-            "measures": {**{k: round(v, 4) for k, v in found.items()}, "nearest": nearest}, "reasons": reasons}
+    measures: TrustMeasures = {"novelty": round(found_novelty, 4), "unsure": round(unsure, 4), "nearest": nearest}
+    return {"ok": not reasons, "score": round(max(ratios.values()), 3), "measures": measures, "reasons": reasons}
 
 
 def calibrate(features: Sequence[InputFeatures], unsure: Sequence[float], names: Sequence[str],

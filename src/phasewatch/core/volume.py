@@ -51,6 +51,7 @@ from phasewatch.bundle import ClassInfo
 from phasewatch.core.measure3d import VolumeMeasurer
 from phasewatch.core.normalise import ModelInput
 from phasewatch.core.pipeline import Model, assessed_record, segment_images
+from phasewatch.core.records import FieldRecord, SliceRecord, VolumeRecord
 from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.imageio.formats import (
     DEFAULT_MAX_PIXELS,
@@ -209,13 +210,13 @@ def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
 
 
 # (slice index, its image, its class map, its record): what else is made of each slice on the way
-SliceSink = Callable[[int, np.ndarray, np.ndarray, dict[str, Any]], None]
+SliceSink = Callable[[int, np.ndarray, np.ndarray, FieldRecord], None]
 
 
 def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | None = None,
                    batch: int | None = None,
                    window: collections.deque[tuple[int, ModelInput]] | None = None,
-                   on_slice: SliceSink | None = None) -> dict[str, Any]:
+                   on_slice: SliceSink | None = None) -> VolumeRecord:
     """Segment every slice, write ``NAME.classes.tif`` and ``NAME.volume.json`` in ``out_dir``
     and return the volume's record (what the JSON holds). A 2.5D bundle sees each slice with its
     neighbours, mirrored at the ends, from a sliding ``window`` of its ``slices`` prepared slices.
@@ -223,7 +224,7 @@ def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | N
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     measurer = VolumeMeasurer(model.bundle.classes, volume.spacing_um)
-    records: list[dict[str, Any]] = []
+    records: list[SliceRecord] = []
     classes_path = out_dir / f"{volume.name}.classes.tif"
     _write_stack(classes_path, _class_maps(volume, model, overlap, batch, measurer, records, window, on_slice),
                  volume.n_slices, volume.spacing_um)
@@ -236,7 +237,7 @@ def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | N
 
 
 def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | None,
-                measurer: VolumeMeasurer, records: list[dict[str, Any]],
+                measurer: VolumeMeasurer, records: list[SliceRecord],
                 window: collections.deque[tuple[int, ModelInput]] | None = None,
                 on_slice: SliceSink | None = None) -> Iterator[np.ndarray]:
     """Each slice's class map as it comes out of the engine, recorded and measured on the way."""
@@ -278,12 +279,12 @@ def _write_stack(path: Path, maps: Iterator[np.ndarray], n_slices: int, spacing_
         partial.unlink(missing_ok=True)
 
 
-def volume_record(volume: Volume, model: Model, slices: Sequence[dict[str, Any]], measured: dict[str, Any],
-                  seconds: float) -> dict[str, Any]:
+def volume_record(volume: Volume, model: Model, slices: Sequence[SliceRecord], measured: dict[str, Any],
+                  seconds: float) -> VolumeRecord:
     """The volume's JSON: producer (as a field's record names it), geometry, per-slice fractions
     and trust, the 3D measurements and the time per slice."""
     count = len(slices)
-    scores = [s["trust"]["score"] for s in slices if s["trust"].get("score") is not None]
+    scores = [score for s in slices if (score := s["trust"].get("score")) is not None]
     return {
         "volume": str(volume.path),
         "model": model.bundle.name,
@@ -302,7 +303,7 @@ def volume_record(volume: Volume, model: Model, slices: Sequence[dict[str, Any]]
     }
 
 
-def summary_line(record: dict[str, Any]) -> str:
+def summary_line(record: VolumeRecord) -> str:
     """One line per volume: its size and the slice throughput."""
     z, y, x = record["shape"]
     timing = record["timing"]
@@ -311,7 +312,7 @@ def summary_line(record: dict[str, Any]) -> str:
             f"{timing['slices_per_second'] or 0:.3g} slices/s; {record['outputs']['classes']}")
 
 
-def field_like_record(record: dict[str, Any], classes: Sequence[ClassInfo]) -> dict[str, Any]:
+def field_like_record(record: VolumeRecord, classes: Sequence[ClassInfo]) -> FieldRecord:
     """A segmented volume (:func:`volume_record`) as one field of its specimen, by the rule of
     multi-page files (``measure.combine_pages``): fractions over all its valid voxels, its valid
     area the sum of its slices' valid areas (so the specimen weighs it by them), no 2D particles

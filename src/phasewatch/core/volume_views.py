@@ -20,7 +20,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tifffile
@@ -29,6 +28,7 @@ from phasewatch.atomic_files import OutputError
 from phasewatch.bundle import Bundle
 from phasewatch.core.outputs import preview, write_png_atomic
 from phasewatch.core.pipeline import FileResult, Model, write_field
+from phasewatch.core.records import FieldRecord, VolumeRecord
 from phasewatch.core.volume import Volume, field_like_record, segment_volume
 
 SLICE_PICTURES = ("classes", "preview")  # what the page may ask of each slice
@@ -43,7 +43,7 @@ class SliceViews:
     name: str
     n_slices: int
     _writer: tifffile.TiffWriter | None = None
-    _middle: tuple[int, np.ndarray, np.ndarray, dict[str, Any]] | None = None
+    _middle: tuple[int, np.ndarray, np.ndarray, FieldRecord] | None = None
     _partial: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -53,7 +53,7 @@ class SliceViews:
     def stack_path(self) -> Path:
         return self.out_dir / f"{self.name}.preview.tif"
 
-    def add(self, index: int, image: np.ndarray, classes: np.ndarray, record: dict[str, Any]) -> None:
+    def add(self, index: int, image: np.ndarray, classes: np.ndarray, record: FieldRecord) -> None:
         """One slice as it comes out: its display picture appended to the stack; the middle
         slice kept (image, class map, record) for :meth:`finish`."""
         with self._writing():
@@ -103,7 +103,7 @@ class SliceViews:
 
 
 def record_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | None = None,
-                  batch: int | None = None) -> tuple[FileResult, dict[str, Any]]:
+                  batch: int | None = None) -> tuple[FileResult, VolumeRecord]:
     """Segment ``volume`` into ``out_dir`` as the daemon records it, with the views above: its
     result as one field of its specimen (``volume.field_like_record``; outputs: the middle
     slice's pictures, both stacks and the volume's JSON) and the volume's own record (what

@@ -25,14 +25,15 @@ import numpy as np
 
 from phasewatch.bundle import ClassInfo
 from phasewatch.core.measure import measure
+from phasewatch.core.records import FieldRecord, PhaseParticles
 
 
-def particle_count(particles: dict[str, Any]) -> float:
+def particle_count(particles: PhaseParticles) -> float:
     """Whole particles plus half the border particles, as the number density counts them."""
     return particles["count"] + 0.5 * particles["border_count"]
 
 
-def image_agreement(truth: np.ndarray, predicted: dict[str, Any], classes: Sequence[ClassInfo]) -> dict[str, Any]:
+def image_agreement(truth: np.ndarray, predicted: FieldRecord, classes: Sequence[ClassInfo]) -> dict[str, Any]:
     """Truth, prediction and error of every fraction and phase's particles for one image;
     ``predicted`` is the image's field record (fractions and particles from the daemon's code)."""
     true = measure(truth.astype(np.uint8), classes, predicted["pixel_size_um"])

@@ -37,6 +37,7 @@ from phasewatch.atomic_files import OutputError
 from phasewatch.bundle import Bundle, write_manifest
 from phasewatch.core.outputs import write_png_atomic
 from phasewatch.core.pipeline import Model, process_file
+from phasewatch.core.records import FieldRecord
 from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.export import datasets, seg_scores
 from phasewatch.export.agreement import format_agreement, image_agreement, summarise
@@ -103,7 +104,7 @@ def _named(names: list[str], values: np.ndarray) -> dict[str, float | None]:
 def segment_pair(
     image_path: Path, label_path: Path, model: Model, palette: Palette | None, batch: int | None = None,
     pixel_size_um: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, FieldRecord]:
     """(truth, prediction, field record) of one labelled image, maps at the image's size;
     ``pixel_size_um`` applies where the file itself says nothing (as the daemon's config does)."""
     truth = read_label(label_path, palette)

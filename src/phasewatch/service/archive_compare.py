@@ -17,14 +17,15 @@ spread that both models see cancels out, so a small systematic change shows with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from phasewatch.core.stats import field_statistics
 from phasewatch.store import Store
+from phasewatch.store.rows import ImageRow
 
 
-def counted_fields(store: Store, count_flagged: bool) -> dict[int, list[dict[str, Any]]]:
+def counted_fields(store: Store, count_flagged: bool) -> dict[int, list[ImageRow]]:
     """Specimen id -> the fields its statistics count (with valid area), oldest first."""
     return {s["id"]: [f for f in store.field_results(s["id"], count_flagged) if f["valid_area_px"]]
             for s in store.list_specimens()}
@@ -49,7 +50,8 @@ def compare(old: Store, new: Store, count_flagged: bool = False) -> dict[str, An
     return {"specimens": specimens, "old_only": len(old_fields.keys() - paired_shas)}
 
 
-def _classes(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def _classes(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    # counted fields (old, new): measured, so every result key is there
     if not pairs:
         return {}
     shared = [c for c in pairs[0][1]["fractions"] if c in pairs[0][0]["fractions"]]

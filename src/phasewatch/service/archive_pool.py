@@ -29,15 +29,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from phasewatch.core.pipeline import Model, open_model, process_file
 from phasewatch.core.provenance import model_identity
+from phasewatch.core.records import FieldRecord, ModelIdentity
 from phasewatch.core.volume import open_volume, says_volume
 from phasewatch.core.volume_views import record_volume
 from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.service.config import CalibrationConfig, DataConfig
 from phasewatch.store import Store
+from phasewatch.store.rows import FileRow
 
 INTERRUPTED = "the re-analysis was interrupted before this file"
 POLL_S = 0.2  # how late a stop request may be seen while every worker is busy
@@ -74,9 +75,9 @@ class Outcome:
     daemon stores (``Store.mark_done``), or the one-line reason it failed."""
 
     file_id: int
-    record: dict[str, Any] | None = None
+    record: FieldRecord | None = None
     outputs: dict[str, str] | None = None
-    model: dict[str, Any] | None = None
+    model: ModelIdentity | None = None
     error: str | None = None
 
 
@@ -161,8 +162,8 @@ def drain(store: Store, executor: Executor, slots: int, job: Job, recorded: Call
     ``recorded``. Once ``stop`` is set (Ctrl-C, SIGTERM), take no more: finish what the workers
     hold, put back what they have not started. A broken pool raises ``BrokenExecutor`` once every
     file in flight has ended, its files left in hand (:func:`run_queue`)."""
-    running: dict[Future[Outcome], dict[str, Any]] = {}
-    held: dict[str, Any] | None = None  # claimed, but to run alone once the others are done
+    running: dict[Future[Outcome], FileRow] = {}
+    held: FileRow | None = None  # claimed, but to run alone once the others are done
     broken = False
     while True:
         while not (stop.is_set() or broken) and len(running) < slots and not any(r["alone"] for r in running.values()):

@@ -106,6 +106,7 @@ from phasewatch.service.prometheus import DaemonMetrics
 from phasewatch.service.stages import POLL_S, Stage, TransientFault
 from phasewatch.service.watcher import FolderWatcher
 from phasewatch.store import Store, StoreError, StoreUnavailable
+from phasewatch.store.rows import FileRow, ImageRow
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ TRANSIENT_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
 SEGMENTING = "segmenting"
 MEASURING = "measuring"
 
-Publish = Callable[[str, dict[str, Any]], None]
+Publish = Callable[[str, ImageRow], None]  # the image row of a field that has just ended
 ModelFactory = Callable[[], Model]
 
 
@@ -135,7 +136,7 @@ class _Arrival:
 class _Work:
     """One claimed file travelling through decode -> infer -> write."""
 
-    row: dict[str, Any]
+    row: FileRow
     decoded: Decoded | None = None
     volume: Volume | None = None  # a Z stack: opened in decode, segmented (and written) in infer
     segmented: FileSegmentation | None = None
@@ -435,7 +436,7 @@ class Daemon:
 
     # -- decode ------------------------------------------------------------------------
 
-    def _take_row(self, timeout: float) -> dict[str, Any] | None:
+    def _take_row(self, timeout: float) -> FileRow | None:
         if self.decode.stopping:  # queued files wait for the next start
             return None
         with _database():
@@ -446,7 +447,7 @@ class Daemon:
         self._work_ready.clear()
         return None
 
-    def _decode(self, row: dict[str, Any]) -> None:
+    def _decode(self, row: FileRow) -> None:
         work = _Work(row=row)
         try:
             if self.config.watch.volumes and says_volume(work.path):

@@ -27,6 +27,7 @@ from phasewatch.service.archive import open_books
 from phasewatch.service.archive_compare import compare
 from phasewatch.service.archive_pool import Job, ModelSpec, Outcome, drain
 from phasewatch.store import Store, flagged
+from phasewatch.store.rows import ImageRow
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class Reanalyses:
             new.close()
 
 
-def _newly_trusted(old_fields: list[dict[str, Any]], new: Store) -> list[dict[str, Any]]:
+def _newly_trusted(old_fields: list[ImageRow], new: Store) -> list[dict[str, Any]]:
     """Fields the old model flagged (by content) that the new one trusts: old id and file name."""
     new_by_sha = {f["sha256"]: f for s in new.list_specimens() for f in new.field_results(s["id"], count_flagged=True)}
     found = []

@@ -38,9 +38,10 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from phasewatch.errors import PhasewatchError
+from phasewatch.store.rows import FileRow, ImageRow, SpecimenRow
 
 log = logging.getLogger(__name__)
 
@@ -228,18 +229,21 @@ def _path(value: str | bytes | None) -> str | None:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
-def _file(row: sqlite3.Row) -> dict[str, Any]:
+# Rows become the TypedDicts of rows.py by a cast: their keys are the columns, which
+# tests/test_record_schema.py holds to them on a real database.
+def _file(row: sqlite3.Row) -> FileRow:
     """A ``files`` row with its path as Python names it."""
     file = dict(row)
     file["path"] = _path(file["path"])
-    return file
+    return cast(FileRow, file)
 
 
-def _specimen(row: sqlite3.Row) -> dict[str, Any]:
-    """A ``specimens`` row with its folder as Python names it."""
+def _specimen(row: sqlite3.Row) -> SpecimenRow:
+    """A ``specimens`` row with its folder as Python names it (a :class:`SpecimenSummary`
+    where the query adds the counts)."""
     specimen = dict(row)
     specimen["folder"] = _path(specimen["folder"])
-    return specimen
+    return cast(SpecimenRow, specimen)
 
 
 def _inserted(cursor: sqlite3.Cursor) -> int:
@@ -248,15 +252,15 @@ def _inserted(cursor: sqlite3.Cursor) -> int:
     return cursor.lastrowid
 
 
-def _image(row: sqlite3.Row) -> dict[str, Any]:
+def _image(row: sqlite3.Row) -> ImageRow:
     """A files row joined with its (or its original's) result, JSON decoded, with the
     record's ``trust`` (None without a result or from before the trust record)."""
-    image = _file(row)
+    image: dict[str, Any] = dict(_file(row))
     for key in ("fractions", "particles", "measurement", "outputs", "model"):
         if image.get(key) is not None:
             image[key] = json.loads(image[key])
     image["trust"] = (image.get("measurement") or {}).get("trust")
-    return image
+    return cast(ImageRow, image)
 
 
 def _fail_duplicates(conn: sqlite3.Connection) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from phasewatch.store.database import STATES, Database, _image
+from phasewatch.store.rows import ImageRow
 
 log = logging.getLogger(__name__)
 def flagged(image: Mapping[str, Any]) -> bool:
@@ -99,7 +100,7 @@ class Queries(Database):
         before_id: int | None = None,
         after_id: int | None = None,
         only: ImageFilter | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ImageRow]:
         """Newest first, with results; ``before_id`` pages back through older ones and
         ``after_id`` forward through newer ones (the ``limit`` oldest of them); ``only``
         narrows the list (:class:`ImageFilter`)."""
@@ -113,11 +114,11 @@ class Queries(Database):
         rows = [_image(r) for r in self._read(f"{sql} ORDER BY f.id {order} LIMIT ?", (*args, limit))]
         return rows[::-1] if after_id is not None else rows
 
-    def get_image(self, file_id: int) -> dict[str, Any] | None:
+    def get_image(self, file_id: int) -> ImageRow | None:
         rows = self._read(_IMAGE_SELECT + " WHERE f.id = ?", (file_id,))
         return _image(rows[0]) if rows else None
 
-    def _measured_fields(self, specimen_id: int) -> list[dict[str, Any]]:
+    def _measured_fields(self, specimen_id: int) -> list[ImageRow]:
         """The measured, not excluded fields of a specimen, oldest first (duplicates are
         left out: their content counts once)."""
         rows = self._conn().execute(
@@ -127,7 +128,7 @@ class Queries(Database):
         )
         return [_image(r) for r in rows]
 
-    def field_results(self, specimen_id: int, count_flagged: bool = False) -> list[dict[str, Any]]:
+    def field_results(self, specimen_id: int, count_flagged: bool = False) -> list[ImageRow]:
         """What a specimen's statistics are made of: its measured, not excluded fields,
         oldest first, without the flagged fields no operator has accepted unless
         ``count_flagged``."""

@@ -38,9 +38,10 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
+from phasewatch.core.records import FieldRecord, ModelIdentity
 from phasewatch.store.database import STATES, StoreError, _db_path, _fail_duplicates, _file, _inserted, _one_line
+from phasewatch.store.rows import FileRow
 from phasewatch.store.specimens import Specimens
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Queue(Specimens):
         mtime_ns: int,
         sha256: str,
         specimen_id: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> FileRow:
         """The row for this version of the file, created ``pending`` (or ``done`` as a
         duplicate) when new; the same path, size, mtime and sha256 again is the same row."""
         stored_path = _db_path(str(path))
@@ -92,7 +93,7 @@ class Queue(Specimens):
             ))
             return _file(conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
 
-    def claim_next(self, batch: int = 1) -> list[dict[str, Any]]:
+    def claim_next(self, batch: int = 1) -> list[FileRow]:
         """Up to ``batch`` oldest pending rows, moved to ``processing`` with one more
         attempt, atomically: no two callers get the same row."""
         with self._write() as conn:
@@ -141,9 +142,9 @@ class Queue(Specimens):
     def mark_done(
         self,
         file_id: int,
-        result: Mapping[str, Any],
+        result: FieldRecord,
         outputs: Mapping[str, str] | None = None,
-        model: Mapping[str, Any] | None = None,
+        model: ModelIdentity | None = None,
     ) -> None:
         """Store a claimed file's measurement (``measure.measure``'s dict) and outputs;
         ``model`` is the identity of the model that measured it (``name``, ``onnx_sha256``

@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, cast
 
 from phasewatch.store.database import (
     _MODEL_SUFFIX,
@@ -33,6 +33,7 @@ from phasewatch.store.database import (
     _specimen,
     display_text,
 )
+from phasewatch.store.rows import SpecimenRow, SpecimenSummary
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,17 @@ class Specimens(Database):
                 (display_text(name.strip()), display_text(notes), _one_line(operator), time.time()),
             ))
 
-    def current_specimen(self) -> dict[str, Any]:
+    def current_specimen(self) -> SpecimenRow:
         rows = self._read("SELECT * FROM specimens WHERE is_current = 1")
         if not rows:  # _migrate creates one and every change keeps exactly one current
             raise StoreError(f"{self.path}: no current specimen")
         return _specimen(rows[0])
 
-    def get_specimen(self, specimen_id: int) -> dict[str, Any] | None:
+    def get_specimen(self, specimen_id: int) -> SpecimenRow | None:
         row = self._conn().execute("SELECT * FROM specimens WHERE id = ?", (specimen_id,)).fetchone()
         return _specimen(row) if row is not None else None
 
-    def list_specimens(self) -> list[dict[str, Any]]:
+    def list_specimens(self) -> list[SpecimenSummary]:
         """Newest first, each with its number of files, of measured and of failed ones,
         and when its last file arrived."""
         rows = self._read(
@@ -70,7 +71,7 @@ class Specimens(Database):
                       COALESCE(SUM(f.state = 'failed'), 0) AS failed, MAX(f.created) AS last_file
                FROM specimens s LEFT JOIN files f ON f.specimen_id = s.id GROUP BY s.id ORDER BY s.id DESC"""
         )
-        return [_specimen(r) for r in rows]
+        return [cast(SpecimenSummary, _specimen(r)) for r in rows]  # with the counts the query adds
 
     def update_specimen(
         self, specimen_id: int, name: str | None = None, notes: str | None = None, operator: str | None = None

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import cv2
 from flask import Blueprint, Response, jsonify, request, send_file
@@ -36,6 +35,7 @@ from flask import Blueprint, Response, jsonify, request, send_file
 from phasewatch.core.volume_views import SLICE_PICTURES
 from phasewatch.imageio.stacks import StackReadError, open_label_stack
 from phasewatch.store import IMAGE_KINDS, STATES, ImageFilter, flagged
+from phasewatch.store.rows import ImageRow
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import store_csv
 from phasewatch.webui.payloads import PICTURES, image_detail_json, image_json
@@ -62,7 +62,7 @@ IMAGE_STATES = (*STATES, *IMAGE_KINDS)
 blueprint = Blueprint("api", __name__)
 
 
-def _image(file_id: int) -> dict[str, Any]:
+def _image(file_id: int) -> ImageRow:
     image = current_context().store.get_image(checked_id("image", file_id))
     if image is None:
         raise ApiError(404, f"no image {file_id}")
@@ -175,7 +175,7 @@ def thumbnail(file_id: int, version: str) -> Response:
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": CACHE_FOREVER})
 
 
-def _measured(file_id: int) -> dict[str, Any]:
+def _measured(file_id: int) -> ImageRow:
     """The image row of a measured field, the only kind whose counting can change."""
     found = _image(file_id)
     if found["state"] != "done":
@@ -183,7 +183,7 @@ def _measured(file_id: int) -> dict[str, Any]:
     return found
 
 
-def _changed(found: dict[str, Any]) -> Response:
+def _changed(found: ImageRow) -> Response:
     """Tell every page that the field's specimen counts differently; the field as it is now."""
     current_context().events.publish("specimen", {"id": found["specimen_id"]})
     return jsonify(image_json(_image(found["id"])))

@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from phasewatch.core.records import TrustRecord
 from phasewatch.store import Store, display_text
+from phasewatch.store.rows import ImageRow
 from phasewatch.webui.payloads import trust_json
 from phasewatch.webui.report_data import FieldEntry, class_names
 
@@ -27,7 +29,7 @@ def _iso(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def _trust_cells(trust: dict[str, Any] | None) -> list[str]:
+def _trust_cells(trust: TrustRecord | None) -> list[str]:
     """``trust_ok``, ``trust_score``, ``trust_reasons``."""
     shown = trust_json(trust)
     if shown is None:
@@ -36,7 +38,7 @@ def _trust_cells(trust: dict[str, Any] | None) -> list[str]:
     return [str(int(shown["ok"])), score, "; ".join(shown["reasons"])]
 
 
-def fields_csv(rows: Sequence[dict[str, Any]]) -> str:
+def fields_csv(rows: Sequence[ImageRow]) -> str:
     """The CSV of store image ``rows`` (in the order given); the class columns are
     every class any row has, in the order they first appear."""
     classes = class_names(rows)
@@ -46,7 +48,7 @@ def fields_csv(rows: Sequence[dict[str, Any]]) -> str:
 def store_csv(store: Store, specimen: int | None = None) -> str:
     """:func:`fields_csv` of every image of ``store`` (of one specimen when given), oldest
     first as fields were taken: ``/export.csv``, and ``reanalyse``'s ``fields.csv``."""
-    rows: list[dict[str, Any]] = []
+    rows: list[ImageRow] = []
     before = None
     while page := store.list_images(_EXPORT_PAGE, specimen, before):
         rows.extend(page)
@@ -67,7 +69,7 @@ def provenance_csv(fields: Sequence[FieldEntry], model_hashes: Mapping[str, str]
     lines: list[list[Any]] = [[*_header(classes), *PROVENANCE_COLUMNS]]
     for entry in fields:
         row = entry.row
-        record = row.get("measurement") or {}
+        record: Mapping[str, Any] = row.get("measurement") or {}  # older versions' records lack keys
         model = record.get("model") or ""
         pixel_size = record.get("pixel_size_um")
         lines.append([
@@ -85,7 +87,7 @@ def _header(classes: Sequence[str]) -> list[str]:
             "error", "path"]
 
 
-def _cells(row: dict[str, Any], classes: Sequence[str]) -> list[Any]:
+def _cells(row: ImageRow, classes: Sequence[str]) -> list[Any]:
     fractions = row.get("fractions") or {}
     return [
         row["id"], _text(Path(row["path"]).name), _text(row["specimen"]), row["state"], _iso(row["processed"]),

@@ -31,7 +31,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from phasewatch.errors import PhasewatchError
@@ -51,7 +51,7 @@ class StreamRefused(PhasewatchError):
     """No stream now: every slot is taken, or the broker is closed."""
 
 
-def format_event(event_id: int, event: str, data: dict[str, Any]) -> str:
+def format_event(event_id: int, event: str, data: Mapping[str, Any]) -> str:
     """One SSE message; the JSON is on one line, so a single ``data:`` field holds it."""
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
@@ -87,7 +87,7 @@ class EventBroker:
         with self._lock:
             return len(self._subscribers)
 
-    def publish(self, event: str, data: dict[str, Any]) -> int:
+    def publish(self, event: str, data: Mapping[str, Any]) -> int:
         """Send ``data`` (JSON-able) as ``event`` to every stream; returns the event id."""
         with self._lock:
             self._last_id += 1

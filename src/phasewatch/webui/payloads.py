@@ -1,19 +1,104 @@
 """How the API and the ``field`` event show a store image row, a field's classes and
-its provenance."""
+its provenance.
+
+The shapes are typed here (:class:`ImageJson`, :class:`ImageDetailJson`, ...) from the store's
+(``src/phasewatch/store/rows.py``) and the records' (``src/phasewatch/core/records.py``);
+``tests/test_record_schema.py`` holds ``webui/openapi.py`` to them, and says which keys of a
+row the API drops or renames on the way.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+from phasewatch.core.records import FieldRecord, ModelIdentity, ModelTiling, TrustRecord
 from phasewatch.store import display_text
+from phasewatch.store.rows import ImageRow
 from phasewatch.webui.names import display_name
 from phasewatch.webui.thumbs import thumbnail_url
 
 PICTURES = ("overlay", "classes", "preview")
 
 
-def trust_json(trust: dict[str, Any] | None) -> dict[str, Any] | None:
+class TrustJson(TypedDict):
+    """A record's trust as the API shows it: its verdict and reasons, not its measures."""
+
+    ok: bool
+    score: float | None
+    reasons: list[str]
+
+
+class ImageJson(TypedDict):
+    """An image in a list, in a change's answer and in the ``field`` event."""
+
+    id: int
+    file: str  # the path's last part
+    path: str
+    state: str
+    error: str | None
+    specimen: str | None
+    specimen_id: int | None
+    fractions: dict[str, float] | None
+    labels: dict[str, str]  # class name -> display name, for each class in fractions
+    phases: list[str]  # the phase classes that have particles
+    created: float
+    processed: float | None
+    duplicate_of: int | None
+    excluded: bool
+    exclude_reason: str | None
+    trust: TrustJson | None
+    accepted: bool
+    accepted_by: str | None
+    accept_reason: str | None
+    accepted_at: float | None
+    pictures: dict[str, str]  # picture kind -> URL
+    thumbnail: str | None
+    slices: int | None  # a volume's depth; None for a field
+
+
+class ClassJson(TypedDict):
+    id: int | None
+    name: str
+    label: str
+    colour: str | None  # #rrggbb
+    role: str | None
+
+
+class ProvenanceJson(TypedDict):
+    file: str
+    path: str
+    sha256: str
+    size: int
+    captured: float
+    arrived: float
+    processed: float | None
+    model: str | None
+    onnx_sha256: str | None
+    architecture: str | None
+    exported_at: str | None
+    backend: str | None
+    tiling: ModelTiling | None
+    software: str | None
+    width: int | None
+    height: int | None
+    page: int | None
+    pages: int
+    slices: int | None
+    pixel_size_um: float | None
+    pixel_size_source: str | None
+
+
+class ImageDetailJson(ImageJson):
+    """One image with its whole record, legend and provenance (``GET /api/images/ID``)."""
+
+    measurement: FieldRecord | None
+    classes: list[ClassJson]
+    provenance: ProvenanceJson
+
+
+def trust_json(trust: TrustRecord | None) -> TrustJson | None:
     """A record's trust as ``{ok, score, reasons}``; None for records made before it."""
     if trust is None:
         return None
@@ -21,13 +106,14 @@ def trust_json(trust: dict[str, Any] | None) -> dict[str, Any] | None:
             "reasons": [str(r) for r in trust.get("reasons") or []]}
 
 
-def slices(image: dict[str, Any]) -> int | None:
+def slices(image: ImageRow) -> int | None:
     """A volume's number of slices (``volume.field_like_record``); None for a field."""
-    volume = (image.get("measurement") or {}).get("volume")
+    record = image.get("measurement")
+    volume = record.get("volume") if record else None
     return int(volume["slices"]) if volume else None
 
 
-def image_json(image: dict[str, Any]) -> dict[str, Any]:
+def image_json(image: ImageRow) -> ImageJson:
     """A store image row as the API and the ``field`` event show it; a path whose name is
     not UTF-8 is shown with U+FFFD for each byte that is not (JSON has no other way).
     ``labels`` gives the display name (:mod:`.names`) of every class in ``fractions``;
@@ -68,7 +154,7 @@ def _hex(colour: list[int] | tuple[int, ...]) -> str:
     return "#" + "".join(f"{int(c):02x}" for c in colour)
 
 
-def classes_json(model: dict[str, Any] | None, names: list[str]) -> list[dict[str, Any]]:
+def classes_json(model: ModelIdentity | None, names: list[str]) -> list[ClassJson]:
     """A legend: every class of the model that measured a field (id, manifest ``name``,
     display ``label``, ``colour`` as #rrggbb, ``role``); for a result recorded before the
     model identity was, only the ``names`` it measured, without ids or colours."""
@@ -78,13 +164,14 @@ def classes_json(model: dict[str, Any] | None, names: list[str]) -> list[dict[st
     return [{"id": None, "name": n, "label": display_name(n), "colour": None, "role": None} for n in names]
 
 
-def provenance_json(image: dict[str, Any]) -> dict[str, Any]:
+def provenance_json(image: ImageRow) -> ProvenanceJson:
     """Where a field's numbers come from: the file (name, sha256, size, when it was
     captured, i.e. its modification time, arrived and processed), the model that measured
-    it and the calibration. Model keys are None for a result recorded before the model
+    it and its pixel size. Model keys are None for a result recorded before the model
     identity was (or a field not measured)."""
-    record = image.get("measurement") or {}
-    model = image.get("model") or {}
+    # Records and identities stored by older versions may lack any key: read them as mappings.
+    record: Mapping[str, Any] = image.get("measurement") or {}
+    model: Mapping[str, Any] = image.get("model") or {}
     return {
         "file": Path(display_text(image["path"])).name,
         "path": display_text(image["path"]),
@@ -110,7 +197,7 @@ def provenance_json(image: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def image_detail_json(image: dict[str, Any]) -> dict[str, Any]:
+def image_detail_json(image: ImageRow) -> ImageDetailJson:
     """One field as ``GET /api/images/ID`` shows it: :func:`image_json`, the whole
     record (``measurement``), its ``classes`` (:func:`classes_json`) and ``provenance``."""
     names = list(image.get("fractions") or {})

@@ -26,6 +26,7 @@ from typing import Any
 from phasewatch.bundle import BundleError, load_bundle
 from phasewatch.core.stats import specimen_statistics
 from phasewatch.store import Store, awaits_acceptance, display_text, flagged
+from phasewatch.store.rows import ImageRow, SpecimenRow
 
 _PAGE = 1000
 THUMBNAIL_KINDS = ("overlay", "preview")  # the segmentation is what is signed off; else the micrograph
@@ -96,7 +97,7 @@ class ModelInfo:
 class FieldEntry:
     """One file of the specimen: its store row, whether it counts, and why not."""
 
-    row: dict[str, Any]
+    row: ImageRow
     counted: bool
     status: str  # counted, accepted, excluded, flagged, failed, duplicate, no valid area, pending, processing
     note: str  # the reason behind the status, for a person
@@ -117,12 +118,13 @@ class FieldEntry:
 
     @property
     def model(self) -> str:
-        return str((self.row.get("measurement") or {}).get("model") or "")
+        record = self.row.get("measurement")
+        return str(record.get("model") or "") if record else ""
 
 
 @dataclass(frozen=True)
 class Report:
-    specimen: dict[str, Any]
+    specimen: SpecimenRow
     operator: str
     stats: dict[str, Any]
     fields: tuple[FieldEntry, ...]
@@ -166,7 +168,7 @@ class Report:
                 yield heading, UNITS.get(unit, unit), spec, list(per_class.items())
 
 
-def class_names(rows: Sequence[dict[str, Any]]) -> list[str]:
+def class_names(rows: Sequence[ImageRow]) -> list[str]:
     """The classes in the ``fractions`` of store image ``rows``, in the order they first appear."""
     names: dict[str, None] = {}
     for row in rows:
@@ -174,9 +176,9 @@ def class_names(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(names)
 
 
-def specimen_rows(store: Store, specimen_id: int) -> list[dict[str, Any]]:
+def specimen_rows(store: Store, specimen_id: int) -> list[ImageRow]:
     """Every file row of a specimen, oldest first (the store pages newest first)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[ImageRow] = []
     before = None
     while page := store.list_images(_PAGE, specimen_id, before):
         rows.extend(page)
@@ -185,7 +187,7 @@ def specimen_rows(store: Store, specimen_id: int) -> list[dict[str, Any]]:
     return rows
 
 
-def picture(row: dict[str, Any], data_dir: Path) -> tuple[str, Path] | None:
+def picture(row: ImageRow, data_dir: Path) -> tuple[str, Path] | None:
     """The field's thumbnail: the first of :data:`THUMBNAIL_KINDS` recorded, on disk and
     inside the (resolved) data folder, the same rule as the API's picture route."""
     outputs = row.get("outputs") or {}
@@ -197,11 +199,12 @@ def picture(row: dict[str, Any], data_dir: Path) -> tuple[str, Path] | None:
     return None
 
 
-def _reasons(row: dict[str, Any]) -> str:
-    return "; ".join((row.get("trust") or {}).get("reasons") or []) or "flagged by the model"
+def _reasons(row: ImageRow) -> str:
+    trust = row.get("trust")
+    return "; ".join(trust.get("reasons") or [] if trust else []) or "flagged by the model"
 
 
-def _status(row: dict[str, Any], counted: bool, count_flagged: bool) -> tuple[str, str]:
+def _status(row: ImageRow, counted: bool, count_flagged: bool) -> tuple[str, str]:
     """(status, note) of one row; ``counted`` is what the statistics used."""
     state = row["state"]
     if state != "done":

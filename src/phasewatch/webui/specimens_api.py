@@ -11,20 +11,19 @@ open).
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify
 
 from phasewatch.core.stats import specimen_statistics
 from phasewatch.store import ImageFilter
+from phasewatch.store.rows import SpecimenRow
 from phasewatch.webui.context import current_context
-from phasewatch.webui.payloads import classes_json
+from phasewatch.webui.payloads import ClassJson, classes_json
 from phasewatch.webui.rest import MAX_NAME, MAX_TEXT, ApiError, checked_id, json_body, text_field
 
 blueprint = Blueprint("specimens_api", __name__)
 
 
-def _specimen(specimen_id: int) -> dict[str, Any]:
+def _specimen(specimen_id: int) -> SpecimenRow:
     specimen = current_context().store.get_specimen(checked_id("specimen", specimen_id))
     if specimen is None:
         raise ApiError(404, f"no specimen {specimen_id}")
@@ -98,7 +97,7 @@ def reopen(specimen_id: int) -> Response:
     return _changed(specimen_id)
 
 
-def specimen_classes(specimen_id: int, names: list[str]) -> list[dict[str, Any]]:
+def specimen_classes(specimen_id: int, names: list[str]) -> list[ClassJson]:
     """The legend of a specimen: the classes of the model its measured fields share."""
     measured = current_context().store.list_images(1, specimen_id, only=ImageFilter(state="done"))
     return classes_json(measured[0].get("model") if measured else None, names)

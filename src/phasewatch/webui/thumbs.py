@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,13 @@ CACHE_FOREVER = "public, max-age=31536000, immutable"
 _SOURCES = ("overlay", "preview")
 
 
-def thumbnail_source(image: dict[str, Any]) -> Path | None:
+def thumbnail_source(image: Mapping[str, Any]) -> Path | None:
     """The recorded picture a field's thumbnail is made from, if it has one."""
     outputs = image.get("outputs") or {}
     return next((Path(outputs[k]) for k in _SOURCES if k in outputs), None)
 
 
-def thumbnail_version(image: dict[str, Any]) -> str | None:
+def thumbnail_version(image: Mapping[str, Any]) -> str | None:
     """The version of a field's thumbnail; None when its source picture is missing."""
     source = thumbnail_source(image)
     if source is None:
@@ -45,7 +46,7 @@ def thumbnail_version(image: dict[str, Any]) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def thumbnail_url(image: dict[str, Any]) -> str | None:
+def thumbnail_url(image: Mapping[str, Any]) -> str | None:
     version = thumbnail_version(image)
     return None if version is None else f"/api/images/{image['id']}/thumb-{version}.jpg"
 
