@@ -120,7 +120,7 @@ def test_teach_from_the_page_gate_and_reanalysis(daemon, browser):
     page.fill("#teach-budget", str(int(BUDGET_MIN)))
     page.fill("#teach-who", "A. Operator")
     page.click("#teach-start")
-    sync_api.expect(page.locator("#job-stage")).to_contain_text("left", timeout=5 * 60_000)
+    sync_api.expect(page.locator("#job-stage")).to_contain_text("the whole job about", timeout=5 * 60_000)  # an ETA
     shoot(page, "progress", "#job-panel")
     page.set_viewport_size({"width": 1280, "height": 900})
     sync_api.expect(page.locator("#gate .gate-verdict")).to_be_visible(timeout=TEACH_DEADLINE_MS)

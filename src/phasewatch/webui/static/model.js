@@ -33,7 +33,7 @@ async function showModel() {
 async function showSpecimens() {
   const { specimens } = await api("/api/specimens");
   $("reanalysis-specimen").replaceChildren(...specimens.map((s) => {
-    const option = element("option", `${s.name} (${s.model || "–"})`);
+    const option = element("option", s.model ? `${s.name} (${s.model})` : s.name);
     option.value = String(s.id);
     return option;
   }));

@@ -35,6 +35,13 @@ function specimenTable(specimen, labels) {
   table.append(element("thead"));
   table.tHead.append(head);
   const body = element("tbody");
+  if (!Object.keys(specimen.classes).length) {
+    const cell = element("td", "The two models share no class name: their fractions cannot be paired class by class.");
+    cell.colSpan = 4;
+    const tr = element("tr");
+    tr.append(cell);
+    body.append(tr);
+  }
   for (const [name, s] of Object.entries(specimen.classes)) {
     const tr = element("tr");
     tr.dataset.class = name;
