@@ -168,6 +168,31 @@ MIGRATIONS = [
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit record is append-only'); END;
     """,
+    """
+    ALTER TABLE specimens ADD COLUMN closed_by TEXT;      -- who signed it off (store/signoff.py)
+    ALTER TABLE specimens ADD COLUMN close_meaning TEXT;  -- what the signature means
+    CREATE TABLE specimen_limits (           -- specification limits, JSON (core/verdict.py; store/specs.py)
+        specimen_id INTEGER PRIMARY KEY REFERENCES specimens(id),
+        limits TEXT NOT NULL
+    );
+    CREATE TABLE limit_templates (           -- named sets of limits ("IN718 gamma prime check")
+        name TEXT PRIMARY KEY,
+        limits TEXT NOT NULL,
+        created REAL NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    CREATE TABLE reports (                   -- every report served, by its bytes' sha256
+        sha256 TEXT PRIMARY KEY,
+        specimen_id INTEGER NOT NULL REFERENCES specimens(id),
+        kind TEXT NOT NULL,                   -- pdf, html
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        closed REAL,                          -- the specimen's sign-off it shows (NULL: open)
+        closed_by TEXT,
+        close_meaning TEXT,
+        verdict TEXT
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The suffix a specimen started for another model gets (Store._derive_specimen).

@@ -72,6 +72,8 @@ class SpecimenRow(TypedDict):
     derived_from: int | None  # the specimen it was started from when the model changed
     closed: float | None  # when it was signed off; None while open
     operator: str
+    closed_by: str | None  # who signed it off (store/signoff.py); None while open
+    close_meaning: str | None  # what that signature means ("reviewed and released", "rejected")
 
 
 class SpecimenSummary(SpecimenRow):
