@@ -55,6 +55,24 @@ class PoisonedServe(ServeProcess):
     launcher = ("-c", POISON_LAUNCHER)
 
 
+# The CLI with one step made to hold a file named "heavy" for a minute: long enough to be
+# killed while it is in that step, as a field that makes the OOM killer end the service is.
+HEAVY_LAUNCHER = """
+import sys, time
+import phasewatch.core.pipeline as pipeline
+step = sys.argv.pop(1)
+real = getattr(pipeline, step)
+def held(first, *args, **kwargs):
+    files = first if isinstance(first, list) else [first.decoded]
+    if any("heavy" in d.path.name for d in files):
+        time.sleep(60)
+    return real(first, *args, **kwargs)
+setattr(pipeline, step, held)
+from phasewatch.app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.fixture
 def poisoned_serve(tmp_path: Path, tiny_bundle: Path):
     process = PoisonedServe(tmp_path, tiny_bundle)
@@ -181,3 +199,35 @@ def test_sigterm_is_prompt_while_another_process_holds_the_database_lock(serve: 
     images = serve.wait_idle(2)
     assert {i["file"]: i["state"] for i in images} == {"before.tif": "done", "during.tif": "done"}
     assert serve.terminate() == 0
+
+
+@pytest.mark.parametrize(("step", "stage"), [("segment_files", "segmenting"), ("measure_and_write", "measuring")])
+def test_a_file_that_the_service_dies_on_fails_after_max_attempts_and_the_next_is_done(
+        tmp_path: Path, tiny_bundle: Path, step: str, stage: str) -> None:
+    # Issue 21, defect 2 and Deliver 3: SIGKILL (what the OOM killer sends) while a chosen file
+    # is in a step, three times; each death is charged to it, so no crash loop.
+    serve = ServeProcess(tmp_path, tiny_bundle)
+    serve.launcher = ("-c", HEAVY_LAUNCHER, step)
+    serve.config.write_text(serve.config.read_text() + f"\n[queue]\nmax_attempts = {MAX_ATTEMPTS}\n")
+    try:
+        serve.start()
+        arrive(serve, "heavy.tif", 1)
+        arrive(serve, "next.tif", 2)
+
+        def heavy_in(stage: str) -> bool:
+            return any(Path(r["path"]).name == "heavy.tif" and r["stage"] == stage for r in serve.rows())
+
+        for _ in range(MAX_ATTEMPTS):
+            wait_for(lambda: heavy_in(stage), f"heavy.tif {stage}")
+            serve.kill()
+            serve.start()
+        images = {i["file"]: i for i in serve.wait_idle(2)}
+        assert (images["heavy.tif"]["state"], images["heavy.tif"]["error"]) == (
+            "failed", f"crashed the worker {MAX_ATTEMPTS} times while {stage}")
+        assert images["next.tif"]["state"] == "done", images["next.tif"]["error"]
+        crashes = {Path(r["path"]).name: r["crashes"] for r in serve.rows()}
+        assert crashes["heavy.tif"] == MAX_ATTEMPTS and crashes["next.tif"] <= 1  # a suspect runs by itself
+        assert "recovered interrupted work" in serve.log_text()
+        assert serve.terminate() == 0
+    finally:
+        serve.stop_if_running()

@@ -153,7 +153,7 @@ def test_a_crash_charges_only_the_row_inside_inference(tmp_path):
     assert store.recover_after_crash() == {"requeued": 3, "charged": 1, "failed": 0}
     rows = {i: store.get_image(i) for i in (poison, queued, decoded)}
     assert all(r["state"] == "pending" and r["stage"] is None for r in rows.values())
-    assert (rows[poison]["crashes"], rows[poison]["attempts"], rows[poison]["alone"]) == (1, 1, 0)
+    assert (rows[poison]["crashes"], rows[poison]["attempts"], rows[poison]["alone"]) == (1, 1, 1)  # runs by itself
     for innocent in (queued, decoded):  # merely claimed: back free, as if never claimed
         assert (rows[innocent]["crashes"], rows[innocent]["attempts"]) == (0, 0)
 

@@ -15,10 +15,12 @@ spacing comes from ``--spacing`` only. Every slice is recorded with the X spacin
 size.
 
 Reading is one slice at a time, never the whole volume: a TIFF's pages through
-:class:`~phasewatch.imageio.stacks.LabelStack` (the one stack reader; ImageJ stacks over
-4 GB included), converted by :func:`~phasewatch.imageio.formats.page_pixels` so that a slice
-is the same image as the same page read as a field; a folder's files one at a time through
-:func:`~phasewatch.imageio.formats.read_pages`. Every slice must have the first one's size.
+:func:`~phasewatch.imageio.stacks.micrograph_slices` (the one stack reader, ImageJ stacks over
+4 GB included; each page's size checked from its header before it is decoded; converted by
+:func:`~phasewatch.imageio.formats.page_pixels` so that a slice is the same image as the same
+page read as a field), in this process or in the daemon's bounded decoder process; a folder's
+files one at a time through :func:`~phasewatch.imageio.formats.read_pages`. Every slice must
+have the first one's size.
 
 Segmenting (:func:`segment_volume`): the slices go through the engine of fields
 (:func:`~phasewatch.core.pipeline.segment_images`, tiles of consecutive slices sharing
@@ -52,19 +54,16 @@ from phasewatch.core.measure3d import VolumeMeasurer
 from phasewatch.core.normalise import ModelInput
 from phasewatch.core.pipeline import Model, assessed_record, segment_images
 from phasewatch.core.records import FieldRecord, SliceRecord, VolumeRecord
-from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.imageio.formats import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
     Page,
-    check_colour_model,
     check_ifd_chain,
     check_size,
     images_in,
-    page_pixels,
     read_pages,
 )
-from phasewatch.imageio.stacks import open_label_stack
+from phasewatch.imageio.stacks import StackHeader, micrograph_slices, open_label_stack, open_micrograph_stack
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 Spacing = tuple[float, float, float]
@@ -92,7 +91,7 @@ class Volume:
         ``n_slices`` of them: the classes TIFF is written with that many pages."""
         first: tuple[int, ...] | None = None
         count = 0
-        for image in self._read_or_say_why():
+        for image in self.read():  # each reader's errors are one line naming the file and slice
             if count == self.n_slices:
                 raise ImageReadError(self.path, f"more slices than the {self.n_slices} expected")
             first = self._check_shape(count, image, first)
@@ -100,24 +99,6 @@ class Volume:
             yield image
         if count != self.n_slices:
             raise ImageReadError(self.path, f"{count} slices read, {self.n_slices} expected")
-
-    def _read_or_say_why(self) -> Iterator[np.ndarray]:
-        """The reader's slices; a decoder's own error on a damaged page becomes this volume's
-        one-line reason (the daemon fails the file instead of retrying it as a fault)."""
-        images = self.read()
-        index = 0
-        while True:
-            try:
-                image = next(images)
-            except StopIteration:
-                return
-            except PhasewatchError:
-                raise
-            except Exception as exc:
-                raise ImageReadError(self.path, f"slice {index}{self._file(index)} cannot be read: "
-                                                f"{one_line(exc)}") from exc
-            index += 1
-            yield image
 
     def _check_shape(self, index: int, image: np.ndarray, first: tuple[int, ...] | None) -> tuple[int, ...]:
         """The first slice's shape, once slice ``index`` is known to have it."""
@@ -149,34 +130,22 @@ def says_volume(path: Path) -> bool:
         return False
 
 
-def open_volume(path: Path, spacing_um: Spacing | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Volume:
+def open_volume(path: Path, spacing_um: Spacing | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                header: Callable[[Path, int], StackHeader] = open_micrograph_stack,
+                slices: Callable[[Path, int], Iterator[np.ndarray]] = micrograph_slices) -> Volume:
     """A multi-page TIFF or a folder of numbered slices as one :class:`Volume` (module doc);
-    ``spacing_um`` overrides the file's. Raises a one-line ``PhasewatchError`` naming it."""
+    ``spacing_um`` overrides the file's. A TIFF's metadata come from ``header`` and its slices
+    from ``slices`` (in this process by default; the daemon's come from its bounded decoder
+    process, ``IsolatedReader.stack_header`` and ``stack_slices``), each page's size checked
+    from its header before it is decoded. Raises a one-line ``PhasewatchError`` naming it."""
     path = Path(path)
     if path.is_dir():
         return _folder_volume(path, spacing_um, max_pixels)
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ImageReadError(path, "a volume is a multi-page TIFF or a folder of numbered slices")
-    check_ifd_chain(path)  # a hostile chain is refused as it is for fields, not read up to its loop
-    stack = open_label_stack(path)
+    stack = header(path, max_pixels)
     spacing, source = (spacing_um, "user") if spacing_um else (stack.spacing_um, stack.spacing_source)
-    photometric, colormap = _colour_model(path, max_pixels)
-
-    def read() -> Iterator[np.ndarray]:
-        for plane in stack.planes():
-            yield page_pixels(path, plane, photometric, colormap)
-
-    return Volume(path, stack.n_slices, spacing, source, read, max_pixels=max_pixels)
-
-
-def _colour_model(path: Path, max_pixels: int) -> tuple[int, np.ndarray | None]:
-    """The first page's photometric and colour map (a stack's pages share them), once its size
-    is known to be within ``max_pixels`` before any slice is decoded."""
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages.first
-        check_colour_model(path, page.photometric, "page 0")
-        check_size(path, int(page.imagelength), int(page.imagewidth), max_pixels)
-        return int(page.photometric), page.colormap
+    return Volume(path, stack.n_slices, spacing, source, lambda: slices(path, max_pixels), max_pixels=max_pixels)
 
 
 def _folder_volume(folder: Path, spacing_um: Spacing | None, max_pixels: int) -> Volume:

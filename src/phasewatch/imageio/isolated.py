@@ -1,27 +1,32 @@
 """Untrusted files are read under limits by :class:`IsolatedReader` (the daemon does): in a
 child process with a bounded address space and a time limit, so that a decoder bug, a
 decompression bomb or a hostile file costs the child its life and the file one line,
-never the service its memory, its time or its process.
+never the service its memory, its time or its process. Every byte of a file is decoded
+there: the pages of a field, and a volume's metadata and slices, streamed one at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import resource
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from phasewatch.errors import one_line
 from phasewatch.imageio.decoder_messages import caught_stderr, log_said, setup_child_logging
 from phasewatch.imageio.formats import DEFAULT_MAX_PIXELS, ImageReadError, Page, read_pages
+from phasewatch.imageio.stacks import StackHeader, StackReadError, micrograph_slices, open_micrograph_stack
 
 # --- reading under limits ------------------------------------------------------------
 
@@ -72,13 +77,45 @@ class IsolatedReader:
     def read_pages(
         self, path: str | Path, pixel_size_um: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> list[Page]:
+        """Every page of the file, as :func:`read_pages` gives them."""
+        with self._asking(path, ("pages", os.fspath(path), pixel_size_um, max_pixels)) as child:
+            return _receive_pages(path, child.conn, self._answer(child, path))
+
+    def stack_header(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> StackHeader:
+        """A TIFF stack's metadata (:func:`~phasewatch.imageio.stacks.open_micrograph_stack`)."""
+        with self._asking(path, ("stack", os.fspath(path), max_pixels)) as child:
+            header: StackHeader = self._answer(child, path)
+            return header
+
+    def stack_slices(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[np.ndarray]:
+        """A TIFF stack's slices streamed from the child one at a time
+        (:func:`~phasewatch.imageio.stacks.micrograph_slices`): each within the time limit, and
+        a few in the connection's buffer at most, whatever the depth. The child is held until
+        the last slice; a stream left unfinished ends the child (the next read gets a fresh one)."""
+        with self._asking(path, ("slices", os.fspath(path), max_pixels)) as child:
+            finished = False
+            try:
+                while (reply := self._answer(child, path)) is not None:
+                    shape, dtype = reply
+                    image = np.empty(shape, dtype)
+                    child.conn.recv_bytes_into(image.reshape(-1).view(np.uint8))
+                    yield image
+                finished = True
+            except ImageReadError as exc:  # the child's reason is its last word on this file
+                finished = not isinstance(exc, DecodeAborted)
+                raise
+            finally:
+                if not finished:
+                    self._discard(child)
+
+    @contextlib.contextmanager
+    def _asking(self, path: str | Path, request: tuple[Any, ...]) -> Iterator[_Child]:
+        """The child, sent ``request`` about ``path``, held while its answer is read; its death
+        or a close meanwhile becomes one line."""
         child = self._acquire()
         try:
-            child.conn.send((os.fspath(path), pixel_size_um, max_pixels))
-            if not child.conn.poll(self.timeout_s):
-                self._discard(child)
-                raise DecodeAborted(path, f"decoding took longer than the limit of {self.timeout_s:g} s")
-            return _receive_pages(path, child.conn)
+            child.conn.send(request)
+            yield child
         except (EOFError, OSError) as exc:  # the child died, or close() ended it
             died = _death(child.process)
             self._discard(child)
@@ -88,6 +125,21 @@ class IsolatedReader:
         finally:
             with self._lock:
                 self._busy = False
+
+    def _answer(self, child: _Child, path: str | Path) -> Any:
+        """The child's next answer about ``path`` within the time limit, what its decoders said
+        logged with the file's name; its reason for refusing the file raised as one line."""
+        while True:
+            if not child.conn.poll(self.timeout_s):
+                self._discard(child)
+                raise DecodeAborted(path, f"decoding took longer than the limit of {self.timeout_s:g} s")
+            reply = child.conn.recv()
+            if isinstance(reply, _Said):
+                log_said(path, list(reply.lines))
+                continue
+            if isinstance(reply, str):
+                raise ImageReadError(path, reply)
+            return reply
 
     def close(self) -> None:
         """End the child; a read in progress ends with :class:`DecoderClosed`."""
@@ -159,13 +211,7 @@ class _Said(NamedTuple):
     lines: tuple[str, ...]
 
 
-def _receive_pages(path: str | Path, conn: Connection) -> list[Page]:
-    reply = conn.recv()
-    if isinstance(reply, _Said):
-        log_said(path, list(reply.lines))
-        reply = conn.recv()
-    if isinstance(reply, str):
-        raise ImageReadError(path, reply)
+def _receive_pages(path: str | Path, conn: Connection, reply: Any) -> list[Page]:
     fields = []
     for shape, dtype, page, pixel_size_um, source in reply:
         image = np.empty(shape, dtype)
@@ -194,22 +240,50 @@ def serve_reads(fd: int, memory_bytes: int) -> None:
 def _answer_reads(conn: Connection, memory_bytes: int) -> None:
     conn.send(_READY)
     while True:
-        path, pixel_size_um, max_pixels = conn.recv()
-        failure = None
-        with caught_stderr() as said:  # what the decoders say goes back, to be logged with the file's name
-            try:
-                fields = read_pages(path, pixel_size_um, max_pixels)
-            except Exception as exc:
-                failure = _failure_reason(exc, memory_bytes)
-        if said:
-            conn.send(_Said(tuple(said)))
-        if failure is not None:
-            conn.send(failure)
+        op, path, *args = conn.recv()
+        if op == "slices":
+            _stream_slices(conn, path, memory_bytes, *args)
             continue
-        conn.send([(f.image.shape, f.image.dtype.str, f.page, f.pixel_size_um, f.pixel_size_source) for f in fields])
-        for f in fields:
-            conn.send_bytes(np.ascontiguousarray(f.image).data.cast("B"))
-        del fields  # before the next file is read: the limit is for one file
+        read = functools.partial(read_pages, path, *args) if op == "pages" else \
+            functools.partial(open_micrograph_stack, Path(path), *args)
+        answer = _said_while(conn, memory_bytes, read)
+        if isinstance(answer, list):
+            _send_pages(conn, answer)
+        else:
+            conn.send(answer)  # a StackHeader or the reason
+        del answer  # before the next file is read: the limit is for one file
+
+
+def _said_while(conn: Connection, memory_bytes: int, read: Callable[[], Any]) -> Any:
+    """``read()``, or the reason it failed; what the decoders said meanwhile goes back first,
+    to be logged with the file's name."""
+    with caught_stderr() as said:
+        try:
+            answer = read()
+        except Exception as exc:
+            answer = _failure_reason(exc, memory_bytes)
+    if said:
+        conn.send(_Said(tuple(said)))
+    return answer
+
+
+def _send_pages(conn: Connection, fields: list[Page]) -> None:
+    conn.send([(f.image.shape, f.image.dtype.str, f.page, f.pixel_size_um, f.pixel_size_source) for f in fields])
+    for f in fields:
+        conn.send_bytes(np.ascontiguousarray(f.image).data.cast("B"))
+
+
+def _stream_slices(conn: Connection, path: str, memory_bytes: int, max_pixels: int) -> None:
+    """One message and one buffer per slice, then None; or the reason it stopped."""
+    slices = micrograph_slices(Path(path), max_pixels)
+    while True:
+        image = _said_while(conn, memory_bytes, lambda: next(slices, None))
+        if image is None or isinstance(image, str):
+            conn.send(image)
+            return
+        conn.send((image.shape, image.dtype.str))
+        conn.send_bytes(np.ascontiguousarray(image).data.cast("B"))
+        del image  # before the next slice is read: the limit is for one slice
 
 
 def _failure_reason(exc: Exception, memory_bytes: int) -> str:
@@ -217,6 +291,8 @@ def _failure_reason(exc: Exception, memory_bytes: int) -> str:
         return f"decoding needs more memory than the limit of {memory_bytes >> 20} MiB"
     if isinstance(exc, ImageReadError):
         return exc.reason
+    if isinstance(exc, StackReadError):  # one line that names the file already
+        return one_line(exc).partition(": ")[2]
     return f"cannot decode: {one_line(exc)}"
 
 

@@ -1,10 +1,17 @@
 """Multi-page TIFF stacks read one page (one slice) at a time: class-id stacks for
 ``measure-volume`` and micrograph stacks for ``segment`` on a volume, so that both read
 stacks one way.
+
+A micrograph stack (:func:`open_micrograph_stack`, :func:`micrograph_slices`) is read as the
+fields of the same pages are (``formats.page_pixels``), under the same limits: its IFD chain
+is walked first, and each page's size is checked from its header against ``max_pixels``
+before that page is decoded (a stack whose slice 0 is small may declare 40000 x 40000 for
+slice 1). The daemon runs both in its bounded decoder process (``imageio.isolated``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +20,15 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from phasewatch.errors import PhasewatchError
+from phasewatch.errors import PhasewatchError, one_line
+from phasewatch.imageio.formats import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    check_colour_model,
+    check_ifd_chain,
+    check_size,
+    page_pixels,
+)
 from phasewatch.imageio.tiff_metadata import ome_size_z, tiff_spacing
 
 
@@ -43,16 +58,22 @@ class LabelStack:
                                          f"(shape {image.shape})")
             yield image
 
-    def planes(self) -> Iterator[np.ndarray]:
-        """The pages' pixels as stored, one at a time."""
+    def planes(self, max_pixels: int | None = None) -> Iterator[np.ndarray]:
+        """The pages' pixels as stored, one at a time; with ``max_pixels``, each page's size is
+        checked from its header before it is decoded."""
         with tifffile.TiffFile(self.path) as tif:
-            if self.contiguous is not None:
+            if self.contiguous is not None:  # every slice has the size of page 0's header
+                if max_pixels is not None:
+                    _check_page(self.path, tif.pages.first, 0, max_pixels)
                 yield from self._contiguous_slices(tif)
                 return
             # by index, up to the count opened: iterating tif.pages on an IFD chain that loops
             # back would yield pages for ever (len() stops at the loop)
             for index in range(self.n_slices):
-                yield tif.pages[index].asarray()
+                page = tif.pages[index]
+                if max_pixels is not None:
+                    _check_page(self.path, page, index, max_pixels)
+                yield page.asarray()
 
     def plane(self, index: int) -> np.ndarray:
         """One page's pixels as stored (the page's slice viewer reads one at a time)."""
@@ -113,3 +134,55 @@ def _imagej_contiguous(tif: Any, meta: dict[str, Any], n_pages: int) -> tuple[in
     if page.compression != 1 or not page.is_contiguous or len(page.shape) != 2:
         raise ValueError(f"ImageJ says {images} slices but the file has {n_pages} page(s) and no plain data after them")
     return int(page.dataoffsets[0]), np.dtype(page.dtype).newbyteorder(tif.byteorder), *page.shape
+
+
+def _check_page(path: Path, page: Any, index: int, max_pixels: int) -> None:
+    height, width = int(page.imagelength), int(page.imagewidth)
+    if height * width > max_pixels:
+        raise ImageReadError(path, f"slice {index} is {width} x {height} = {height * width} pixels by its header, "
+                                   f"more than the limit of {max_pixels} (max_pixels)")
+
+
+@dataclass(frozen=True)
+class StackHeader:
+    """What a micrograph stack is, from its metadata alone (nothing decoded)."""
+
+    n_slices: int
+    spacing_um: tuple[float, float, float] | None
+    spacing_source: str
+    says_volume: bool  # ImageJ slices > 1 or OME SizeZ > 1
+
+
+def open_micrograph_stack(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> StackHeader:
+    """A multi-page TIFF of micrographs, from its metadata: raises a one-line error for a chain
+    that loops, an unsupported colour model, or a first page outside the size limits."""
+    path = Path(path)
+    check_ifd_chain(path)  # a hostile chain is refused as it is for fields, not read up to its loop
+    stack = open_label_stack(path)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        check_colour_model(path, page.photometric, "page 0")
+        check_size(path, int(page.imagelength), int(page.imagewidth), max_pixels)
+    return StackHeader(stack.n_slices, stack.spacing_um, stack.spacing_source, stack.says_volume)
+
+
+def micrograph_slices(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[np.ndarray]:
+    """The slices of a micrograph stack, one at a time, as the fields of the same pages would be
+    (``page_pixels``, with page 0's colour model: a stack's pages share it), each page's size
+    checked from its header before it is decoded."""
+    path = Path(path)
+    check_ifd_chain(path)
+    stack = open_label_stack(path)
+    with tifffile.TiffFile(path) as tif:
+        photometric, colormap = int(tif.pages.first.photometric), tif.pages.first.colormap
+    planes = stack.planes(max_pixels)
+    for index in itertools.count():
+        try:
+            plane = next(planes)
+        except StopIteration:
+            return
+        except PhasewatchError:
+            raise
+        except Exception as exc:  # a decoder's own error on a damaged page: this file's one line
+            raise ImageReadError(path, f"slice {index} cannot be read: {one_line(exc)}") from exc
+        yield page_pixels(path, plane, photometric, colormap)

@@ -52,14 +52,16 @@ only ever read. A multi-page TIFF is one queue row and one field of its specimen
 (``measure.combine_pages``).
 
 Volumes. A TIFF whose metadata call it a Z stack (ImageJ ``slices`` > 1, OME ``SizeZ`` > 1;
-``[watch] volumes``) is one volume: ``decode`` only opens it (``volume.open_volume``: its
-size and depth, nothing decoded); ``infer`` streams it slice by slice through the engine
-(``volume.segment_volume``), writing its class-id stack, its display stack and the 3D
-measurements as the slices come (``volume_views``), alone in its batches; ``write`` records
-it as one field of its specimen (``volume.field_like_record``). Its slices are decoded in
-this process, not in the isolated decoder (which returns whole files): the first page's size
-is checked against ``[limits] max_megapixels`` before any slice is decoded, a damaged slice
-fails the file with its reason, and memory stays a few slices whatever the depth.
+``[watch] volumes``) is one volume: ``decode`` only opens it (its metadata, read in the
+decoder process: size and depth, nothing decoded); ``infer`` streams it slice by slice
+through the engine (``volume.segment_volume``), writing its class-id stack, its display
+stack and the 3D measurements as the slices come (``volume_views``), alone in its batches;
+``write`` records it as one field of its specimen (``volume.field_like_record``). Its slices
+are decoded in a second bounded decoder process (``IsolatedReader.stack_slices``), one at a
+time, each page's size checked from its header against ``[limits] max_megapixels`` before
+it is decoded: a slice that declares 40000 x 40000 fails the file with one line, a bomb costs
+that child its life, a damaged slice fails the file with its reason, and memory stays a few
+slices whatever the depth.
 """
 
 from __future__ import annotations
@@ -96,9 +98,10 @@ from phasewatch.core.pipeline import (
     segment_images,
 )
 from phasewatch.core.provenance import model_identity
-from phasewatch.core.volume import Volume, open_volume, says_volume
+from phasewatch.core.volume import TIFF_SUFFIXES, Volume, open_volume
 from phasewatch.core.volume_views import record_volume
 from phasewatch.errors import PhasewatchError, one_line
+from phasewatch.imageio.formats import ImageReadError
 from phasewatch.imageio.isolated import DecodeAborted, DecoderClosed, DecoderUnavailable, IsolatedReader
 from phasewatch.service.config import Config
 from phasewatch.service.logs import fields as log_fields
@@ -287,12 +290,16 @@ class Daemon:
         self.model = self._load_model()
         limits = config.limits
         self.decoder = IsolatedReader(limits.decode_memory_mb << 20, limits.decode_timeout_s)
+        # a volume's slices stream from a child of their own while inference runs, so that the
+        # decode stage goes on reading the next files meanwhile
+        self.volume_decoder = IsolatedReader(limits.decode_memory_mb << 20, limits.decode_timeout_s)
         self._max_pixels = int(limits.max_megapixels * 1e6)
         self.crash_record = CrashRecord(config.data.dir / "crash-record.txt")
         self._settled_at: dict[str, float] = {}
         self._arrivals: queue.Queue[_Arrival] = queue.Queue()
         self._decoded: queue.Queue[_Work] = queue.Queue()
         self._held: _Work | None = None  # decoded, left for the next batch by the pixel bound
+        self._suspect: int | None = None  # the file running by itself (_idle_for_suspect)
         self._segmented: queue.Queue[_Work] = queue.Queue()
         self._budget = PixelBudget(int(config.workers.in_flight_megapixels * 1e6))
         self._work_ready = threading.Event()
@@ -350,6 +357,7 @@ class Daemon:
         self.watcher.stop()
         self.intake.stop()
         self.decoder.close()
+        self.volume_decoder.close()
         for stage in (self.decode, self.infer, self.write):
             stage.stop()
         self.model.close()
@@ -439,6 +447,10 @@ class Daemon:
     def _take_row(self, timeout: float) -> FileRow | None:
         if self.decode.stopping:  # queued files wait for the next start
             return None
+        if self._suspect is not None:  # a suspect of a death is in work: nothing else until it is finished
+            self._work_ready.wait(timeout)
+            self._work_ready.clear()
+            return None
         with _database():
             rows = self.store.claim_next(1)
         if rows:
@@ -450,9 +462,8 @@ class Daemon:
     def _decode(self, row: FileRow) -> None:
         work = _Work(row=row)
         try:
-            if self.config.watch.volumes and says_volume(work.path):
-                work.volume = open_volume(work.path, max_pixels=self._max_pixels)
-            else:
+            work.volume = self._open_volume(work.path)
+            if work.volume is None:
                 configured = self.config.calibration.pixel_size_for(work.path, self.config.watch.dir)
                 work.decoded = decode_file(work.path, fallback_pixel_size_um=configured,
                                            max_pixels=self._max_pixels, read=self.decoder.read_pages)
@@ -468,6 +479,9 @@ class Daemon:
         except Exception as exc:  # one odd file must not stop the decode stage
             log.exception("%s: unexpected error while decoding", work.path)
             work.error, work.retry = f"{work.path}: unexpected error while decoding: {one_line(exc)}", True
+        if row["alone"] and not self._idle_for_suspect():
+            self._release(work, "the service stopped while it waited to run it alone")
+            return
         if work.decoded is not None:
             pixels = sum(f.image.shape[0] * f.image.shape[1] for f in work.decoded.fields)
             if not self._budget.acquire(pixels, lambda: self.decode.stopping):
@@ -477,7 +491,40 @@ class Daemon:
         with self._lock:
             self._in_flight += 1
             self.metrics.queue_depth.set(self._in_flight)
+            if row["alone"]:
+                self._suspect = work.id
         self._decoded.put(work)
+
+    def _open_volume(self, path: Path) -> Volume | None:
+        """The file as a volume when its metadata (read in the decoder process) call it a Z
+        stack and ``[watch] volumes`` is on; its slices will stream from the volume decoder.
+        None otherwise, and for a TIFF whose metadata cannot be read: the pages' reader then
+        says what is wrong with it."""
+        if not self.config.watch.volumes or path.suffix.lower() not in TIFF_SUFFIXES:
+            return None
+        try:
+            header = self.decoder.stack_header(path, self._max_pixels)
+        except DecodeAborted:
+            raise
+        except ImageReadError:
+            return None
+        if not header.says_volume:
+            return None
+        return open_volume(path, max_pixels=self._max_pixels, header=lambda p, m: header,
+                           slices=self.volume_decoder.stack_slices)
+
+    def _idle_for_suspect(self) -> bool:
+        """Wait until no other file is in work, for a file that was in a marked step when the
+        service died (``alone``): it then runs by itself, so that a death while it is in work
+        is charged to it and to no bystander. False when the service stops meanwhile."""
+        while True:
+            with self._lock:
+                if self._in_flight == 0:
+                    return True
+            if self.decode.stopping:
+                return False
+            self.decode.beat()  # waiting for the others is progress, not a stall
+            time.sleep(POLL_S / 10)
 
     # -- inference ----------------------------------------------------------------------
 
@@ -584,6 +631,8 @@ class Daemon:
             work.result = dataclasses.replace(result, model=model)
         except DecodeAborted as exc:  # its decoder timed out or died: another attempt may go otherwise
             work.error, work.retry = str(exc), True
+        except DecoderUnavailable as exc:  # no decoder process, or the service is stopping
+            raise TransientFault("decoder", str(exc)) from exc
         except OSError as exc:  # OutputError included: a full or read-only disk is retried
             if exc.errno in TRANSIENT_WRITE_ERRNOS:
                 raise TransientFault("disk", one_line(exc)) from exc
@@ -717,6 +766,9 @@ class Daemon:
         with self._lock:
             self._in_flight -= 1
             self.metrics.queue_depth.set(self._in_flight)
+            if self._suspect == work.id:
+                self._suspect = None
+                self._work_ready.set()
 
     def _announce(self, file_id: int) -> None:
         try:

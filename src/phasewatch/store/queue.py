@@ -16,10 +16,11 @@ instance ``'segmenting'``, ``'measuring'``) just before such a step and clears t
 after it (:meth:`Queue.set_stage`); at the next start those rows are charged a death
 (``charge``: the daemon charges every death, since an OOM kill looks like any SIGKILL;
 a tool whose workers are killed on purpose does not), and every other row goes back to
-``pending`` free. Rows that were inside such a step together (one batch) are each run alone
+``pending`` free. Rows that were inside such a step are each run alone
 from then on (``alone``), so that a file that kills the worker is soon charged by itself and
 ends ``failed`` after ``max_attempts`` deaths (no crash loop), while its batch mates are
-charged at most once.
+charged at most once. The daemon runs such a row by itself (nothing else in work meanwhile),
+so that a file that keeps killing it exposes no bystander.
 
 Duplicates. The same content (same sha256) is one result, whatever its path: a
 second arrival becomes a ``done`` row with ``duplicate_of`` pointing at the first,
@@ -229,7 +230,7 @@ class Queue(Specimens):
 
     def recover_after_crash(self, max_attempts: int | None = None, charge: bool = True) -> dict[str, int]:
         """At start, the rows a dead worker left ``processing`` (module doc): those marked
-        inside a step run alone from now on when several were, and when ``charge`` are charged
+        inside a step run alone from now on, and when ``charge`` are charged
         a death and fail, with their duplicates, after ``max_attempts`` deaths; every other row
         goes back to ``pending`` without spending its attempt. Returns how many rows were
         requeued, charged and failed."""
@@ -239,9 +240,9 @@ class Queue(Specimens):
                 "SELECT COUNT(*) FROM files WHERE state = 'processing' AND stage IS NOT NULL").fetchone()[0]
             charged = inside if charge else 0
             conn.execute(
-                """UPDATE files SET crashes = crashes + ?, alone = MAX(alone, ?)
+                """UPDATE files SET crashes = crashes + ?, alone = 1
                    WHERE state = 'processing' AND stage IS NOT NULL""",
-                (int(charge), int(inside > 1)),
+                (int(charge),),
             )
             failed = conn.execute(
                 """UPDATE files SET state = 'failed', processed = ?, error = 'crashed the worker '
