@@ -26,7 +26,7 @@ class FileRow(TypedDict):
     state: str  # one of database.STATES
     attempts: int
     error: str | None
-    specimen_id: int | None
+    specimen_id: int  # enqueue puts every file in a specimen (the current one by default)
     created: float
     processed: float | None
     duplicate_of: int | None
@@ -46,7 +46,7 @@ class ImageRow(FileRow):
     """A file with its specimen's name and its result (or its original's, for a duplicate);
     the result's keys are None until it is measured."""
 
-    specimen: str | None
+    specimen: str  # the specimen's name
     fractions: dict[str, float] | None
     particles: dict[str, PhaseParticles] | None
     valid_area_px: int | None

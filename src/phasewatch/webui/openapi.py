@@ -4,7 +4,10 @@ Written by hand, next to the routes it describes; ``tests/test_web_security.py``
 that every route of the app (``/api/...``, ``/events``, ``/export.csv``, ``/healthz``,
 ``/metrics``, the pages and the reports) and its methods are here and that nothing here
 is missing from the app. The pages are listed as what they are, HTML (tag ``pages``);
-``/``, ``/login``, ``/logout`` and static files are left out.
+``/``, ``/login``, ``/logout`` and static files are left out. The schemas of images, their
+records (``openapi_records.py``) and specimens are held to the TypedDicts of what the routes
+return (``webui/payloads.py``, ``store/rows.py``, ``core/records.py``) by
+``tests/test_record_schema.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from flask import Blueprint, Response, jsonify
 
 from phasewatch.core.volume_views import SLICE_PICTURES
 from phasewatch.webui.api import DEFAULT_LIMIT, IMAGE_STATES, MAX_LIMIT, MAX_QUERY
+from phasewatch.webui.openapi_records import RECORD_SCHEMAS, nullable, ref
 from phasewatch.webui.payloads import PICTURES
 from phasewatch.webui.rest import MAX_ID, MAX_NAME, MAX_TEXT
 from phasewatch.webui.security import COOKIE
@@ -25,16 +29,12 @@ blueprint = Blueprint("openapi", __name__)
 JSON = "application/json"
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
 def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+    return _json(ref("Error"), description)
 
 
 def _id_param(name: str, what: str) -> dict[str, Any]:
@@ -85,12 +85,17 @@ _SPECIMEN_ERRORS = {"400": _error("an id out of range"), "404": _error("no such 
 _MEASURED_ERRORS = {**_IMAGE_ERRORS, **_CHANGE_ERRORS,
                     "409": _error("the image is not a measured field (or, to accept, not flagged)")}
 
+def _every_key(schema: dict[str, Any], but: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``schema`` with each of its properties required, ``but`` those some answers lack."""
+    return {**schema, "required": [k for k in schema["properties"] if k not in but]}
+
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-    "Trust": {"type": "object", "nullable": True, "properties": {
+    "Trust": {"type": "object", "required": ["ok", "score", "reasons"], "properties": {
         "ok": {"type": "boolean"}, "score": {"type": "number", "nullable": True},
         "reasons": {"type": "array", "items": {"type": "string"}}}},
-    "Image": {"type": "object", "properties": {
+    "Image": _every_key({"type": "object", "properties": {
         "id": {"type": "integer"}, "file": {"type": "string"}, "path": {"type": "string"},
         "state": {"type": "string", "enum": ["pending", "processing", "done", "failed"]},
         "error": {"type": "string", "nullable": True}, "specimen": {"type": "string"},
@@ -99,7 +104,7 @@ _SCHEMAS: dict[str, Any] = {
         "phases": {"type": "array", "items": {"type": "string"}},
         "created": {"type": "number"}, "processed": {"type": "number", "nullable": True},
         "duplicate_of": {"type": "integer", "nullable": True}, "excluded": {"type": "boolean"},
-        "exclude_reason": {"type": "string", "nullable": True}, "trust": _ref("Trust"),
+        "exclude_reason": {"type": "string", "nullable": True}, "trust": nullable(ref("Trust")),
         "accepted": {"type": "boolean"}, "accepted_by": {"type": "string", "nullable": True},
         "accept_reason": {"type": "string", "nullable": True},
         "accepted_at": {"type": "number", "nullable": True},
@@ -111,28 +116,28 @@ _SCHEMAS: dict[str, Any] = {
                       "description": "URL of a small JPEG, versioned: cached for good"},
         "slices": {"type": "integer", "nullable": True,
                    "description": "a volume's number of slices (its pictures are its middle slice's); "
-                                  "null for a field"}}},
-    "Class": {"type": "object", "properties": {
+                                  "null for a field"}}}),
+    "Class": {"type": "object", "required": ["id", "name", "label", "colour", "role"], "properties": {
         "id": {"type": "integer", "nullable": True}, "name": {"type": "string", "description": "as the model names it"},
         "label": {"type": "string", "description": "display name"},
         "colour": {"type": "string", "nullable": True, "description": "#rrggbb"},
         "role": {"type": "string", "nullable": True, "enum": ["phase", "background", "excluded", None]}}},
-    "Provenance": {"type": "object", "description": "where a field's numbers come from", "properties": {
+    "Provenance": _every_key({"type": "object", "description": "where a field's numbers come from", "properties": {
         "file": {"type": "string"}, "path": {"type": "string"}, "sha256": {"type": "string"},
         "size": {"type": "integer"}, "captured": {"type": "number", "description": "file modification time"},
         "arrived": {"type": "number"}, "processed": {"type": "number", "nullable": True},
         "model": {"type": "string", "nullable": True}, "onnx_sha256": {"type": "string", "nullable": True},
         "architecture": {"type": "string", "nullable": True}, "exported_at": {"type": "string", "nullable": True},
-        "backend": {"type": "string", "nullable": True}, "tiling": {"type": "object", "nullable": True},
+        "backend": {"type": "string", "nullable": True}, "tiling": nullable(ref("ModelTiling")),
         "software": {"type": "string", "nullable": True}, "width": {"type": "integer", "nullable": True},
         "height": {"type": "integer", "nullable": True}, "page": {"type": "integer", "nullable": True},
         "pages": {"type": "integer"}, "slices": {"type": "integer", "nullable": True},
         "pixel_size_um": {"type": "number", "nullable": True},
-        "pixel_size_source": {"type": "string", "nullable": True}}},
-    "ImageDetail": {"allOf": [_ref("Image"), {"type": "object", "properties": {
-        "measurement": {"type": "object", "nullable": True, "description": "the field's full record"},
-        "classes": {"type": "array", "items": _ref("Class")}, "provenance": _ref("Provenance")}}]},
-    "Specimen": {"type": "object", "properties": {
+        "pixel_size_source": {"type": "string", "nullable": True}}}),
+    "ImageDetail": {"allOf": [ref("Image"), _every_key({"type": "object", "properties": {
+        "measurement": {**nullable(ref("FieldRecord")), "description": "the field's whole record, as stored"},
+        "classes": {"type": "array", "items": ref("Class")}, "provenance": ref("Provenance")}})]},
+    "Specimen": _every_key({"type": "object", "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"}, "notes": {"type": "string"},
         "operator": {"type": "string", "description": "who prepared and imaged it; empty when nobody said"},
         "folder": {"type": "string", "nullable": True}, "created": {"type": "number"},
@@ -142,10 +147,14 @@ _SCHEMAS: dict[str, Any] = {
         "derived_from": {"type": "integer", "nullable": True,
                          "description": "the specimen it was started from when the model changed"},
         "closed": {"type": "number", "nullable": True, "description": "when it was closed; null while open"},
+        "closed_by": {"type": "string", "nullable": True, "description": "who signed it off; null while open"},
+        "close_meaning": {"type": "string", "nullable": True,
+                          "description": "what that signature means (reviewed and released, rejected, ...)"},
         "files": {"type": "integer", "description": "only in the list of specimens"},
         "done": {"type": "integer", "description": "only in the list of specimens"},
         "failed": {"type": "integer", "description": "only in the list of specimens"},
         "last_file": {"type": "number", "nullable": True, "description": "only in the list of specimens"}}},
+        but=("files", "done", "failed", "last_file")),
     "Stats": {"type": "object", "description": "runtime.stats.specimen_statistics plus the specimen",
               "properties": {
                   "specimen_id": {"type": "integer"}, "fields": {"type": "integer"},
@@ -156,13 +165,14 @@ _SCHEMAS: dict[str, Any] = {
                   "trends": {"type": "object", "description": "per class: ids, values, running mean and ci95"},
                   "ecd_histograms": {"type": "object", "description": "per phase class: edges, counts, unit"},
                   "flagged_pending": {"type": "integer"}, "count_flagged": {"type": "boolean"},
-                  "specimen": _ref("Specimen"), "classes": {"type": "array", "items": _ref("Class")}}},
+                  "specimen": ref("Specimen"), "classes": {"type": "array", "items": ref("Class")}}},
     "Health": {"type": "object", "required": ["ok"], "properties": {
         "ok": {"type": "boolean"},
         "failing": {"type": "array", "items": {"type": "string"},
                     "description": "without the token: the failing components (disk, watch, worker, ...)"},
         "reasons": {"type": "array", "items": {"type": "string"}, "description": "with the token: one line each"},
         "problems": {"type": "object", "description": "with the token: component -> reason"}}},
+    **RECORD_SCHEMAS,
 }
 
 def _page(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +227,7 @@ _JOB = {"type": "object", "description": "a teach job", "properties": {
 _MODEL = {"type": "object", "properties": {
     "name": {"type": "string"}, "source": {"type": "string", "enum": ["bundled", "taught"]},
     "material": {"type": "string"}, "parent": {"type": "string", "nullable": True},
-    "onnx_sha256": {"type": "string"}, "classes": {"type": "array", "items": _ref("Class")},
+    "onnx_sha256": {"type": "string"}, "classes": {"type": "array", "items": ref("Class")},
     "gate": {"type": "object", "nullable": True}, "fields": {"type": "array", "nullable": True},
     "budget_min": {"type": "number", "nullable": True}}}
 _WHO = {"who": _name(MAX_NAME), "reason": _text(MAX_TEXT)}
@@ -342,7 +352,7 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": _json({"type": "object", "properties": {
             "queued": {"type": "integer"}, "processing": {"type": "integer"}, "done": {"type": "integer"},
             "failed": {"type": "integer"}, "backend": {"type": "string"}, "model": {"type": "string"},
-            "uptime_s": {"type": "number"}, "health": _ref("Health")}}, "status")}}},
+            "uptime_s": {"type": "number"}, "health": ref("Health")}}, "status")}}},
     "/api/images": {"get": {
         "summary": "fields, newest first",
         "parameters": [_query_int("limit", "how many", MAX_LIMIT, DEFAULT_LIMIT),
@@ -358,12 +368,12 @@ _PATHS: dict[str, Any] = {
                               {"type": "number"}),
                        _query("until", "only fields that arrived before this time (epoch seconds)",
                               {"type": "number"})],
-        "responses": {"200": _json({"type": "array", "items": _ref("Image")}, "fields"),
+        "responses": {"200": _json({"type": "array", "items": ref("Image")}, "fields"),
                       "400": _error("a parameter out of range")}}},
     "/api/images/{file_id}": {"get": {
         "summary": "one field with its full record",
         "parameters": [_id_param("file_id", "image")],
-        "responses": {"200": _json(_ref("ImageDetail"), "the field"), **_IMAGE_ERRORS}}},
+        "responses": {"200": _json(ref("ImageDetail"), "the field"), **_IMAGE_ERRORS}}},
     "/api/images/{file_id}/{kind}.png": {"get": {
         "summary": "a picture of a field (only from the data folder)",
         "parameters": [_id_param("file_id", "image"),
@@ -398,59 +408,59 @@ _PATHS: dict[str, Any] = {
         "summary": "leave a measured field out of the statistics, with a reason",
         "parameters": [_id_param("file_id", "image")],
         "requestBody": _body({"reason": _text(MAX_TEXT)}, []),
-        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+        "responses": {"200": _json(ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
     "/api/images/{file_id}/include": {"post": {
         "summary": "put an excluded field back into the statistics (body: {})",
         "parameters": [_id_param("file_id", "image")],
         "requestBody": _body({}, []),
-        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+        "responses": {"200": _json(ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
     "/api/images/{file_id}/accept": {"post": {
         "summary": "count a flagged field, naming who and why",
         "parameters": [_id_param("file_id", "image")],
         "requestBody": _body({"who": _name(MAX_NAME), "reason": _name(MAX_TEXT)}, ["who", "reason"]),
-        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+        "responses": {"200": _json(ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
     "/api/images/{file_id}/unaccept": {"post": {
         "summary": "withdraw an acceptance (body: {})",
         "parameters": [_id_param("file_id", "image")],
         "requestBody": _body({}, []),
-        "responses": {"200": _json(_ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
+        "responses": {"200": _json(ref("Image"), "the field as it is now"), **_MEASURED_ERRORS}}},
     "/api/specimens": {
         "get": {"summary": "the current specimen and all specimens, newest first",
                 "responses": {"200": _json({"type": "object", "properties": {
-                    "current": _ref("Specimen"), "specimens": {"type": "array", "items": _ref("Specimen")}}},
+                    "current": ref("Specimen"), "specimens": {"type": "array", "items": ref("Specimen")}}},
                     "specimens")}},
         "post": {"summary": "start a new specimen; it becomes the current one",
                  "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT),
                                        "operator": _text(MAX_NAME)}, ["name"]),
-                 "responses": {"201": _json(_ref("Specimen"), "the new specimen"), **_CHANGE_ERRORS}}},
+                 "responses": {"201": _json(ref("Specimen"), "the new specimen"), **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}": {
         "get": {"summary": "one specimen", "parameters": [_id_param("specimen_id", "specimen")],
-                "responses": {"200": _json(_ref("Specimen"), "the specimen"), **_SPECIMEN_ERRORS}},
+                "responses": {"200": _json(ref("Specimen"), "the specimen"), **_SPECIMEN_ERRORS}},
         "patch": {"summary": "rename a specimen and/or replace its notes or operator",
                   "parameters": [_id_param("specimen_id", "specimen")],
                   "requestBody": _body({"name": _name(MAX_NAME), "notes": _text(MAX_TEXT),
                                         "operator": _text(MAX_NAME)}, [], min_properties=1),
-                  "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+                  "responses": {"200": _json(ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                                 **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}/current": {"post": {
         "summary": "make an open specimen the current one: new fields go to it (body: {})",
         "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
-        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+        "responses": {"200": _json(ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                       **_CHANGE_ERRORS, "409": _error("the specimen is closed")}}},
     "/api/specimens/{specimen_id}/close": {"post": {
         "summary": "sign a specimen off (body: {}); not the current one",
         "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
-        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+        "responses": {"200": _json(ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                       **_CHANGE_ERRORS, "409": _error("the specimen is the current one")}}},
     "/api/specimens/{specimen_id}/reopen": {"post": {
         "summary": "reopen a closed specimen (body: {})",
         "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
-        "responses": {"200": _json(_ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
+        "responses": {"200": _json(ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                       **_CHANGE_ERRORS}}},
     "/api/specimens/{specimen_id}/stats": {"get": {
         "summary": "a specimen's statistics (ASTM E562 / E1245)",
         "parameters": [_id_param("specimen_id", "specimen")],
-        "responses": {"200": _json(_ref("Stats"), "statistics"), "400": _error("an id out of range"),
+        "responses": {"200": _json(ref("Stats"), "statistics"), "400": _error("an id out of range"),
                       "404": _error("no such specimen")}}},
     "/export.csv": {"get": {
         "summary": "every field as CSV, oldest first",
@@ -471,7 +481,7 @@ _PATHS: dict[str, Any] = {
     **_LABELS_PATHS,
     "/healthz": {"get": {
         "summary": "health for monitoring; needs no token, and shows the reasons only with it", "security": [],
-        "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "unhealthy")}}},
+        "responses": {"200": _json(ref("Health"), "healthy"), "503": _json(ref("Health"), "unhealthy")}}},
     "/metrics": {"get": {
         "summary": "Prometheus metrics",
         "responses": {"200": {"description": "Prometheus text exposition",

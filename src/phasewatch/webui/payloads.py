@@ -38,8 +38,8 @@ class ImageJson(TypedDict):
     path: str
     state: str
     error: str | None
-    specimen: str | None
-    specimen_id: int | None
+    specimen: str
+    specimen_id: int
     fractions: dict[str, float] | None
     labels: dict[str, str]  # class name -> display name, for each class in fractions
     phases: list[str]  # the phase classes that have particles
