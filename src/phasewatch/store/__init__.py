@@ -1,7 +1,8 @@
 """The durable queue and results store: one SQLite file (``database``), and a module per
 concern built on it: ``specimens``, ``queue``, ``queries``, ``curation``, ``labels`` (materials,
-labels, the active model) and ``audit`` (the hash-chained record, ``store.audit``). :class:`Store`
-is all of them over one connection per thread.
+labels, the active model), ``audit`` (the hash-chained record, ``store.audit``), ``specs``
+(specification limits and their templates) and ``signoff`` (signed close and reopen, reports
+by hash). :class:`Store` is all of them over one connection per thread.
 """
 
 from phasewatch.store.audit import AuditLog, Verification
@@ -18,14 +19,16 @@ from phasewatch.store.database import (
 from phasewatch.store.labels import UNLABELLED, Labels
 from phasewatch.store.queries import IMAGE_KINDS, ImageFilter, Queries, awaits_acceptance, flagged
 from phasewatch.store.queue import Queue
+from phasewatch.store.signoff import MEANINGS, SignOff
+from phasewatch.store.specs import Specs
 
 
-class Store(Queue, Queries, Curation, Labels):
+class Store(Queue, Queries, Curation, Labels, Specs, SignOff):
     """The SQLite store at ``path`` (created with its folder when missing)."""
 
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "DEFAULT_SPECIMEN", "IMAGE_KINDS", "STATES", "UNLABELLED", "AuditLog", "ImageFilter",
+    "BUSY_TIMEOUT_S", "DEFAULT_SPECIMEN", "IMAGE_KINDS", "MEANINGS", "STATES", "UNLABELLED", "AuditLog", "ImageFilter",
     "Refused", "Store", "StoreError", "StoreUnavailable", "Verification", "awaits_acceptance", "display_text",
     "flagged",
 ]

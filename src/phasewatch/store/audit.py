@@ -2,8 +2,9 @@
 
 One append-only table (``audit``) for every step a person takes that changes what the
 appliance measures or with what: labels saved, materials made, teach jobs, models activated
-and rolled back (and, later, exclusions, acceptances and sign-offs). SQLite triggers refuse
-an UPDATE or DELETE of a row, so the only way to change the record is to edit the file
+and rolled back, exclusions and acceptances, specimens started, edited, made current,
+closed with a signature and reopened, specification limits and their templates. SQLite
+triggers refuse an UPDATE or DELETE of a row, so the only way to change the record is to edit the file
 outside phasewatch; the hash chain shows that too: each row's ``hash`` is the sha256 of the
 canonical JSON (sorted keys, no spaces, UTF-8) of its fields and the previous row's hash,
 so changing, removing or reordering a row breaks every hash from there on, and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -60,32 +62,41 @@ class AuditLog:
     def record(self, actor: str, action: str, subject: str, before: Any = None, after: Any = None,
                reason: str = "") -> dict[str, Any]:
         """Append one row and return it; ``before``/``after`` are any JSON-able values."""
+        with self._db._write() as conn:
+            return self.append(conn, actor, action, subject, before, after, reason)
+
+    def append(self, conn: sqlite3.Connection, actor: str, action: str, subject: str, before: Any = None,
+               after: Any = None, reason: str = "") -> dict[str, Any]:
+        """:meth:`record` inside the caller's write transaction ``conn``, so that a change and
+        its audit row are committed together or not at all."""
         actor, action, subject = _one_line(actor), _one_line(action), _one_line(subject)
         if not actor or not action or not subject:
             raise StoreError(f"{self._db.path}: an audit row needs who (actor), what (action) and to what (subject)")
-        with self._db._write() as conn:
-            last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            row = {"seq": (last["seq"] + 1) if last else 1, "at": time.time(), "actor": actor, "action": action,
-                   "subject": subject, "before": None if before is None else canonical(before),
-                   "after": None if after is None else canonical(after), "reason": _one_line(reason),
-                   "prev_hash": last["hash"] if last else GENESIS}
-            row["hash"] = row_hash(row)
-            conn.execute(f"INSERT INTO audit ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                         tuple(row.values()))
+        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        row = {"seq": (last["seq"] + 1) if last else 1, "at": time.time(), "actor": actor, "action": action,
+               "subject": subject, "before": None if before is None else canonical(before),
+               "after": None if after is None else canonical(after), "reason": _one_line(reason),
+               "prev_hash": last["hash"] if last else GENESIS}
+        row["hash"] = row_hash(row)
+        conn.execute(f"INSERT INTO audit ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                     tuple(row.values()))
         return row
+
+    def specimen_rows(self, specimen_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """The rows about a specimen (``specimen:ID``) and about its fields (``image:ID``),
+        oldest first, like :meth:`rows`."""
+        found = self._db._read(
+            """SELECT * FROM audit WHERE subject = ? OR subject IN
+                   (SELECT 'image:' || id FROM files WHERE specimen_id = ?)
+               ORDER BY seq DESC LIMIT ?""", [f"specimen:{specimen_id}", specimen_id, limit])
+        return _decoded(found)
 
     def rows(self, subject: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The newest ``limit`` rows (of ``subject`` only, when given), oldest first, with
         ``before``/``after`` decoded."""
         where, args = ("WHERE subject = ?", [subject]) if subject is not None else ("", [])
         found = self._db._read(f"SELECT * FROM audit {where} ORDER BY seq DESC LIMIT ?", [*args, limit])
-        out = []
-        for raw in reversed(found):
-            row = dict(raw)
-            for key in ("before", "after"):
-                row[key] = None if row[key] is None else json.loads(row[key])
-            out.append(row)
-        return out
+        return _decoded(found)
 
     def verify(self) -> Verification:
         """Recompute the chain from the first row (module doc)."""
@@ -104,6 +115,17 @@ class AuditLog:
                 return Verification(count, row["seq"], f"audit row {row['seq']}: {problem}", previous)
             previous, expected_seq = row["hash"], expected_seq + 1
         return Verification(count, None, f"{count} row(s), chain intact", previous)
+
+
+def _decoded(newest_first: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """Rows oldest first, ``before``/``after`` decoded from their JSON."""
+    out = []
+    for raw in reversed(newest_first):
+        row = dict(raw)
+        for key in ("before", "after"):
+            row[key] = None if row[key] is None else json.loads(row[key])
+        out.append(row)
+    return out
 
 
 class Audited(Database):

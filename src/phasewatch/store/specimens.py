@@ -9,9 +9,10 @@ ONNX sha256) claims the specimen for that model; a field of another model is mov
 specimen derived from it for that model (``"<name> (model X)"``, created on first need,
 current when the original was, with its operator), so that restarting the service with
 another model on the same data folder never mixes two models' classes in one set of
-statistics. A closed specimen is signed off: it cannot be made current, and the current
-one cannot be closed. A specimen's ``operator`` is who prepared and imaged it ("" when
-nobody said), one line like an acceptance's ``accepted_by``.
+statistics. A closed specimen is signed off (``signoff.py``): it cannot be made current or
+edited. A specimen's ``operator`` is who prepared and imaged it ("" when nobody said), one
+line like an acceptance's ``accepted_by``. Starting, editing and making current are written
+to the audit record (``audit.py``) in the same transaction, with ``who`` did it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any, cast
 
+from phasewatch.store.audit import Audited
 from phasewatch.store.database import (
     _MODEL_SUFFIX,
-    Database,
+    Refused,
     StoreError,
     _db_path,
     _inserted,
@@ -38,20 +40,25 @@ from phasewatch.store.rows import SpecimenRow, SpecimenSummary
 log = logging.getLogger(__name__)
 
 
-class Specimens(Database):
-    """Creating, editing, closing specimens, and keeping each to one model."""
+class Specimens(Audited):
+    """Creating and editing specimens, and keeping each to one model."""
 
-
-    def start_specimen(self, name: str, notes: str = "", operator: str = "") -> int:
+    def start_specimen(self, name: str, notes: str = "", operator: str = "", who: str = "phasewatch") -> int:
         """A new specimen that becomes the current one; returns its id."""
+        with self._write() as conn:
+            return self._start(conn, name, notes, operator, who)
+
+    def _start(self, conn: sqlite3.Connection, name: str, notes: str, operator: str, who: str) -> int:
         if not name.strip():
             raise StoreError(f"{self.path}: a specimen needs a name")
-        with self._write() as conn:
-            conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
-            return _inserted(conn.execute(
-                "INSERT INTO specimens (name, notes, operator, created, is_current) VALUES (?, ?, ?, ?, 1)",
-                (display_text(name.strip()), display_text(notes), _one_line(operator), time.time()),
-            ))
+        conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
+        row = {"name": display_text(name.strip()), "notes": display_text(notes), "operator": _one_line(operator)}
+        specimen_id = _inserted(conn.execute(
+            "INSERT INTO specimens (name, notes, operator, created, is_current) VALUES (?, ?, ?, ?, 1)",
+            (*row.values(), time.time()),
+        ))
+        self.audit.append(conn, who, "specimen.start", f"specimen:{specimen_id}", None, row)
+        return specimen_id
 
     def current_specimen(self) -> SpecimenRow:
         rows = self._read("SELECT * FROM specimens WHERE is_current = 1")
@@ -74,47 +81,47 @@ class Specimens(Database):
         return [cast(SpecimenSummary, _specimen(r)) for r in rows]  # with the counts the query adds
 
     def update_specimen(
-        self, specimen_id: int, name: str | None = None, notes: str | None = None, operator: str | None = None
+        self, specimen_id: int, name: str | None = None, notes: str | None = None, operator: str | None = None,
+        who: str = "phasewatch",
     ) -> None:
-        """Rename a specimen and/or replace its notes or operator (None: leave as is)."""
+        """Rename a specimen and/or replace its notes or operator (None: leave as is); not
+        once it is closed."""
         if name is not None and not name.strip():
             raise StoreError(f"{self.path}: a specimen needs a name")
+        wanted = {"name": None if name is None else display_text(name.strip()),
+                  "notes": None if notes is None else display_text(notes),
+                  "operator": None if operator is None else _one_line(operator)}
         with self._write() as conn:
-            self._existing_specimen(conn, specimen_id)
-            if name is not None:
-                conn.execute("UPDATE specimens SET name = ? WHERE id = ?", (display_text(name.strip()), specimen_id))
-            if notes is not None:
-                conn.execute("UPDATE specimens SET notes = ? WHERE id = ?", (display_text(notes), specimen_id))
-            if operator is not None:
-                conn.execute("UPDATE specimens SET operator = ? WHERE id = ?", (_one_line(operator), specimen_id))
+            specimen = self._open_specimen(conn, specimen_id)
+            changed = {k: v for k, v in wanted.items() if v is not None and v != specimen[k]}
+            for key, value in changed.items():  # keys from ``wanted`` only
+                conn.execute(f"UPDATE specimens SET {key} = ? WHERE id = ?", (value, specimen_id))
+            if changed:
+                self.audit.append(conn, who, "specimen.edit", f"specimen:{specimen_id}",
+                                  {k: specimen[k] for k in changed}, changed)
 
-    def make_current(self, specimen_id: int) -> None:
+    def make_current(self, specimen_id: int, who: str = "phasewatch") -> None:
         """New fields go to this open specimen from now on."""
         with self._write() as conn:
-            if self._existing_specimen(conn, specimen_id)["closed"] is not None:
-                raise StoreError(f"{self.path}: specimen {specimen_id} is closed; reopen it first")
+            self._open_specimen(conn, specimen_id)
+            before = conn.execute("SELECT id FROM specimens WHERE is_current = 1").fetchone()
             conn.execute("UPDATE specimens SET is_current = 0 WHERE is_current = 1")
             conn.execute("UPDATE specimens SET is_current = 1 WHERE id = ?", (specimen_id,))
-
-    def close_specimen(self, specimen_id: int) -> None:
-        """Sign a specimen off; the current one cannot be (new fields need a home)."""
-        with self._write() as conn:
-            specimen = self._existing_specimen(conn, specimen_id)
-            if specimen["is_current"]:
-                raise StoreError(f"{self.path}: specimen {specimen_id} is the current one; "
-                                 "start or switch to another before closing it")
-            if specimen["closed"] is None:
-                conn.execute("UPDATE specimens SET closed = ? WHERE id = ?", (time.time(), specimen_id))
-
-    def reopen_specimen(self, specimen_id: int) -> None:
-        with self._write() as conn:
-            self._existing_specimen(conn, specimen_id)
-            conn.execute("UPDATE specimens SET closed = NULL WHERE id = ?", (specimen_id,))
+            self.audit.append(conn, who, "specimen.current", f"specimen:{specimen_id}",
+                              {"current": before["id"] if before else None}, {"current": specimen_id})
 
     def _existing_specimen(self, conn: sqlite3.Connection, specimen_id: int) -> sqlite3.Row:
         row: sqlite3.Row | None = conn.execute("SELECT * FROM specimens WHERE id = ?", (specimen_id,)).fetchone()
         if row is None:
             raise StoreError(f"{self.path}: no specimen {specimen_id}")
+        return row
+
+    def _open_specimen(self, conn: sqlite3.Connection, specimen_id: int) -> sqlite3.Row:
+        """A specimen that may change: it exists and is not closed (signed off)."""
+        row = self._existing_specimen(conn, specimen_id)
+        if row["closed"] is not None:
+            raise Refused(f"{self.path}: specimen {specimen_id} is closed (signed off by {row['closed_by'] or '?'}); "
+                          "reopen it first")
         return row
 
     def _keep_to_one_model(self, conn: sqlite3.Connection, file_id: int, model: Mapping[str, Any]) -> None:
