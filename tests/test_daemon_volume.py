@@ -120,3 +120,20 @@ def test_a_damaged_slice_fails_the_volume_with_its_reason_and_the_service_goes_o
     drop(daemon, "next.tif", lambda p: write_imagej_stack(p, VOLUME))
     assert wait_for(lambda: finished(daemon, 2), "the next volume")[0]["state"] == "done"
     assert daemon.health() == (True, {})
+
+
+def test_a_stack_whose_slice_declares_40000_square_fails_with_one_line_and_the_next_is_done(make_daemon) -> None:
+    # Issue 21, defect 2: only slice 0 was checked and the slices were decoded in the service.
+    # Now every page's header is checked in the decoder process before that page is decoded.
+    from test_imageio_isolated import declares, imagej_stack
+
+    daemon = make_daemon()
+    bad = drop(daemon, "bomb-stack.tif",
+               lambda p: declares(imagej_stack(p, [np.zeros((256, 256), np.uint8)] * 2), 1, 40000))
+    (image,) = wait_for(lambda: finished(daemon, 1), "the bomb stack's result")
+    assert (image["state"], image["attempts"]) == ("failed", 1)
+    assert image["error"] == (f"{bad}: slice 1 is 40000 x 40000 = 1600000000 pixels by its header, "
+                              "more than the limit of 50000000 (max_pixels)")
+    drop(daemon, "next.tif", lambda p: write_imagej_stack(p, VOLUME))
+    assert wait_for(lambda: finished(daemon, 2), "the next volume")[0]["state"] == "done"
+    assert daemon.health() == (True, {})

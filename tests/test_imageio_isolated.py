@@ -26,6 +26,7 @@ import tifffile
 
 from phasewatch.imageio.formats import ImageReadError, read_pages
 from phasewatch.imageio.isolated import _CHILD_MAIN, DecoderClosed, IsolatedReader
+from phasewatch.imageio.stacks import micrograph_slices
 
 MEMORY = 256 << 20
 
@@ -156,3 +157,64 @@ def test_the_decoder_ends_quietly_when_the_service_dies_with_its_answer_unread()
     ours.close()
     _, stderr = child.communicate(timeout=30)
     assert (child.returncode, stderr.decode()) == (0, "")
+
+
+def imagej_stack(path: Path, slices: list[np.ndarray]) -> Path:
+    tifffile.imwrite(path, np.stack(slices), imagej=True, compression="zlib", metadata={"axes": "ZYX"})
+    return path
+
+
+def declares(path: Path, page: int, side: int) -> Path:
+    """Page ``page``'s header made to declare ``side`` x ``side`` (its data stay as written)."""
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for tag in ("ImageWidth", "ImageLength"):
+            tif.pages[page].tags[tag].overwrite(side)
+    return path
+
+
+def test_a_volume_streams_from_the_child_exactly_as_read_in_process(reader: IsolatedReader, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    path = imagej_stack(tmp_path / "z.tif", [rng.integers(0, 255, (40, 48), np.uint8) for _ in range(5)])
+    header = reader.stack_header(path)
+    assert (header.n_slices, header.says_volume) == (5, True)
+    got = list(reader.stack_slices(path))
+    assert len(got) == 5 and all(np.array_equal(g, e) for g, e in zip(got, micrograph_slices(path), strict=True))
+    assert_same_fields(reader.read_pages(stack(tmp_path / "next.tif")), read_pages(tmp_path / "next.tif"))
+
+
+def test_a_slice_that_declares_40000_square_is_refused_from_its_header(reader: IsolatedReader, tmp_path: Path) -> None:
+    # Issue 21, defect 2: slice 0 is 256 x 256, slice 1 declares 40000 x 40000.
+    path = declares(imagej_stack(tmp_path / "bomb-stack.tif", [np.zeros((256, 256), np.uint8)] * 2), 1, 40000)
+    assert reader.stack_header(path, max_pixels=50_000_000).n_slices == 2  # page 0 is fine
+    slices = reader.stack_slices(path, max_pixels=50_000_000)
+    assert next(slices).shape == (256, 256)
+    with pytest.raises(ImageReadError) as refused:
+        next(slices)
+    assert str(refused.value) == (f"{path}: slice 1 is 40000 x 40000 = 1600000000 pixels by its header, "
+                                  "more than the limit of 50000000 (max_pixels)")
+    assert_same_fields(reader.read_pages(stack(tmp_path / "next.tif")), read_pages(tmp_path / "next.tif"))
+
+
+def test_a_bomb_inside_a_stack_costs_the_child_not_the_reader(reader: IsolatedReader, tmp_path: Path) -> None:
+    # slice 1 is within the pixel limit by its header but decodes to 384 MB: over the child's 256 MiB
+    path = tmp_path / "rgb-bomb-stack.tif"
+    with tifffile.TiffWriter(path, imagej=False) as tif:
+        tif.write(np.zeros((64, 64, 3), np.uint16), compression="zlib", photometric="rgb",
+                  metadata={"axes": "YXS"})
+        tif.write(np.zeros((8000, 8000, 3), np.uint16), compression="zlib", photometric="rgb")
+    assert path.stat().st_size < 2 << 20
+    with pytest.raises(ImageReadError) as failed:
+        list(reader.stack_slices(path))
+    assert str(failed.value) == f"{path}: decoding needs more memory than the limit of {MEMORY >> 20} MiB"
+    assert_same_fields(reader.read_pages(stack(tmp_path / "next.tif")), read_pages(tmp_path / "next.tif"))
+
+
+def test_a_stream_left_unfinished_ends_its_child_and_the_next_read_gets_a_fresh_one(
+        reader: IsolatedReader, tmp_path: Path) -> None:
+    path = imagej_stack(tmp_path / "z.tif", [np.full((32, 32), i, np.uint8) for i in range(4)])
+    slices = reader.stack_slices(path)
+    assert next(slices)[0, 0] == 0
+    first = reader._child
+    slices.close()  # the consumer gave up (its file failed in inference)
+    assert first is not None and first.process.poll() is not None and reader._child is None
+    assert [s[0, 0] for s in reader.stack_slices(path)] == [0, 1, 2, 3]
