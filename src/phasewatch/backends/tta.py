@@ -1,7 +1,7 @@
 """Test-time augmentation: a backend that averages the model's class probabilities over
 flips (or all eight symmetries of the square), or over scales, of every tile.
 
-It wraps any backend, so the engine, stitching, trust and measurement are unchanged: each
+It wraps any backend, so the sliding window, stitching, trust and measurement are unchanged: each
 tile batch is run once per pass, each result is brought back to the tile's geometry, the
 softmax probabilities are averaged, and their logarithm is returned as the logits (the argmax
 and the softmax margin of log-probabilities are those of the averaged probabilities). It costs

@@ -93,7 +93,7 @@ class Decoded:
 
 
 class PageSegmentation(NamedTuple):
-    """The engine's result for one image at the image's own size, and what its input
+    """The sliding window's result for one image at the image's own size, and what its input
     looked like to the model (for the trust record)."""
 
     classes: np.ndarray  # uint8 class ids

@@ -49,14 +49,14 @@ STAGES = ("prepare_ms", "infer_ms", "stitch_ms")
 
 
 class ClassMap(NamedTuple):
-    """What the engine makes of one image: class ids and softmax margins (0..255)."""
+    """What the sliding window makes of one image: class ids and softmax margins (0..255)."""
 
     classes: np.ndarray  # uint8 H x W
     margin: np.ndarray  # uint8 H x W, 255 * (p_best - p_second)
 
 
 class ModelInput(Protocol):
-    """A normalised image the engine can read crops of (see ``normalise.prepare``)."""
+    """A normalised image the sliding window can read crops of (see ``normalise.prepare``)."""
 
     @property
     def height(self) -> int: ...

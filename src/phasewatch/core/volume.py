@@ -22,7 +22,7 @@ page read as a field), in this process or in the daemon's bounded decoder proces
 files one at a time through :func:`~phasewatch.imageio.formats.read_pages`. Every slice must
 have the first one's size.
 
-Segmenting (:func:`segment_volume`): the slices go through the engine of fields
+Segmenting (:func:`segment_volume`): the slices go through the sliding window of fields
 (:func:`~phasewatch.core.pipeline.segment_images`, tiles of consecutive slices sharing
 batches); as each class map comes out it is recorded like a field
 (:func:`~phasewatch.core.pipeline.assessed_record`: fractions, trust), fed to
@@ -209,10 +209,10 @@ def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | 
                 measurer: VolumeMeasurer, records: list[SliceRecord],
                 window: collections.deque[tuple[int, ModelInput]] | None = None,
                 on_slice: SliceSink | None = None) -> Iterator[np.ndarray]:
-    """Each slice's class map as it comes out of the engine, recorded and measured on the way."""
+    """Each slice's class map as it comes out of the sliding window, recorded and measured on the way."""
     pixel_size = volume.spacing_um[2] if volume.spacing_um else None
     source = volume.spacing_source if volume.spacing_um else "none"
-    in_flight: collections.deque[Page] = collections.deque()  # slices in the engine's batches
+    in_flight: collections.deque[Page] = collections.deque()  # slices in the sliding window's batches
 
     def images() -> Iterator[np.ndarray]:
         for index, image in enumerate(volume.slices()):

@@ -5,7 +5,7 @@ A volume of 2000 slices cannot become 2000 sets of PNGs. Beside ``NAME.classes.t
 class ids, one page per slice) the daemon writes ``NAME.preview.tif``: each slice's display
 picture (:func:`~phasewatch.core.outputs.preview`: 8-bit, percentile-stretched, at most
 1024 px a side), one zlib-compressed page per slice, written as the slices come out of the
-engine. The page reads slice Z of both stacks on demand (``/api/images/ID/slices/Z/...``),
+sliding window. The page reads slice Z of both stacks on demand (``/api/images/ID/slices/Z/...``),
 so its slider costs two page reads a slice and no storage beyond the two stacks.
 
 The middle slice is also written as a field's pictures (``NAME.zNNNN.classes.png``,

@@ -5,7 +5,7 @@ is pooled over all its splits (train, val and test), and its specimens are dealt
 ``folds`` groups of about equal image count. Each fold trains the config's recipe on the other
 folds' specimens, picks its checkpoint on one of them (the smallest specimen of the next fold,
 so the model is never chosen on what it is scored on), and scores every specimen of its own
-fold through the runtime's sliding-window engine at the bundle's tile. Every specimen is thus
+fold through the runtime's sliding window at the bundle's tile. Every specimen is thus
 held out exactly once; with as many folds as specimens this is leave-one-specimen-out.
 """
 
@@ -115,8 +115,8 @@ def cross_validate(config: dict[str, Any], out_dir: Path, folds: int, data_root:
     report = {"config": where, "specimen_pattern": pattern, "folds": groups, "specimens": specimens,
               "parent": config["model"].get("init_from"),
               "time_limit_min": config["train"].get("time_limit_min"),
-              "scored": "each held-out specimen's images pooled, through the runtime engine at the export tile, "
-                        "from the fold's best checkpoint (FP32 PyTorch)"}
+              "scored": "each held-out specimen's images pooled, through the runtime's sliding window at the export "
+                        "tile, from the fold's best checkpoint (FP32 PyTorch)"}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -1,7 +1,7 @@
 """Scoring a model bundle on full-size labelled micrographs (``phasewatch evaluate``).
 
 Images go through the runtime's one per-file path (:func:`phasewatch.core.pipeline.process_file`:
-decode, normalise once per image, the sliding-window engine), so the scores are those of the
+decode, normalise once per image, the sliding window), so the scores are those of the
 deployed model, tiling included. Metrics come from one confusion matrix summed over all images
 (see ``seg_scores``): IoU, Dice, precision, recall (= class accuracy); the BF score is averaged per
 class over the images where it is defined, then over classes. What QA signs is compared per image

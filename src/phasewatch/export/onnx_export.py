@@ -111,7 +111,7 @@ def export_onnx(model, in_channels: int, tile: int, path: Path, multiple: int = 
     batch = torch.export.Dim("batch", min=1, max=1024)
     shapes: dict[int, Any] = {0: batch}
     if multiple:
-        # Up to 16384 px a side; the engine keeps within its memory budget far below that.
+        # Up to 16384 px a side; the sliding window keeps within its memory budget far below that.
         shapes[2] = multiple * torch.export.Dim("height_steps", min=1, max=16384 // multiple)
         shapes[3] = multiple * torch.export.Dim("width_steps", min=1, max=16384 // multiple)
     # The exporter prints progress, warns, and logs about absent torchvision ops: noise here.

@@ -3,7 +3,7 @@
 The config names the data splits, the classes, the model, normalisation, augmentation,
 losses, optimiser and schedule (see ``src/phasewatch/export/configs/*.toml``). Training samples random
 augmented crops (``augment.sample``); validation segments the whole validation images
-through the runtime's own sliding-window engine (the PyTorch model wrapped as a backend),
+through the runtime's own sliding window (the PyTorch model wrapped as a backend),
 so the mIoU that picks the checkpoint is measured the way the appliance will predict
 (at the training tile). The bundle is exported at ``[model] export_tile``: a fully
 convolutional net runs on larger tiles than it was trained on, and its measured halo is
@@ -273,7 +273,7 @@ def specimen_splits(pool: list[Sample], data: dict[str, Any], where: str,
 
 
 class ArrayInput:
-    """A normalised C x H x W array as the engine's ModelInput."""
+    """A normalised C x H x W array as the sliding window's ModelInput."""
 
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
@@ -284,7 +284,7 @@ class ArrayInput:
 
 
 class TorchBackend:
-    """A PyTorch model as a runtime backend, so validation uses the runtime's engine."""
+    """A PyTorch model as a runtime backend, so validation uses the runtime's sliding window."""
 
     name = "torch"
 
@@ -309,7 +309,7 @@ def validate(model: torch.nn.Module, samples: list[Sample], tile: int, num_class
              device: torch.device, batch: int) -> dict[str, Any]:
     model.eval()
     backend = TorchBackend(model, device, batch)
-    # The halo is the largest that keeps the engine's minimum overlap (default_overlap without
+    # The halo is the largest that keeps the sliding window's minimum overlap (default_overlap without
     # a halo), so the tile edges, where logits see the least context, are trimmed at no extra
     # tiles. The model's measured halo is not used: at the training tile it comes near tile/2
     # (the bundles measure 56-72 px at 256), which would multiply the tiles per image. This

@@ -54,7 +54,7 @@ only ever read. A multi-page TIFF is one queue row and one field of its specimen
 Volumes. A TIFF whose metadata call it a Z stack (ImageJ ``slices`` > 1, OME ``SizeZ`` > 1;
 ``[watch] volumes``) is one volume: ``decode`` only opens it (its metadata, read in the
 decoder process: size and depth, nothing decoded); ``infer`` streams it slice by slice
-through the engine (``volume.segment_volume``), writing its class-id stack, its display
+through the sliding window (``volume.segment_volume``), writing its class-id stack, its display
 stack and the 3D measurements as the slices come (``volume_views``), alone in its batches;
 ``write`` records it as one field of its specimen (``volume.field_like_record``). Its slices
 are decoded in a second bounded decoder process (``IsolatedReader.stack_slices``), one at a

@@ -74,7 +74,7 @@ def lower_priority() -> None:
 
     On a CPU backend the inference threads work in lock-step: a core taken by hashing,
     decoding or PNG writing stalls every operator. Nice threads run in inference's gaps
-    instead, which keeps a burst's throughput close to the bare engine's (bench/daemon_burst.py).
+    instead, which keeps a burst's throughput close to bare inference's (bench/daemon_burst.py).
     """
     with contextlib.suppress(AttributeError, OSError):  # not Linux: same priority, still correct
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
