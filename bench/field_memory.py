@@ -17,6 +17,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +34,12 @@ def status_kib(pid: int, key: str) -> int:
     found = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
     assert found, f"no {key} in /proc/{pid}/status"
     return int(found.group(1))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def field(megapixels: float) -> np.ndarray:
@@ -82,7 +89,7 @@ def main() -> int:
         log = open(root / "serve.log", "wb")  # noqa: SIM115 - the service writes to it until it ends
         proc = subprocess.Popen([sys.executable, "-m", "phasewatch.app.cli", "serve", "--config", str(config),
                                  "--watch", str(root / "watch"), "--data", str(root / "data"), "--model", args.model,
-                                 "--backend", "cpu", "--port", "0"], stdout=subprocess.DEVNULL, stderr=log)
+                                 "--backend", "cpu", "--port", str(free_port())], stdout=subprocess.DEVNULL, stderr=log)
         try:
             wait_for(lambda: b"serving" in (root / "serve.log").read_bytes(), "the service to serve", 300, proc)
             time.sleep(2)

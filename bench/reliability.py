@@ -494,6 +494,33 @@ def stack_inputs(good: GoodImages) -> list[Input]:
     ]
 
 
+PILLOW_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "pillow"  # with Pillow's licence
+
+
+def odd_valid_inputs() -> list[Input]:
+    """Odd but valid files from Pillow's test suite (issue 21): palette + alpha (``rdf.tif``,
+    which once wedged the queue) and 1-bit palette pages; each must end done."""
+    return [Input(f"pillow-{path.name}", path.read_bytes(), DONE, "odd-valid", good=True)
+            for path in sorted(PILLOW_IMAGES.glob("*.tif*"))]
+
+
+def declared_size(data: bytes, page: int, side: int) -> bytes:
+    """A TIFF whose page ``page`` declares ``side`` x ``side`` (its data stay as written)."""
+    for tag in (256, 257):  # ImageWidth, ImageLength
+        data = set_tiff_tag(data, ifd_offsets(data)[page], tag, side)
+    return data
+
+
+def stack_bomb_inputs(good: GoodImages) -> list[Input]:
+    """Bombs inside stacks (issue 21, defect 2): an ImageJ 2-slice Z stack whose slice 0 is
+    small and whose slice 1 declares 40000 x 40000 or 60000 x 60000; refused from slice 1's
+    header in the decoder process, never decoded by the service."""
+    slices = np.stack([good.array()[:256, :256]] * 2)
+    stack = tiff_bytes(slices, imagej=True, compression="zlib", metadata={"axes": "ZYX"})
+    return [Input(f"stack-slice-1-declares-{side}.tif", declared_size(stack, 1, side), FAILED, "stack-bomb")
+            for side in (40000, 60000)]
+
+
 def bigtiff_self_loop() -> bytes:
     """A BigTIFF whose first IFD names itself as the next one."""
     data = bytearray(tiff_bytes(np.full((16, 16), 7, np.uint8), bigtiff=True))
@@ -553,6 +580,7 @@ def build_corpus(good: GoodImages, rng: random.Random, every: int) -> list[Input
                for suffix in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")]
     inputs += wrong_extension_inputs(good) + size_inputs(good) + sample_types(good) + colour_inputs(good)
     inputs += stack_inputs(good) + name_inputs(good) + special_inputs(good)
+    inputs += odd_valid_inputs() + stack_bomb_inputs(good)
     inputs += [Input(f"good-{n:02d}{suffix}", data, DONE, "good", good=True)
                for n, (suffix, data) in enumerate(good.encoded() for _ in range(8))]
     names = [i.name for i in inputs]
