@@ -225,15 +225,17 @@ def test_rename_switch_close_and_reopen_a_specimen(service):
     renamed = service.client.patch(f"/api/specimens/{created['id']}", json={"name": " S-2b ", "notes": "etched"})
     assert (renamed.status_code, renamed.get_json()["name"], renamed.get_json()["notes"]) == (200, "S-2b", "etched")
     assert "event: specimen" in next(stream)
-    refused = service.client.post(f"/api/specimens/{created['id']}/close", json={})
-    assert refused.status_code == 409 and "is the current one" in refused.get_json()["error"]
     back = service.client.post(f"/api/specimens/{default}/current", json={})
     assert (back.status_code, back.get_json()["is_current"]) == (200, 1)
     assert service.client.get("/api/specimens").get_json()["current"]["id"] == default
-    closed = service.client.post(f"/api/specimens/{created['id']}/close", json={}).get_json()
-    assert closed["closed"] is not None
+    unsigned = service.client.post(f"/api/specimens/{created['id']}/close", json={"meaning": "rejected"})
+    assert unsigned.status_code == 400 and unsigned.get_json()["error"] == "who is required"
+    closed = service.client.post(f"/api/specimens/{created['id']}/close",
+                                 json={"who": "Q. Lead", "meaning": "rejected"}).get_json()
+    assert (closed["closed_by"], closed["close_meaning"], closed["next"]) == ("Q. Lead", "rejected", None)
     assert service.client.post(f"/api/specimens/{created['id']}/current", json={}).status_code == 409
-    reopened = service.client.post(f"/api/specimens/{created['id']}/reopen", json={}).get_json()
+    reopened = service.client.post(f"/api/specimens/{created['id']}/reopen",
+                                   json={"who": "Q. Lead", "reason": "wrong specimen"}).get_json()
     assert reopened["closed"] is None
     assert service.client.get(f"/api/specimens/{created['id']}").get_json()["name"] == "S-2b"
 
@@ -299,12 +301,12 @@ def test_histograms_of_other_pixel_sizes_go_to_the_bin_holding_their_centre():
 # -- pages and signing in ------------------------------------------------------------------
 
 
-PAGES = ["/", "/fields", "/fields/1", "/specimens", "/specimens/1", "/specimens/compare?ids=1,2"]
+PAGES = ["/", "/fields", "/images/1", "/fields/1", "/specimens", "/specimens/1", "/specimens/compare?ids=1,2"]
 
 
 @pytest.mark.parametrize("url", PAGES)
 def test_every_page_is_its_template_and_script(service, url):
-    service.finish("a.tif", 0.4)  # field 1: a page of no field is a 404
+    service.finish("a.tif", 0.4)  # image 1: a page of no image is a 404
     response = service.client.get(url)
     html = response.get_data(as_text=True)
     assert response.status_code == 200 and response.mimetype == "text/html"
@@ -316,17 +318,17 @@ def test_every_page_is_its_template_and_script(service, url):
 def test_a_browser_opening_a_page_without_the_token_signs_in_and_comes_back(tmp_path):
     locked = Service(tmp_path, Access(token=TOKEN))
     browser = {"Accept": "text/html,application/xhtml+xml"}
-    page = locked.client.get("/fields/7?x=1", headers=browser)
-    assert (page.status_code, page.headers["Location"]) == (303, "/login?next=%2Ffields%2F7%3Fx%3D1")
-    assert locked.client.get("/fields/7").status_code == 401  # a script gets the 401 it can act on
+    page = locked.client.get("/images/7?x=1", headers=browser)
+    assert (page.status_code, page.headers["Location"]) == (303, "/login?next=%2Fimages%2F7%3Fx%3D1")
+    assert locked.client.get("/images/7").status_code == 401  # a script gets the 401 it can act on
     assert locked.client.get("/", headers=browser).headers["Location"] == "/login"
-    form = locked.client.get("/login?next=/fields/7").get_data(as_text=True)
-    assert 'name="next" value="/fields/7"' in form
-    signed_in = locked.client.post("/login", data={"token": TOKEN, "next": "/fields/7"})
-    assert (signed_in.status_code, signed_in.headers["Location"]) == (303, "/fields/7")
-    for n in range(7):  # field 7: a page of no field is a 404
+    form = locked.client.get("/login?next=/images/7").get_data(as_text=True)
+    assert 'name="next" value="/images/7"' in form
+    signed_in = locked.client.post("/login", data={"token": TOKEN, "next": "/images/7"})
+    assert (signed_in.status_code, signed_in.headers["Location"]) == (303, "/images/7")
+    for n in range(7):  # image 7: a page of no image is a 404
         locked.finish(f"f{n}.tif", None)
-    assert locked.client.get("/fields/7").status_code == 200
+    assert locked.client.get("/images/7").status_code == 200
     for elsewhere in ("//evil.example/", "https://evil.example/", "/\\evil.example", "fields", "/x\ny"):
         assert locked.client.get("/login", query_string={"next": elsewhere}).headers["Location"] == "/", elsewhere
     # What the sign-in form shows needs no token; the page's scripts do.

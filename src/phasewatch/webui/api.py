@@ -50,6 +50,7 @@ from phasewatch.webui.rest import (
     text_field,
 )
 from phasewatch.webui.security import request_authorised
+from phasewatch.webui.specimens_api import who
 from phasewatch.webui.thumbs import CACHE_FOREVER, thumbnail_bytes, thumbnail_source, thumbnail_version
 
 log = logging.getLogger(__name__)
@@ -192,10 +193,11 @@ def _changed(found: ImageRow) -> Response:
 def _set_excluded(file_id: int, exclude: bool) -> Response:
     store = current_context().store
     found = _measured(file_id)
+    body = json_body(optional=True)
     if exclude:
-        store.exclude_field(file_id, text_field(json_body(optional=True), "reason", MAX_TEXT))
+        store.exclude_field(file_id, text_field(body, "reason", MAX_TEXT), who(body))
     else:
-        store.include_field(file_id)
+        store.include_field(file_id, who(body))
     return _changed(found)
 
 
@@ -224,7 +226,7 @@ def accept(file_id: int) -> Response:
 @blueprint.post("/api/images/<int:file_id>/unaccept")
 def unaccept(file_id: int) -> Response:
     found = _measured(file_id)
-    current_context().store.unaccept_field(file_id)
+    current_context().store.unaccept_field(file_id, who(json_body(optional=True)))
     return _changed(found)
 
 

@@ -7,19 +7,32 @@
 * ``/specimens/ID/report.csv``: the specimen's fields with provenance columns
   (:func:`.csv_export.provenance_csv`).
 
-They sit behind the same guards as every route (token, host, security headers).
+They sit behind the same guards as every route (token, host, security headers). The
+sha256 of every PDF and page served is recorded with the sign-off it shows
+(``store/signoff.py``), so ``GET /api/reports/SHA256`` tells whether a copy is one of ours.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from flask import Blueprint, Response, render_template, request
 
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import provenance_csv
+from phasewatch.webui.names import display_name
 from phasewatch.webui.report_chart import layout_trend
-from phasewatch.webui.report_data import FIELDS_NOTE, SIGN_OFF, Report, gather_report, number, pct, when
+from phasewatch.webui.report_data import (
+    FIELDS_NOTE,
+    SIGN_OFF,
+    UNCALIBRATED,
+    Report,
+    gather_report,
+    number,
+    pct,
+    when,
+)
 from phasewatch.webui.report_pdf import PAPERS, render_pdf
 from phasewatch.webui.rest import ApiError, checked_id
 
@@ -52,21 +65,30 @@ def _attachment(report: Report, extension: str) -> dict[str, str]:
     return {"Content-Disposition": f'attachment; filename="{slug}-{report.specimen["id"]}-report.{extension}"'}
 
 
+def _recorded(report: Report, kind: str, body: bytes) -> bytes:
+    """``body``, after noting its sha256 (module doc)."""
+    current_context().store.record_report(hashlib.sha256(body).hexdigest(), int(report.specimen["id"]), kind,
+                                          len(body), report.verdict["verdict"])
+    return body
+
+
 @blueprint.get("/specimens/<int:specimen_id>/report")
-def page(specimen_id: int) -> str:
+def page(specimen_id: int) -> Response:
     report = _report(specimen_id)
     trend = report.stats["trend"]
     plot = (CHART_LEFT, CHART_W - CHART_RIGHT)
     chart = trend and layout_trend(trend, *plot, CHART_H - CHART_BOTTOM, CHART_TOP)
-    return render_template("report.html", report=report, chart=chart, paper=_paper(), sign_off=SIGN_OFF,
-                           fields_note=FIELDS_NOTE,
+    html = render_template("report.html", report=report, chart=chart, paper=_paper(), sign_off=SIGN_OFF,
+                           fields_note=FIELDS_NOTE, uncalibrated=UNCALIBRATED, display_name=display_name,
                            chart_size=(CHART_W, CHART_H), plot=plot, number=number, pct=pct, when=when)
+    return Response(_recorded(report, "html", html.encode()), mimetype="text/html")
 
 
 @blueprint.get("/specimens/<int:specimen_id>/report.pdf")
 def pdf(specimen_id: int) -> Response:
     report = _report(specimen_id)
-    return Response(render_pdf(report, _paper()), mimetype="application/pdf", headers=_attachment(report, "pdf"))
+    body = _recorded(report, "pdf", render_pdf(report, _paper()))
+    return Response(body, mimetype="application/pdf", headers=_attachment(report, "pdf"))
 
 
 @blueprint.get("/specimens/<int:specimen_id>/report.csv")

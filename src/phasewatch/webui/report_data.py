@@ -16,17 +16,20 @@ read is said so in the report rather than left out.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from phasewatch.bundle import BundleError, load_bundle
 from phasewatch.core.stats import specimen_statistics
+from phasewatch.core.verdict import MEASURES, judge
 from phasewatch.store import Store, awaits_acceptance, display_text, flagged
 from phasewatch.store.rows import ImageRow, SpecimenRow
+from phasewatch.webui.names import display_name
 
 _PAGE = 1000
 THUMBNAIL_KINDS = ("overlay", "preview")  # the segmentation is what is signed off; else the micrograph
@@ -42,6 +45,14 @@ QUANTITIES = (
 )
 # specimen_statistics' unit names, as a person reads them.
 UNITS = {"area %": "area %", "1/mm2": "1/mm²", "1/Mpx": "1/Mpx", "um": "µm", "px": "px"}
+UNCALIBRATED = "uncalibrated: sizes in pixels"
+# Where a field's pixel size came from (imageio/formats.py's sources, the service's config);
+# static/format.js has the same words for the pages.
+PIXEL_SIZE_SOURCES = {
+    "user": "given by the user", "imagej": "ImageJ metadata in the file", "ome": "OME metadata in the file",
+    "fei": "FEI metadata in the file", "zeiss": "Zeiss metadata in the file",
+    "tiff-resolution": "the TIFF's resolution tags", "config": "the service's [calibration] for its folder",
+}
 
 
 def number(value: float | None, spec: str = ".2f") -> str:
@@ -91,6 +102,8 @@ class ModelInfo:
     architecture: str = ""
     evaluations: tuple[Evaluation, ...] = ()
     problem: str = ""
+    trust_calibration: str = ""  # what the trust limits were calibrated on ("" when the manifest has none)
+    legend: tuple[tuple[str, str], ...] = ()  # (display name, #rrggbb) of each class the overlay colours
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,34 @@ class Report:
     models: tuple[ModelInfo, ...]
     software_version: str
     generated: float
+    verdict: dict[str, Any]  # core.verdict.judge of the statistics against the specimen's limits
+    pixel_size: str  # each pixel size with where it came from, or UNCALIBRATED
+    backends: tuple[str, ...]  # the backends that measured its fields
+    audit: tuple[dict[str, Any], ...]  # its audit rows and its fields', oldest first
+
+    @property
+    def calibrated(self) -> bool:
+        return not self.pixel_size.startswith(UNCALIBRATED)
+
+    @property
+    def legend(self) -> tuple[tuple[str, str], ...]:
+        """The overlay colours of the first model with a legend."""
+        return next((m.legend for m in self.models if m.legend), ())
+
+    def checks(self) -> list[dict[str, Any]]:
+        """The verdict's checks with the class's display name and the measure's."""
+        return [{**c, "label": display_name(c["class"]), "measure_label": MEASURES[c["measure"]],
+                 "unit_label": UNITS.get(c["unit"] or "", c["unit"] or "")} for c in self.verdict["checks"]]
+
+    def audit_lines(self) -> list[tuple[str, str, str, str]]:
+        """(when, who, what, detail) of each audit row, as the report lists them."""
+        out = []
+        for row in self.audit:
+            detail = "; ".join(f"{k}: {_short(row[k])}" for k in ("before", "after") if row[k] is not None)
+            if row["reason"]:
+                detail = f"{detail}; why: {row['reason']}" if detail else f"why: {row['reason']}"
+            out.append((when(row["at"]), row["actor"], f"{row['action']} {row['subject']}", detail))
+        return out
 
     @property
     def excluded(self) -> list[FieldEntry]:
@@ -165,7 +206,7 @@ class Report:
             per_class = self.stats[key]
             if per_class:
                 unit = next(iter(per_class.values()))["unit"]
-                yield heading, UNITS.get(unit, unit), spec, list(per_class.items())
+                yield heading, UNITS.get(unit, unit), spec, [(display_name(k), v) for k, v in per_class.items()]
 
 
 def class_names(rows: Sequence[ImageRow]) -> list[str]:
@@ -224,6 +265,38 @@ def _status(row: ImageRow, counted: bool, count_flagged: bool) -> tuple[str, str
     return "counted", ""
 
 
+def _short(value: Any) -> str:
+    """A before/after value in a line: JSON without quotes around plain words, cut at 160."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= 160 else text[:159] + "…"
+
+
+def pixel_size_text(rows: Sequence[ImageRow]) -> str:
+    """The measured fields' pixel sizes and their sources, or :data:`UNCALIBRATED` (with how
+    many fields had none, when some had one: the statistics are then in pixels too)."""
+    records: list[Mapping[str, Any]] = [r.get("measurement") or {} for r in rows]
+    sizes = Counter((rec.get("pixel_size_um"), rec.get("pixel_size_source") or "none") for rec in records)
+    missing = sum(n for (size, _), n in sizes.items() if not size)
+    if not sizes or missing == len(records):
+        return UNCALIBRATED
+    if missing:
+        return f"{UNCALIBRATED} ({missing} of {len(records)} measured fields have no pixel size)"
+    return "; ".join(f"{size:.4g} µm/px from {PIXEL_SIZE_SOURCES.get(source, source)}"
+                     + (f" ({n} fields)" if len(sizes) > 1 else "") for (size, source), n in sorted(sizes.items()))
+
+
+def _trust_calibration(manifest: dict[str, Any]) -> str:
+    trust = manifest.get("trust") or {}
+    calibration = trust.get("calibration") if isinstance(trust, dict) else None
+    if not calibration:
+        return ""
+    limits = ", ".join(f"{k} {v:g}" for k, v in (trust.get("limits") or {}).items())
+    rate = calibration.get("false_alarm_rate_on_calibration")
+    return (f"calibrated on {calibration.get('fields')} fields ({calibration.get('source', 'unknown source')})"
+            + (f"; limits {limits}" if limits else "")
+            + (f"; flags {100 * rate:.1f} % of its own calibration fields" if rate is not None else ""))
+
+
 def _evaluation(dataset: str, raw: dict[str, Any]) -> Evaluation:
     trust = raw.get("trust") or {}
     flagged_fields = None
@@ -244,8 +317,10 @@ def model_info(name: str, fields: int) -> ModelInfo:
         return ModelInfo(name, fields, problem=str(exc))
     manifest = bundle.manifest
     evaluations = tuple(_evaluation(k, v) for k, v in (manifest.get("evaluations") or {}).items())
+    legend = tuple((display_name(c.name), "#{:02x}{:02x}{:02x}".format(*c.colour))
+                   for c in bundle.classes if c.role != "background")
     return ModelInfo(name, fields, bundle.onnx_sha256, str(manifest.get("exported_at", "")),
-                     bundle.architecture, evaluations)
+                     bundle.architecture, evaluations, trust_calibration=_trust_calibration(manifest), legend=legend)
 
 
 def gather_report(
@@ -264,6 +339,9 @@ def gather_report(
         status, note = _status(row, row["id"] in counted, count_flagged)
         entries.append(FieldEntry(row, row["id"] in counted, status, note, picture(row, data_dir)))
     made_by = Counter(e.model for e in entries if e.measured and e.model)
+    measured = [e.row for e in entries if e.measured]
+    backends = sorted({str(record.get("backend") or "unknown") if (record := r.get("measurement")) else "unknown"
+                       for r in measured})
     return Report(
         specimen=specimen,
         operator=specimen["operator"],
@@ -272,4 +350,8 @@ def gather_report(
         models=tuple(model_info(name, n) for name, n in sorted(made_by.items())),
         software_version=software_version(),
         generated=time.time(),
+        verdict=judge(stats, store.limits(specimen_id)),
+        pixel_size=pixel_size_text(measured),
+        backends=tuple(backends),
+        audit=tuple(store.audit.specimen_rows(specimen_id)),
     )

@@ -1,17 +1,20 @@
 """The specimen report as a PDF, drawn by ReportLab (its platypus layout, its graphics
 for the chart) from a :class:`~.report_data.Report`: the same sections, numbers and
-wording as the printable page, with the fields' overlays embedded as small JPEGs.
+wording as the printable page, with the fields' overlays embedded as small JPEGs under a
+legend of their colours. The sign-off follows the statistics and the verdict it signs,
+kept on one page with the last table; every page says "page N of M" (a second pass
+over the finished pages, :class:`_NumberedCanvas`).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
 import cv2
-from reportlab.graphics.shapes import Circle, Drawing, Line, Polygon, PolyLine, String
+from reportlab.graphics.shapes import Circle, Drawing, Line, Polygon, PolyLine, Rect, String
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4, letter
@@ -20,8 +23,18 @@ from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from phasewatch.webui.names import display_name
 from phasewatch.webui.report_chart import layout_trend
-from phasewatch.webui.report_data import FIELDS_NOTE, SIGN_OFF, FieldEntry, Report, number, pct, when
+from phasewatch.webui.report_data import (
+    FIELDS_NOTE,
+    SIGN_OFF,
+    UNCALIBRATED,
+    FieldEntry,
+    Report,
+    number,
+    pct,
+    when,
+)
 from phasewatch.webui.report_fonts import PdfFonts, pdf_fonts
 
 PAPERS = {"a4": A4, "letter": letter}
@@ -86,18 +99,43 @@ class _Writer:
 
     def story(self) -> list[Flowable]:
         r, s = self.report, self.styles
+        statistics = self.statistics()
+        # The sign-off is kept on a page with the last table of what it signs.
+        kept = KeepTogether([statistics.pop(), *self.sign_off()]) if statistics else KeepTogether(self.sign_off())
         return [
             self.p(f"Specimen report: {r.specimen['name']}", s.title),
             self.p(f"phasewatch {r.software_version} · generated {when(r.generated)}", s.muted),
             Spacer(0, 4 * mm),
             self.facts(),
+            *self.verdict(),
+            *statistics,
+            kept,
             *self.models(),
-            *self.statistics(),
             *self.chart(),
             *self.decisions(),
+            *self.audit(),
             *self.fields(),
-            self.sign_off(),
         ]
+
+    def verdict(self) -> list[Flowable]:
+        r, s = self.report, self.styles
+        verdict = r.verdict["verdict"]
+        out: list[Flowable] = [self.p("Specification and verdict", s.h2)]
+        if verdict is None:
+            return [*out, self.p("No specification limits were set for this specimen: no verdict.")]
+        needed = r.verdict["fields_needed"]
+        more = "" if verdict != "undecided" else (
+            f" (about {needed} more field(s) needed)" if needed else " (more fields cannot settle it)")
+        out.append(self.p(f"Verdict: {verdict.upper()}{more}", s.h3))
+        rows: list[Sequence[Any]] = [("Class", "measure", "limits", "mean ± 95 % CI", "% RA (target)", "verdict",
+                                      "why")]
+        rows += [(c["label"], c["measure_label"], f"{c['range']} {c['unit_label']}".strip(),
+                  "–" if c["ci95"] is None else f"{c['mean']:.4g} ± {c['ci95']:.3g}",
+                  f"{number(c['ra_pct'], '.1f')} ({c['target_ra_pct']:g})", c["verdict"], c["why"])
+                 for c in r.checks()]
+        w = self.width
+        out.append(self.table(rows, [30 * mm, 18 * mm, 24 * mm, 26 * mm, 20 * mm, 17 * mm, w - 135 * mm]))
+        return out
 
     def facts(self) -> Table:
         r = self.report
@@ -108,10 +146,19 @@ class _Writer:
             ("Notes", r.specimen.get("notes") or "none"),
             ("Operator", r.operator or "_" * 40),
             ("Fields", f"{stats['fields']} counted of {measured} measured, {len(r.fields)} files in all"),
+            ("Pixel size", r.pixel_size),
+            ("Backend", ", ".join(r.backends) or "none yet"),
+            ("State", self.state()),
             ("Target", f"{number(stats['target_ra_pct'], '.0f')} % relative accuracy at 95 % confidence "
                        "(Student's t), after ASTM E562 / E1245"),
         ]
         return self.table(rows, [28 * mm, self.width - 28 * mm], header=False)
+
+    def state(self) -> str:
+        specimen = self.report.specimen
+        if specimen["closed"] is None:
+            return "current: new fields come here" if specimen["is_current"] else "open (not signed off)"
+        return f"closed {when(specimen['closed'])} by {specimen['closed_by']}: {specimen['close_meaning']}"
 
     def models(self) -> list[Flowable]:
         out: list[Flowable] = [self.p("Model", self.styles.h2)]
@@ -124,6 +171,8 @@ class _Writer:
             out.append(self.p(f"{m.name}: {m.architecture}, version exported {m.exported_at}; "
                               f"measured {m.fields} field(s) of this specimen"))
             out.append(self.p(f"ONNX sha256 {m.onnx_sha256}", self.styles.small))
+            out.append(self.p(f"Trust: {m.trust_calibration or 'no trust calibration in its manifest'}",
+                              self.styles.small))
             if not m.evaluations:
                 out.append(self.p("No held-out evaluation recorded in its manifest.", self.styles.small))
                 continue
@@ -141,7 +190,8 @@ class _Writer:
 
     def statistics(self) -> list[Flowable]:
         r = self.report
-        out: list[Flowable] = [self.p("Statistics", self.styles.h2)]
+        heading = "Statistics" + ("" if r.calibrated else f" ({UNCALIBRATED})")
+        out: list[Flowable] = [self.p(heading, self.styles.h2)]
         tables = list(r.tables())
         if not tables:
             out.append(self.p("No field counts yet: nothing to estimate."))
@@ -162,6 +212,31 @@ class _Writer:
                               + ("are counted anyway ([specimen] count_flagged)." if r.stats["count_flagged"]
                                  else "are not counted."), self.styles.small))
         return out
+
+    def audit(self) -> list[Flowable]:
+        lines = self.report.audit_lines()
+        out: list[Flowable] = [self.p("Audit trail", self.styles.h2)]
+        if not lines:
+            return [*out, self.p("Nobody has changed this specimen or its fields.")]
+        w = self.width
+        out.append(self.p("Every change a person made to this specimen and its fields, from the appliance's "
+                          "hash-chained audit record (phasewatch audit verify).", self.styles.small))
+        out.append(self.table([("When", "Who", "What", "Detail"), *lines], [30 * mm, 28 * mm, 38 * mm, w - 96 * mm]))
+        return out
+
+    def legend(self) -> list[Flowable]:
+        """The overlay colours, as swatches with the class names."""
+        entries = self.report.legend
+        if not entries:
+            return []
+        cells: list[Any] = []
+        for name, colour in entries:
+            swatch = Drawing(8, 8)
+            swatch.add(Rect(0, 0, 8, 8, fillColor=colors.HexColor(colour), strokeColor=INK, strokeWidth=0.3))
+            cells += [swatch, self.p(name, self.styles.small)]
+        table = Table([cells], colWidths=[4 * mm, 30 * mm] * len(entries), hAlign="LEFT")
+        table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LEFTPADDING", (0, 0), (-1, -1), 1)]))
+        return [self.p("Overlay colours:", self.styles.small), table, Spacer(0, 1.5 * mm)]
 
     def chart(self) -> list[Flowable]:
         trend = self.report.stats["trend"]
@@ -206,11 +281,11 @@ class _Writer:
         classes = self.report.classes
         fixed = (THUMB_MM + 2 + 34 + 16) * mm
         per_class = min(20 * mm, (self.width - fixed - 40 * mm) / max(1, len(classes)))
-        rows: list[Sequence[Any]] = [("", "Field", "Status", *classes, "Note")]
+        rows: list[Sequence[Any]] = [("", "Field", "Status", *map(display_name, classes), "Note")]
         rows += [self.field_row(f, classes) for f in self.report.fields]
         widths = [(THUMB_MM + 2) * mm, 34 * mm, 16 * mm, *[per_class] * len(classes)]
         table = self.table(rows, [*widths, self.width - sum(widths)], numeric=range(3, 3 + len(classes)))
-        return [self.p("Fields", self.styles.h2), self.p(FIELDS_NOTE, self.styles.small), table]
+        return [self.p("Fields", self.styles.h2), self.p(FIELDS_NOTE, self.styles.small), *self.legend(), table]
 
     def field_row(self, entry: FieldEntry, classes: Sequence[str]) -> Sequence[Any]:
         row = entry.row
@@ -221,7 +296,16 @@ class _Writer:
         return (thumb, f"#{entry.id} {entry.file}\n{when(row['processed'])}", entry.status,
                 *(number(100 * fractions[c] if c in fractions else None) for c in classes), entry.note)
 
-    def sign_off(self) -> KeepTogether:
+    def sign_off(self) -> list[Flowable]:
+        specimen = self.report.specimen
+        head = [self.p("Sign-off", self.styles.h2)]
+        if specimen["closed"] is not None:
+            verdict = self.report.verdict["verdict"]
+            return [*head, self.p(
+                f"Closed with an electronic signature by {specimen['closed_by']} on {when(specimen['closed'])}, "
+                f"meaning: {specimen['close_meaning']}. Verdict at closing: {verdict or 'no limits set'}."),
+                self.p("This report's sha256 is recorded by the appliance: GET /api/reports/SHA256 shows what it "
+                       "served under that hash.", self.styles.small)]
         lines = self.table([(f"{SIGN_OFF}:", ""), ("Signature:", ""), ("Date:", "")], [45 * mm, 85 * mm],
                            header=False)
         # Room to write by hand on each line; the rule under the blank is the line to write on.
@@ -229,8 +313,8 @@ class _Writer:
                                    ("LINEBELOW", (0, 0), (0, -1), 0, colors.white),
                                    ("LINEBELOW", (1, 0), (1, -1), 0.8, INK)]))
         lines.hAlign = "LEFT"
-        return KeepTogether([self.p("Sign-off", self.styles.h2),
-                             self.p("I have reviewed the statistics, the fields and the decisions above."), lines])
+        return [*head, self.p("Not signed off in phasewatch. I have reviewed the statistics, the fields and the "
+                              "decisions in this report."), lines]
 
 
 def thumbnail_jpeg(path: str) -> bytes | None:
@@ -258,13 +342,37 @@ def render_pdf(report: Report, paper: str = "a4", fonts: PdfFonts | None = None)
                             creator=f"phasewatch {report.software_version}")
     footer = f"phasewatch {report.software_version} · {name} · generated {when(report.generated)}"
 
-    def decorate(canvas: Canvas, document: SimpleDocTemplate) -> None:
+    def footer_at(canvas: Canvas, page: int, pages: int) -> None:
         canvas.saveState()
         canvas.setFont(fonts.regular, 7)
         canvas.setFillColor(MUTED)
         canvas.drawString(MARGIN, MARGIN, footer)
-        canvas.drawRightString(size[0] - MARGIN, MARGIN, f"page {document.page}")
+        canvas.drawRightString(size[0] - MARGIN, MARGIN, f"page {page} of {pages}")
         canvas.restoreState()
 
-    doc.build(_Writer(report, fonts, size[0] - 2 * MARGIN).story(), onFirstPage=decorate, onLaterPages=decorate)
+    def canvas_maker(*args: Any, **kwargs: Any) -> _NumberedCanvas:
+        return _NumberedCanvas(footer_at, *args, **kwargs)
+
+    doc.build(_Writer(report, fonts, size[0] - 2 * MARGIN).story(), canvasmaker=canvas_maker)
     return out.getvalue()
+
+
+class _NumberedCanvas(Canvas):
+    """A canvas that keeps each page until the last, then draws the footer with the total
+    (the count is known only once the story is laid out)."""
+
+    def __init__(self, footer: Callable[[Canvas, int, int], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._footer = footer
+        self._pages: list[dict[str, Any]] = []
+
+    def showPage(self) -> None:  # noqa: N802 (ReportLab's name)
+        self._pages.append(dict(self.__dict__))
+        self._startPage()
+
+    def save(self) -> None:
+        for number_, state in enumerate(self._pages, 1):
+            self.__dict__.update(state)
+            self._footer(self, number_, len(self._pages))
+            super().showPage()
+        super().save()
