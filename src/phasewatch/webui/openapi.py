@@ -17,7 +17,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from phasewatch.core.verdict import MEASURES as LIMIT_MEASURES
 from phasewatch.core.volume_views import SLICE_PICTURES
+from phasewatch.store import MEANINGS
 from phasewatch.webui.api import DEFAULT_LIMIT, IMAGE_STATES, MAX_LIMIT, MAX_QUERY
 from phasewatch.webui.openapi_records import RECORD_SCHEMAS, nullable, ref
 from phasewatch.webui.payloads import PICTURES
@@ -165,7 +167,30 @@ _SCHEMAS: dict[str, Any] = {
                   "trends": {"type": "object", "description": "per class: ids, values, running mean and ci95"},
                   "ecd_histograms": {"type": "object", "description": "per phase class: edges, counts, unit"},
                   "flagged_pending": {"type": "integer"}, "count_flagged": {"type": "boolean"},
-                  "specimen": ref("Specimen"), "classes": {"type": "array", "items": ref("Class")}}},
+                  "specimen": ref("Specimen"), "classes": {"type": "array", "items": ref("Class")},
+                  "verdict": {"type": "object", "description": "core.verdict.judge: verdict (pass, fail, undecided; "
+                              "null without limits), checks (one per limit: mean, ci95, low, high, ra_pct, verdict, "
+                              "why, fields_needed), fields_needed"}}},
+    "Limit": {"type": "object", "required": ["class"], "properties": {
+        "class": {"type": "string"}, "measure": {"type": "string", "enum": list(LIMIT_MEASURES)},
+        "lower": {"type": "number", "nullable": True}, "upper": {"type": "number", "nullable": True},
+        "target_ra_pct": {"type": "number", "nullable": True,
+                          "description": "relative accuracy to reach, %; null: the service's target"}}},
+    "Limits": {"type": "object", "properties": {"specimen_id": {"type": "integer"},
+                                                "limits": {"type": "array", "items": ref("Limit")}}},
+    "LimitTemplate": {"type": "object", "properties": {
+        "name": {"type": "string"}, "limits": {"type": "array", "items": ref("Limit")}, "created": {"type": "number"},
+        "created_by": {"type": "string"}}},
+    "AuditRow": {"type": "object", "properties": {
+        "seq": {"type": "integer"}, "at": {"type": "number"}, "actor": {"type": "string"},
+        "action": {"type": "string"}, "subject": {"type": "string"}, "before": {"nullable": True},
+        "after": {"nullable": True}, "reason": {"type": "string"}, "prev_hash": {"type": "string"},
+        "hash": {"type": "string"}}},
+    "ReportRecord": {"type": "object", "properties": {
+        "sha256": {"type": "string"}, "specimen_id": {"type": "integer"}, "kind": {"type": "string"},
+        "size": {"type": "integer"}, "created": {"type": "number"}, "closed": {"type": "number", "nullable": True},
+        "closed_by": {"type": "string", "nullable": True}, "close_meaning": {"type": "string", "nullable": True},
+        "verdict": {"type": "string", "nullable": True}}},
     "Health": {"type": "object", "required": ["ok"], "properties": {
         "ok": {"type": "boolean"},
         "failing": {"type": "array", "items": {"type": "string"},
@@ -448,15 +473,54 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": _json(ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
                       **_CHANGE_ERRORS, "409": _error("the specimen is closed")}}},
     "/api/specimens/{specimen_id}/close": {"post": {
-        "summary": "sign a specimen off (body: {}); not the current one",
-        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
-        "responses": {"200": _json(ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
-                      **_CHANGE_ERRORS, "409": _error("the specimen is the current one")}}},
+        "summary": "close a specimen with an electronic signature: who and what it means; the token again when "
+                   "access control is on; the current one starts the next (next: its id)",
+        "parameters": [_id_param("specimen_id", "specimen")],
+        "requestBody": _body({"who": _name(MAX_NAME), "meaning": {"type": "string", "enum": list(MEANINGS)},
+                              "next_name": _text(MAX_NAME), "token": {"type": "string"}}, ["who", "meaning"]),
+        "responses": {"200": _json({"allOf": [ref("Specimen"), {"type": "object", "properties": {
+                          "next": {"type": "integer", "nullable": True}}}]}, "the specimen as it is now"),
+                      **_SPECIMEN_ERRORS, **_CHANGE_ERRORS, "403": _error("the token was not entered again"),
+                      "409": _error("the specimen is closed already")}}},
     "/api/specimens/{specimen_id}/reopen": {"post": {
-        "summary": "reopen a closed specimen (body: {})",
-        "parameters": [_id_param("specimen_id", "specimen")], "requestBody": _body({}, []),
+        "summary": "reopen a closed specimen: a signed act (who, why; the token again when access control is on)",
+        "parameters": [_id_param("specimen_id", "specimen")],
+        "requestBody": _body({"who": _name(MAX_NAME), "reason": _name(MAX_TEXT), "token": {"type": "string"}},
+                             ["who", "reason"]),
         "responses": {"200": _json(ref("Specimen"), "the specimen as it is now"), **_SPECIMEN_ERRORS,
-                      **_CHANGE_ERRORS}}},
+                      **_CHANGE_ERRORS, "403": _error("the token was not entered again"),
+                      "409": _error("the specimen is not closed")}}},
+    "/api/specimens/{specimen_id}/limits": {
+        "get": {"summary": "a specimen's specification limits", "parameters": [_id_param("specimen_id", "specimen")],
+                "responses": {"200": _json(ref("Limits"), "its limits"), **_SPECIMEN_ERRORS}},
+        "put": {"summary": "replace a specimen's limits (a list, [] removes them) or apply a template; audited",
+                "parameters": [_id_param("specimen_id", "specimen")],
+                "requestBody": _body({"limits": {"type": "array", "items": ref("Limit")}, "template": _name(MAX_NAME),
+                                      "who": _text(MAX_NAME), "reason": _text(MAX_TEXT)}, [], min_properties=1),
+                "responses": {"200": _json(ref("Limits"), "its limits now"), **_SPECIMEN_ERRORS, **_CHANGE_ERRORS,
+                              "409": _error("the specimen is closed")}}},
+    "/api/limit-templates": {
+        "get": {"summary": "the templates of limits, by name",
+                "responses": {"200": _json({"type": "array", "items": ref("LimitTemplate")}, "templates")}},
+        "put": {"summary": "make or replace a template of limits; audited",
+                "requestBody": _body({"name": _name(MAX_NAME), "limits": {"type": "array", "items": ref("Limit")},
+                                      "who": _text(MAX_NAME)}, ["name", "limits"]),
+                "responses": {"200": _json(ref("LimitTemplate"), "the template"), **_CHANGE_ERRORS}}},
+    "/api/specimens/{specimen_id}/audit": {"get": {
+        "summary": "the audit rows of a specimen and its fields, oldest first",
+        "parameters": [_id_param("specimen_id", "specimen")],
+        "responses": {"200": _json({"type": "array", "items": ref("AuditRow")}, "audit rows"), **_SPECIMEN_ERRORS}}},
+    "/api/specimens/{specimen_id}/audit.csv": {"get": {
+        "summary": "the same rows as CSV (times in UTC beside epoch seconds, hashes)",
+        "parameters": [_id_param("specimen_id", "specimen")],
+        "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      **_SPECIMEN_ERRORS}}},
+    "/api/reports/{sha256}": {"get": {
+        "summary": "what the appliance recorded when it served the report (PDF or page) with this sha256",
+        "parameters": [{"name": "sha256", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}}],
+        "responses": {"200": _json(ref("ReportRecord"), "the report's record"),
+                      "400": _error("not 64 hexadecimal digits"), "404": _error("never served here")}}},
     "/api/specimens/{specimen_id}/stats": {"get": {
         "summary": "a specimen's statistics (ASTM E562 / E1245)",
         "parameters": [_id_param("specimen_id", "specimen")],
