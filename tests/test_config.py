@@ -200,12 +200,12 @@ def test_every_log_level_of_the_logs_module_is_accepted(tmp_path, level):
 def test_pixel_size_comes_from_the_deepest_configured_folder(tmp_path):
     path = tmp_path / "phasewatch.toml"
     path.write_text('[calibration]\npixel_size_um = 0.5\nfolders = { "sem" = 0.02, "sem/5kx/" = 0.01 }\n')
-    calibration = cfg.load_config(path).calibration
+    pixel_size = cfg.load_config(path).pixel_size
     watch = Path("/watch")
-    assert calibration.pixel_size_for(watch / "sem/5kx/a.tif", watch) == 0.01
-    assert calibration.pixel_size_for(watch / "sem/b.tif", watch) == 0.02
-    assert calibration.pixel_size_for(watch / "optical/c.tif", watch) == 0.5
-    assert cfg.CalibrationConfig().pixel_size_for(watch / "c.tif", watch) is None
+    assert pixel_size.pixel_size_for(watch / "sem/5kx/a.tif", watch) == 0.01
+    assert pixel_size.pixel_size_for(watch / "sem/b.tif", watch) == 0.02
+    assert pixel_size.pixel_size_for(watch / "optical/c.tif", watch) == 0.5
+    assert cfg.PixelSizeConfig().pixel_size_for(watch / "c.tif", watch) is None
 
 
 def test_a_folder_pixel_size_must_be_positive(tmp_path):

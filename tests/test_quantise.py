@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -29,7 +30,7 @@ def superalloy_copy(tmp_path: Path) -> Path:
 
 def test_an_int8_model_that_agrees_is_kept_and_runs_only_by_name(superalloy_copy, shared_data, capsys):
     check = images_in(shared_data / "superalloy/test/images")[0]
-    code = main(["quantise", str(superalloy_copy), "--calibrate", str(shared_data / "superalloy/val/images"),
+    code = main(["quantise", str(superalloy_copy), "--samples", str(shared_data / "superalloy/val/images"),
                  "--check", str(check)])
     assert code == 0, capsys.readouterr().err
     bundle = load_bundle(superalloy_copy)
@@ -37,7 +38,7 @@ def test_an_int8_model_that_agrees_is_kept_and_runs_only_by_name(superalloy_copy
     assert bundle.int8_path is not None and bundle.int8_path.is_file()
     assert set(block["parity"]) == {"reference tiles", check.name}
     assert all(r["passed"] and r["argmax_agreement"] >= 0.999 for r in block["parity"].values())
-    assert block["calibration"]["fields"] == [p.name for p in images_in(shared_data / "superalloy/val/images")]
+    assert block["samples"]["fields"] == [p.name for p in images_in(shared_data / "superalloy/val/images")]
 
     assert choose_backend(bundle, "auto").backend.name == "cpu"  # auto never changes the numbers
     fp32, int8 = open_model(superalloy_copy, "cpu"), open_model(superalloy_copy, "cpu-int8")
@@ -65,3 +66,16 @@ def test_bundled_int8_models_are_the_files_their_manifests_name():
         bundle = load_bundle(name)
         if bundle.int8_path is not None:
             assert choose_backend(bundle, "cpu-int8").backend.name == "cpu-int8"
+
+
+def test_the_quantisation_samples_keep_their_old_flag_hidden_with_a_warning(capsys):
+    from phasewatch.app.commands import quantise as command
+
+    parser = argparse.ArgumentParser(prog="phasewatch quantise")
+    command.add_arguments(parser)
+    assert parser.parse_args(["b", "--samples", "x", "y"]).samples == [Path("x"), Path("y")]
+    assert "deprecated" not in capsys.readouterr().err
+    assert parser.parse_args(["b", "--calibrate", "x"]).samples == [Path("x")]
+    assert "--calibrate is deprecated; use --samples" in capsys.readouterr().err
+    assert parser.parse_args(["b"]).samples == []
+    assert "--calibrate" not in parser.format_help() and "quantisation samples" in parser.format_help()

@@ -3,12 +3,13 @@ FP16 gate's bars against FP32.
 
 Weights per output channel (int8) and activations (uint8) in QDQ form, their ranges set at
 the 0.001-99.999 percentiles of what they take on the bundle's reference tiles (real validation
-tiles, normalised as the runtime does) and on tile-sized crops of the given calibration fields. Measured on the
+tiles, normalised as the runtime does) and on tile-sized crops of the given quantisation samples (fields;
+ONNX Runtime calls them calibration data, a name this project keeps for trust calibration). Measured on the
 superalloy model: min-max ranges from the tiles alone missed the bar on the tiles themselves
 (99.887 % agreement), percentile ranges from its validation fields passed everywhere (>= 99.93 %).
 The gate then compares INT8 with FP32 logits on the reference tiles and on every check field,
-whole (model input extended to the stride: what the engine gives a field that fits its budget;
-held-out fields, not used for calibration): argmax agreement >= 99.9 % of pixels and each
+whole (model input extended to the stride: what the sliding window gives a field that fits its budget;
+held-out fields, not among the samples): argmax agreement >= 99.9 % of pixels and each
 class's fraction within 0.1 point, on every input. A model that passes is written as
 ``model.int8.onnx`` and recorded in the manifest under ``int8``; the runtime's ``cpu-int8``
 backend runs it. One that fails is not written (measured: the two UHCS models miss the bar,
@@ -44,16 +45,18 @@ def field_input(path: Path, bundle: Bundle) -> np.ndarray:
 
 
 def tile_crops(field: np.ndarray, tile: int) -> list[np.ndarray]:
-    """The field's whole tile-sized crops (the calibrator stacks what it sees: one shape)."""
+    """The field's whole tile-sized crops (ONNX Runtime's range finder stacks what it sees: one shape)."""
     _, _, height, width = field.shape
     return [np.ascontiguousarray(field[:, :, y : y + tile, x : x + tile])
             for y in range(0, height - tile + 1, tile) for x in range(0, width - tile + 1, tile)]
 
 
-def quantise(bundle: Bundle, calibration: Sequence[Path], checks: Sequence[Path]) -> dict[str, Any]:
-    """Write ``model.int8.onnx`` into the bundle if it passes the gate on the reference tiles and
-    the ``checks`` fields; returns the manifest's new ``int8`` block. Raises :class:`ExportError`
-    (writing nothing) when it does not pass."""
+def quantise(bundle: Bundle, samples: Sequence[Path], checks: Sequence[Path]) -> dict[str, Any]:
+    """Write ``model.int8.onnx`` into the bundle, its ranges set on the reference tiles and the
+    quantisation ``samples``, if it passes the gate on the reference tiles and the ``checks``
+    fields; returns the manifest's new ``int8`` block (the samples under ``samples``; manifests
+    written before 0.2 name them ``calibration``). Raises :class:`ExportError` (writing nothing)
+    when it does not pass."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -63,11 +66,11 @@ def quantise(bundle: Bundle, calibration: Sequence[Path], checks: Sequence[Path]
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if (calibration or checks) and not bundle.spatial_multiple:
+    if (samples or checks) and not bundle.spatial_multiple:
         raise ExportError(f"{bundle.path}: whole fields need a bundle with dynamic sizes (phasewatch export --bundle)")
     tiles = load_reference_tiles(bundle)
-    feed = [tile[None] for tile in tiles] + [crop for p in calibration for crop in tile_crops(field_input(p, bundle),
-                                                                                               bundle.tile)]
+    feed = [tile[None] for tile in tiles] + [crop for p in samples for crop in tile_crops(field_input(p, bundle),
+                                                                                           bundle.tile)]
 
     class Inputs(CalibrationDataReader):
         def __init__(self) -> None:
@@ -95,8 +98,8 @@ def quantise(bundle: Bundle, calibration: Sequence[Path], checks: Sequence[Path]
         target = bundle.path / INT8_FILE
         quantised.replace(target)
     block = {"file": INT8_FILE, "sha256": sha256_file(target),
-             "calibration": {"method": "percentile 0.001-99.999", "fields": [p.name for p in calibration],
-                             "reference_tiles": len(tiles)},
+             "samples": {"method": "percentile 0.001-99.999", "fields": [p.name for p in samples],
+                         "reference_tiles": len(tiles)},
              "parity": {name: _summary(result) for name, result in results}, "worst": worst.record()}
     write_manifest(bundle.path, {**bundle.manifest, "int8": block})
     return block

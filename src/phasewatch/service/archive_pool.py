@@ -36,7 +36,7 @@ from phasewatch.core.records import FieldRecord, ModelIdentity
 from phasewatch.core.volume import open_volume, says_volume
 from phasewatch.core.volume_views import record_volume
 from phasewatch.errors import PhasewatchError, one_line
-from phasewatch.service.config import CalibrationConfig, DataConfig
+from phasewatch.service.config import DataConfig, PixelSizeConfig
 from phasewatch.store import Store
 from phasewatch.store.rows import FileRow
 
@@ -59,13 +59,13 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Job:
     """What every file of a run shares: the model, the output folder, a pixel size that
-    overrides the files' own (None: what each file says), and the daemon's ``[calibration]``
-    for files that say none, its folders relative to the archive ``root``."""
+    overrides the files' own (None: what each file says), and the daemon's pixel sizes
+    (``[calibration]``) for files that say none, its folders relative to the archive ``root``."""
 
     model: ModelSpec
     out: Path
     pixel_size_um: float | None = None
-    calibration: CalibrationConfig = CalibrationConfig()
+    pixel_sizes: PixelSizeConfig = PixelSizeConfig()
     root: Path = Path()
 
 
@@ -100,7 +100,7 @@ def analyse(file_id: int, path: str, job: Job) -> Outcome:
             result, _ = record_volume(open_volume(Path(path)), model, out_dir)
         else:
             result = process_file(Path(path), model, out_dir, job.pixel_size_um,
-                                  fallback_pixel_size_um=job.calibration.pixel_size_for(Path(path), job.root))
+                                  fallback_pixel_size_um=job.pixel_sizes.pixel_size_for(Path(path), job.root))
     except PhasewatchError as exc:
         return Outcome(file_id, error=str(exc))
     except Exception as exc:  # one odd file must not stop the run (the daemon's rule too)

@@ -92,8 +92,9 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
-class CalibrationConfig:
-    """Pixel sizes for files whose metadata carry none (a file's own calibration wins)."""
+class PixelSizeConfig:
+    """Pixel sizes for files whose metadata carry none (a file's own pixel size wins); the
+    ``[calibration]`` table (:data:`TABLE_NAMES`)."""
 
     pixel_size_um: float = _rule(0.0, min=0.0)  # every such file; 0 = unknown
     # sub-folder of the watch folder -> µm per pixel; the deepest folder holding the file wins
@@ -234,7 +235,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     specimen: SpecimenConfig = field(default_factory=SpecimenConfig)
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    pixel_size: PixelSizeConfig = field(default_factory=PixelSizeConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -244,8 +245,14 @@ class Config:
     source: Path | None = None  # the file read; None when every value is a default
 
 
+# The file's name of a table whose field in Config is named otherwise: the pixel sizes keep their 0.1
+# table, [calibration], so that every config file still loads, while "calibration" in the code means
+# trust calibration only.
+TABLE_NAMES = {"pixel_size": "calibration"}
+_FIELDS = {table: name for name, table in TABLE_NAMES.items()}
+# table name -> its dataclass
 SECTIONS: dict[str, type] = {
-    name: type_ for name, type_ in typing.get_type_hints(Config).items() if name != "source"
+    TABLE_NAMES.get(name, name): type_ for name, type_ in typing.get_type_hints(Config).items() if name != "source"
 }
 
 
@@ -408,7 +415,8 @@ def _merge(
         if section == "model":
             raw, extra["backend_settings"] = _backend_settings(config.model, raw, where, errors)
         values = _section_values(SECTIONS[section], raw, section, where, base, errors)
-        changes[section] = dataclasses.replace(getattr(config, section), **values, **extra)
+        name = _FIELDS.get(section, section)
+        changes[name] = dataclasses.replace(getattr(config, name), **values, **extra)
     return dataclasses.replace(config, **changes)
 
 

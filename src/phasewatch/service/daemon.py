@@ -488,7 +488,7 @@ class Daemon:
         try:
             work.volume = self._open_volume(work.path)
             if work.volume is None:
-                configured = self.config.calibration.pixel_size_for(work.path, self.config.watch.dir)
+                configured = self.config.pixel_size.pixel_size_for(work.path, self.config.watch.dir)
                 work.decoded = decode_file(work.path, fallback_pixel_size_um=configured,
                                            max_pixels=self._max_pixels, read=self.decoder.read_pages)
         except DecoderClosed:  # stopping: the file waits in the queue for the next start

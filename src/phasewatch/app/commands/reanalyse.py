@@ -28,7 +28,7 @@ from phasewatch.bundle import load_bundle
 from phasewatch.errors import PhasewatchError
 from phasewatch.service.archive import Intake, archive_files, open_books, take_in
 from phasewatch.service.archive_pool import Job, ModelSpec, Outcome, run_queue
-from phasewatch.service.config import CalibrationConfig, load_config
+from phasewatch.service.config import PixelSizeConfig, load_config
 from phasewatch.store import Store
 from phasewatch.webui.csv_export import store_csv
 
@@ -80,9 +80,9 @@ def _stop_on_signals(stop: threading.Event) -> None:
 def run(args: argparse.Namespace) -> int:
     threads = args.threads or (None if args.cluster else max(1, cores() // max(1, args.workers)))
     try:
-        calibration = load_config(args.config).calibration if args.config else CalibrationConfig()
+        pixel_sizes = load_config(args.config).pixel_size if args.config else PixelSizeConfig()
         job = Job(ModelSpec(args.model, args.backend, args.batch, threads, args.tta), args.out.resolve(),
-                  args.pixel_size, calibration, args.archive.resolve())
+                  args.pixel_size, pixel_sizes, args.archive.resolve())
         if not args.archive.is_dir():
             raise PhasewatchError(f"{args.archive}: not a folder")
         if args.workers < 1:
