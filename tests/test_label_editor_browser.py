@@ -103,7 +103,7 @@ def test_paint_a_stroke_and_a_fill_save_and_read_them_back(daemon, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(url(service, f"/fields/{file_id}"))
+    page.goto(url(service, f"/images/{file_id}"))
     picture = page.locator("#picture")
     sync_api.expect(picture).to_have_attribute("data-field", str(file_id), timeout=WAIT_MS)
     page.click("#label-edit")
@@ -204,7 +204,7 @@ PARTS = """async () => {
 def test_the_editor_parts_in_the_page(daemon, browser):
     service, file_id = daemon
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(url(service, f"/fields/{file_id}"))
+    page.goto(url(service, f"/images/{file_id}"))
     parts = page.evaluate(PARTS)
     page.close()
     assert parts["square"] == 100  # the centres of pixels 10..19 in x and y

@@ -170,7 +170,7 @@ def canvas_pixels(page) -> dict[str, float]:
 
 
 def open_field(page, service: ServeProcess, file_id: int) -> None:
-    page.goto(url(service, f"/fields/{file_id}"))
+    page.goto(url(service, f"/images/{file_id}"))
     sync_api.expect(page.locator("#picture")).to_have_attribute("data-field", str(file_id), timeout=WAIT_MS)
 
 
@@ -272,7 +272,7 @@ def test_a_duplicate_says_so_and_links_to_its_original(daemon, browser):
     sync_api.expect(badge).to_have_text(f"duplicate of #{original}, not counted")
     sync_api.expect(page.locator("#exclude")).to_be_disabled()  # excluding it would exclude the original
     badge.click()
-    sync_api.expect(page).to_have_url(url(service, f"/fields/{original}"))
+    sync_api.expect(page).to_have_url(url(service, f"/images/{original}"))
     sync_api.expect(page.locator("#picture")).to_have_attribute("data-field", str(original), timeout=WAIT_MS)
     page.close()
 
@@ -284,9 +284,9 @@ def test_a_failed_field_shows_its_reason_and_no_picture(daemon, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     # From a field with a picture to the failed one (the next, by key): the picture goes.
     open_field(page, service, duplicate)
-    sync_api.expect(page.locator("#next")).to_have_attribute("href", f"/fields/{failed}", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#next")).to_have_attribute("href", f"/images/{failed}", timeout=WAIT_MS)
     page.keyboard.press("ArrowRight")
-    sync_api.expect(page).to_have_url(url(service, f"/fields/{failed}"))
+    sync_api.expect(page).to_have_url(url(service, f"/images/{failed}"))
     sync_api.expect(page.locator("#field-error")).to_contain_text("broken.tif: not a TIFF", timeout=WAIT_MS)
     sync_api.expect(page.locator("#viewer")).to_be_hidden()
     assert page.locator("#picture").get_attribute("data-field") is None
@@ -298,7 +298,7 @@ def test_a_failed_field_shows_its_reason_and_no_picture(daemon, browser):
     # which keeps the view (test_webui_browser.py follows a failure as it arrives).
     page.goto(url(service, "/"))
     sync_api.expect(page.locator("#live-failure-reason")).to_contain_text("not a TIFF", timeout=WAIT_MS)
-    sync_api.expect(page.locator("#live-failure-link")).to_have_attribute("href", f"/fields/{failed}")
+    sync_api.expect(page.locator("#live-failure-link")).to_have_attribute("href", f"/images/{failed}")
     sync_api.expect(page.locator("#viewer")).to_be_visible()
     sync_api.expect(page.locator("#field-error")).to_be_hidden()
     assert page.locator(f'#strip a[data-id="{failed}"] img').count() == 0
@@ -369,7 +369,7 @@ def test_the_history_searches_and_every_field_links_to_its_page(daemon, browser)
     sync_api.expect(card).to_have_count(1, timeout=WAIT_MS)
     sync_api.expect(card.locator("img")).to_have_count(0)  # a failed field has no picture, not another's
     card.click()
-    sync_api.expect(page).to_have_url(url(service, f"/fields/{known['ids']['broken.tif']}"))
+    sync_api.expect(page).to_have_url(url(service, f"/images/{known['ids']['broken.tif']}"))
     # Thumbnails are the small cached JPEGs.
     page.goto(url(service, "/fields?state=done"))
     thumb = page.locator("#list img").first
@@ -380,8 +380,8 @@ def test_the_history_searches_and_every_field_links_to_its_page(daemon, browser)
     page.close()
 
 
-PAGES = {"/": "#strip li", "/fields": "#list li", "/fields/{field}": "#picture[data-field]",
-         "/fields/{failed}": "#field-error:not([hidden])", "/specimens": "#specimens tbody tr",
+PAGES = {"/": "#strip li", "/fields": "#list li", "/images/{field}": "#picture[data-field]",
+         "/images/{failed}": "#field-error:not([hidden])", "/specimens": "#specimens tbody tr",
          "/specimens/{default}": "#stats tbody tr",
          "/specimens/compare?ids={default},{empty}": "#compare-table tbody tr",
          "/specimens/{default}/report": "table.fields tbody tr"}

@@ -103,7 +103,7 @@ def test_teach_from_the_page_gate_and_reanalysis(daemon, browser):
     page.on("pageerror", lambda err: errors.append(str(err)))
 
     # The editor on a labelled field, with the new material's labels loaded.
-    page.goto(url(service, f"/fields/{labelled[0]}"))
+    page.goto(url(service, f"/images/{labelled[0]}"))
     sync_api.expect(page.locator("#picture")).to_have_attribute("data-field", str(labelled[0]), timeout=WAIT_MS)
     page.evaluate(f"localStorage.setItem('phasewatch.material', '{MATERIAL}')")
     page.click("#label-edit")

@@ -31,7 +31,7 @@ def test_the_slice_slider_and_the_3d_measurements(make_daemon) -> None:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(f"{handle.url}/fields/{image['id']}")
+            page.goto(f"{handle.url}/images/{image['id']}")
             expect = sync_api.expect
             picture = page.locator("#picture")
             expect(picture).to_have_attribute("data-slice", str(slices // 2), timeout=WAIT_MS)

@@ -106,7 +106,7 @@ def test_a_finished_field_appears_live(served, browser, tmp_path):
     sync_api.expect(page.locator("#picture")).to_have_attribute("data-field", str(new_id), timeout=WAIT_MS)
     sync_api.expect(n_cell).to_have_text("3", timeout=WAIT_MS)
     sync_api.expect(page.locator("#strip li")).to_have_count(3, timeout=WAIT_MS)
-    sync_api.expect(page.locator("#strip a").first).to_have_attribute("href", f"/fields/{new_id}")
+    sync_api.expect(page.locator("#strip a").first).to_have_attribute("href", f"/images/{new_id}")
     sync_api.expect(page.locator("#announce")).to_have_text(re.compile(r"^New field field03\.tif, secondary "))
     sync_api.expect(page.locator("#trust")).to_be_hidden()  # a record without trust is trusted
     sync_api.expect(page.locator("#trusted")).to_contain_text("No trust record")
@@ -136,7 +136,7 @@ def test_a_flagged_field_is_marked_not_counted_and_accepted(served, browser):
     sync_api.expect(page.locator("#strip .trust-mark")).to_have_count(1)
 
     thumb.click()  # a card is a link to the field's own page
-    sync_api.expect(page).to_have_url(f"{url}/fields/{flagged}")
+    sync_api.expect(page).to_have_url(f"{url}/images/{flagged}")
     trust = page.locator("#trust")
     sync_api.expect(trust.locator("#trust-reason")).to_have_text(
         f"Outside this model's experience: {UNLIKE} (+1 more)", timeout=WAIT_MS)
@@ -173,7 +173,7 @@ def test_a_flagged_field_is_marked_not_counted_and_accepted(served, browser):
     sync_api.expect(thumb.locator(".trust-mark")).to_have_text("outside experience · accepted")
     page.screenshot(path=str(SHOTS / "accepted-1600.png"), full_page=True)
 
-    page.goto(f"{url}/fields/{flagged}")
+    page.goto(f"{url}/images/{flagged}")
     page.locator("#unaccept").click()
     sync_api.expect(page.locator("#accept")).to_be_visible(timeout=WAIT_MS)
     assert store.get_image(flagged)["accepted"] == 0
@@ -208,7 +208,7 @@ def test_a_failed_file_shows_its_reason_while_the_live_view_keeps_the_last_good_
 
     sync_api.expect(notice).to_be_visible(timeout=WAIT_MS)
     sync_api.expect(page.locator("#live-failure-link")).to_have_text("notes.tif")
-    sync_api.expect(page.locator("#live-failure-link")).to_have_attribute("href", f"/fields/{failed}")
+    sync_api.expect(page.locator("#live-failure-link")).to_have_attribute("href", f"/images/{failed}")
     readable = 'not a TIFF, PNG, JPEG or BMP image (starts with the text "this is ")'
     sync_api.expect(page.locator("#live-failure-reason")).to_have_text(readable)
     sync_api.expect(page.locator("#alarm")).to_have_text(f"Field notes.tif failed: {readable}")
@@ -244,5 +244,5 @@ def test_a_failed_file_shows_its_reason_while_the_live_view_keeps_the_last_good_
     fresh = browser.new_page(viewport={"width": 1280, "height": 900})
     fresh.goto(url)
     sync_api.expect(fresh.locator("#picture")).to_have_attribute("data-field", str(newer), timeout=WAIT_MS)
-    sync_api.expect(fresh.locator("#live-failure-link")).to_have_attribute("href", f"/fields/{last}")
+    sync_api.expect(fresh.locator("#live-failure-link")).to_have_attribute("href", f"/images/{last}")
     sync_api.expect(fresh.locator("#live-failure-more")).to_have_text("")

@@ -200,19 +200,22 @@ _SCHEMAS: dict[str, Any] = {
     **RECORD_SCHEMAS,
 }
 
-def _page(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
+def _page(summary: str, *params: dict[str, Any], deprecated: bool = False) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "the page (its data comes from the API)",
                                          "content": {"text/html": {"schema": {"type": "string"}}}}}
     if params:
         responses |= {"400": _error("an id beyond the largest one"),
-                      "404": _error("no such field or specimen, or an id that is not a number >= 0")}
-    return {"get": {"summary": summary, "tags": ["pages"], "parameters": list(params), "responses": responses}}
+                      "404": _error("no such image or specimen, or an id that is not a number >= 0")}
+    operation = {"summary": summary, "tags": ["pages"], "parameters": list(params), "responses": responses}
+    return {"get": {**operation, "deprecated": True} if deprecated else operation}
 
 
 _PAGES: dict[str, Any] = {
     "/fields": _page("page: the history of fields, searchable (q, state, from, to, specimen), paged"),
-    "/fields/{file_id}": _page("page: one field (pictures, legend, measurements, trust, provenance)",
+    "/images/{file_id}": _page("page: one image (pictures, legend, measurements, trust, provenance, labels)",
                                _id_param("file_id", "image")),
+    "/fields/{file_id}": _page("page: the old address of /images/{file_id}, the same page",
+                               _id_param("file_id", "image"), deprecated=True),
     "/specimens": _page("page: the specimens; start, switch, close, reopen, compare"),
     "/specimens/{specimen_id}": _page("page: one specimen's statistics", _id_param("specimen_id", "specimen")),
     "/specimens/compare": _page("page: specimens side by side (ids=1,2,...)"),

@@ -1,13 +1,13 @@
 """The HTML pages. Each is a template over ``base.html`` (header, navigation, status,
 announcements) and a script module of its own in ``static/``; the data comes from the
-JSON API, so a page's URL is all it needs: every view has its own address (a field is
-``/fields/ID``) to bookmark, send or open in another tab.
+JSON API, so a page's URL is all it needs: every view has its own address (an image is
+``/images/ID``) to bookmark, send or open in another tab.
 
 | page                       | template          | script           |
 |----------------------------|-------------------|------------------|
 | ``/`` live view            | ``index.html``    | ``live.js``      |
 | ``/fields`` history        | ``fields.html``   | ``fields.js``    |
-| ``/fields/ID`` one field   | ``field.html``    | ``field.js``     |
+| ``/images/ID`` one image   | ``field.html``    | ``field.js``     |
 | ``/specimens``             | ``specimens.html``| ``specimens.js`` |
 | ``/specimens/ID``          | ``specimen.html`` | ``specimen.js``  |
 | ``/specimens/compare?ids=``| ``compare.html``  | ``compare.js``   |
@@ -15,7 +15,8 @@ JSON API, so a page's URL is all it needs: every view has its own address (a fie
 | ``/models``                | ``models.html``   | ``models.js``    |
 | ``/models/NAME``           | ``model.html``    | ``model.js``     |
 
-A field's page carries the label editor (``_labels.html``, ``label_editor.js``).
+An image's page carries the label editor (``_labels.html``, ``label_editor.js``).
+``/fields/ID`` is the deprecated old address of ``/images/ID`` (the same page).
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ def fields() -> str:
     return _page("fields.html", "fields.js", "fields")
 
 
+@blueprint.get("/images/<int:file_id>")
 @blueprint.get("/fields/<int:file_id>")
-def field(file_id: int) -> str:
-    # A page of no field would show empty panels and controls that act on nothing.
+def image(file_id: int) -> str:
+    """One image's page. ``/fields/ID`` is deprecated: the page's address before 0.2 (when
+    "field" meant an image too), kept so that bookmarks and links sent before still open it;
+    links now point to ``/images/ID``."""
+    # A page of no image would show empty panels and controls that act on nothing.
     if current_context().store.get_image(checked_id("image", file_id)) is None:
-        raise ApiError(404, f"no field {file_id}")
+        raise ApiError(404, f"no image {file_id}")
     return _page("field.html", "field.js", "fields", file_id=file_id, editable=True)
 
 

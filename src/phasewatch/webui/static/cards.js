@@ -20,7 +20,7 @@ export function card(image, { mainPhase = null, details = false } = {}) {
   const classes = ["thumb", image.state, image.excluded && "excluded", flagged && "flagged",
     flagged && image.accepted && "accepted", image.duplicate_of != null && "duplicate"];
   const item = element("li", null, classes.filter(Boolean).join(" "));
-  const anchor = link(`/fields/${image.id}`);
+  const anchor = link(`/images/${image.id}`);
   anchor.dataset.id = image.id;
   if (image.thumbnail && image.state !== "failed") {
     const img = element("img");

@@ -125,7 +125,7 @@ export function trendChart(node, { values, ids, mean, ci95, targetRaPct, name })
   }
   node.append(polyline(mean.map((m, i) => [x(i + 1), y(m)]), "mean"));
   values.forEach((v, i) => {
-    const dot = svg("a", { href: `/fields/${ids[i]}` });
+    const dot = svg("a", { href: `/images/${ids[i]}` });
     dot.append(svg("circle", { class: "value", cx: x(i + 1), cy: y(v), r: 4 }));
     dot.append(svg("title", {}, `field ${i + 1} (#${ids[i]}): ${sig(v)} %`));
     node.append(dot);

@@ -1,6 +1,7 @@
-// One field's page (/fields/ID): its pictures, legend, measurements, trust and
-// provenance; a volume's 3D measurements. Older and newer fields (links, ← →) change the address as they change the
-// field (history.pushState), so every field shown has its own URL; x excludes or puts back.
+// One image's page (/images/ID; /fields/ID is its deprecated alias): its pictures, legend,
+// measurements, trust and provenance; a volume's 3D measurements. Older and newer fields (links,
+// ← →) change the address as they change the field (history.pushState), so every field shown has
+// its own URL; x excludes or puts back.
 // The label editor (label_editor.js) paints the field's labels over its picture.
 
 import { api, ApiError } from "./api.js";
@@ -114,7 +115,7 @@ async function neighbours(id) {
   const [older, newer] = await Promise.all([api(`/api/images?before=${id}&limit=1`), api(`/api/images?after=${id}&limit=1`)]);
   for (const [anchor, found] of [[$("prev"), older[0]], [$("next"), newer[0]]]) {
     anchor.hidden = !found;
-    if (found) anchor.href = `/fields/${found.id}`;
+    if (found) anchor.href = `/images/${found.id}`;
   }
 }
 

@@ -34,7 +34,7 @@ export function stateBadges(image) {
   const names = { done: "measured", failed: "failed", pending: "queued", processing: "processing" };
   badge(names[image.state] || image.state, image.state);
   if (image.duplicate_of != null) {
-    badges.push(link(`/fields/${image.duplicate_of}`, `duplicate of #${image.duplicate_of}, not counted`,
+    badges.push(link(`/images/${image.duplicate_of}`, `duplicate of #${image.duplicate_of}, not counted`,
       "badge duplicate"));
   }
   if (image.excluded) badge("excluded", "excluded");

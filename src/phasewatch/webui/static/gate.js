@@ -81,7 +81,7 @@ async function heldOutCard(fileId, material) {
   const item = element("li", null, "gate-field");
   try {
     const field = await api(`/api/images/${fileId}`);
-    const heading = link(`/fields/${fileId}`, `${field.file} (#${fileId})`);
+    const heading = link(`/images/${fileId}`, `${field.file} (#${fileId})`);
     const overlay = element("img", null, "gate-picture");
     overlay.src = field.pictures.overlay || field.pictures.preview || "";
     overlay.alt = `overlay of ${field.provenance.model || "the model"} on ${field.file}`;

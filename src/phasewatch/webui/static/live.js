@@ -1,5 +1,5 @@
 // The live view (/): the newest measured field as it arrives, the current specimen's
-// statistics, and the recent fields (each a link to its own page, /fields/ID). A file that
+// statistics, and the recent fields (each a link to its own page, /images/ID). A file that
 // fails does not take the view: the last good field stays, and a notice above it names the
 // failed file and its one-line reason until the operator dismisses it (or a later file
 // fails: then it names that one and counts the others).
@@ -23,7 +23,7 @@ async function showField(id) {
   const field = await api(`/api/images/${id}`);
   if (state.shownId !== id) return; // another field was picked meanwhile
   $("field-title").textContent = `${field.file} (#${field.id})`;
-  $("field-link").href = `/fields/${field.id}`;
+  $("field-link").href = `/images/${field.id}`;
   $("field-link").hidden = false;
   await fieldView.show(field);
 }
@@ -34,7 +34,7 @@ function showFailures() {
   $("live-failure").hidden = !latest;
   if (!latest) return;
   $("live-failure-link").textContent = latest.file;
-  $("live-failure-link").href = `/fields/${latest.id}`;
+  $("live-failure-link").href = `/images/${latest.id}`;
   $("live-failure-reason").textContent = reasonText(latest);
   $("live-failure-more").textContent = older.length ? `(and ${plural(older.length, "earlier file")} failed)` : "";
 }

@@ -68,7 +68,7 @@ export function showComparison(container, comparison, labels = null) {
     const list = element("ul", null, "newly-trusted");
     list.append(...trusted.map((f) => {
       const item = element("li");
-      item.append(link(`/fields/${f.id}`, `${f.file} (#${f.id})`));
+      item.append(link(`/images/${f.id}`, `${f.file} (#${f.id})`));
       return item;
     }));
     parts.push(list);

@@ -32,7 +32,7 @@ async function showFields(material) {
     const label = element("label");
     label.append(box, ` ${f.file} `, element("span", `${fixed((100 * f.labelled_px) / (f.width * f.height), 1)} % labelled ` +
       `by ${f.who}, ${when(f.created)}`, "meta"));
-    item.append(label, " ", link(`/fields/${f.file_id}`, "open"));
+    item.append(label, " ", link(`/images/${f.file_id}`, "open"));
     return item;
   }));
   for (const box of $("teach-fields").querySelectorAll("input")) box.addEventListener("change", showWeak);
