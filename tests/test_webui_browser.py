@@ -44,11 +44,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def finish_field(store: Store, out_dir: Path, seed: int, trust: dict | None = None) -> int:
+def finish_field(store: Store, out_dir: Path, seed: int, trust: dict | None = None, extra: dict | None = None) -> int:
     """A synthetic superalloy field measured and written like the daemon does, with the
-    ``trust`` record given (none: a record from before trust records); its id."""
+    ``trust`` record given (none: a record from before trust records) and ``extra`` keys of
+    the record (provenance: backend, pixel_size_source); its id."""
     image, labels = superalloy_micrograph(240, 320, seed=seed)
-    record = measure(labels, CLASSES, pixel_size_um=0.01)
+    record = measure(labels, CLASSES, pixel_size_um=0.01) | (extra or {})
     if trust is not None:
         record["trust"] = trust
     stem = f"field{seed:02d}"

@@ -271,6 +271,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:159] + "…"
 
 
+def _source_text(source: str) -> str:
+    if source == "none":  # a pixel size without its source: a record from before sources were kept
+        return "a source not recorded"
+    return PIXEL_SIZE_SOURCES.get(source, source)
+
+
 def pixel_size_text(rows: Sequence[ImageRow]) -> str:
     """The measured fields' pixel sizes and their sources, or :data:`UNCALIBRATED` (with how
     many fields had none, when some had one: the statistics are then in pixels too)."""
@@ -281,7 +287,7 @@ def pixel_size_text(rows: Sequence[ImageRow]) -> str:
         return UNCALIBRATED
     if missing:
         return f"{UNCALIBRATED} ({missing} of {len(records)} measured fields have no pixel size)"
-    return "; ".join(f"{size:.4g} µm/px from {PIXEL_SIZE_SOURCES.get(source, source)}"
+    return "; ".join(f"{size:.4g} µm/px from {_source_text(source)}"
                      + (f" ({n} fields)" if len(sizes) > 1 else "") for (size, source), n in sorted(sizes.items()))
 
 

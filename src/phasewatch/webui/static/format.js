@@ -26,6 +26,7 @@ export function when(epochSeconds) {
   if (epochSeconds == null) return "–";
   return new Date(epochSeconds * 1000).toLocaleString("en-GB", {
     year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+    timeZoneName: "short", // a time is read with its zone: the appliance and the reader may differ
   });
 }
 

@@ -1,10 +1,12 @@
 // A specimen's statistics (templates/_stats.html): choose the class; its area % per field
 // with the running mean, 95 % CI band and target accuracy; the running %RA against the
-// target; its particle size histogram; and the ASTM E562 / E1245 tables with units.
+// target; its particle size histogram; the ASTM E562 / E1245 tables with units; and the
+// verdict of its specification limits (verdict.js).
 
 import { drawOnResize, histogramChart, raChart, trendChart } from "./chart.js";
 import { $, element, swatch } from "./dom.js";
 import { fixed, plural, sig, unitText } from "./format.js";
+import { showVerdict } from "./verdict.js";
 
 function classCell(c) {
   const cell = element("td");
@@ -117,5 +119,6 @@ export class StatsView {
     $("flagged-note").textContent = stats.count_flagged ? `${fields} counted although nobody has accepted ${them}.`
       : `${fields} not counted until someone accepts ${them}.`;
     $("flagged-note").hidden = !n;
+    showVerdict(stats, (name) => (byName.get(name) || { label: name }).label);
   }
 }
