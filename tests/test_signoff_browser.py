@@ -86,7 +86,8 @@ def test_limits_verdict_signature_read_only_and_pdf(served, tmp_path):
             events.publish("field", image_json(store.get_image(field)))
         sync_api.expect(verdict).to_have_text("Verdict: PASS, every limit is met at 95 % confidence",
                                               timeout=WAIT_MS)
-        sync_api.expect(live.locator("#checks tbody td").nth(5)).to_have_text("pass")
+        sync_api.expect(live.locator("#checks li")).to_contain_text("secondary, area % 1 – 90 %: ")
+        sync_api.expect(live.locator("#checks li .check-verdict")).to_have_text("pass")
         shots(live, url, folder, "live")
         shots(page, f"{url}/specimens/{sid}", folder, "specimen-pass")
         page.set_viewport_size({"width": 1280, "height": 1000})

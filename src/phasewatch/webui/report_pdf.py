@@ -204,7 +204,7 @@ class _Writer:
             w = self.width
             out.append(KeepTogether([
                 self.p(f"{heading} ({unit})", self.styles.h3),
-                self.table(rows, [w - 128 * mm, 10 * mm, 20 * mm, 17 * mm, 20 * mm, 14 * mm, 27 * mm, 20 * mm],
+                self.table(rows, [w - 131 * mm, 10 * mm, 20 * mm, 20 * mm, 20 * mm, 14 * mm, 27 * mm, 20 * mm],
                            numeric=range(1, 8)),
                 Spacer(0, 3 * mm)]))
         if r.stats["flagged_pending"]:

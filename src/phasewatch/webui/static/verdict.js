@@ -22,14 +22,14 @@ export function showVerdict(stats, labelOf) {
   $("verdict-text").textContent = verdictText(verdict);
   $("verdict-text").className = `verdict verdict-${verdict.verdict}`;
   $("verdict").dataset.verdict = verdict.verdict;
-  $("checks").tBodies[0].replaceChildren(...verdict.checks.map((c) => {
-    const tr = element("tr", null, `check-${c.verdict}`);
+  // One line per limit (a list wraps in a narrow panel where a seven-column table was cut off).
+  $("checks").replaceChildren(...verdict.checks.map((c) => {
+    const li = element("li", null, `check-${c.verdict}`);
     const unit = c.unit ? ` ${unitText(c.unit)}` : "";
-    const ci = c.ci95 == null ? "–" : `${sig(c.mean)} ± ${sig(c.ci95)}`;
-    const ra = `${c.ra_pct == null ? "–" : c.ra_pct.toFixed(1)} (${sig(c.target_ra_pct)})`;
-    for (const text of [labelOf(c.class), MEASURES[c.measure], `${c.range}${unit}`, ci, ra, c.verdict, c.why]) {
-      tr.append(element("td", text));
-    }
-    return tr;
+    const ci = c.ci95 == null ? "no CI yet" : `${sig(c.mean)} ± ${sig(c.ci95)}`;
+    const ra = c.ra_pct == null ? "" : `, %RA ${c.ra_pct.toFixed(1)} (target ${sig(c.target_ra_pct)})`;
+    li.append(`${labelOf(c.class)}, ${MEASURES[c.measure]} ${c.range}${unit}: ${ci}${ra}: `,
+      element("strong", c.verdict, "check-verdict"), ` (${c.why})`);
+    return li;
   }));
 }
