@@ -155,8 +155,9 @@ def test_teach_requests_are_checked_before_a_job_starts(setup):
     assert client.post("/api/teach", json=teach_body(base="no-such-model")).status_code == 404
     unlabelled = client.post("/api/teach", json=teach_body(fields=[setup["ids"][2]]))
     assert unlabelled.status_code == 400 and "has no labels" in unlabelled.get_json()["error"]
-    one = client.post("/api/teach", json=teach_body(fields=[setup["ids"][0]]))
-    assert one.status_code == 409 and "too few labels" in one.get_json()["error"]
+    setup["store"].create_material("empty", TWO, who="ana")
+    none = client.post("/api/teach", json=teach_body(material="empty"))
+    assert none.status_code == 409 and "too few labels" in none.get_json()["error"]
     assert client.post("/api/teach", data="{}", content_type="text/plain").status_code == 415
     assert client.post("/api/teach", json=teach_body(), headers={"Origin": "http://evil.example"}).status_code == 403
     assert setup["jobs"].jobs() == []

@@ -7,8 +7,8 @@ in a low-priority process of its own, ``service/teach_jobs.py``):
 1. **Plan** (:func:`plan`). The material's labelled fields (the newest labels of each, from the
    store) are split: about one in five is held out for the gate, whole specimens at a time
    when the fields come from several, else every fifth field; the rest train. Fewer than 3
-   labelled fields make a weak gate, and the job says so; fewer than 2 leave nothing to
-   hold out and are refused.
+   labelled fields make a weak gate, and the job says so; a single one leaves nothing to
+   hold out, so its model cannot pass the gate (it is still made, to be looked at).
 2. **Train**. The existing training loop (``train.train``) starts from the base bundle
    (``finetune``: its weights, the head replaced when the material has other classes), with
    the base's architecture, tile and normalisation, on random augmented crops of the
@@ -18,10 +18,16 @@ in a low-priority process of its own, ``service/teach_jobs.py``):
    The checkpoint is chosen on the training fields, never on the held-out ones, so the gate's
    scores are not picked for.
 3. **Export** (``onnx_export.export_bundle``: its ONNX and FP16 parity checks refuse a bad
-   export) and **trust calibration** (``trust_calibration``) on every labelled field of the
-   material, plus the base's own training images where the material is the base's and they
-   are on this machine. Trust needs three fields at least: with fewer the model is left
-   uncalibrated, flags every field, and the gate fails saying why.
+   export) and **trust calibration** (``trust_calibration``, label-free) on the labelled
+   fields, plus, where the material is the base's, the base's own training images (when
+   they are on this machine), and, for a new material, the fields of the labelled fields'
+   specimens that the old model flagged (:func:`flagged_companions`). A few labelled fields
+   cover too little of a material's look for the novelty limits (3 labelled tomography
+   slices: 9 of 10 validation slices trusted in the modal case), while the fields the lab
+   has taken of it, flagged as outside the old model's experience, are that look; whether
+   the model is right on them is the gate's question, not the calibration's. Trust needs
+   three fields at least: with fewer the model is left uncalibrated, flags every field,
+   and the gate fails saying why.
 4. **Gate** (:func:`gate`): the candidate, through the runtime's per-file path, on the
    held-out fields: mIoU, per-class IoU, per-class area-fraction error (over labelled pixels)
    and the fields it trusts; the base on the same fields when the class sets match; and,
@@ -58,11 +64,12 @@ from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.export import seg_scores
 from phasewatch.export.datasets import Sample, find_pairs, read_label, sample_of
 from phasewatch.export.evaluate import label_palette
-from phasewatch.store import UNLABELLED, Store, StoreError
+from phasewatch.store import UNLABELLED, Store, StoreError, flagged
 
 HOLD_OUT_EVERY = 5  # about one labelled field in five is held out for the gate
 WEAK_GATE_BELOW = 3
 MIN_CALIBRATION_FIELDS = 3  # trust.calibrate's minimum
+MAX_COMPANIONS = 100  # unlabelled fields of the material a trust calibration takes at most
 MAX_FORGETTING_POINTS = 1.0
 STEPS_PER_EPOCH = 25  # how often the chosen checkpoint is reconsidered
 SELECTION_FIELDS = 2  # training fields the checkpoint is chosen on (never held-out ones)
@@ -156,20 +163,18 @@ def plan(store: Store, request: TeachRequest) -> Plan:
         labelled = store.labelled_fields(request.material, request.fields)
     except StoreError as exc:
         raise TeachError(str(exc)) from exc
-    if len(labelled) < 2:
-        raise TeachError(f"too few labels: {len(labelled)} field(s) labelled with {request.material!r}; "
-                         "teaching needs 2 at least (one to learn from, one to hold out), 5 or more for a sound gate")
+    if not labelled:
+        raise TeachError(f"too few labels: no field is labelled with {request.material!r}")
     if base.slices > 1:
         raise TeachError(f"base {base.name}: a {base.slices}-slice (2.5D) model is taught from volumes, not fields")
     if not request.budget_min > 0:
         raise TeachError(f"budget must be a positive number of minutes, got {request.budget_min}")
     train, held = hold_out(labelled)
     warnings = []
-    if len(labelled) < WEAK_GATE_BELOW:
+    if not held:
+        warnings.append("the gate cannot pass: with one labelled field there is none to hold out; label more")
+    elif len(labelled) < WEAK_GATE_BELOW:
         warnings.append(f"the gate will be weak: only {len(labelled)} labelled fields, {len(held)} held out")
-    if len(labelled) < MIN_CALIBRATION_FIELDS:
-        warnings.append(f"trust cannot be calibrated on {len(labelled)} field(s) ({MIN_CALIBRATION_FIELDS} needed): "
-                        "the model will flag every field and the gate will fail")
     name = request.name or request.material
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,63}$", name):
         raise TeachError(f"model name {name!r}: use letters, digits, space, '.', '_', '+' or '-'")
@@ -374,8 +379,11 @@ def teach(request: TeachRequest, progress: Progress = lambda stage, fraction, me
         source = f"the {len(calibration)} labelled fields of {request.material}"
         if p.same_classes:
             extra = _base_training_images(p.base)
-            calibration += extra
             source += f" and {len(extra)} training images of {p.base.name}" if extra else ""
+        else:
+            extra = [Path(f["path"]) for f in flagged_companions(store, p.train + p.held_out)]
+            source += f" and {len(extra)} fields of their specimens the old model flagged" if extra else ""
+        calibration += extra
         calibrated = len(calibration) >= MIN_CALIBRATION_FIELDS
         with closing(open_model(bundle_dir, "cpu", threads=threads)) as candidate:
             if calibrated:
@@ -416,6 +424,20 @@ def training_clock(device: str) -> Callable[[], float]:
         return time.time
     cpus = max(1, len(os.sched_getaffinity(0)))  # what train() sizes its thread pool by
     return lambda: time.process_time() / cpus
+
+
+def flagged_companions(store: Store, labelled: list[dict[str, Any]]) -> list[Any]:
+    """The measured fields of the labelled fields' specimens that the model which measured
+    them flagged (the material's fields the lab has already taken, which is why it is being
+    taught), not labelled themselves, not excluded, still on disk; at most
+    :data:`MAX_COMPANIONS`, newest first. A field of another material in those specimens that
+    the old model knew is not among them: it was trusted."""
+    ids = {r["file_id"] for r in labelled}
+    found: list[Any] = []  # the store's image rows
+    for specimen in sorted({r["specimen_id"] for r in labelled}):
+        found += [f for f in store.field_results(specimen, count_flagged=True)
+                  if f["id"] not in ids and flagged(f) and Path(f["path"]).is_file()]
+    return sorted(found, key=lambda f: f["id"], reverse=True)[:MAX_COMPANIONS]
 
 
 def _base_training_images(base: Bundle) -> list[Path]:

@@ -123,9 +123,8 @@ def start_teach() -> tuple[Response, int]:
         labelled = store.labelled_fields(material, fields)
     except StoreError as exc:  # a field without labels of the material
         raise ApiError(400, str(exc)) from exc
-    if len(labelled) < 2:
-        raise ApiError(409, f"too few labels: {len(labelled)} field(s) labelled with {material!r}; "
-                            "teaching needs 2 at least, 5 or more for a sound gate")
+    if not labelled:
+        raise ApiError(409, f"too few labels: no field is labelled with {material!r}")
     job = _teaching().start(material, base, fields, float(budget), name, who)
     return jsonify(job=job), 202
 
