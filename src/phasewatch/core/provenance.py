@@ -9,18 +9,15 @@ each specimen to one model (``src/phasewatch/store/``).
 
 from __future__ import annotations
 
-import importlib.metadata
-
+import phasewatch
 from phasewatch.core.pipeline import Model
 from phasewatch.core.records import ModelIdentity, ModelTiling
 
 
 def software_version() -> str:
-    """The installed phasewatch's version ("unknown" when run from a tree never installed)."""
-    try:
-        return importlib.metadata.version("phasewatch")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    """This phasewatch's version (one place: ``phasewatch.__version__``, which the package's
+    metadata is built from, so a stale install record cannot disagree with the code)."""
+    return phasewatch.__version__
 
 
 def model_identity(model: Model) -> ModelIdentity:

@@ -15,7 +15,6 @@ read is said so in the report rather than left out.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from phasewatch.bundle import BundleError, load_bundle
+from phasewatch.core.provenance import software_version
 from phasewatch.core.stats import specimen_statistics
 from phasewatch.core.verdict import MEASURES, judge
 from phasewatch.store import Store, awaits_acceptance, display_text, flagged
@@ -68,13 +68,6 @@ def pct(fraction: float | None) -> str:
 def when(timestamp: float | None) -> str:
     """A time in the appliance's local zone, with its offset: what the lab's clock said."""
     return "" if timestamp is None else time.strftime("%Y-%m-%d %H:%M %z", time.localtime(timestamp))
-
-
-def software_version() -> str:
-    try:
-        return importlib.metadata.version("phasewatch")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 @dataclass(frozen=True)
