@@ -406,7 +406,8 @@ def test_export_csv_has_one_row_per_field(client, daemon):
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert list(rows[0]) == ["id", "file", "specimen", "state", "processed", "matrix_area_pct",
                              "carbide_area_pct", "excluded", "reason", "trust_ok", "trust_score",
-                             "trust_reasons", "accepted", "accepted_by", "accept_reason", "error", "path"]
+                             "trust_reasons", "accepted", "accepted_by", "accept_reason", "error", "path",
+                             "specimen_verdict", "specimen_limits"]
     assert [int(r["id"]) for r in rows] == [daemon.first, daemon.second, daemon.failed, daemon.processing]
     first, second, failed, processing = rows
     assert (first["file"], first["state"], first["carbide_area_pct"], first["matrix_area_pct"]) == (

@@ -232,7 +232,8 @@ def unaccept(file_id: int) -> Response:
 
 @blueprint.get("/export.csv")
 def export_csv() -> Response:
+    ctx = current_context()
     return Response(
-        store_csv(current_context().store, query_int("specimen", None, 1)), mimetype="text/csv",
+        store_csv(ctx.store, query_int("specimen", None, 1), ctx.target_ra, ctx.count_flagged), mimetype="text/csv",
         headers={"Content-Disposition": "attachment; filename=phasewatch.csv"},
     )

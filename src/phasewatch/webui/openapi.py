@@ -530,7 +530,7 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": _json(ref("Stats"), "statistics"), "400": _error("an id out of range"),
                       "404": _error("no such specimen")}}},
     "/export.csv": {"get": {
-        "summary": "every field as CSV, oldest first",
+        "summary": "every field as CSV, oldest first, each with its specimen's verdict and limits",
         "parameters": [_query_int("specimen", "only this specimen's fields")],
         "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
                       "400": _error("a parameter out of range")}}},

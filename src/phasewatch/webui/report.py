@@ -94,5 +94,5 @@ def pdf(specimen_id: int) -> Response:
 @blueprint.get("/specimens/<int:specimen_id>/report.csv")
 def csv(specimen_id: int) -> Response:
     report = _report(specimen_id)
-    body = provenance_csv(report.fields, {m.name: m.onnx_sha256 for m in report.models})
+    body = provenance_csv(report.fields, {m.name: m.onnx_sha256 for m in report.models}, report.verdict)
     return Response(body, mimetype="text/csv", headers=_attachment(report, "csv"))
