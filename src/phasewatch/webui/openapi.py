@@ -535,7 +535,8 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
                       "400": _error("a parameter out of range")}}},
     "/events": {"get": {
-        "summary": "Server-Sent Events: field (a field ended done or failed), specimen (statistics changed)",
+        "summary": "Server-Sent Events: field (a field ended done or failed), specimen (statistics changed), "
+                   "teach (a teach job changed: GET /api/teach/{job}'s body)",
         "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
                         "description": "replay the recent events after this id (ignored unless 0..2^63-1)",
                         "schema": {"type": "string"}}],
