@@ -82,7 +82,7 @@ class TeachJobs:
     """The service's teach jobs (module doc)."""
 
     def __init__(self, data_dir: Path, store: Store, threads: int | None = None, nice: int = DEFAULT_NICE,
-                 on_change: Callable[[dict[str, Any]], None] = lambda job: None,
+                 on_change: Callable[[dict[str, Any]], object] = lambda job: None,
                  command: list[str] | None = None, reload_model: Callable[[], None] = lambda: None) -> None:
         self.data_dir = Path(data_dir)
         self.store = store
