@@ -41,6 +41,7 @@ function measurementRows(field) {
     const density = calibrated ? p.number_per_mm2 : p.number_per_mpx;
     for (const text of [(byName.get(name) || {}).label || name, String(p.count), String(p.border_count), sig(density),
       sig(p.mean_ecd), sig(p.median_ecd), sig(p.std_ecd), spread]) tr.append(element("td", text));
+    tr.lastChild.className = "range"; // "0.0608–0.12" is read as one
     return tr;
   }));
   const measured = field.state === "done" && record.fractions;

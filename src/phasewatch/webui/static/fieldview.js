@@ -3,10 +3,12 @@
 // acceptance, and exclusion. A failed field shows its reason and no picture at all.
 // A volume shows its middle slice first and a slider through all of them, each slice
 // with its own fractions and trust (the canvas says which in data-slice).
+// A field of a closed (signed-off) specimen is read-only: no exclude or accept controls,
+// a note says who closed it and that reopening is done on the specimen's page.
 
-import { postJson } from "./api.js";
+import { api, postJson } from "./api.js";
 import { $, element, link, showError, swatch } from "./dom.js";
-import { fixed, sig } from "./format.js";
+import { fixed, sig, when } from "./format.js";
 import { Viewer } from "./viewer.js";
 
 const WHO_KEY = "phasewatch.who"; // the last operator who accepted a field, offered again
@@ -55,6 +57,7 @@ export class FieldView {
   constructor(onChanged = () => {}) {
     this.field = null;
     this.countFlagged = false;
+    this.closed = false; // the field's specimen is closed: read-only
     this.onChanged = onChanged;
     this.viewer = new Viewer($("picture"), (viewer) => this.showZoom(viewer));
     this.wire();
@@ -108,12 +111,16 @@ export class FieldView {
 
   // Show `field` (the API's image detail: with classes and provenance).
   async show(field) {
+    // Asked each time: a specimen may be closed or reopened between two shows of a field.
+    const specimen = await api(`/api/specimens/${field.specimen_id}`);
     this.field = field;
+    this.closed = specimen.closed != null;
     const failed = field.state === "failed";
     $("field-badges").replaceChildren(...stateBadges(field));
     $("field-error").hidden = !failed;
     $("field-error").textContent = failed ? `Failed: ${field.error}` : "";
     this.showLegend(field);
+    this.showReadOnly(specimen);
     this.showTrust(field);
     this.showActions(field);
     const pictured = !failed && Object.keys(field.pictures).length > 0;
@@ -205,9 +212,9 @@ export class FieldView {
       : this.countFlagged ? "Counted in the statistics although nobody has accepted it."
         : "Not counted in the statistics until someone accepts it.";
     // A duplicate's acceptance would be its original's: decide there.
-    $("accept").hidden = field.accepted;
+    $("accept").hidden = field.accepted || this.closed;
     $("accept").disabled = field.duplicate_of != null;
-    $("unaccept").hidden = !field.accepted;
+    $("unaccept").hidden = !field.accepted || this.closed;
     $("unaccept").disabled = field.duplicate_of != null;
   }
 
@@ -218,7 +225,16 @@ export class FieldView {
     $("exclude").hidden = field.excluded;
     $("include").hidden = !field.excluded;
     $("exclude-reason").value = field.exclude_reason || "";
-    $("field-actions").hidden = field.state !== "done";
+    $("field-actions").hidden = field.state !== "done" || this.closed;
+  }
+
+  showReadOnly(specimen) {
+    const note = $("field-read-only");
+    note.hidden = !this.closed;
+    if (!this.closed) return;
+    note.replaceChildren(`Read-only: specimen ${specimen.name} was closed ${when(specimen.closed)} by ` +
+      `${specimen.closed_by} (${specimen.close_meaning}), so its fields can be neither excluded nor accepted. `,
+    link(`/specimens/${specimen.id}`, "Reopen it on its page"), " to change them.");
   }
 
   async change(action, body = {}) {
@@ -229,7 +245,7 @@ export class FieldView {
 
   // x on the field page: exclude, or put back.
   toggleExcluded() {
-    if (this.field && this.field.state === "done" && this.field.duplicate_of == null) {
+    if (this.field && this.field.state === "done" && this.field.duplicate_of == null && !this.closed) {
       this.setExcluded(!this.field.excluded);
     }
   }

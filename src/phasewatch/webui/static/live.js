@@ -91,6 +91,7 @@ stream.on("field", (image) => {
   else showField(image.id);
   refreshStats().then(refreshStrip);
 });
-stream.on("specimen", () => refreshStats().then(refreshStrip));
+// A specimen closed or reopened: the field shown may have become read-only or writable again.
+stream.on("specimen", () => refreshStats().then(refreshStrip).then(() => state.shownId != null && showField(state.shownId)));
 boot();
 refreshAll();

@@ -119,13 +119,28 @@ async function loadTemplates() {
   }));
 }
 
+// A recorded value as a person reads it: JSON with a space after each comma and colon, so
+// that it wraps between values instead of running on as one word.
+const valueText = (v) => (v == null ? "–" : JSON.stringify(v, null, 1).replace(/\n\s*/g, " "));
+const isRecord = (v) => v != null && typeof v === "object" && !Array.isArray(v);
+
+// What a change did: of two records the keys of "after" whose value changed ("excluded: 0 →
+// 1"; a key "before" lacks was null), else the whole before → after (the CSV and the report
+// keep every key).
+function changeText(before, after) {
+  if (!isRecord(before) || !isRecord(after)) return `${valueText(before)} → ${valueText(after)}`;
+  const keys = Object.keys(after).filter((key) => JSON.stringify(before[key] ?? null) !== JSON.stringify(after[key]));
+  return keys.map((key) => `${key}: ${valueText(before[key])} → ${valueText(after[key])}`).join("; ") || "no change";
+}
+
 async function showAudit() {
   const rows = await api(`/api/specimens/${id}/audit`);
-  const text = (v) => (v == null ? "–" : JSON.stringify(v));
+  const classes = ["seq", "when", "who", "what", "change", "why"];
   $("audit").tBodies[0].replaceChildren(...rows.map((r) => {
     const tr = element("tr");
-    for (const cell of [String(r.seq), when(r.at), r.actor, `${r.action} ${r.subject}`,
-      `${text(r.before)} → ${text(r.after)}`, r.reason || ""]) tr.append(element("td", cell));
+    const cells = [String(r.seq), when(r.at), r.actor, `${r.action} ${r.subject}`, changeText(r.before, r.after),
+      r.reason || ""];
+    cells.forEach((cell, i) => tr.append(element("td", cell, classes[i])));
     return tr;
   }));
 }
