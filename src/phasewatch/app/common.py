@@ -8,6 +8,7 @@ from pathlib import Path
 from phasewatch.backends.registry import KINDS, Settings
 from phasewatch.errors import PhasewatchError
 from phasewatch.imageio.formats import images_in
+from phasewatch.tomlfile import tomllib
 
 
 class ArgumentError(PhasewatchError):
@@ -71,3 +72,21 @@ def apply_recipe_overrides(config: dict, args: argparse.Namespace) -> dict:
     if args.init_from is not None:
         config["model"]["init_from"] = args.init_from
     return config
+
+
+def check_before_torch(config: Path | None = None, files: tuple[Path, ...] = (),
+                       folders: tuple[Path | None, ...] = ()) -> None:
+    """Raise :class:`ArgumentError` naming the first ``config`` that is not a readable TOML file,
+    file that is not a file, or folder given that is not a folder: the training commands call
+    this before they import torch, which takes seconds, so that a typo fails at once."""
+    if config is not None:
+        try:
+            tomllib.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ArgumentError(f"{config}: {exc}") from exc
+    for path in files:
+        if not path.is_file():
+            raise ArgumentError(f"{path}: no such file")
+    for folder in folders:
+        if folder is not None and not folder.is_dir():
+            raise ArgumentError(f"{folder}: no such folder")

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from phasewatch.app.common import add_recipe_overrides, apply_recipe_overrides
+from phasewatch.app.common import ArgumentError, add_recipe_overrides, apply_recipe_overrides, check_before_torch
 from phasewatch.errors import PhasewatchError
 from phasewatch.service.logs import setup_logging
 
@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        check_before_torch(args.config, folders=(args.data_root,))
+        if args.folds < 2:
+            raise ArgumentError(f"--folds {args.folds}: needs at least 2")
+    except PhasewatchError as exc:
+        print(f"phasewatch cross-validate: {exc}", file=sys.stderr)
+        return 1
     from phasewatch.export.crossval import cross_validate, report_table
     from phasewatch.export.train import default_data_root, load_config
 

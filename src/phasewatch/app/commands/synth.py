@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from phasewatch.app.common import check_before_torch
 from phasewatch.errors import PhasewatchError
 from phasewatch.service.logs import setup_logging
 
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    check_before_torch(args.config, folders=(args.data_root,))
     from phasewatch.export.synth_train import GanSettings, train_generator
     from phasewatch.export.train import default_data_root, load_config
 
@@ -73,6 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    check_before_torch(files=(args.generator,))
     from phasewatch.export.synth_generate import generate_pairs
 
     manifest = generate_pairs(args.generator, args.out, args.count, args.size, args.seed)

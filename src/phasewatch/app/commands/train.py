@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from phasewatch.app.common import add_recipe_overrides, apply_recipe_overrides
+from phasewatch.app.common import add_recipe_overrides, apply_recipe_overrides, check_before_torch
 from phasewatch.errors import PhasewatchError
 from phasewatch.service.logs import setup_logging
 
@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        check_before_torch(args.config, folders=(args.data_root,))
+    except PhasewatchError as exc:
+        print(f"phasewatch train: {exc}", file=sys.stderr)
+        return 1
     from phasewatch.export.train import load_config, train
 
     setup_logging("INFO")  # the epochs' progress lines
