@@ -116,3 +116,25 @@ def test_a_file_name_as_long_as_a_file_system_allows_is_segmented(tmp_path, bund
     assert len(names) == 5 and all(len(name.encode()) <= 255 for name in names)
     (record,) = (json.loads((out / n).read_text()) for n in names if n.endswith(".json"))
     assert record["image"] == str(path)
+
+
+def test_each_file_s_fractions_are_printed_one_line_each(tmp_path, bundle, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(2):
+        cv2.imwrite(str(inputs / f"f{k}.png"), micrograph(48, 64, k))
+    tifffile.imwrite(inputs / "vol.tif", np.stack([micrograph(48, 64, s) for s in (3, 4, 5)]), imagej=True,
+                     metadata={"axes": "ZYX"})
+    out = tmp_path / "out"
+    assert main(["segment", str(inputs / "f0.png"), str(inputs / "f1.png"), "--model", str(bundle),
+                 "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, line in zip(("f0", "f1"), lines, strict=True):
+        record = json.loads((out / f"{name}.json").read_text())
+        shares = ", ".join(f"{c} {100 * f:.1f}" for c, f in record["fractions"].items())
+        assert line.startswith(f"{name}.png: area % {shares}"), line
+    assert main(["segment", str(inputs / "vol.tif"), "--volume", "--model", str(bundle), "--out", str(out)]) == 0
+    fractions, throughput = capsys.readouterr().out.splitlines()
+    classes = json.loads((out / "vol.volume.json").read_text())["measurements_3d"]["classes"]
+    shares = ", ".join(f"{c} {100 * m['volume_fraction']:.1f}" for c, m in classes.items())
+    assert fractions.startswith(f"vol.tif: volume % {shares}") and "slices/s" in throughput

@@ -53,7 +53,8 @@ def test_an_imagej_stack_is_one_volume_with_classes_tiff_and_volume_json(tmp_pat
     assert segment(stack, "--model", bundle, "--out", out) == 0
 
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert len(lines) == 1 and "ball.tif" in lines[0] and "s per slice" in lines[0] and "slices/s" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith("ball.tif: volume % class0 ")  # its fractions, then its speed
+    assert "ball.tif" in lines[1] and "s per slice" in lines[1] and "slices/s" in lines[1]
     assert sorted(p.name for p in out.iterdir()) == ["ball.classes.tif", "ball.volume.json"]
     with tifffile.TiffFile(out / "ball.classes.tif") as tif:
         assert len(tif.pages) == len(volume)  # one page per slice

@@ -3,12 +3,15 @@
 A volume (``src/phasewatch/core/volume.py``: a Z stack by its metadata, or with ``--volume`` any
 multi-page TIFF or folder of numbered slices) is segmented as one, into ``NAME.classes.tif``
 and ``NAME.volume.json``, with one line on stdout giving its slice throughput.
+Every file gets one line on stdout with its fractions (:func:`fractions_line`), so that a
+one-off check needs no JSON reader.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from tqdm import tqdm
@@ -49,13 +52,25 @@ def plan_inputs(paths: list[Path], volume: bool) -> list[tuple[Path, bool]]:
     return [(path, says_volume(path)) for path in expand_inputs(paths)]
 
 
+def fractions_line(name: str, fractions: Mapping[str, float], unit: str, flagged: bool) -> str:
+    """One file's fractions as a person reads them: "a.tif: area % matrix 47.1, carbide 52.9"
+    (``unit``: "area %" or "volume %"), flagged when the model found it unlike its training."""
+    shares = ", ".join(f"{name_} {100 * share:.1f}" for name_, share in fractions.items())
+    return f"{name}: {unit} {shares}" + (" (outside the model's experience: see its JSON)" if flagged else "")
+
+
 def segment_one(path: Path, is_volume: bool, model: Model, args: argparse.Namespace,
                 spacing: Spacing | None) -> None:
     if not is_volume:
-        process_file(path, model, args.out, args.pixel_size, args.overlap, args.batch)
+        record = process_file(path, model, args.out, args.pixel_size, args.overlap, args.batch).record
+        trust = record.get("trust")
+        tqdm.write(fractions_line(path.name, record["fractions"], "area %", trust is not None and not trust["ok"]))
         return
-    record = segment_volume(open_volume(path, spacing), model, args.out, args.overlap, args.batch)
-    tqdm.write(summary_line(record))
+    volume = segment_volume(open_volume(path, spacing), model, args.out, args.overlap, args.batch)
+    measured = volume["measurements_3d"]["classes"]
+    tqdm.write(fractions_line(path.name, {name: c["volume_fraction"] for name, c in measured.items()}, "volume %",
+                              not volume["trust"]["ok"]))
+    tqdm.write(summary_line(volume))
 
 
 def run(args: argparse.Namespace) -> int:
