@@ -325,10 +325,6 @@ def test_starting_a_specimen_and_switching_back(daemon, browser):
     sync_api.expect(default_row.locator(".state")).to_have_text("current", timeout=WAIT_MS)
     sync_api.expect(new_row.locator(".state")).to_have_text("open")
     assert service.get_json("/api/specimens")["current"]["id"] == known["default"]
-    # Signed off, it cannot become current until reopened.
-    new_row.get_by_role("button", name="Close").click()
-    sync_api.expect(new_row.locator(".state")).to_contain_text("closed", timeout=WAIT_MS)
-    sync_api.expect(new_row.get_by_role("button", name="Reopen")).to_be_visible()
     # Its page shows the operator in the edit form, and saves a new one.
     page.goto(url(service, f"/specimens/{current['id']}"))
     operator = page.locator("#edit").get_by_label("Operator", exact=True)
@@ -338,6 +334,17 @@ def test_starting_a_specimen_and_switching_back(daemon, browser):
         page.locator("#edit").get_by_role("button", name="Save").click()
     assert patched.value.ok
     assert service.get_json(f"/api/specimens/{current['id']}")["operator"] == "B. Ruiz"
+    # Signed off on its page (the list links there), it cannot become current until reopened.
+    page.goto(url(service, "/specimens"))
+    new_row.get_by_role("link", name="Close with a signature…").click()
+    page.locator("#close").click()
+    page.locator("#sign").locator('input[name="who"]').fill("Q. A. Lead")
+    page.locator("#sign").locator('button[type="submit"]').click()
+    sync_api.expect(page.locator("#signed")).to_contain_text("by Q. A. Lead", timeout=WAIT_MS)
+    page.goto(url(service, "/specimens"))
+    sync_api.expect(new_row.locator(".state")).to_contain_text("closed", timeout=WAIT_MS)
+    sync_api.expect(new_row.get_by_role("link", name="Reopen (signed)…")).to_be_visible()
+    assert new_row.get_by_role("button", name="Make current").count() == 0
     # The live page's form starts one with an operator too.
     page.goto(url(service, "/"))
     form = page.locator("#new-specimen")

@@ -1,5 +1,5 @@
 // The specimens (/specimens): each with its model, counts and state; start one, make one
-// current, close (sign off) or reopen one, and pick some to compare.
+// current, go to one's page to close (sign off) or reopen it, and pick some to compare.
 
 import { api, postJson } from "./api.js";
 import { boot, stream } from "./app.js";
@@ -45,11 +45,10 @@ function specimenRow(s) {
   name.append(link(`/specimens/${s.id}`, s.name));
   if (s.notes) name.append(element("span", ` · ${s.notes}`, "notes"));
   const actions = element("td");
-  if (!s.is_current) {
-    actions.append(s.closed == null ? action("Make current", `/api/specimens/${s.id}/current`)
-      : action("Reopen", `/api/specimens/${s.id}/reopen`));
-    if (s.closed == null) actions.append(" ", action("Close", `/api/specimens/${s.id}/close`));
-  }
+  // Closing and reopening are signed acts (who, meaning or why): done on the specimen's page.
+  if (s.closed != null) actions.append(link(`/specimens/${s.id}`, "Reopen (signed)…"));
+  else if (!s.is_current) actions.append(action("Make current", `/api/specimens/${s.id}/current`));
+  if (s.closed == null) actions.append(" ", link(`/specimens/${s.id}`, "Close with a signature…"));
   const pick = element("td");
   pick.append(box);
   tr.append(pick, name, element("td", s.model_name || "–"), element("td", String(s.done)),
