@@ -261,3 +261,11 @@ def test_audit_verify_and_dataset_export_commands(setup, tmp_path, capsys):
     capsys.readouterr()
     assert main(["audit", "verify", "--data", str(data)]) == 1
     assert "audit row 2" in capsys.readouterr().err
+
+
+def test_teach_without_torch_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an appliance without the export extra has
+    code = main(["teach", "--data", str(tmp_path), "--material", "m", "--base", "superalloy", "--threads", "1"])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == "phasewatch teach: teaching needs PyTorch, which is not installed: " \
+                                              "pip install 'phasewatch[export]'"

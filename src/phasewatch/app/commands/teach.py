@@ -62,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         fields = _fields(args.fields)
+        import torch  # noqa: F401  - here, so that its absence is the one line below, not a traceback later
+
+        from phasewatch.export.teach import TeachRequest, teach
+
         if args.nice:
             os.nice(args.nice)
         _limit_cpus(args.threads)
-        from phasewatch.export.teach import TeachRequest, teach
     except ModuleNotFoundError as exc:
         if exc.name == "torch":
             print(f"phasewatch teach: {TORCH_MISSING}", file=sys.stderr)
