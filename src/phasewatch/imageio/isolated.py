@@ -230,7 +230,7 @@ def serve_reads(fd: int, memory_bytes: int) -> None:
         signal.signal(stop, signal.SIG_IGN)
     conn = Connection(fd)
     setup_child_logging()
-    _limit_address_space(memory_bytes)
+    memory_bytes = _limit_address_space(memory_bytes)  # what its reasons name: the limit it got
     try:
         _answer_reads(conn, memory_bytes)
     except (EOFError, ConnectionError):  # the service closed its end, or died (kill -9)
@@ -296,9 +296,14 @@ def _failure_reason(exc: Exception, memory_bytes: int) -> str:
     return f"cannot decode: {one_line(exc)}"
 
 
-def _limit_address_space(extra_bytes: int) -> None:
+def _limit_address_space(extra_bytes: int) -> int:
     """Allow the child ``extra_bytes`` of address space beyond what its Python and
-    libraries hold now."""
+    libraries hold now, within the limit it inherited: a service started under a lower hard
+    limit (``prlimit --as``, ``LimitAS=``) could not raise it, and no decoder would start.
+    Returns the bytes allowed beyond what it holds."""
     with open("/proc/self/statm") as fh:
         held = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    resource.setrlimit(resource.RLIMIT_AS, (held + extra_bytes, held + extra_bytes))
+    inherited = resource.getrlimit(resource.RLIMIT_AS)[1]
+    limit = held + extra_bytes if inherited == resource.RLIM_INFINITY else min(held + extra_bytes, inherited)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return limit - held
