@@ -19,6 +19,8 @@ import pytest
 from onnx_graphs import make_bundle
 
 from phasewatch.app.cli import main
+from phasewatch.backends import engines as engines_module
+from phasewatch.backends.engines import engine_folder
 from phasewatch.bundle import Bundle, load_bundle, sha256_file, write_manifest
 from phasewatch.export.build_engine import EngineBuildError, build_engine
 from phasewatch.export.engine_gate import GateError, compare_logits
@@ -61,7 +63,15 @@ def smooth_tiles(count: int, channels: int = 1, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
-def fp16_bundle(tmp_path) -> Bundle:
+def engines_root(tmp_path, monkeypatch) -> Path:
+    """The data folder's engines for this test: the default (/var/lib/phasewatch/engines) moved here."""
+    root = tmp_path / "data" / "engines"
+    monkeypatch.setattr(engines_module, "DEFAULT_ENGINES", root)
+    return root
+
+
+@pytest.fixture
+def fp16_bundle(tmp_path, engines_root) -> Bundle:
     pytest.importorskip("onnxconverter_common", reason="the export stage's FP16 converter")
     from phasewatch.export.onnx_export import convert_fp16
 
@@ -81,7 +91,9 @@ def spatial_bundle(fp16_bundle) -> Bundle:
 
 
 def engines_dir_files(bundle: Bundle) -> list[str]:
-    return sorted(p.name for p in bundle.engines_dir.iterdir()) if bundle.engines_dir.exists() else []
+    """What is in the bundle's engines folder under the data folder's engines."""
+    folder = engine_folder(engines_module.DEFAULT_ENGINES, bundle)
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 def test_compare_logits_hand_computed():
@@ -123,11 +135,13 @@ def test_build_stamps_name_and_sidecar_and_passes_gate(fake_gpu, fp16_bundle, mo
     path = build_engine(fp16_bundle, max_batch=4, opt_batch=2)
 
     onnx_sha = sha256_file(fp16_bundle.onnx_fp16_path)
-    assert path.name == f"nvidia-geforce-rtx-3090-ti-pcie.sm86.trt10.3.0.{onnx_sha[:12]}.engine"
+    assert path.name == f"nvidia-geforce-rtx-3090-ti-pcie.sm86.26sm.1gib.trt10.3.0.{onnx_sha[:12]}.engine"
     assert network_flags == [1 << 1]  # STRONGLY_TYPED is bit 1 in TensorRT 10
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
     assert sidecar["gpu"] == "NVIDIA GeForce RTX 3090 Ti/PCIe"
     assert sidecar["compute_capability"] == "sm86"
+    assert (sidecar["multiprocessors"], sidecar["memory_gib"]) == (26, 1)
+    assert sidecar["precision"] == "fp16 from the ONNX, strongly typed network"
     assert sidecar["tensorrt"] == "10.3.0"
     assert sidecar["onnx_sha256"] == onnx_sha
     assert sidecar["engine_sha256"] == sha256_file(path)
@@ -136,10 +150,11 @@ def test_build_stamps_name_and_sidecar_and_passes_gate(fake_gpu, fp16_bundle, mo
     gate = sidecar["gate"][str(TILE)]
     assert gate["passed"] and gate["argmax_agreement"] >= 0.999 and gate["tiles"] == 4
     assert gate["pixels"] == 4 * TILE * TILE
-    cache_name = "nvidia-geforce-rtx-3090-ti-pcie.sm86.trt10.3.0.timing.cache"
-    assert engines_dir_files(fp16_bundle) == sorted([path.name, path.name + ".json", cache_name])
+    assert engines_dir_files(fp16_bundle) == sorted([path.name, path.name + ".json"])
+    cache_path = engines_module.DEFAULT_ENGINES / "nvidia-geforce-rtx-3090-ti-pcie.sm86.trt10.3.0.timing.cache"
+    assert not fp16_bundle.engines_dir.exists()  # nothing is written into the bundle
     config = fake_gpu.trt.Builder(fake_gpu.trt.Logger()).create_builder_config()
-    cache = config.create_timing_cache((fp16_bundle.engines_dir / cache_name).read_bytes())
+    cache = config.create_timing_cache(cache_path.read_bytes())
     assert len(cache.entries) == 7  # one per node: 2 casts, 3 convs, 2 relus
     assert fake_gpu.cuda.live() == NOTHING_LIVE  # the gate's backend freed what it took
 
@@ -164,7 +179,7 @@ def test_gate_refuses_drifting_engine_and_leaves_no_engine(fake_gpu, fp16_bundle
     monkeypatch.setattr(fake_gpu.trt, "OUTPUT_PERTURBATION", drift)
     assert main(["build-engine", str(fp16_bundle.path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert "FP16 engine refused at 64 x 64: argmax agreement" in err[-1]
+    assert "model.fp16.onnx: engine refused at 64 x 64: argmax agreement" in err[-1]
     assert not any(name.endswith((".engine", ".json", ".tmp")) for name in engines_dir_files(fp16_bundle))
 
 
@@ -180,13 +195,22 @@ def test_parser_errors_are_reported_one_line_each(fake_gpu, fp16_bundle, capsys)
     parser_lines = [line for line in err if "No importer registered for op: Relu" in line]
     assert len(parser_lines) == 2
     assert all(line.startswith(str(fp16_bundle.onnx_fp16_path)) for line in parser_lines)
-    assert "cannot parse the FP16 ONNX (2 error(s))" in err[-1]
+    assert "model.fp16.onnx: TensorRT cannot parse the ONNX (2 error(s))" in err[-1]
 
 
-def test_cli_builds_and_prints_the_engine_path(fake_gpu, fp16_bundle, capsys):
-    assert main(["build-engine", str(fp16_bundle.path), "--max-batch", "2", "--workspace-mb", "64"]) == 0
+def test_cli_builds_into_the_services_data_folder_and_prints_the_path(fake_gpu, fp16_bundle, capsys, tmp_path):
+    config = tmp_path / "phasewatch.toml"
+    config.write_text(f'[data]\ndir = "{tmp_path / "var"}"\n')
+    args = ["build-engine", str(fp16_bundle.path), "--max-batch", "2", "--workspace-mb", "64", "--config", str(config)]
+    assert main(args) == 0
     printed = Path(capsys.readouterr().out.strip())
-    assert printed.parent == fp16_bundle.engines_dir and printed.is_file()
+    assert printed.parent == tmp_path / "var" / "engines" / "tiny" and printed.is_file()
+    assert main([*args, "--data", str(tmp_path / "other")]) == 0  # --data wins over the file's
+    assert Path(capsys.readouterr().out.strip()).parent == tmp_path / "other" / "engines" / "tiny"
+    config.write_text(f'[model.tensorrt]\nengines = "{tmp_path / "kept"}"\n')
+    assert main(args) == 0  # a configured engines folder wins over the data folder
+    assert Path(capsys.readouterr().out.strip()).parent == tmp_path / "kept" / "tiny"
+    assert not fp16_bundle.engines_dir.exists()
 
 
 def test_bad_requests_are_one_line_errors(fake_gpu, fp16_bundle):
@@ -208,7 +232,7 @@ def test_each_gpu_keeps_its_own_timing_cache(fake_gpu, fp16_bundle, monkeypatch)
     build_engine(fp16_bundle, max_batch=2)
     monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_NAME", "NVIDIA Jetson AGX Orin")
     build_engine(fp16_bundle, max_batch=2)  # the same bundle on a second machine (shared folder)
-    caches = sorted(p.name for p in fp16_bundle.engines_dir.glob("*.timing.cache"))
+    caches = sorted(p.name for p in engines_module.DEFAULT_ENGINES.glob("*.timing.cache"))
     assert caches == ["nvidia-fake-rtx-a2000.sm86.trt10.3.0.timing.cache",
                       "nvidia-jetson-agx-orin.sm86.trt10.3.0.timing.cache"]
 
@@ -243,12 +267,27 @@ def test_an_unreadable_timing_cache_is_replaced(fake_gpu, fp16_bundle, tmp_path)
 # Engines for bundles with dynamic height and width: a spatial profile, gated at several sizes.
 
 def test_spatial_bundle_gets_a_spatial_profile_gated_at_each_end(fake_gpu, spatial_bundle):
-    path = build_engine(spatial_bundle, max_batch=2, max_side=128)
+    path = build_engine(spatial_bundle, max_batch=2, max_side=128, opt_side=TILE, opt_batch=2)
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
     assert sidecar["side"] == {"min": 8, "opt": TILE, "max": 128}
     assert sorted(sidecar["gate"], key=int) == ["8", str(TILE), "128"]
     assert all(gate["passed"] for gate in sidecar["gate"].values())
     assert sidecar["gate"]["128"]["pixels"] == 4 * 128 * 128
+
+
+def test_spatial_profile_is_tuned_for_one_field_of_the_largest_side(fake_gpu, spatial_bundle):
+    # Issue 26, defect 8: tuned for 8 tiles of 256 while the planner sends about one field of
+    # 512-1024 at a time (tiles as large as max side allows, one call per field).
+    path = build_engine(spatial_bundle, max_batch=4, max_side=128)
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["side"] == {"min": 8, "opt": 128, "max": 128}
+    assert sidecar["batch"] == {"min": 1, "opt": 1, "max": 4}
+
+
+def test_a_bundle_of_one_tile_size_is_still_tuned_for_full_batches(fake_gpu, fp16_bundle):
+    path = build_engine(fp16_bundle, max_batch=4)
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["batch"] == {"min": 1, "opt": 4, "max": 4}
 
 
 def test_gate_failing_at_one_size_refuses_the_engine(fake_gpu, spatial_bundle, monkeypatch):

@@ -7,10 +7,23 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+import test_build_engine as shared
 from onnx_graphs import make_bundle
 
 from phasewatch.app.cli import main
 from phasewatch.app.commands import doctor as doctor_command
+from phasewatch.backends.registry import BACKENDS
+from phasewatch.export.build_engine import build_engine
+
+# the fake GPU (TensorRT 10, cuda-python) and its bundle, shared with the build-engine tests
+fake_gpu = shared.fake_gpu
+engines_root = shared.engines_root
+
+
+@pytest.fixture
+def fp16_bundle(tmp_path, engines_root):
+    """The build-engine tests' bundle, in a folder of its own beside ``setup``'s."""
+    return shared.fp16_bundle.__wrapped__(tmp_path / "fp16", engines_root)
 
 
 @pytest.fixture
@@ -123,3 +136,45 @@ def test_failing_nvidia_smi_is_reported_as_text(monkeypatch) -> None:
     monkeypatch.setattr(doctor_command.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     monkeypatch.setattr(doctor_command.subprocess, "run", fail)
     assert doctor_command.gpu_summary() == "nvidia-smi failed (exit status 9): NVIDIA-SMI has failed"
+
+
+# Issue 26, must show: doctor names the chosen backend, why faster kinds were passed over, where
+# engines are kept, and whether an accuracy gate covers what was chosen.
+
+@pytest.mark.skipif(
+    bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())),
+    reason="this machine has a GPU provider",
+)
+def test_on_this_cpu_machine_doctor_says_where_engines_go_and_that_fp32_needs_no_gate(capsys, setup) -> None:
+    code, lines = doctor(capsys, setup)
+    assert code == 0
+    assert details(lines, "--", "engine")[0] == (
+        f"engines are kept in {setup['data'] / 'engines' / 'tiny'} (build-engine writes there; "
+        f"{setup['bundle'] / 'engines'} is read too)")
+    assert line(lines, "ok", "auto") == "picked cpu"
+    passed_over = details(lines, "--", "auto")
+    assert "passed over tensorrt-ep: onnxruntime lacks TensorrtExecutionProvider" in passed_over
+    assert line(lines, "--", "fp16 gate") == "cpu: not needed: FP32"
+    code, lines = doctor(capsys, setup, backend="cpu-int8")
+    assert line(lines, "--", "fp16 gate") == "cpu-int8: INT8, not FP16: the model passed quantise's gate"
+
+
+@shared.fake_cuda_only
+def test_under_the_fakes_doctor_picks_the_gated_engine_and_says_so(capsys, setup, fake_gpu, fp16_bundle) -> None:
+    engine = build_engine(fp16_bundle, max_batch=2, engines=setup["data"] / "engines")
+    code, lines = doctor(capsys, setup, model=fp16_bundle.path)
+    assert code == 0, lines
+    kept, found = details(lines, "--", "engine")
+    assert kept.startswith(f"engines are kept in {setup['data'] / 'engines' / 'tiny'} ")
+    assert found.startswith(f"matching TensorRT engine: {engine} (gate: 64 x 64: ")
+    assert found.endswith(" % argmax agreement)")
+    assert line(lines, "ok", "auto") == "picked tensorrt"
+    assert line(lines, "--", "fp16 gate") == "tensorrt: covered: its engine passed build-engine's gate against the " \
+                                             "FP32 ONNX"
+    code, lines = doctor(capsys, setup, model=fp16_bundle.path, backend="tensorrt-ep")
+    assert line(lines, "--", "fp16 gate") == ("tensorrt-ep: NOT covered: ONNX Runtime builds FP16 from the FP32 "
+                                              "ONNX with no accuracy gate")
+
+
+def test_every_backend_kind_has_its_gate_line() -> None:
+    assert set(doctor_command.GATES) == set(BACKENDS)

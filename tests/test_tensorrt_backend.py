@@ -7,6 +7,7 @@ when its stream is synchronised), so a missing copy, a wrong address or a missin
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import threading
@@ -17,10 +18,11 @@ import onnxruntime as ort
 import pytest
 import test_build_engine as shared
 
-from phasewatch.backends.base import BackendError
+from phasewatch.backends.base import BackendError, BackendFatal
 from phasewatch.backends.registry import choose_backend
 from phasewatch.backends.tensorrt import open_tensorrt_backend
 from phasewatch.backends.tta import TtaBackend
+from phasewatch.bundle import sha256_file
 from phasewatch.core.pipeline import tile_plan
 from phasewatch.export.build_engine import build_engine
 
@@ -31,6 +33,7 @@ spatial_bundle = shared.spatial_bundle
 smooth_tiles = shared.smooth_tiles
 NOTHING_LIVE = shared.NOTHING_LIVE
 fake_cuda_only = shared.fake_cuda_only
+engines_root = shared.engines_root
 
 
 def fp32_logits(bundle, tiles: np.ndarray) -> np.ndarray:
@@ -105,7 +108,7 @@ def test_wrong_tile_shape_is_a_one_line_error(backend):
         backend.run(np.zeros((1, 1, 32, 32), np.float32))
 
 
-@pytest.mark.parametrize("change", ["gpu", "compute_capability", "tensorrt", "onnx"])
+@pytest.mark.parametrize("change", ["gpu", "compute_capability", "multiprocessors", "memory", "tensorrt", "onnx"])
 @fake_cuda_only
 def test_an_engine_for_something_else_is_never_loaded(fake_gpu, fp16_bundle, monkeypatch,
                                                        change):
@@ -114,6 +117,10 @@ def test_an_engine_for_something_else_is_never_loaded(fake_gpu, fp16_bundle, mon
         monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_NAME", "NVIDIA Jetson Orin")
     elif change == "compute_capability":
         monkeypatch.setattr(fake_gpu.cuda, "FAKE_COMPUTE_CAPABILITY", (8, 7))
+    elif change == "multiprocessors":
+        monkeypatch.setattr(fake_gpu.cuda, "FAKE_MULTIPROCESSORS", 8)
+    elif change == "memory":
+        monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_MEMORY", 8 << 30)
     elif change == "tensorrt":
         monkeypatch.setattr(fake_gpu.trt, "__version__", "10.4.0")
     else:
@@ -125,7 +132,7 @@ def test_an_engine_for_something_else_is_never_loaded(fake_gpu, fp16_bundle, mon
     message = str(info.value)
     assert "\n" not in message
     assert "no TensorRT engine for" in message
-    assert "engines here: NVIDIA Fake RTX A2000 sm86, TensorRT 10.3.0" in message
+    assert "engines there: NVIDIA Fake RTX A2000 sm86 (26 SMs, 1 GiB), TensorRT 10.3.0" in message
     assert f"phasewatch build-engine {fp16_bundle.path}" in message
 
 
@@ -225,35 +232,48 @@ def activation_bytes(fake_gpu, batch: int) -> int:
     return batch * 1 * shared.TILE * shared.TILE * 4 * fake_gpu.trt.ACTIVATION_FACTOR
 
 
+def occupy(fake_gpu, leave: int) -> int:
+    """Take the fake device's memory but ``leave`` bytes (another process's); its address."""
+    fake_gpu.cuda.cudaSetDevice(0)
+    free = fake_gpu.cuda.cudaMemGetInfo()[1]
+    address = fake_gpu.cuda.reserve(free - leave)
+    assert address is not None
+    return address
+
+
 @fake_cuda_only
-def test_no_execution_context_is_a_backend_error_and_frees_everything(fake_gpu, fp16_bundle, monkeypatch):
+def test_no_execution_context_is_a_backend_error_and_frees_everything(fake_gpu, fp16_bundle):
     build_engine(fp16_bundle, max_batch=4)
-    monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_MEMORY", activation_bytes(fake_gpu, 4) - 1)
+    taken = occupy(fake_gpu, leave=activation_bytes(fake_gpu, 4) - 1)
     with pytest.raises(BackendError, match="could not create an execution context"):
         open_tensorrt_backend(fp16_bundle, batch=4)
+    fake_gpu.cuda.release(taken)
     assert fake_gpu.cuda.live() == NOTHING_LIVE
 
 
 @fake_cuda_only
-def test_out_of_gpu_memory_lets_auto_fall_back(fake_gpu, fp16_bundle, monkeypatch):
+def test_out_of_gpu_memory_lets_auto_fall_back(fake_gpu, fp16_bundle):
     build_engine(fp16_bundle, max_batch=4)
     # room for TensorRT's activations, none for the I/O buffers: cudaMalloc fails
-    monkeypatch.setattr(fake_gpu.cuda, "FAKE_DEVICE_MEMORY", activation_bytes(fake_gpu, 4) + 1024)
+    taken = occupy(fake_gpu, leave=activation_bytes(fake_gpu, 4) + 1024)
     backend, passed_over = choose_backend(fp16_bundle, "auto", batch=4)
     try:
         assert backend.name == "cpu"
         assert "cudaMalloc" in passed_over["tensorrt"] and "cudaErrorMemoryAllocation" in passed_over["tensorrt"]
     finally:
         backend.close()
+    fake_gpu.cuda.release(taken)
     assert fake_gpu.cuda.live() == NOTHING_LIVE
 
 
 @fake_cuda_only
-def test_a_cuda_error_while_running_is_a_backend_error(backend, fake_gpu, monkeypatch):
-    illegal = (fake_gpu.cuda.cudaError_t.cudaErrorIllegalAddress,)
-    monkeypatch.setattr(fake_gpu.cuda, "cudaStreamSynchronize", lambda stream: illegal)
-    with pytest.raises(BackendError, match="cudaStreamSynchronize failed: cudaErrorIllegalAddress"):
+def test_a_cuda_error_that_does_not_stick_is_a_backend_error(backend, fake_gpu, monkeypatch):
+    refused = (fake_gpu.cuda.cudaError_t.cudaErrorLaunchOutOfResources,)
+    synchronize = fake_gpu.cuda.cudaStreamSynchronize  # the stream's work done, then the error
+    monkeypatch.setattr(fake_gpu.cuda, "cudaStreamSynchronize", lambda stream: synchronize(stream) and refused)
+    with pytest.raises(BackendError, match="cudaStreamSynchronize failed: cudaErrorLaunchOutOfResources") as info:
         backend.run(smooth_tiles(1))
+    assert not isinstance(info.value, BackendFatal)  # transient: the daemon retries it
     with pytest.raises(BackendError, match="cudaStreamSynchronize"):
         backend.close()  # every release step still ran; the error is reported, not swallowed
     assert fake_gpu.cuda.live() == NOTHING_LIVE
@@ -287,5 +307,124 @@ def test_tile_plan_keeps_tiles_within_the_engines_max_side(fake_gpu, spatial_bun
         geometry = plan.geometry(1000, 300)
         assert geometry.tile_h <= 128 and geometry.tile_w <= 128
         assert plan.geometry(100, 120)[:2] == (104, 120)  # a field within the profile runs whole
+    finally:
+        backend.close()
+
+
+# Issue 26, defect 1: an out-of-memory error while a buffer grows left that shape broken for good
+# (the shape stored before the buffers existed, the old buffer freed before the new one).
+
+@fake_cuda_only
+def test_out_of_memory_while_growing_leaves_the_backend_usable_and_a_retry_works(fake_gpu, spatial_bundle):
+    build_engine(spatial_bundle, max_batch=2, max_side=128, opt_side=32, opt_batch=1)
+    backend = open_tensorrt_backend(spatial_bundle, batch=2)
+    small = shared.smooth_tiles(1, seed=7)[:, :, :32, :32].copy()
+    large = np.concatenate([shared.smooth_tiles(2, seed=8)] * 2, axis=3)[:, :, :, :128].repeat(2, 2)[:, :, :128]
+    try:
+        expected_small = backend.run(small)
+        taken = occupy(fake_gpu, leave=4096)  # another process takes the memory: growing fails
+        for _ in range(2):  # the daemon retries the same group
+            with pytest.raises(BackendError, match="cudaMalloc.*cudaErrorMemoryAllocation") as info:
+                backend.run(large)
+            assert not isinstance(info.value, BackendFatal)
+            np.testing.assert_array_equal(backend.run(small), expected_small)  # the old state still works
+        fake_gpu.cuda.release(taken)  # memory freed: the retry now goes through
+        assert_matches_fp32(spatial_bundle, large, backend.run(large))
+        np.testing.assert_array_equal(backend.run(small), expected_small)
+    finally:
+        backend.close()
+    assert fake_gpu.cuda.live() == NOTHING_LIVE
+
+
+# Issue 26, defect 2: a sticky CUDA error (the context is lost until the process ends) is fatal,
+# not one more transient fault: no retry on it, no fallback in the same process, a close that
+# does not raise.
+
+def lose_the_context(fake_gpu, backend, how: str) -> None:
+    if how == "illegal address":  # a kernel writes where no memory is: the stream faults
+        fake_gpu.cuda.release(backend._buffers["logits"].device)
+    else:
+        fake_gpu.cuda.fault(fake_gpu.cuda.cudaError_t[how])
+
+
+@pytest.mark.parametrize("how", ["illegal address", "cudaErrorLaunchFailure", "cudaErrorECCUncorrectable"])
+@fake_cuda_only
+def test_a_sticky_cuda_error_is_fatal_and_nothing_falls_back_in_this_process(fake_gpu, fp16_bundle, how):
+    build_engine(fp16_bundle, max_batch=2)
+    backend = open_tensorrt_backend(fp16_bundle, batch=2)
+    backend.run(smooth_tiles(2))
+    lose_the_context(fake_gpu, backend, how)
+    with pytest.raises(BackendFatal, match="sticks to the GPU context until the process exits") as info:
+        backend.run(smooth_tiles(2, seed=9))
+    assert "\n" not in str(info.value)
+    with pytest.raises(BackendFatal, match="the GPU context was lost earlier"):
+        backend.run(smooth_tiles(1))  # no CUDA call on a lost context
+    backend.close()  # the service's stop still runs: close drops what it held, without raising
+    with pytest.raises(BackendFatal):  # a reload in this process would fail the same way ...
+        choose_backend(fp16_bundle, "auto", batch=2)  # ... and auto must not fall back to the CPU
+
+
+@fake_cuda_only
+def test_the_stream_is_non_blocking(backend, fake_gpu):
+    # Issue 26, defect 8: a blocking stream waits for (and holds up) every other library's work
+    # on the legacy default stream.
+    assert fake_gpu.cuda.stream_from_handle(int(backend._stream)).blocking is False
+
+
+# Issue 26, defect 5: engines live in the data folder, never in the bundle (site-packages:
+# read-only for the service, deleted by pip install --upgrade); older locations still read.
+
+def test_engines_are_kept_in_the_data_folder_and_the_bundles_old_ones_still_load(
+        fake_gpu, fp16_bundle, engines_root, tmp_path):
+    path = build_engine(fp16_bundle, max_batch=2)
+    assert path.parent == engines_root / "tiny"
+    assert not fp16_bundle.engines_dir.exists()
+    open_tensorrt_backend(fp16_bundle, batch=2).close()
+    backend, _ = choose_backend(fp16_bundle, "tensorrt", batch=2, settings={"tensorrt": {"engines": str(engines_root)}})
+    backend.close()
+    # an engine a previous version built into the bundle is still found
+    fp16_bundle.engines_dir.mkdir()
+    for name in (path.name, path.name + ".json"):
+        (engines_root / "tiny" / name).rename(fp16_bundle.engines_dir / name)
+    backend = open_tensorrt_backend(fp16_bundle, batch=2, root=tmp_path / "elsewhere")
+    try:
+        assert_matches_fp32(fp16_bundle, smooth_tiles(2), backend.run(smooth_tiles(2)))
+    finally:
+        backend.close()
+
+
+# Issue 26, defect 7: every Orin module reports "Orin" sm87; an engine built on an AGX must not
+# load on an 8 GB Orin Nano.
+
+@fake_cuda_only
+def test_an_agx_orin_engine_is_not_loaded_on_an_orin_nano(fake_gpu, fp16_bundle, monkeypatch):
+    for name, value in (("FAKE_DEVICE_NAME", "Orin"), ("FAKE_COMPUTE_CAPABILITY", (8, 7)),
+                        ("FAKE_MULTIPROCESSORS", 16), ("FAKE_DEVICE_MEMORY", 30_000_000_000)):
+        monkeypatch.setattr(fake_gpu.cuda, name, value)
+    build_engine(fp16_bundle, max_batch=2)
+    open_tensorrt_backend(fp16_bundle, batch=2).close()  # loads on the AGX it was built on
+    fake_gpu.cuda.orin_nano()
+    with pytest.raises(BackendError) as info:
+        open_tensorrt_backend(fp16_bundle, batch=2)
+    assert "no TensorRT engine for Orin sm87 (8 SMs, 7 GiB)" in str(info.value)
+    assert "engines there: Orin sm87 (16 SMs, 28 GiB)" in str(info.value)
+
+
+# Issue 26, defect 9: FP16 without TensorRT's platform_has_fast_fp16 (a consumer Pascal runs FP16
+# at 1/64 of its FP32 rate).
+
+@fake_cuda_only
+def test_a_gpu_without_fast_fp16_gets_an_fp32_engine(fake_gpu, fp16_bundle, monkeypatch):
+    monkeypatch.setattr(fake_gpu.cuda, "FAKE_COMPUTE_CAPABILITY", (6, 1))
+    messages: list[str] = []
+    path = build_engine(fp16_bundle, max_batch=2, progress=messages.append)
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["onnx"] == "model.onnx" and sidecar["precision"].startswith("fp32")
+    assert sidecar["onnx_sha256"] == sha256_file(fp16_bundle.onnx_path) and sidecar["gate"]["64"]["passed"]
+    assert any("no fast FP16" in m for m in messages)
+    backend = open_tensorrt_backend(fp16_bundle, batch=2)
+    try:
+        tiles = smooth_tiles(2)
+        np.testing.assert_allclose(backend.run(tiles), fp32_logits(fp16_bundle, tiles), atol=1e-4)  # FP32 itself
     finally:
         backend.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -22,6 +23,40 @@ from phasewatch.errors import PhasewatchError
 
 class BackendError(PhasewatchError):
     """A backend that cannot be opened or run, or settings it cannot take; the message is one line."""
+
+
+class BackendFatal(BackendError):
+    """The device is unusable until this process ends: a sticky CUDA error (an illegal address,
+    a kernel that faulted, an uncorrectable ECC error) poisons the process's CUDA context, and
+    every later call, a reopened backend's included, fails the same way. No retry, fallback or
+    reload can help: the service reports it and exits non-zero, so that systemd restarts it."""
+
+
+# CUDA runtime errors after which "the context cannot be used" (CUDA's documentation of each):
+# they stick to the primary context until the process exits. Any other error (out of memory,
+# an invalid value) leaves the context usable and is transient.
+STICKY_CUDA_ERRORS = {
+    214: "cudaErrorECCUncorrectable",
+    700: "cudaErrorIllegalAddress",
+    702: "cudaErrorLaunchTimeout",
+    710: "cudaErrorAssert",
+    714: "cudaErrorHardwareStackError",
+    715: "cudaErrorIllegalInstruction",
+    716: "cudaErrorMisalignedAddress",
+    717: "cudaErrorInvalidAddressSpace",
+    718: "cudaErrorInvalidPc",
+    719: "cudaErrorLaunchFailure",
+}
+# How ONNX Runtime's CUDA and TensorRT providers name a CUDA error in their exceptions:
+# "CUDA failure 700: an illegal memory access ..." or "CUDA error cudaErrorIllegalAddress:...".
+_CUDA_FAILURE = re.compile(r"CUDA failure (\d+)|(cudaError[A-Za-z]+)")
+
+
+def sticky_cuda_error(message: str) -> bool:
+    """Whether an error message names one of :data:`STICKY_CUDA_ERRORS`."""
+    names = set(STICKY_CUDA_ERRORS.values())
+    return any((code and int(code) in STICKY_CUDA_ERRORS) or name in names
+               for code, name in _CUDA_FAILURE.findall(message))
 
 
 class Backend(Protocol):
@@ -90,9 +125,9 @@ class BackendKind(NamedTuple):
     # The kind's [model.<kind>] table -> its options; raises BackendError naming the key.
     options: Callable[[Table], Any]
     provider: str | None = None  # the ONNX Runtime execution provider, for kinds OrtBackend runs
-    # 'auto' may pick it; False for a kind that changes the numbers (INT8) or runs elsewhere
-    # (a shared server): asked for by name only.
-    auto: bool = True
+    # "": 'auto' may pick it; else why only a user who names it gets it (it changes the numbers
+    # without a gate, or runs elsewhere, on a shared server): 'auto' and doctor say so.
+    manual: str = ""
 
 
 def no_options(kind: str) -> Callable[[Table], None]:

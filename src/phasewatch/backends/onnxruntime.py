@@ -1,6 +1,11 @@
 """The ONNX Runtime backends: ``cpu``, ``cuda`` and ``tensorrt-ep`` (ONNX Runtime's execution
 providers) run the bundle's ONNX model; ``cpu-int8`` runs its INT8 model (``phasewatch
-quantise``) on the CPU provider. None of them has settings of its own ([model.<kind>] is empty).
+quantise``) on the CPU provider. ``cuda`` has settings (``[model.cuda]``: the memory arena's
+limit) and ``tensorrt-ep`` too (``[model.tensorrt-ep]``: where its engines are cached, the
+profile's largest side); the CPU kinds have none.
+
+``tensorrt-ep`` builds FP16 from the FP32 ONNX with no accuracy gate, so ``auto`` never picks
+it (``BackendKind.manual``): a user who names it gets it.
 """
 
 from __future__ import annotations
@@ -9,13 +14,24 @@ import functools
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from phasewatch.backends.base import Backend, BackendError, BackendKind, no_options, physical_cores
+from phasewatch.backends.base import (
+    Backend,
+    BackendError,
+    BackendFatal,
+    BackendKind,
+    Table,
+    no_options,
+    options_from_table,
+    physical_cores,
+    sticky_cuda_error,
+)
+from phasewatch.backends.engines import EngineOptions, engine_folder
 from phasewatch.bundle import Bundle, sha256_file
 from phasewatch.errors import one_line
 
@@ -52,7 +68,8 @@ def session_options(threads: int | None = None) -> Any:
 
 class OrtBackend:
     """An ONNX Runtime session with the execution provider of ``kind`` (:data:`PROVIDERS`);
-    batches larger than ``max_batch`` are run in chunks."""
+    batches larger than ``max_batch`` are run in chunks. On the TensorRT provider, ``max_side``
+    is the largest height and width of its engine profile (0: the profile is the bundle's tile)."""
 
     def __init__(
         self,
@@ -61,6 +78,7 @@ class OrtBackend:
         max_batch: int = 8,
         threads: int | None = None,
         provider_options: dict[str, str] | None = None,
+        max_side: int = 0,
     ) -> None:
         import onnxruntime as ort
 
@@ -74,7 +92,8 @@ class OrtBackend:
             )
         providers: list[Any] = [(provider, provider_options or {})]
         if provider == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.append(("CUDAExecutionProvider", _cuda_options()))  # nodes TensorRT lacks stay on the GPU
+            # nodes TensorRT lacks stay on the GPU, in an arena as bounded as the cuda kind's
+            providers.append(("CUDAExecutionProvider", cuda_options(CudaOptions(), any_size=True)))
         if provider != "CPUExecutionProvider":
             preload_gpu_libraries(provider)
             providers.append("CPUExecutionProvider")  # for the odd node a GPU provider lacks
@@ -98,17 +117,23 @@ class OrtBackend:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
-        # Symbolic height and width (an export with dynamic spatial axes): any size runs, except
-        # on the TensorRT provider, whose engine profile is built for the bundle's one tile.
-        self.any_size = (provider != "TensorrtExecutionProvider"
-                         and not any(isinstance(dim, int) for dim in model_input.shape[2:]))
+        # Symbolic height and width (an export with dynamic spatial axes): any size runs; on the
+        # TensorRT provider, any size within its profile, up to max_side.
+        dynamic = not any(isinstance(dim, int) for dim in model_input.shape[2:])
+        self.any_size = dynamic and (provider != "TensorrtExecutionProvider" or max_side > 0)
+        self.max_side = max_side if provider == "TensorrtExecutionProvider" else 0
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        chunks = [
-            self.session.run(None, {self.input_name: batch[i : i + self.max_batch]}, self.run_options)[0]
-            for i in range(0, len(batch), self.max_batch)
-        ]
+        try:
+            chunks = [
+                self.session.run(None, {self.input_name: batch[i : i + self.max_batch]}, self.run_options)[0]
+                for i in range(0, len(batch), self.max_batch)
+            ]
+        except Exception as exc:  # ORT's own exception types; a sticky CUDA error is named in the text
+            if sticky_cuda_error(str(exc)):
+                raise BackendFatal(f"{self.name}: {one_line(exc)}") from exc
+            raise
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def close(self) -> None:
@@ -133,50 +158,124 @@ def preload_gpu_libraries(provider: str) -> None:
         importlib.import_module("tensorrt_libs")  # its import loads libnvinfer and the ONNX parser
 
 
-def tensorrt_ep_options(bundle: Bundle, batch: int) -> dict[str, str]:
-    """Build the TensorRT engine once for tile-sized batches of 1..batch and cache it in
-    the bundle, so that a restart does not pay minutes of engine building again. FP16, as
-    the native engine is (TensorRT builds it from the FP32 ONNX; the native backend's gate
-    does not cover this provider); the CUDA provider after it runs what TensorRT cannot."""
+# The TensorRT provider's largest tile side for a bundle of any size (what build-engine's
+# --max-side defaults to): TensorRT sizes its activation memory for batch x max side squared.
+DEFAULT_EP_MAX_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class TensorrtEpOptions(EngineOptions):
+    """``[model.tensorrt-ep]``: ``engines`` (the folder under which its engine and timing caches
+    go: ``<engines>/<model>/ort-tensorrt``) and ``max_side``, the largest tile height and width
+    of its profile for a bundle exported for any size (a multiple of its spatial multiple)."""
+
+    max_side: int = DEFAULT_EP_MAX_SIDE
+
+    @classmethod
+    def from_table(cls, table: Table) -> TensorrtEpOptions:
+        return options_from_table(cls, "tensorrt-ep", table)
+
+    def __post_init__(self) -> None:
+        if self.max_side < 1:
+            raise BackendError(f"[model.tensorrt-ep] max_side: must be >= 1, got {self.max_side}")
+
+
+def tensorrt_ep_profile(bundle: Bundle, batch: int, max_side: int) -> tuple[str, str, str]:
+    """The TensorRT provider's optimisation profile (min, opt, max shapes) for ``bundle``: its
+    tile for a bundle of one size; else from its spatial multiple up to ``max_side`` (rounded
+    down to a multiple), tuned for one field of the largest side, as the tile planner sends."""
     name = bundle.manifest.get("input", {}).get("name", "input")
-    shape = f"{bundle.input_channels}x{bundle.tile}x{bundle.tile}"
-    cache = bundle.engines_dir / "ort-tensorrt"
+    channels, multiple = bundle.input_channels, bundle.spatial_multiple
+    if not multiple:
+        shape = f"{channels}x{bundle.tile}x{bundle.tile}"
+        return f"{name}:1x{shape}", f"{name}:{batch}x{shape}", f"{name}:{batch}x{shape}"
+    side = max_side // multiple * multiple
+    if side < multiple:
+        raise BackendError(f"[model.tensorrt-ep] max_side: {max_side} is below {bundle.name}'s spatial multiple "
+                           f"{multiple}")
+    return (f"{name}:1x{channels}x{multiple}x{multiple}", f"{name}:1x{channels}x{side}x{side}",
+            f"{name}:{batch}x{channels}x{side}x{side}")
+
+
+def tensorrt_ep_options(bundle: Bundle, batch: int, options: TensorrtEpOptions) -> dict[str, str]:
+    """FP16 (TensorRT builds it from the FP32 ONNX, with no accuracy gate: 'auto' never picks
+    this kind) with the profile of :func:`tensorrt_ep_profile`; the engine and timing caches in
+    the data folder (``<engines>/<model>/ort-tensorrt``), never in the bundle (read-only in
+    site-packages) nor the working folder, so a restart reuses them instead of rebuilding."""
+    cache = engine_folder(options.root, bundle) / "ort-tensorrt"
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BackendError(f"{cache}: cannot create the TensorRT engine cache: {exc}") from exc
+        raise BackendError(f"{cache}: cannot create the TensorRT engine cache: {exc.strerror or exc}") from exc
+    low, opt, high = tensorrt_ep_profile(bundle, batch, options.max_side)
     return {
         "trt_fp16_enable": "True",
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": "True",
-        "trt_profile_min_shapes": f"{name}:1x{shape}",
-        "trt_profile_opt_shapes": f"{name}:{batch}x{shape}",
-        "trt_profile_max_shapes": f"{name}:{batch}x{shape}",
+        "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": low,
+        "trt_profile_opt_shapes": opt,
+        "trt_profile_max_shapes": high,
     }
 
 
-def _cuda_options(bundle: Bundle | None = None, batch: int = 0) -> dict[str, str]:
-    # The slow exhaustive search runs once per input shape, and a microscope's fields mostly
-    # share one, so it pays off after a few runs.
-    return {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+def _open_tensorrt_ep(bundle: Bundle, batch: int, threads: int | None, options: TensorrtEpOptions) -> Backend:
+    provider_options = tensorrt_ep_options(bundle, batch, options)
+    max_side = int(provider_options["trt_profile_max_shapes"].rsplit("x", 1)[1]) if bundle.spatial_multiple else 0
+    return OrtBackend(bundle.onnx_path, "tensorrt-ep", batch, threads, provider_options, max_side)
 
 
-def ort_kind(kind: str, options: Callable[[Bundle, int], dict[str, str]] | None = None) -> BackendKind:
-    """The registry entry of a kind that :class:`OrtBackend` runs with its provider;
-    ``options(bundle, batch)`` gives the provider's options."""
-    provider = PROVIDERS[kind]
+# The CUDA provider's memory arena, unless [model.cuda] gpu_mem_limit_mb says otherwise: about
+# twice what a 2-megapixel call of a bundled U-Net needs, and a bound inside a Jetson's shared RAM.
+DEFAULT_GPU_MEM_LIMIT_MB = 4096
 
-    def open_(bundle: Bundle, batch: int, threads: int | None, settings: None) -> Backend:
-        provider_options = options(bundle, batch) if options else None
-        return OrtBackend(bundle.onnx_path, kind, batch, threads, provider_options)
+
+@dataclass(frozen=True)
+class CudaOptions:
+    """``[model.cuda]``: ``gpu_mem_limit_mb``, the most device memory ONNX Runtime's arena takes."""
+
+    gpu_mem_limit_mb: int = DEFAULT_GPU_MEM_LIMIT_MB
+
+    @classmethod
+    def from_table(cls, table: Table) -> CudaOptions:
+        return options_from_table(cls, "cuda", table)
+
+    def __post_init__(self) -> None:
+        if self.gpu_mem_limit_mb < 64:
+            raise BackendError(f"[model.cuda] gpu_mem_limit_mb: must be >= 64, got {self.gpu_mem_limit_mb}")
+
+
+def cuda_options(options: CudaOptions, any_size: bool) -> dict[str, str]:
+    """The CUDA provider's options. The arena grows by what is asked (not in powers of two)
+    up to the limit. cuDNN's exhaustive algorithm search runs once per input shape: worth it
+    for a bundle of one tile size (batches of 1..N tiles), not where tiles are planned per field
+    (``any_size``: a new shape for nearly every field), where the heuristic picks at once."""
+    return {
+        "cudnn_conv_algo_search": "HEURISTIC" if any_size else "EXHAUSTIVE",
+        "arena_extend_strategy": "kSameAsRequested",
+        "gpu_mem_limit": str(options.gpu_mem_limit_mb << 20),
+    }
+
+
+def _open_cuda(bundle: Bundle, batch: int, threads: int | None, options: CudaOptions) -> Backend:
+    provider_options = cuda_options(options, any_size=bool(bundle.spatial_multiple))
+    return OrtBackend(bundle.onnx_path, "cuda", batch, threads, provider_options)
+
+
+def _open_cpu(bundle: Bundle, batch: int, threads: int | None, options: None) -> Backend:
+    return OrtBackend(bundle.onnx_path, "cpu", batch, threads)
+
+
+def provider_unavailable(provider: str) -> Any:
+    """The ``unavailable`` of a kind run by ONNX Runtime's ``provider``."""
 
     def unavailable(bundle: Bundle) -> str | None:
         import onnxruntime as ort
 
         return None if provider in ort.get_available_providers() else f"onnxruntime lacks {provider}"
 
-    return BackendKind(open_, unavailable, no_options(kind), provider)
+    return unavailable
 
 
 def _int8_unavailable(bundle: Bundle) -> str | None:
@@ -197,8 +296,13 @@ def _open_int8(bundle: Bundle, batch: int, threads: int | None, settings: None) 
     return backend
 
 
-TENSORRT_EP = ort_kind("tensorrt-ep", tensorrt_ep_options)
-CUDA = ort_kind("cuda", _cuda_options)
-CPU = ort_kind("cpu")
+TENSORRT_EP = BackendKind(
+    _open_tensorrt_ep, provider_unavailable(PROVIDERS["tensorrt-ep"]), TensorrtEpOptions.from_table,
+    PROVIDERS["tensorrt-ep"],
+    manual="ONNX Runtime builds its FP16 engine from the FP32 ONNX with no accuracy gate (the native "
+           "'tensorrt' engines pass build-engine's gate); named, it is used")
+CUDA = BackendKind(_open_cuda, provider_unavailable(PROVIDERS["cuda"]), CudaOptions.from_table, PROVIDERS["cuda"])
+CPU = BackendKind(_open_cpu, provider_unavailable(PROVIDERS["cpu"]), no_options("cpu"), PROVIDERS["cpu"])
 # It changes the numbers (within the quantise gate's bars), so only a user who names it gets it.
-CPU_INT8 = BackendKind(_open_int8, _int8_unavailable, no_options("cpu-int8"), auto=False)
+CPU_INT8 = BackendKind(_open_int8, _int8_unavailable, no_options("cpu-int8"),
+                       manual="INT8 changes the numbers (within the quantise gate's bars)")

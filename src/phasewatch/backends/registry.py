@@ -3,10 +3,14 @@
 
 Adding a backend is its module and one entry here. Its own settings, if any, are the
 ``[model.<kind>]`` config table, which the module parses itself (``base.options_from_table``);
-every opener takes the bundle, the common arguments (batch, threads) and those options. The
-native TensorRT and Triton modules are imported only when their kind is asked for, since
-their client libraries are optional. ``cpu-int8`` changes the numbers and ``triton`` runs on a
-shared server, so only a user who names them gets them.
+every opener takes the bundle, the common arguments (batch, threads) and those options.
+TensorRT with cuda-python, and the Triton module, are imported only when their kind is asked
+for, since those libraries are optional. ``tensorrt-ep`` builds FP16 with no accuracy gate,
+``cpu-int8`` changes the numbers and ``triton`` runs on a shared server, so only a user who
+names them gets them (``BackendKind.manual``; 'auto' lists them with that reason).
+
+A sticky CUDA error (:class:`BackendFatal`) is never a reason to try the next kind: the
+process's CUDA context is lost, for every GPU kind alike; it goes to the caller.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from phasewatch.backends import onnxruntime
-from phasewatch.backends.base import Backend, BackendError, BackendKind, Table, no_options
+from phasewatch.backends.base import Backend, BackendError, BackendFatal, BackendKind, Table
+from phasewatch.backends.engines import EngineOptions
 from phasewatch.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -40,20 +45,17 @@ def _lazy(module: str, name: str) -> Callable[..., Any]:
 
 
 def _native_tensorrt_unavailable(bundle: Bundle) -> str | None:
+    # a missing engine is the opener's one line: only it knows the engines folder (its options)
     if importlib.util.find_spec("tensorrt") is None:
         return "python package 'tensorrt' is not installed"
-    if not (bundle.engines_dir.is_dir() and any(bundle.engines_dir.glob("*.engine"))):
-        return f"no engine in {bundle.engines_dir} (run build-engine)"
     return None
 
 
-def _open_native_tensorrt(bundle: Bundle, batch: int, threads: int | None, options: None) -> Backend:
+def _open_native_tensorrt(bundle: Bundle, batch: int, threads: int | None, options: EngineOptions) -> Backend:
     # threads is not used: TensorRT keeps no CPU thread pool to size.
-    try:
-        module = importlib.import_module("phasewatch.backends.tensorrt")
-    except ImportError as exc:
-        raise BackendError(f"{bundle.path}: native TensorRT backend unavailable: {exc}") from exc
-    return module.open_tensorrt_backend(bundle, batch)
+    from phasewatch.backends.tensorrt import open_tensorrt_backend
+
+    return open_tensorrt_backend(bundle, batch, options.root)
 
 
 def _triton_unavailable(bundle: Bundle) -> str | None:
@@ -71,15 +73,18 @@ def _open_triton(bundle: Bundle, batch: int, threads: int | None, options: Any) 
 
 # Fastest first: 'auto' takes the first kind that is available and opens.
 BACKENDS: dict[str, BackendKind] = {
-    "tensorrt": BackendKind(_open_native_tensorrt, _native_tensorrt_unavailable, no_options("tensorrt")),
+    "tensorrt": BackendKind(_open_native_tensorrt, _native_tensorrt_unavailable, EngineOptions.from_table),
     "tensorrt-ep": onnxruntime.TENSORRT_EP,
     "cuda": onnxruntime.CUDA,
     "cpu": onnxruntime.CPU,
     "cpu-int8": onnxruntime.CPU_INT8,
     "triton": BackendKind(_open_triton, _triton_unavailable,
-                          _lazy("phasewatch.backends.triton.client", "TritonOptions.from_table"), auto=False),
+                          _lazy("phasewatch.backends.triton.client", "TritonOptions.from_table"),
+                          manual="it runs on a shared Triton server"),
 }
 KINDS = ("auto", *BACKENDS)  # the choices of --backend and model.backend
+# Kinds with an 'engines' setting: the service gives them its data folder's (DataConfig.engines_dir).
+ENGINE_KINDS = ("tensorrt", "tensorrt-ep")
 
 
 def kind_options(kind: str, table: Table) -> Any:
@@ -107,21 +112,28 @@ def choose_backend(
     bundle: Bundle, kind: str = "auto", batch: int = 8, threads: int | None = None, settings: Settings | None = None
 ) -> Choice:
     """Open the backend ``kind`` (one of KINDS) for ``bundle``; 'auto' takes the first entry
-    of BACKENDS that is available and opens, and says why it passed over the ones before;
-    ``settings`` holds the kinds' ``[model.<kind>]`` tables."""
+    of BACKENDS that is available, opens and is not ``manual``, and says why it passed over the
+    ones before (a manual kind with its reason); ``settings`` holds the kinds' ``[model.<kind>]``
+    tables."""
     settings = settings or {}
     if kind != "auto":
         if kind not in BACKENDS:
             raise BackendError(f"{bundle.path}: unknown backend '{kind}' (choose from {', '.join(KINDS)})")
         return Choice(_open(kind, bundle, batch, threads, settings), {})
     passed_over: dict[str, str] = {}
+    names = list(BACKENDS)
+    last_auto = max(i for i, entry in enumerate(BACKENDS.values()) if not entry.manual)
     for name, entry in BACKENDS.items():
-        if not entry.auto:
-            continue
+        if entry.manual and names.index(name) > last_auto:
+            continue  # slower than every kind auto may pick: not 'passed over'
         reason = entry.unavailable(bundle)
+        if reason is None and entry.manual:
+            reason = f"not for auto: {entry.manual}"
         if reason is None:
             try:
                 return Choice(_open(name, bundle, batch, threads, settings), passed_over)
+            except BackendFatal:
+                raise  # the context is lost for every GPU kind alike
             except BackendError as exc:
                 reason = str(exc)
         passed_over[name] = reason

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from phasewatch.backends.base import BackendError
-from phasewatch.backends.registry import KINDS, Settings, kind_options
+from phasewatch.backends.registry import ENGINE_KINDS, KINDS, Settings, kind_options
 from phasewatch.backends.tta import MODES as TTA_MODES
 from phasewatch.errors import PhasewatchError
 from phasewatch.imageio.formats import SUPPORTED_SUFFIXES
@@ -124,6 +124,11 @@ class DataConfig:
     @property
     def results_dir(self) -> Path:
         return self.dir / "results"
+
+    @property
+    def engines_dir(self) -> Path:
+        """TensorRT engines and caches, built on this machine (never in a bundle: read-only)."""
+        return self.dir / "engines"
 
     def result_dir(self, file_id: int) -> Path:
         """Where the outputs of the file with queue id ``file_id`` go."""
@@ -243,6 +248,15 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: Path | None = None  # the file read; None when every value is a default
+
+    @property
+    def backend_settings(self) -> Settings:
+        """The [model.<kind>] tables as the service opens its backend with them: the engine
+        kinds keep their engines in the data folder unless their table names another folder."""
+        tables = {kind: dict(table) for kind, table in self.model.settings.items()}
+        for kind in ENGINE_KINDS:
+            tables.setdefault(kind, {}).setdefault("engines", str(self.data.engines_dir))
+        return tables
 
 
 # The file's name of a table whose field in Config is named otherwise: the pixel sizes keep their 0.1

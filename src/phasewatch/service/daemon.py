@@ -86,7 +86,7 @@ from typing import Any
 import numpy as np
 
 from phasewatch.atomic_files import OutputError
-from phasewatch.backends.base import Backend, BackendError, any_size
+from phasewatch.backends.base import Backend, BackendError, BackendFatal, any_size
 from phasewatch.bundle import resolve_bundle_path, sha256_file
 from phasewatch.core.pipeline import (
     Decoded,
@@ -288,7 +288,7 @@ def model_factory(config: Config, active: Callable[[], str | None] = lambda: Non
     model, models = config.model, config.data.dir / "models"
     bundle = lambda: resolve_bundle_path(active() or model.ref or DEFAULT_MODEL, models)  # noqa: E731
     return lambda: open_model(bundle(), model.backend, model.batch, tta=model.tta,
-                              tile_megapixels=model.tile_megapixels, settings=model.settings)
+                              tile_megapixels=model.tile_megapixels, settings=config.backend_settings)
 
 
 def _batches(works: list[_Work]) -> list[list[_Work]]:
@@ -328,6 +328,10 @@ class Daemon:
         self._budget = PixelBudget(int(config.workers.in_flight_megapixels * 1e6))
         self._work_ready = threading.Event()
         self._reload = threading.Event()
+        # A sticky CUDA error lost the GPU context for this process (BackendFatal): nothing more
+        # runs on it, not even after a reload; ``fatal`` tells ``serve`` to exit non-zero.
+        self.lost: str | None = None
+        self.fatal = threading.Event()
         self._in_flight = 0
         self._lock = threading.Lock()
         self.watcher = FolderWatcher(config.watch.dir, config.watch, self._on_settled)
@@ -576,16 +580,27 @@ class Daemon:
     def _infer(self, batch: list[_Work]) -> None:
         """Segment what the batch still needs (a retry after a fault skips what is done),
         then hand every file on to the write stage."""
+        if self.lost is not None:  # held until the service stops and gives the batch back
+            if self._reload.is_set():  # a reload would reopen on the lost context
+                self._reload.clear()
+                log.error("model reload refused: %s", self.lost)
+            raise TransientFault("backend", self.lost)
         if self._reload.is_set():
             self._reload_model()
         self._leave_stage([w for w in batch if w.staged])  # a retry after a store fault
         model = self.model  # what segments this batch is what its results record
-        for group in _batches([w for w in batch if w.decoded is not None and w.segmented is None
-                               and w.error is None]):
-            self._segment(group, model)
-        for w in batch:
-            if w.volume is not None and w.result is None and w.error is None:
-                self._segment_volume(w, model)
+        try:
+            for group in _batches([w for w in batch if w.decoded is not None and w.segmented is None
+                                   and w.error is None]):
+                self._segment(group, model)
+            for w in batch:
+                if w.volume is not None and w.result is None and w.error is None:
+                    self._segment_volume(w, model)
+        except BackendFatal as exc:  # charged to no file: the batch goes back to the queue at the stop
+            self.lost = f"{model.backend.name}: {exc}; the service exits for systemd to restart it"
+            log.critical("GPU context lost: %s", self.lost)
+            self.fatal.set()
+            raise TransientFault("backend", self.lost) from exc
         for w in batch:
             self._segmented.put(w)
 
@@ -595,7 +610,7 @@ class Daemon:
         what no file sent (:meth:`_blame`): the others go on."""
         try:
             self._segment_together(group, model)
-        except TransientFault:
+        except (TransientFault, BackendFatal):
             raise
         except Exception as exc:  # prepare, the backend, stitching: whatever the pixels made fail
             if len(group) == 1:
@@ -638,6 +653,8 @@ class Daemon:
         try:
             next(segment_images([ramp], model.bundle, model.backend, self.config.model.overlap or None,
                                 self.config.model.batch, plan=model.plan))
+        except BackendFatal:
+            raise
         except Exception as exc:
             return one_line(exc)
         return None
@@ -662,6 +679,8 @@ class Daemon:
                 raise TransientFault("disk", one_line(exc)) from exc
             work.error = f"{work.path}: {one_line(exc)}" if not isinstance(exc, PhasewatchError) else str(exc)
             work.retry = True
+        except BackendFatal:
+            raise
         except BackendError as exc:
             self._blame(work, model, "cannot segment", exc)
         except PhasewatchError as exc:  # the volume's own fault: a damaged slice, slices of two sizes

@@ -22,6 +22,10 @@ set, ``create_timing_cache`` returns None for bytes that are no timing cache, an
 ``create_execution_context`` returns None when its activation memory does not fit the device
 (each context takes its own, from the fake device memory, and gives it back when deleted).
 
+A lost CUDA context (the fake CUDA's sticky error) makes ``execute_async_v3`` return False, as
+TensorRT's enqueue fails on it; ``Builder.platform_has_fast_fp16`` is False for the GPUs whose
+FP16 is slow (sm61, Maxwell), as TensorRT's is.
+
 Test hooks: ``__version__`` (simulate another TensorRT) and ``OUTPUT_PERTURBATION`` (a function
 applied to every output, to simulate an engine whose FP16 arithmetic drifts).
 
@@ -382,7 +386,10 @@ class Builder:
 
     @property
     def platform_has_fast_fp16(self) -> bool:
-        return _compute_capability() >= (5, 3)
+        # native FP16 arithmetic at full rate or more: sm53, sm60, sm62 and sm70 on, not the
+        # consumer Pascals (sm61, FP16 at 1/64 of the FP32 rate) nor Maxwell
+        capability = _compute_capability()
+        return capability >= (5, 3) and capability != (6, 1)
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
         return INetworkDefinition(int(flags))
@@ -596,6 +603,9 @@ class IExecutionContext:
         if missing:
             self._error(f"IExecutionContext::enqueueV3: Error Code 3: API Usage Error (address is "
                         f"not set for tensor {missing[0]}. Call setTensorAddress)")
+            return False
+        if not REAL_CUDA and driver.sticky() is not None:  # the context is lost: nothing runs
+            self._error(f"IExecutionContext::enqueueV3: Error Code 1: Cuda Runtime ({driver.sticky().name})")
             return False
         if not REAL_CUDA and driver.stream_from_handle(int(stream_handle)) is None and int(stream_handle) != 0:
             self._error(f"IExecutionContext::enqueueV3: invalid stream {stream_handle:#x}")

@@ -1,9 +1,10 @@
 """``phasewatch doctor``: what ``phasewatch serve`` would use here, and what stops it.
 
 It reads the same configuration as ``serve`` (file and flags), then reports on the
-configuration, the inference backends, the model, the backend ``auto`` would pick and
-why, the watch and data folders, free disk, the GPU, the CPU and the versions of
-Python and the packages. It changes nothing: the data folder is probed with a temporary
+configuration, the inference backends, the model, where TensorRT engines are kept and whether
+one fits this GPU, the backend ``auto`` would pick, why it passed over the faster ones and
+whether an accuracy gate covers what it picked, the watch and data folders, free disk, the
+GPU, the CPU and the versions of Python and the packages. It changes nothing: the data folder is probed with a temporary
 file that is removed at once, and nothing is created. Run it as the service's user
 (``sudo -u phasewatch phasewatch doctor``): folder permissions are checked for whoever runs it.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from phasewatch.backends.base import BackendError, physical_cores
+from phasewatch.backends.engines import EngineOptions, engine_folders
 from phasewatch.backends.registry import Settings, choose_backend
 from phasewatch.bundle import Bundle, BundleError, load_bundle
 from phasewatch.service.config import Config, ConfigError, add_service_arguments, config_from_args
@@ -40,6 +42,15 @@ NVIDIA_SMI_QUERY = ("nvidia-smi", "--query-gpu=name,driver_version,memory.total"
 NVIDIA_SMI_TIMEOUT_S = 10
 JETSON_RELEASE = Path("/etc/nv_tegra_release")
 OK, FAIL, INFO = "ok", "FAIL", "--"
+# What stands between each kind's numbers and the FP32 model's ("fp16 gate" line).
+GATES = {
+    "tensorrt": "covered: its engine passed build-engine's gate against the FP32 ONNX",
+    "tensorrt-ep": "NOT covered: ONNX Runtime builds FP16 from the FP32 ONNX with no accuracy gate",
+    "cuda": "not needed: FP32",
+    "cpu": "not needed: FP32",
+    "cpu-int8": "INT8, not FP16: the model passed quantise's gate",
+    "triton": "not checked here: the precision is the Triton server's (its model's identity is checked)",
+}
 
 
 class Check(NamedTuple):
@@ -79,13 +90,14 @@ def run(args: argparse.Namespace) -> int:
 def service_checks(config: Config) -> list[Check]:
     """Backends, model, the backend auto picks, folders and disk, for this configuration."""
     checks = [backends_check()]
+    settings = config.backend_settings
     try:
         bundle = load_bundle(config.model.ref or DEFAULT_MODEL)
     except BundleError as exc:
         checks.append(Check(FAIL, "model", str(exc)))
     else:
-        checks += [model_check(bundle), engine_check(bundle)]
-        checks += backend_checks(bundle, config.model.backend, config.model.batch, config.model.settings)
+        checks += [model_check(bundle), *engine_checks(bundle, EngineOptions.from_table(settings["tensorrt"]))]
+        checks += backend_checks(bundle, config.model.backend, config.model.batch, settings)
     checks += [watch_check(config), data_check(config.data.dir), disk_check(config.data.dir)]
     return checks
 
@@ -131,17 +143,22 @@ def model_check(bundle: Bundle) -> Check:
                               f"halo {bundle.halo}, scale {bundle.scale}, {sha}; classes: {classes}")
 
 
-def engine_check(bundle: Bundle) -> Check:
-    """Whether a native TensorRT engine built for this GPU, TensorRT and ONNX is there."""
+def engine_checks(bundle: Bundle, options: EngineOptions) -> list[Check]:
+    """Where TensorRT engines are kept, and whether one built for this GPU, TensorRT and ONNX is there."""
+    kept, legacy = engine_folders(options.root, bundle)
+    checks = [Check(INFO, "engine", f"engines are kept in {kept} (build-engine writes there; {legacy} is read too)")]
     if importlib.util.find_spec("tensorrt") is None:
-        return Check(INFO, "engine", "no TensorRT engine check: tensorrt is not installed")
-    from phasewatch.backends.tensorrt import current_stamp, find_engine
+        return [*checks, Check(INFO, "engine", "no TensorRT engine check: tensorrt is not installed")]
+    from phasewatch.backends.tensorrt import find_engine, machine_stamps, read_sidecar, sidecar_path
 
     try:
-        engine = find_engine(bundle, current_stamp(bundle))
+        engine = find_engine(bundle, machine_stamps(bundle), options.root)
     except BackendError as exc:
-        return Check(INFO, "engine", str(exc))
-    return Check(INFO, "engine", f"matching TensorRT engine: {engine}")
+        return [*checks, Check(INFO, "engine", str(exc))]
+    gate = (read_sidecar(sidecar_path(engine)) or {}).get("gate", {})
+    passed = "; ".join(f"{side} x {side}: {record.get('argmax_agreement', 0) * 100:.3f} % argmax agreement"
+                       for side, record in gate.items())
+    return [*checks, Check(INFO, "engine", f"matching TensorRT engine: {engine} (gate: {passed or 'no numbers'})")]
 
 
 def backend_checks(bundle: Bundle, configured: str, batch: int, settings: Settings | None = None) -> list[Check]:
@@ -154,6 +171,8 @@ def backend_checks(bundle: Bundle, configured: str, batch: int, settings: Settin
         backend.close()
         checks = [Check(OK, "auto", f"picked {backend.name}")]
         checks += [Check(INFO, "auto", f"passed over {kind}: {why}") for kind, why in passed_over.items()]
+        if configured == "auto":
+            checks.append(gate_check(backend.name))
     if configured != "auto":
         try:
             choose_backend(bundle, configured, batch, settings=settings).backend.close()
@@ -161,7 +180,12 @@ def backend_checks(bundle: Bundle, configured: str, batch: int, settings: Settin
             checks.append(Check(FAIL, "backend", str(exc)))
         else:
             checks.append(Check(OK, "backend", f"{configured} (configured) opens"))
+        checks.append(gate_check(configured))
     return checks
+
+
+def gate_check(kind: str) -> Check:
+    return Check(INFO, "fp16 gate", f"{kind}: {GATES.get(kind, 'not known for this kind')}")
 
 
 def watch_check(config: Config) -> Check:

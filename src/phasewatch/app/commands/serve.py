@@ -1,7 +1,9 @@
 """``phasewatch serve``: the daemon, its web page and API, and its systemd manners.
 
 SIGTERM (and SIGINT) stop taking files, finish the fields in hand and exit 0; SIGHUP
-reloads the model between batches. READY=1, watchdog pings (only while healthy) and
+reloads the model between batches. A sticky CUDA error (``Daemon.fatal``: the GPU context is
+lost until the process ends) stops the service the same way and exits 1, so that systemd
+(``Restart=on-failure``) starts a fresh process. READY=1, watchdog pings (only while healthy) and
 STOPPING=1 go to the systemd notify socket when there is one.
 
 The page is reachable only from this machine unless a token is set: ``serve`` refuses
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: _reload(service.daemon))
+    threading.Thread(target=_stop_when_lost, args=(service.daemon, stop), name="gpu-lost", daemon=True).start()
     watchdog = sdnotify.Watchdog(healthy=service.daemon.alive)
     watchdog.start()
     log.info("serving", extra=log_fields(url=service.url, watch=str(config.watch.dir), data=str(config.data.dir),
@@ -70,8 +73,16 @@ def run(args: argparse.Namespace) -> int:
     sdnotify.stopping()
     watchdog.stop()
     stop_service(service)
+    if service.daemon.fatal.is_set():
+        log.critical("stopped: %s", service.daemon.lost)
+        return 1
     log.info("stopped")
     return 0
+
+
+def _stop_when_lost(daemon: Daemon, stop: threading.Event) -> None:
+    daemon.fatal.wait()
+    stop.set()
 
 
 def _reload(daemon: Daemon) -> None:
