@@ -121,7 +121,8 @@ def reloads(name: str, open_: Callable[[], Backend], tiles: np.ndarray) -> bool:
 
 def native_backend_opener(bundle: Bundle, workdir: Path) -> Callable[[], Backend]:
     """The native TensorRT backend around the test fake's engine on the real CUDA (no TensorRT
-    here): the engine is built by build-engine, with the fake, into a copy of the bundle."""
+    here): the engine is built by build-engine, with the fake, for a copy of the bundle, into an
+    engines folder of the check's own (not the machine's /var/lib/phasewatch)."""
     import cuda.bindings.runtime  # noqa: F401 - the real one, before the fakes' folder
 
     sys.path.insert(0, str(FAKES))
@@ -129,9 +130,10 @@ def native_backend_opener(bundle: Bundle, workdir: Path) -> Callable[[], Backend
     from phasewatch.export.build_engine import build_engine
 
     copy = load_bundle(shutil.copytree(bundle.path, workdir / bundle.name))
+    engines = workdir / "engines"
     build_engine(copy, max_batch=8, max_side=2 * copy.tile,  # a multiple of any spatial_multiple
-                 progress=lambda message: print(f"  build-engine (fake TensorRT): {message}"))
-    return lambda: open_tensorrt_backend(copy, 8)
+                 progress=lambda message: print(f"  build-engine (fake TensorRT): {message}"), engines=engines)
+    return lambda: open_tensorrt_backend(copy, 8, engines)
 
 
 def ort_has_cuda() -> bool:
