@@ -83,6 +83,38 @@ def test_an_imagej_stack_is_one_volume_with_classes_tiff_and_volume_json(tmp_pat
         "euler_number"]
 
 
+def test_measure_volume_names_the_classes_segment_wrote_into_the_stack(tmp_path, capsys):
+    """Issue 24: NAME.classes.tif carries its model's classes (ImageJ properties, colours as its
+    lookup table), so measure-volume on it names them; --classes takes NAME.volume.json too."""
+    bundle = make_bundle(tmp_path / "b", in_channels=1, num_classes=3, tile=64)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    names = ["gamma matrix", "secondary gamma prime", "pores"]
+    manifest["classes"] = [{**c, "name": n, "role": r} for c, n, r in
+                           zip(manifest["classes"], names, ("background", "phase", "excluded"), strict=True)]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    stack = tmp_path / "ball.tif"
+    write_imagej_stack(stack, ball_volume())
+    out = tmp_path / "out"
+    assert segment(stack, "--model", bundle, "--out", out) == 0
+    capsys.readouterr()
+    with tifffile.TiffFile(out / "ball.classes.tif") as tif:
+        lut = np.reshape(tif.imagej_metadata["LUTs"], (3, 256))  # tifffile gives a single LUT unlisted
+    for c in manifest["classes"]:
+        assert list(lut[:, c["id"]]) == c["colour"]
+    record = json.loads((out / "ball.volume.json").read_text())
+    assert [(c["name"], c["role"]) for c in record["classes"]] == [(c["name"], c["role"]) for c in manifest["classes"]]
+
+    assert main(["measure-volume", str(out / "ball.classes.tif"), "--json"]) == 0
+    named = json.loads(capsys.readouterr().out)
+    assert list(named["classes"]) == ["gamma matrix", "secondary gamma prime"]  # pores: excluded
+    assert named["classes"] == record["measurements_3d"]["classes"]
+    assert main(["measure-volume", str(out / "ball.classes.tif"), "--classes", str(out / "ball.volume.json"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == named["classes"]
+    assert main(["measure-volume", str(out / "ball.classes.tif")]) == 0
+    assert "secondary gamma prime" in capsys.readouterr().out
+
+
 def test_per_slice_fractions_are_those_of_the_slices_as_fields(tmp_path, bundle):
     """The same pages as a plain multi-page TIFF stay separate fields; their fractions are
     the volume's per-slice fractions."""

@@ -9,15 +9,23 @@ each specimen to one model (``src/phasewatch/store/``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import phasewatch
+from phasewatch.bundle import ClassInfo
 from phasewatch.core.pipeline import Model
-from phasewatch.core.records import ModelIdentity, ModelTiling
+from phasewatch.core.records import ModelClass, ModelIdentity, ModelTiling
 
 
 def software_version() -> str:
     """This phasewatch's version (one place: ``phasewatch.__version__``, which the package's
     metadata is built from, so a stale install record cannot disagree with the code)."""
     return phasewatch.__version__
+
+
+def model_classes(classes: Sequence[ClassInfo]) -> list[ModelClass]:
+    """A bundle's classes as JSON: id, name, colour (RGB) and role."""
+    return [{"id": c.id, "name": c.name, "colour": list(c.colour), "role": c.role} for c in classes]
 
 
 def model_identity(model: Model) -> ModelIdentity:
@@ -31,7 +39,7 @@ def model_identity(model: Model) -> ModelIdentity:
         "onnx_sha256": bundle.onnx_sha256,
         "architecture": bundle.architecture,
         "exported_at": bundle.manifest.get("exported_at"),
-        "classes": [{"id": c.id, "name": c.name, "colour": list(c.colour), "role": c.role} for c in bundle.classes],
+        "classes": model_classes(bundle.classes),
         "backend": model.backend.name,
         "tiling": tiling,
         "software": software_version(),

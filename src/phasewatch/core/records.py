@@ -124,6 +124,7 @@ class _VolumeKeys(TypedDict):
     per_slice: list[SliceRecord]
     measurements_3d: dict[str, Any]  # measure3d.VolumeMeasurer.result: its own rules and keys
     timing: VolumeTiming
+    classes: list[ModelClass]  # the model's, by id: what the class ids of NAME.classes.tif mean
 
 
 class VolumeRecord(_VolumeKeys, total=False):

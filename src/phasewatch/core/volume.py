@@ -36,6 +36,7 @@ the volume.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import time
@@ -53,6 +54,7 @@ from phasewatch.bundle import ClassInfo
 from phasewatch.core.measure3d import VolumeMeasurer
 from phasewatch.core.normalise import ModelInput
 from phasewatch.core.pipeline import Model, assessed_record, segment_images
+from phasewatch.core.provenance import model_classes
 from phasewatch.core.records import FieldRecord, SliceRecord, VolumeRecord
 from phasewatch.imageio.formats import (
     DEFAULT_MAX_PIXELS,
@@ -63,7 +65,13 @@ from phasewatch.imageio.formats import (
     images_in,
     read_pages,
 )
-from phasewatch.imageio.stacks import StackHeader, micrograph_slices, open_label_stack, open_micrograph_stack
+from phasewatch.imageio.stacks import (
+    CLASSES_PROPERTY,
+    StackHeader,
+    micrograph_slices,
+    open_label_stack,
+    open_micrograph_stack,
+)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 Spacing = tuple[float, float, float]
@@ -196,7 +204,7 @@ def segment_volume(volume: Volume, model: Model, out_dir: Path, overlap: int | N
     records: list[SliceRecord] = []
     classes_path = out_dir / f"{volume.name}.classes.tif"
     _write_stack(classes_path, _class_maps(volume, model, overlap, batch, measurer, records, window, on_slice),
-                 volume.n_slices, volume.spacing_um)
+                 volume.n_slices, volume.spacing_um, model.bundle.classes)
     seconds = time.perf_counter() - started
     json_path = out_dir / f"{volume.name}.volume.json"
     record = volume_record(volume, model, records, measurer.result(), seconds)
@@ -230,11 +238,18 @@ def _class_maps(volume: Volume, model: Model, overlap: int | None, batch: int | 
         yield segmentation.classes
 
 
-def _write_stack(path: Path, maps: Iterator[np.ndarray], n_slices: int, spacing_um: Spacing | None) -> None:
-    """A uint8 ImageJ stack written page by page, with the spacing where known (what
-    ``measure-volume`` reads back); under a temporary name until the last page is in."""
+def _write_stack(path: Path, maps: Iterator[np.ndarray], n_slices: int, spacing_um: Spacing | None,
+                 classes: Sequence[ClassInfo]) -> None:
+    """A uint8 ImageJ stack written page by page, with the spacing where known and the
+    classes its ids stand for (what ``measure-volume`` reads back; :data:`CLASSES_PROPERTY`),
+    their colours as its lookup table (ImageJ and Fiji show the classes in them); under a
+    temporary name until the last page is in."""
     first = next(maps)
-    metadata: dict[str, Any] = {"axes": "ZYX"}
+    lut = np.zeros((3, 256), np.uint8)
+    for c in classes:
+        lut[:, c.id] = c.colour
+    metadata: dict[str, Any] = {"axes": "ZYX", "LUTs": [lut],
+                                "Properties": {CLASSES_PROPERTY: json.dumps(model_classes(classes))}}
     resolution = None
     if spacing_um:
         metadata.update(spacing=spacing_um[0], unit="um")
@@ -269,6 +284,7 @@ def volume_record(volume: Volume, model: Model, slices: Sequence[SliceRecord], m
         "measurements_3d": measured,
         "timing": {"seconds": round(seconds, 4), "seconds_per_slice": round(seconds / count, 4),
                    "slices_per_second": round(count / seconds, 3) if seconds > 0 else None},
+        "classes": model_classes(model.bundle.classes),
     }
 
 

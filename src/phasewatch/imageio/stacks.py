@@ -7,11 +7,16 @@ fields of the same pages are (``formats.page_pixels``), under the same limits: i
 is walked first, and each page's size is checked from its header against ``max_pixels``
 before that page is decoded (a stack whose slice 0 is small may declare 40000 x 40000 for
 slice 1). The daemon runs both in its bounded decoder process (``imageio.isolated``).
+
+A class-id stack that ``segment`` wrote names its classes in its ImageJ properties
+(:data:`CLASSES_PROPERTY`: JSON, the model's classes by id with colour and role), so that
+``measure-volume`` says "secondary gamma prime", not "class 1".
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,9 @@ from phasewatch.imageio.formats import (
 )
 from phasewatch.imageio.tiff_metadata import ome_size_z, tiff_spacing
 
+# The ImageJ property (in the IJMetadata tag) that holds a class-id stack's classes as JSON.
+CLASSES_PROPERTY = "phasewatch.classes"
+
 
 class StackReadError(PhasewatchError):
     """A stack that cannot be read as a volume; the message is one line naming the file."""
@@ -49,6 +57,7 @@ class LabelStack:
     contiguous: tuple[int, np.dtype, int, int] | None = None
     spacing_source: str = "none"  # "imagej" or "ome" when spacing_um came from the file
     says_volume: bool = False  # the metadata call it a Z stack: ImageJ slices > 1 or OME SizeZ > 1
+    classes: list[Any] | None = None  # CLASSES_PROPERTY read back (unchecked JSON); None without it
 
     def slices(self) -> Iterator[np.ndarray]:
         """The pages as class maps (single-channel)."""
@@ -110,6 +119,7 @@ def open_label_stack(path: Path) -> LabelStack:
             spacing, spacing_source = tiff_spacing(tif)
             contiguous = _imagej_contiguous(tif, meta, n_pages)
             says_volume = int(meta.get("slices", 1)) > 1 or ome_size_z(tif) > 1
+            classes = _classes(path, meta)
     except OSError as exc:
         raise StackReadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except (ValueError, tifffile.TiffFileError) as exc:
@@ -123,7 +133,22 @@ def open_label_stack(path: Path) -> LabelStack:
         raise StackReadError(f"{path}: an ImageJ hyperstack of {described}; "
                                  f"a volume has one axis of slices")
     n_slices = int(meta["images"]) if contiguous is not None else n_pages
-    return LabelStack(Path(path), n_slices, spacing, contiguous, spacing_source, says_volume)
+    return LabelStack(Path(path), n_slices, spacing, contiguous, spacing_source, says_volume, classes)
+
+
+def _classes(path: Path, meta: dict[str, Any]) -> list[Any] | None:
+    """The stack's :data:`CLASSES_PROPERTY` as a list (its entries checked by whoever uses them)."""
+    properties = meta.get("Properties")
+    text = properties.get(CLASSES_PROPERTY) if isinstance(properties, dict) else None
+    if text is None:
+        return None
+    try:
+        classes = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise StackReadError(f"{path}: its {CLASSES_PROPERTY} property is not JSON ({one_line(exc)})") from exc
+    if not isinstance(classes, list):
+        raise StackReadError(f"{path}: its {CLASSES_PROPERTY} property is not a list of classes")
+    return classes
 
 
 def _imagej_contiguous(tif: Any, meta: dict[str, Any], n_pages: int) -> tuple[int, np.dtype, int, int] | None:

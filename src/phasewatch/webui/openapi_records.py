@@ -80,7 +80,12 @@ RECORD_SCHEMAS: dict[str, Any] = {
         spacing_um=nullable({**_array(NUMBER), "description": "z, y, x in µm"}), spacing_source=STRING,
         trust=ref("VolumeTrust"), per_slice=_array(ref("SliceRecord")),
         measurements_3d={"type": "object", "description": "3D phase fractions and components (measure3d's rules)"},
-        timing=ref("VolumeTiming"), outputs=_map(STRING, "output kind -> file")),
+        timing=ref("VolumeTiming"), outputs=_map(STRING, "output kind -> file"),
+        classes={**_array(ref("ModelClass")), "description": "the model's classes by id: what the class ids of "
+                 "NAME.classes.tif mean (written into its ImageJ properties too)"}),
+    "ModelClass": _object("a class of the model: its id in the class maps, name, RGB colour and role",
+                          id=INTEGER, name=STRING, colour=_array(INTEGER),
+                          role={**STRING, "enum": ["phase", "background", "excluded"]}),
     "FieldRecord": _object(
         "one field's record: a page, a multi-page file combined (pages), or a volume shown as one field (volume). "
         "Every record made now has image, page, model, backend, width, height, pixel_size_um, pixel_size_source, "

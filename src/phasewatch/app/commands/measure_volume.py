@@ -1,7 +1,9 @@
 """``phasewatch measure-volume LABELS.tif``: 3D measurements of a stack of class maps.
 
 The stack is read page by page (never whole); the rules and how they are computed are in
-:mod:`phasewatch.core.measure3d`. Prints a table, or with ``--json`` one JSON object.
+:mod:`phasewatch.core.measure3d`. Prints a table, or with ``--json`` one JSON object. The
+classes are ``--classes``, else those the stack names (``segment --volume`` writes them into
+its ``NAME.classes.tif``), else "class 0", "class 1", ...
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", metavar="NAMES|JSON",
                         help='class names for ids 0, 1, ... ("matrix,si"), or JSON inline or in a file: '
                              'a list of names or of {"name", "role"} (role excluded leaves the valid volume), '
-                             'or a bundle manifest (its "classes")')
+                             'a bundle manifest or a NAME.volume.json from segment (its "classes"); default: '
+                             'the classes the stack names')
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -44,9 +47,14 @@ def parse_classes(text: str) -> list[ClassInfo]:
         raw = [name.strip() for name in stripped.split(",")]
     if isinstance(raw, dict):
         raw = raw.get("classes")
+    return class_list(raw, "--classes")
+
+
+def class_list(raw: Any, where: str) -> list[ClassInfo]:
+    """A JSON list of names or of ``{"name", "role", "id"}`` as ClassInfo for ids 0..n-1."""
     if not isinstance(raw, list) or not raw:
-        raise VolumeMeasureError("--classes must name at least one class")
-    return [_class_info(index, entry) for index, entry in enumerate(raw)]
+        raise VolumeMeasureError(f"{where} must name at least one class")
+    return [_class_info(index, entry, where) for index, entry in enumerate(raw)]
 
 
 def _json(text: str, where: str) -> Any:
@@ -56,16 +64,16 @@ def _json(text: str, where: str) -> Any:
         raise VolumeMeasureError(f"{where}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
 
 
-def _class_info(index: int, entry: Any) -> ClassInfo:
+def _class_info(index: int, entry: Any, where: str) -> ClassInfo:
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict) or not str(entry.get("name", "")).strip():
-        raise VolumeMeasureError(f"--classes: entry {index} needs a name, got {entry!r}")
-    if int(entry.get("id", index)) != index:
-        raise VolumeMeasureError(f"--classes: class ids must be 0..n-1 in order, entry {index} has id {entry['id']}")
+        raise VolumeMeasureError(f"{where}: entry {index} needs a name, got {entry!r}")
+    if entry.get("id", index) != index:
+        raise VolumeMeasureError(f"{where}: class ids must be 0..n-1 in order, entry {index} has id {entry['id']!r}")
     role = str(entry.get("role", "phase"))
     if role not in ROLES:
-        raise VolumeMeasureError(f"--classes: class '{entry['name']}' has role '{role}', not one of {ROLES}")
+        raise VolumeMeasureError(f"{where}: class '{entry['name']}' has role '{role}', not one of {ROLES}")
     return ClassInfo(id=index, name=str(entry["name"]), colour=(0, 0, 0), role=role)
 
 
@@ -96,8 +104,9 @@ def format_table(path: Path, result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     path: Path = args.labels
     try:
-        classes = parse_classes(args.classes) if args.classes else None
         stack = open_label_stack(path)
+        classes = (parse_classes(args.classes) if args.classes
+                   else class_list(stack.classes, f"{path}: its classes") if stack.classes is not None else None)
         spacing = parse_spacing(args.spacing) if args.spacing else stack.spacing_um
         measurer = VolumeMeasurer(classes, spacing)
         for plane in stack.slices():
