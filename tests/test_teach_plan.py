@@ -72,3 +72,31 @@ def test_plan_refuses_in_one_line_and_finds_the_flagged_companions(tmp_path):
     with pytest.raises(TeachError, match="has no labels"):
         plan(store, TeachRequest(data, "al-si", "superalloy", "ana", 1.0, fields=[ids[2]]))
     store.close()
+
+
+def test_the_gate_of_the_bases_own_material_compares_with_the_base_and_measures_forgetting(shared_data):
+    """Candidate = base (the bundled superalloy model twice): it cannot beat the base on the
+    held-out field, and loses nothing on the base's reference set (its validation images)."""
+    from contextlib import closing
+
+    from phasewatch.bundle import load_bundle
+    from phasewatch.core.pipeline import open_model
+    from phasewatch.export.datasets import read_label
+    from phasewatch.export.evaluate import label_palette
+    from phasewatch.export.teach import Plan, gate
+
+    base = load_bundle("superalloy")
+    classes = [{"name": c.name, "colour": "#000000", "role": c.role} for c in base.classes]
+    p = Plan({"name": "superalloy", "classes": classes}, base, [], [{"file_id": 7}], "superalloy@2")
+    image = sorted((shared_data / "superalloy" / "test" / "images").glob("*.tif"))[0]
+    label = read_label(shared_data / "superalloy" / "test" / "masks" / f"{image.stem}_mask.tif", label_palette(base))
+    with closing(open_model("superalloy", "cpu", threads=1)) as candidate, \
+            closing(open_model("superalloy", "cpu", threads=1)) as same:
+        verdict = gate(candidate, same, p, [(image, label)], calibrated=True)
+    assert p.same_classes and verdict["rule"] == "beat the base on the held-out fields"
+    held = verdict["held_out"]
+    assert held["candidate"]["mean_iou"] == held["base"]["mean_iou"] > 0.7
+    assert not verdict["passed"] and "does not beat the base" in verdict["reasons"][0]
+    reference = verdict["reference"]
+    assert reference["measured"] and reference["fields"] == 4 and reference["forgetting_points"] == 0
+    assert len(verdict["reasons"]) == 1  # no forgetting

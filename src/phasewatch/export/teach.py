@@ -292,7 +292,7 @@ def reference_pairs(base: Bundle) -> tuple[list[tuple[Path, np.ndarray]], str]:
 def gate(candidate: Model, base: Model | None, p: Plan, held_out: list[tuple[Path, np.ndarray]],
          calibrated: bool) -> dict[str, Any]:
     """The gate's numbers and verdict (module doc, step 4)."""
-    reasons: list[str] = []
+    reasons: list[str] = [] if held_out else ["no held-out field to score"]
     scores = {"candidate": score_fields(candidate, held_out)}
     target = float(p.material.get("target_miou") or 0.8)
     mine = scores["candidate"]["mean_iou"]
@@ -300,11 +300,11 @@ def gate(candidate: Model, base: Model | None, p: Plan, held_out: list[tuple[Pat
         scores["base"] = score_fields(base, held_out)
         theirs = scores["base"]["mean_iou"]
         rule = "beat the base on the held-out fields"
-        if mine is None or theirs is None or mine <= theirs:
+        if held_out and (mine is None or theirs is None or mine <= theirs):
             reasons.append(f"held-out mIoU {_pct(mine)} does not beat the base's {_pct(theirs)}")
     else:
         rule = f"reach the material's target mIoU {target:.2f} on the held-out fields"
-        if mine is None or mine < target:
+        if held_out and (mine is None or mine < target):
             reasons.append(f"held-out mIoU {_pct(mine)} is below the target {100 * target:.1f} %")
     reference: dict[str, Any] = {"measured": False}
     if base is not None and p.same_classes:
@@ -321,10 +321,8 @@ def gate(candidate: Model, base: Model | None, p: Plan, held_out: list[tuple[Pat
             reference["reason"] = f"forgetting not measured: {why}"
     else:
         reference["reason"] = "not applicable: the material's classes are not the base's"
-    if not held_out:
-        reasons.append("no held-out field to score")
     if not calibrated:
-        reasons.append(f"trust is not calibrated (needs {MIN_CALIBRATION_FIELDS} labelled fields)")
+        reasons.append(f"trust is not calibrated (it needs {MIN_CALIBRATION_FIELDS} fields of the material)")
     return {"passed": not reasons, "rule": rule, "target_miou": target, "reasons": reasons,
             "held_out": {**scores, "images": [r["file_id"] for r in p.held_out]}, "reference": reference}
 
