@@ -181,15 +181,18 @@ def test_every_service_flag_sets_a_real_key(tmp_path):
     parser = argparse.ArgumentParser()
     cfg.add_service_arguments(parser)
     argv = ["--config", str(write(tmp_path, "")), "--watch", "in", "--data", "d", "--model", "steel",
-            "--backend", "cpu", "--triton-url", "gpu-server:8001", "--host", "0.0.0.0", "--port", "9100"]
+            "--backend", "cpu", "--triton-url", "gpu-server:8001", "--host", "0.0.0.0", "--port", "9100",
+            "--pixel-size", "0.25"]
     config = cfg.config_from_args(parser.parse_args(argv))
     values = {}
     for flag, key in cfg.FLAG_KEYS.items():
         section, name, *sub = key.split(".")
+        section = {table: field for field, table in cfg.TABLE_NAMES.items()}.get(section, section)
         # model.triton.url: a key of a backend's own table, [model.triton]
         values[flag] = config.model.settings[name][sub[0]] if sub else getattr(getattr(config, section), name)
     assert values == {"watch": Path.cwd() / "in", "data": Path.cwd() / "d", "model": "steel",
-                      "backend": "cpu", "triton_url": "gpu-server:8001", "host": "0.0.0.0", "port": 9100}
+                      "backend": "cpu", "triton_url": "gpu-server:8001", "host": "0.0.0.0", "port": 9100,
+                      "pixel_size": 0.25}
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -214,3 +217,25 @@ def test_a_folder_pixel_size_must_be_positive(tmp_path):
     with pytest.raises(cfg.ConfigError) as error:
         cfg.load_config(path)
     assert "'calibration.folders' must be a table of folder names to positive numbers" in str(error.value)
+
+
+def test_serve_pixel_size_is_the_calibration_key_and_checked_like_it(tmp_path):
+    """Issue 24: ``serve --pixel-size UM`` equals ``[calibration] pixel_size_um`` (over the file's),
+    folders keep theirs, and a negative size is refused with one line."""
+    from phasewatch.app.commands import serve
+
+    def serve_args(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        serve.add_arguments(parser)
+        return parser.parse_args(argv)
+
+    path = tmp_path / "phasewatch.toml"
+    path.write_text('[calibration]\npixel_size_um = 0.5\nfolders = { "sem" = 0.02 }\n')
+    pixel_size = cfg.config_from_args(serve_args("--config", str(path), "--pixel-size", "0.125")).pixel_size
+    assert pixel_size == cfg.load_config(path, {"calibration.pixel_size_um": 0.125}).pixel_size
+    watch = Path("/watch")
+    assert pixel_size.pixel_size_for(watch / "a.tif", watch) == 0.125
+    assert pixel_size.pixel_size_for(watch / "sem/b.tif", watch) == 0.02
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.config_from_args(serve_args("--config", str(path), "--pixel-size", "-1"))
+    assert str(error.value) == "command line: 'calibration.pixel_size_um' must be >= 0.0, got -1.0"

@@ -48,6 +48,7 @@ FLAG_KEYS = {
     "triton_url": "model.triton.url",
     "host": "server.host",
     "port": "server.port",
+    "pixel_size": "calibration.pixel_size_um",  # the file's table name (TABLE_NAMES)
 }
 # `serve --token` sets [web] token, else this variable does (a secret is better kept out
 # of the process list and of a world-readable config file).
@@ -439,7 +440,7 @@ def load_config(
 ) -> Config:
     """Read the TOML file (``None``: the default path if it exists, else all defaults),
     then apply command-line ``overrides``: flag names of ``phasewatch serve`` (``watch``,
-    ``data``, ``model``, ``backend``, ``host``, ``port``) or dotted keys such as
+    ``data``, ``model``, ``backend``, ``host``, ``port``, ``pixel_size``) or dotted keys such as
     ``"watch.settle_s"``; ``None`` values are ignored. Raises :class:`ConfigError`."""
     errors: list[str] = []
     config = Config()
@@ -467,6 +468,8 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--triton-url", help="host:port of the Triton server for --backend triton")
     parser.add_argument("--host", help="address the web page listens on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port of the web page (default 8650)")
+    parser.add_argument("--pixel-size", type=float, metavar="UM",
+                        help="µm per pixel for files whose metadata carry none ([calibration] pixel_size_um)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
