@@ -418,3 +418,14 @@ def test_a_specimen_without_fields_still_reports(client, specimen):
     page = client.get(f"/specimens/{empty}/report").get_data(as_text=True)
     assert "No field counts yet" in page and "<svg" not in page
     assert client.get(f"/specimens/{empty}/report.csv").get_data(as_text=True).startswith("id,file,specimen,")
+
+
+def test_pdf_sign_off_follows_the_statistics_on_page_one_when_they_fit(client, specimen):
+    """Issue 24: the sign-off is kept with the last statistics table, and on page 1 when both fit
+    there (a KeepTogether nested in another had sent them to page 2, leaving page 1 half empty)."""
+    specimen.store.accept_field(specimen.flagged, "Ana", "checked")  # no note after the last table
+    pages = pypdf.PdfReader(io.BytesIO(client.get(f"/specimens/{specimen.id}/report.pdf").data)).pages
+    first = " ".join(pages[0].extract_text().split())
+    last_table = first.rfind("Mean equivalent circle diameter")
+    assert last_table > first.find("Statistics") > 0
+    assert first.find("Sign-off") > last_table and f"{SIGN_OFF}:" in first

@@ -99,17 +99,19 @@ class _Writer:
 
     def story(self) -> list[Flowable]:
         r, s = self.report, self.styles
-        statistics = self.statistics()
-        # The sign-off is kept on a page with the last table of what it signs.
-        kept = KeepTogether([statistics.pop(), *self.sign_off()]) if statistics else KeepTogether(self.sign_off())
+        *tables, last = self.statistics()
+        # The sign-off is kept on a page with the last table of what it signs. Its block holds that
+        # table's flowables, not the table's own KeepTogether: a KeepTogether inside another one
+        # measures as 0xffffff high, which sent the sign-off to a new page every time and left
+        # page 1 half empty.
         return [
             self.p(f"Specimen report: {r.specimen['name']}", s.title),
             self.p(f"phasewatch {r.software_version} · generated {when(r.generated)}", s.muted),
             Spacer(0, 4 * mm),
             self.facts(),
             *self.verdict(),
-            *statistics,
-            kept,
+            *(KeepTogether(block) for block in tables),
+            KeepTogether([*last, *self.sign_off()]),
             *self.models(),
             *self.chart(),
             *self.decisions(),
@@ -188,27 +190,30 @@ class _Writer:
                     self.table(rows, [30 * mm, w - 99 * mm, 14 * mm, 20 * mm, 17 * mm, 18 * mm], numeric=range(2, 6))]
         return out
 
-    def statistics(self) -> list[Flowable]:
+    def statistics(self) -> list[list[Flowable]]:
+        """Blocks, each kept on one page: one per table, the heading with the first and the note
+        on flagged fields with the last; without a table, the heading and why."""
         r = self.report
         heading = "Statistics" + ("" if r.calibrated else f" ({UNCALIBRATED})")
-        out: list[Flowable] = [self.p(heading, self.styles.h2)]
+        out: list[list[Flowable]] = []
         tables = list(r.tables())
         if not tables:
-            out.append(self.p("No field counts yet: nothing to estimate."))
-        for heading, unit, spec, per_class in tables:
+            out.append([self.p("No field counts yet: nothing to estimate.")])
+        for title, unit, spec, per_class in tables:
             rows: list[Sequence[Any]] = [("Class", "n", "mean", "s", "95 % CI ±", "% RA", "area-weighted mean",
                                           "fields needed")]
             rows += [(name, str(st["n"]), number(st["mean"], spec), number(st["std"], spec),
                       number(st["ci95"], spec), number(st["ra_pct"], ".1f"), number(st["weighted_mean"], spec),
                       number(st["fields_needed"], "d")) for name, st in per_class]
             w = self.width
-            out.append(KeepTogether([
-                self.p(f"{heading} ({unit})", self.styles.h3),
+            out.append([
+                self.p(f"{title} ({unit})", self.styles.h3),
                 self.table(rows, [w - 131 * mm, 10 * mm, 20 * mm, 20 * mm, 20 * mm, 14 * mm, 27 * mm, 20 * mm],
                            numeric=range(1, 8)),
-                Spacer(0, 3 * mm)]))
+                Spacer(0, 3 * mm)])
+        out[0].insert(0, self.p(heading, self.styles.h2))
         if r.stats["flagged_pending"]:
-            out.append(self.p(f"{r.stats['flagged_pending']} flagged field(s) await an operator's acceptance and "
+            out[-1].append(self.p(f"{r.stats['flagged_pending']} flagged field(s) await an operator's acceptance and "
                               + ("are counted anyway ([specimen] count_flagged)." if r.stats["count_flagged"]
                                  else "are not counted."), self.styles.small))
         return out
