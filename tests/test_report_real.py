@@ -22,6 +22,7 @@ from phasewatch.store import Store
 from phasewatch.webui.access import Access
 from phasewatch.webui.app import AppContext, create_app
 from phasewatch.webui.events import EventBroker
+from phasewatch.webui.names import display_name
 from phasewatch.webui.report_data import SIGN_OFF
 from phasewatch.webui.report_fonts import pdf_fonts
 from phasewatch.webui.server import serve_in_thread
@@ -91,7 +92,8 @@ def test_report_pdf_holds_the_specimens_statistics_as_the_api_reports_them(proce
     assert "3 counted of 5 measured" in text
     assert re.search(rf"Operator\s*{OPERATOR}", text)
     for name, st in stats["fractions"].items():
-        row = rf"{name}\n\s*{st['n']}\n\s*{st['mean']:.2f}\n\s*{st['std']:.2f}\n\s*{st['ci95']:.2f}\n"
+        label = re.escape(display_name(name))
+        row = rf"{label}\n\s*{st['n']}\n\s*{st['mean']:.2f}\n\s*{st['std']:.2f}\n\s*{st['ci95']:.2f}\n"
         assert re.search(row, text), f"{name}: mean {st['mean']:.2f} ± {st['ci95']:.2f} not in the PDF"
     assert f"ONNX sha256 {load_bundle('superalloy').onnx_sha256[:16]}" in text
     assert REASON in flat
