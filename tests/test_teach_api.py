@@ -117,8 +117,8 @@ def test_a_teach_job_runs_the_command_and_reports_progress_model_and_gate(setup)
     flags = {a: (b if not b.startswith("--") else None) for a, b in zip(args, [*args[1:], "--"], strict=True)
              if a.startswith("--")}
     assert flags["--material"] == "al-si" and flags["--base"] == "superalloy" and flags["--name"] == "lab"
-    assert flags["--fields"] == f"{setup['ids'][0]},{setup['ids'][1]}" and flags["--nice"] == "10"
-    assert "--json" in args and flags["--threads"] == "1"
+    assert flags["--fields"] == f"{setup['ids'][0]},{setup['ids'][1]}" and flags["--nice"] == "19"
+    assert "--json" in args and "--idle" in args and flags["--threads"] == "1"
     states = [e["state"] for e in setup["published"]]
     assert states[0] == "queued" and "running" in states and states[-1] == "done"
     assert any(0 < e["progress"] < 1 for e in setup["published"])

@@ -1,14 +1,15 @@
 """Teach jobs of the running service: each one a ``phasewatch teach`` process of its own.
 
 The web API (``webui/teach_api.py``) asks for a job; this runner starts
-``python -m phasewatch.app.cli teach ... --json --nice N --threads T`` (the command line's own
+``python -m phasewatch.app.cli teach ... --json --nice 19 --idle --threads T`` (the command line's own
 code path, ``export/teach.py``), one job at a time (the others wait, ``queued``), reads its
 progress lines, and keeps each job's state: ``queued``, ``running``, ``done`` (the model was
 made; its gate passed or not), ``failed`` (the one line the command wrote) or ``cancelled``.
-The process is niced and trains on fewer CPUs than the machine has, so that the daemon's
-inference keeps its threads (``bench/teach_load.py`` measures it); it imports torch, the
-service never does. Every change of a job is handed to ``on_change`` (the service publishes
-it as a ``teach`` event, what the page's progress bar follows); a cancel is audited here.
+The process is niced, in the idle scheduling class, and trains on fewer CPUs than the
+machine has, so that the daemon's inference keeps its threads (``bench/teach_load.py``
+measures it); it imports torch, the service never does. Every change of a job is handed to
+``on_change`` (the service publishes it as a ``teach`` event, what the page's progress bar
+follows); a cancel is audited here.
 It is what the web app's teach routes call (``webui.context.Teaching``): besides the jobs,
 ``reload_model`` (the daemon's, after an activation) and the re-analyses of specimens
 (``service/reanalysis_jobs.py``).
@@ -37,7 +38,7 @@ from phasewatch.store import Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NICE = 10
+DEFAULT_NICE = 19
 KILL_AFTER_S = 10.0  # a cancelled job that ignores SIGTERM this long is killed
 KEEP_JOBS = 50  # finished jobs remembered for GET /api/teach/{job}
 
@@ -103,8 +104,8 @@ class TeachJobs:
         with self._lock:
             self._jobs[job.id] = job
             self._forget_old()
+        self._changed(job)  # queued: told before its thread can make it running
         threading.Thread(target=self._run, args=(job,), name=f"teach-{job.id}", daemon=True).start()
-        self._changed(job)
         return job.id
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -154,7 +155,7 @@ class TeachJobs:
     def _arguments(self, job: TeachJob) -> list[str]:
         args = [*self.command, "--data", str(self.data_dir), "--material", job.material, "--base", job.base,
                 "--budget-min", str(job.budget_min), "--who", job.who, "--threads", str(self.threads),
-                "--nice", str(self.nice), "--json"]
+                "--nice", str(self.nice), "--idle", "--json"]
         if job.fields:
             args += ["--fields", ",".join(str(i) for i in job.fields)]
         if job.name:

@@ -3,9 +3,10 @@ it as ``DATA/models/NAME@N`` (``src/phasewatch/export/teach.py``; needs torch).
 
 The HTTP API's teach jobs run this very command in a process of their own
 (``service/teach_jobs.py``) with ``--json``: progress as one JSON object per line on stdout,
-the result last; a failure is one line on stderr and exit status 1. ``--nice`` lowers the
-process's priority and ``--threads`` the CPUs it trains on, so that the daemon's inference
-keeps its own.
+the result last; a failure is one line on stderr and exit status 1. ``--nice``/``--idle``
+lower the process's priority (``--idle``: Linux's idle scheduling class, CPU time only when
+nothing else wants it) and ``--threads`` the CPUs it trains on, so that the daemon's
+inference keeps its own (``bench/teach_load.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2),
                         help="CPUs to train on (default half of them)")
     parser.add_argument("--nice", type=int, default=0, help="lower this process's priority by N (0..19)")
+    parser.add_argument("--idle", action="store_true",
+                        help="run only on CPU time nothing else wants (Linux SCHED_IDLE): the service's teach jobs")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="progress and result as JSON lines on stdout")
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.nice:
             os.nice(args.nice)
+        if args.idle:  # a niced thread still takes a slice of a busy CPU; an idle-class one waits
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         _limit_cpus(args.threads)
     except ModuleNotFoundError as exc:
         if exc.name == "torch":
