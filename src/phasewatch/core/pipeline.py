@@ -37,6 +37,7 @@ from phasewatch.bundle import Bundle, load_bundle
 from phasewatch.core.measure import combine_pages, measure
 from phasewatch.core.normalise import ModelInput, StackInput, prepare, sliding_stacks
 from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
+from phasewatch.core.pixel_hash import pixel_sha256
 from phasewatch.core.records import FieldRecord
 from phasewatch.core.tiling import Plan, default_overlap, segment_many
 from phasewatch.core.trust import InputFeatures, assess, input_features, unsure_fraction
@@ -209,7 +210,9 @@ def measure_and_write(segmented: FileSegmentation, out_dir: Path | None) -> File
                 write_png_atomic(preview_path, preview(field_.image))
                 outputs = {**result.outputs, "preview": str(preview_path)}
         results.append(result)
-    return FileResult(decoded.path, model, results, combine_pages([r.record for r in results]), outputs)
+    record = combine_pages([r.record for r in results])
+    record["pixel_sha256"] = pixel_sha256(f.image for f in decoded.fields)  # the same field re-saved: core/pixel_hash
+    return FileResult(decoded.path, model, results, record, outputs)
 
 
 def process_file(

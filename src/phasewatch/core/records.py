@@ -170,6 +170,7 @@ class FieldRecord(_FieldKeys, total=False):
     timing_ms: Timing  # a file's pages (pipeline.measure_and_write); not a volume's slices
     pages: list[FieldRecord]  # a multi-page file's: each page's own record
     volume: VolumeRecord  # a volume's whole record
+    pixel_sha256: str  # a file's pixels stretched to 8 bits, hashed (core/pixel_hash.py); not a volume's
 
 
 class ModelClass(TypedDict):

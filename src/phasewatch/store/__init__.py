@@ -17,7 +17,7 @@ from phasewatch.store.database import (
     display_text,
 )
 from phasewatch.store.labels import UNLABELLED, Labels
-from phasewatch.store.queries import IMAGE_KINDS, ImageFilter, Queries, awaits_acceptance, flagged
+from phasewatch.store.queries import IMAGE_KINDS, ImageFilter, Queries, awaits_acceptance, flagged, same_pixels_pending
 from phasewatch.store.queue import Queue
 from phasewatch.store.signoff import MEANINGS, SignOff
 from phasewatch.store.specs import Specs
@@ -30,5 +30,5 @@ class Store(Queue, Queries, Curation, Labels, Specs, SignOff):
 __all__ = [
     "BUSY_TIMEOUT_S", "DEFAULT_SPECIMEN", "IMAGE_KINDS", "MEANINGS", "STATES", "UNLABELLED", "AuditLog", "ImageFilter",
     "Refused", "Store", "StoreError", "StoreUnavailable", "Verification", "awaits_acceptance", "display_text",
-    "flagged",
+    "flagged", "same_pixels_pending",
 ]

@@ -193,6 +193,12 @@ MIGRATIONS = [
         verdict TEXT
     );
     """,
+    """
+    ALTER TABLE results ADD COLUMN pixel_sha256 TEXT;   -- core/pixel_hash.py: the same field re-saved
+    CREATE INDEX results_pixel_sha256 ON results(pixel_sha256);
+    -- the older field of the same specimen with the same pixels: not counted until accepted
+    ALTER TABLE files ADD COLUMN same_pixels_as INTEGER REFERENCES files(id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The suffix a specimen started for another model gets (Store._derive_specimen).

@@ -37,6 +37,12 @@ def awaits_acceptance(image: Mapping[str, Any]) -> bool:
     return flagged(image) and not image["accepted"]
 
 
+def same_pixels_pending(image: Mapping[str, Any]) -> bool:
+    """Likely the same field as an older one (``queue`` module doc) and not accepted: left
+    out of the statistics, ``count_flagged`` or not (it is not the model's doubt)."""
+    return image.get("same_pixels_as") is not None and not image["accepted"]
+
+
 @dataclass(frozen=True)
 class ImageFilter:
     """What :meth:`Store.list_images` narrows a list to: paths containing ``name`` (ASCII
@@ -133,7 +139,7 @@ class Queries(Database):
         oldest first, without the flagged fields no operator has accepted unless
         ``count_flagged``."""
         fields = self._measured_fields(specimen_id)
-        return [f for f in fields if count_flagged or not awaits_acceptance(f)]
+        return [f for f in fields if not same_pixels_pending(f) and (count_flagged or not awaits_acceptance(f))]
 
     def flagged_pending(self, specimen_id: int) -> int:
         """How many of a specimen's measured, not excluded fields are flagged and not

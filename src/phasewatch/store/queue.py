@@ -28,7 +28,10 @@ and shares its result (exclusion acts on the first). When the first fails, so do
 duplicates, with its reason: the same bytes would fail the same way. A file rewritten
 with new content (same path, new sha256) is a new field. An arrival whose content
 matches only a ``failed`` row is queued anew: copying a file again is how an operator
-retries it.
+retries it. The same field re-saved (other bytes, the same pixels: ``core/pixel_hash.py``)
+is measured, and :meth:`Queue.mark_done` notes the older done field of its specimen with the
+same pixel hash in ``same_pixels_as``: "likely the same field as #ID", left out of the
+statistics until an operator accepts it (``queries.awaits_acceptance``).
 """
 
 from __future__ import annotations
@@ -157,8 +160,8 @@ class Queue(Specimens):
                 self._keep_to_one_model(conn, file_id, model)
             conn.execute(
                 """INSERT OR REPLACE INTO results (file_id, fractions, particles, valid_area_px,
-                       valid_area_um2, pixel_size_um, measurement, outputs, model)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       valid_area_um2, pixel_size_um, measurement, outputs, model, pixel_sha256)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     file_id,
                     json.dumps(result.get("fractions", {})),
@@ -169,8 +172,11 @@ class Queue(Specimens):
                     json.dumps(result),
                     json.dumps({k: str(v) for k, v in (outputs or {}).items()}),
                     None if model is None else json.dumps(model),
+                    result.get("pixel_sha256"),
                 ),
             )
+            if result.get("pixel_sha256"):
+                _note_same_pixels(conn, file_id, result["pixel_sha256"])
 
     def mark_failed(self, file_id: int, error: str) -> None:
         """A claimed file that cannot be processed; ``error`` is its one-line reason.
@@ -265,3 +271,15 @@ class Queue(Specimens):
         rows = self._read("SELECT state, COUNT(*) AS n FROM files GROUP BY state")
         counts.update({r["state"]: r["n"] for r in rows})
         return counts
+
+
+def _note_same_pixels(conn: sqlite3.Connection, file_id: int, pixel_sha256: str) -> None:
+    """``same_pixels_as``: the oldest other done field of the file's specimen with these
+    pixels (itself not such a copy, nor a byte duplicate); none when there is none."""
+    conn.execute(
+        """UPDATE files SET same_pixels_as = (
+               SELECT o.id FROM files o JOIN results r ON r.file_id = o.id
+               WHERE r.pixel_sha256 = ? AND o.id != files.id AND o.specimen_id = files.specimen_id
+                 AND o.state = 'done' AND o.duplicate_of IS NULL AND o.same_pixels_as IS NULL
+               ORDER BY o.id LIMIT 1)
+           WHERE id = ?""", (pixel_sha256, file_id))

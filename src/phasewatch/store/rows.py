@@ -40,6 +40,7 @@ class FileRow(TypedDict):
     stage_since: float | None
     crashes: int
     alone: int  # 0 or 1
+    same_pixels_as: int | None  # the older field with the same pixels (store/queue.py); None: none
 
 
 class ImageRow(FileRow):

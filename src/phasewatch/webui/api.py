@@ -214,7 +214,7 @@ def include(file_id: int) -> Response:
 @blueprint.post("/api/images/<int:file_id>/accept")
 def accept(file_id: int) -> Response:
     found = _measured(file_id)
-    if not flagged(found):
+    if not flagged(found) and found["same_pixels_as"] is None:
         raise ApiError(409, f"image {file_id} is not flagged: it counts without acceptance")
     body = json_body()
     who = text_field(body, "who", MAX_NAME, required=True)

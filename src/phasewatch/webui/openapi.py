@@ -105,7 +105,10 @@ _SCHEMAS: dict[str, Any] = {
         "fractions": {"type": "object", "nullable": True, "additionalProperties": {"type": "number"}},
         "phases": {"type": "array", "items": {"type": "string"}},
         "created": {"type": "number"}, "processed": {"type": "number", "nullable": True},
-        "duplicate_of": {"type": "integer", "nullable": True}, "excluded": {"type": "boolean"},
+        "duplicate_of": {"type": "integer", "nullable": True},
+        "same_pixels_as": {"type": "integer", "nullable": True, "description": "likely the same field as this "
+                           "older one of its specimen (the same pixels re-saved): not counted until accepted"},
+        "excluded": {"type": "boolean"},
         "exclude_reason": {"type": "string", "nullable": True}, "trust": nullable(ref("Trust")),
         "accepted": {"type": "boolean"}, "accepted_by": {"type": "string", "nullable": True},
         "accept_reason": {"type": "string", "nullable": True},

@@ -102,7 +102,9 @@ RECORD_SCHEMAS: dict[str, Any] = {
         excluded_area_px=INTEGER, valid_area_empty=BOOLEAN, connectivity=INTEGER, min_particle_area_px=INTEGER,
         border_rule=STRING, trust=ref("TrustRecord"), timing_ms=ref("Timing"),
         pages={**_array(ref("FieldRecord")), "description": "a multi-page file's: each page's own record"},
-        volume=ref("VolumeRecord")),
+        volume=ref("VolumeRecord"),
+        pixel_sha256={**STRING, "description": "sha256 of the file's pixels stretched to 8 bits: the same field "
+                      "re-saved (16-bit, another format) has the same (core/pixel_hash.py)"}),
     "ModelTiling": _object(
         "the sliding window a field went through; planned, multiple and max_pixels only when tiles are planned "
         "per field", tile=INTEGER, halo=INTEGER, scale=NUMBER, planned=BOOLEAN, multiple=INTEGER,

@@ -46,6 +46,7 @@ class ImageJson(TypedDict):
     created: float
     processed: float | None
     duplicate_of: int | None
+    same_pixels_as: int | None  # likely the same field as this older one: not counted until accepted
     excluded: bool
     exclude_reason: str | None
     trust: TrustJson | None
@@ -135,6 +136,7 @@ def image_json(image: ImageRow) -> ImageJson:
         "created": image["created"],
         "processed": image["processed"],
         "duplicate_of": image["duplicate_of"],
+        "same_pixels_as": image["same_pixels_as"],
         "excluded": bool(image["excluded"]),
         "exclude_reason": image["exclude_reason"],
         "trust": trust_json(image.get("trust")),

@@ -27,7 +27,7 @@ from phasewatch.bundle import BundleError, load_bundle
 from phasewatch.core.provenance import software_version
 from phasewatch.core.stats import specimen_statistics
 from phasewatch.core.verdict import MEASURES, judge
-from phasewatch.store import Store, awaits_acceptance, display_text, flagged
+from phasewatch.store import Store, awaits_acceptance, display_text, flagged, same_pixels_pending
 from phasewatch.store.rows import ImageRow, SpecimenRow
 from phasewatch.webui.names import display_name
 
@@ -248,6 +248,9 @@ def _status(row: ImageRow, counted: bool, count_flagged: bool) -> tuple[str, str
     if row["excluded"]:
         return "excluded", row["exclude_reason"] or ""
     if not counted:
+        if same_pixels_pending(row):
+            return "same pixels", (f"likely the same field as #{row['same_pixels_as']} (the same pixels re-saved); "
+                                   "not counted until an operator accepts it")
         if awaits_acceptance(row):
             return "flagged", f"{_reasons(row)}; not counted until an operator accepts it"
         return "no valid area", "the whole field is excluded classes (data bar?)"

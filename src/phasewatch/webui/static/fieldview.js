@@ -39,6 +39,10 @@ export function stateBadges(image) {
     badges.push(link(`/images/${image.duplicate_of}`, `duplicate of #${image.duplicate_of}, not counted`,
       "badge duplicate"));
   }
+  if (image.same_pixels_as != null) {
+    badges.push(link(`/images/${image.same_pixels_as}`, image.accepted ? `same pixels as #${image.same_pixels_as} · accepted`
+      : `⚠ likely the same field as #${image.same_pixels_as}`, "badge flagged"));
+  }
   if (image.excluded) badge("excluded", "excluded");
   if (isFlagged(image)) badge(image.accepted ? "outside experience · accepted" : "⚠ outside experience", "flagged");
   if (image.slices != null) badge(`volume · ${image.slices} slices`, "volume");
@@ -46,11 +50,17 @@ export function stateBadges(image) {
   return badges;
 }
 
-function trustText(image) {
+// Why a field waits for an operator's acceptance: the same pixels as an older field
+// (store/queue.py), or outside the model's experience.
+function doubtText(image) {
+  if (image.same_pixels_as != null) {
+    return `Likely the same field as #${image.same_pixels_as}: the same pixels, saved again (another bit depth or format)`;
+  }
   const [first, ...more] = image.trust.reasons;
   return `Outside this model's experience: ${first || "no reason given"}` +
     (more.length ? ` (+${more.length} more)` : "");
 }
+const doubted = (image) => isFlagged(image) || image.same_pixels_as != null;
 
 export class FieldView {
   // onChanged(image): after this view changed the field (accepted, excluded, ...).
@@ -199,17 +209,17 @@ export class FieldView {
   }
 
   showTrust(field) {
-    const flagged = isFlagged(field);
+    const flagged = doubted(field);
     $("trust").hidden = !flagged;
-    $("trusted").hidden = flagged || field.state !== "done";
+    $("trusted").hidden = isFlagged(field) || field.state !== "done";
     $("trusted").textContent = field.trust == null ? "No trust record (measured before trust records were kept)."
       : `Inside this model's experience (score ${fixed(field.trust.score, 3)}).`;
     if (!flagged) return;
     $("trust").classList.toggle("accepted", field.accepted);
-    $("trust-reason").textContent = trustText(field);
-    $("trust-reason").title = field.trust.reasons.join("\n");
+    $("trust-reason").textContent = doubtText(field);
+    $("trust-reason").title = field.trust ? field.trust.reasons.join("\n") : "";
     $("trust-state").textContent = field.accepted ? `Accepted by ${field.accepted_by}: ${field.accept_reason}`
-      : this.countFlagged ? "Counted in the statistics although nobody has accepted it."
+      : this.countFlagged && field.same_pixels_as == null ? "Counted in the statistics although nobody has accepted it."
         : "Not counted in the statistics until someone accepts it.";
     // A duplicate's acceptance would be its original's: decide there.
     $("accept").hidden = field.accepted || this.closed;
@@ -258,7 +268,7 @@ export class FieldView {
     const form = $("accept-form");
     form.reset();
     form.elements.namedItem("who").value = localStorage.getItem(WHO_KEY) || "";
-    $("accept-field").textContent = `${this.field.file} (#${this.field.id}): ${trustText(this.field)}`;
+    $("accept-field").textContent = `${this.field.file} (#${this.field.id}): ${doubtText(this.field)}`;
     showError($("accept-error"), null);
     $("accept-dialog").showModal();
   }
