@@ -90,6 +90,18 @@ def call_pixels(backend: Backend) -> int:
     return _wrapped_attribute(backend, "call_pixels")
 
 
+def return_free_memory(backend: Backend, bundle: Bundle) -> None:
+    """Have ``backend`` (or what a wrapper wraps) hand back the memory it keeps free for its
+    next calls, where it keeps any (ONNX Runtime's CPU arena; see
+    ``OrtBackend.return_free_memory``): called between files, after a large one."""
+    current: Any = backend
+    while current is not None and not hasattr(current, "return_free_memory"):
+        current = getattr(current, "inner", None)
+    if current is not None:
+        side = bundle.spatial_multiple or bundle.tile  # the smallest input the model takes
+        current.return_free_memory((1, bundle.input_channels, side, side))
+
+
 def _wrapped_attribute(backend: Backend, name: str) -> int:
     current: Any = backend
     while current is not None:

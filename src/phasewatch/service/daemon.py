@@ -86,7 +86,7 @@ from typing import Any
 import numpy as np
 
 from phasewatch.atomic_files import OutputError
-from phasewatch.backends.base import Backend, BackendError, BackendFatal, any_size
+from phasewatch.backends.base import Backend, BackendError, BackendFatal, any_size, return_free_memory
 from phasewatch.bundle import resolve_bundle_path, sha256_file
 from phasewatch.core.pipeline import (
     Decoded,
@@ -743,6 +743,8 @@ class Daemon:
         if huge:  # its pixels, maps and outputs are no longer referenced once dropped here
             work.decoded = work.segmented = work.result = None
             _return_free_memory()
+            model = self.model
+            return_free_memory(model.backend, model.bundle)
 
     def _record(self, work: _Work) -> FileResult | None:
         """Measure and write the outputs, marked in the store as ``measuring`` meanwhile; None
