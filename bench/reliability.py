@@ -17,7 +17,12 @@ One command, ``python bench/reliability.py`` (``--short`` for CI, ``--long`` for
    threads are sampled;
 5. fuzzers: schemathesis against the service's own OpenAPI description, hypothesis
    against ``phasewatch.imageio.formats.read_pages`` (in a child process, bounded in time
-   and memory), pip-audit over the installed dependencies.
+   and memory), pip-audit over the installed dependencies;
+6. memory cap (issue 21): a second service under a memory cap (a cgroup where this process
+   may make one, else ``prlimit --as``; ``--memory-cap``) gets the corpus's bombs, each
+   followed by a good file, with a pixel limit that lets every bomb reach the decoder
+   child: each bomb must fail there with one line, the service must live on, and the good
+   files must be done.
 
 It ends with one table (also written as JSON and Markdown; the paths are printed):
 inputs tried, lost, duplicated, good files failed, threads died, restarts needed, RSS
@@ -30,7 +35,14 @@ and fd growth over the soak, and what each fault and fuzzer found. Definitions:
 - *threads died*: a ``/healthz`` answer naming a stopped stage (``Daemon.health``'s
   ``worker`` problem), or an uncaught exception in a thread in the service's log;
 - *restarts needed*: times the suite had to restart the service to go on (it died by
-  itself, or did not recover from a fault by the deadline), besides its own kills.
+  itself, or did not recover from a fault by the deadline), besides its own kills;
+- *service deaths caused by a file*: times the service exited without the suite's signal
+  (its kills and its stop are the only other causes), with the files it had in work;
+- *wedges*: good files done more than ``WEDGE_S`` (60 s) after they arrived (the time they
+  were put in, to their row's ``processed``), but for those fed while the suite itself held
+  the service (its kills, the injected faults of the machine: ``HELD_BY_THE_SUITE``);
+- *peak service memory*: the largest peak RSS (``VmHWM``) of the service process over its
+  runs, sampled every 0.5 s, and of its decoder children.
 
 Malformed files must end ``failed`` with a one-line reason, or be ignored with a log line
 (links, FIFOs, names that are not images); some "malformed" inputs are legitimate odd
@@ -100,10 +112,24 @@ KILL_DURING_START_S = (0.05, 1.0)
 KILL_DURING_START_SHARE = 0.25  # this share of kills comes before the service says it serves
 ENV_DROPPED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "PHASEWATCH_LOG_FORMAT")
 PHASES = ("corpus", "kills", "disk-full", "read-only", "db-lock", "watch-folder", "soak", "api-fuzz",
-          "image-fuzz", "pip-audit")
+          "image-fuzz", "memory-cap", "pip-audit")
 # Counts that must be zero (exit status 1 otherwise); the CI test asserts the same.
 MUST_BE_ZERO = ("lost", "duplicated", "good_failed", "threads_died", "restarts_needed", "not_finished",
-                "reasons_not_one_line", "faults_not_recovered")
+                "reasons_not_one_line", "faults_not_recovered", "wedges", "service_deaths")
+WEDGE_S = 60.0  # a good file not done this long after it arrived has waited behind something (issue 21)
+# Good files fed while the suite itself holds the service down or injects a fault of the machine:
+# their waits are the kills' and the faults' (the fault rows say how long each lasted), not a file's.
+HELD_BY_THE_SUITE = ("kill-feed", "kill-burst", "disk-full", "read-only", "db-lock", "watch-folder-deleted",
+                     "watch-folder-replaced")
+# The memory-capped run (issue 21): the service under a cap, with the corpus's bombs. Its pixel
+# limit lets every bomb below reach the decoder child, so that the child's memory limit, not the
+# header check, is what stops them; the cap: the service's own peak with this suite's fields
+# (about 300 MiB, the table's "peak service memory"), its decoder's budget, and a margin. A
+# cgroup caps memory (what the OOM killer acts on); prlimit caps address space, which ONNX
+# Runtime's threads and glibc's arenas reserve without using (about 1.9 GB, 190 MiB resident).
+CAP_MAX_MEGAPIXELS = 5000.0
+CAP_DECODE_MEMORY_MB = 256  # the least [limits] decode_memory_mb takes
+CAP_BYTES = {"cgroup": 1 << 30, "prlimit": 5 << 29}  # 1 GiB of memory; 2.5 GiB of address space
 
 # Expected ends of an input.
 DONE, FAILED, EITHER, IGNORED, ABSENT = "done", "failed", "done or failed", "ignored", "absent"
@@ -521,6 +547,27 @@ def stack_bomb_inputs(good: GoodImages) -> list[Input]:
             for side in (40000, 60000)]
 
 
+def capped_inputs(good: GoodImages) -> list[Input]:
+    """The bombs of the memory-capped run, each over its decoder's budget (``CAP_DECODE_MEMORY_MB``)
+    if decoded, most of them over the whole cap: the corpus's stack bombs and huge declared
+    sizes, a zlib-compressed RGB 16-bit 8000 x 8000 (384 MB of pixels in a few hundred kB) and
+    the same as slice 1 of a stack. Not the corpus's 8-bit 8000 x 8000: it decodes within the
+    budget and is then a valid 64 MP field, which only the pixel limit keeps from inference."""
+    rgb16 = np.zeros((8000, 8000, 3), np.uint16)
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tif:
+        tif.write(np.zeros((64, 64, 3), np.uint16), compression="zlib", photometric="rgb")
+        tif.write(rgb16, compression="zlib", photometric="rgb")
+    bombs = [
+        *stack_bomb_inputs(good),
+        *(i for i in size_inputs(good) if i.name.startswith("huge-declared")),
+        Input("zlib-bomb-rgb16-8000x8000.tif", tiff_bytes(rgb16, compression="zlib", photometric="rgb"), FAILED,
+              "cap-bomb"),
+        Input("stack-slice-1-rgb16-8000x8000.tif", buffer.getvalue(), FAILED, "cap-bomb"),
+    ]
+    return [Input(f"cap-bomb-{i.name}", i.data, FAILED, "cap-bomb") for i in bombs]
+
+
 def bigtiff_self_loop() -> bytes:
     """A BigTIFF whose first IFD names itself as the next one."""
     data = bytearray(tiff_bytes(np.full((16, 16), 7, np.uint8), bigtiff=True))
@@ -588,6 +635,57 @@ def build_corpus(good: GoodImages, rng: random.Random, every: int) -> list[Input
     return inputs
 
 
+# --- a memory cap ----------------------------------------------------------------------------
+
+
+def memory_cap(how: str, name: str) -> tuple[str, int, tuple[str, ...], Path | None]:
+    """(method in words, cap in bytes, a command prefix that runs a command under it, the
+    cgroup ``name`` to remove afterwards). ``how``: ``cgroup`` (v2 ``memory.max`` or v1
+    ``memory.limit_in_bytes``, as root), ``prlimit`` (``--as``) or ``auto`` (a cgroup where
+    one can be made, else prlimit). A process joins the cgroup by writing its pid to
+    ``cgroup.procs`` before it becomes the service (``exec``); its children stay in it."""
+    if how in ("auto", "cgroup"):
+        cap = CAP_BYTES["cgroup"]
+        reason = "no cgroup memory controller mounted"
+        for root, limit_file, version in ((Path("/sys/fs/cgroup"), "memory.max", "v2"),
+                                          (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "v1")):
+            if version == "v2" and not (root / "cgroup.controllers").exists():
+                continue
+            group = root / name
+            try:
+                group.mkdir()
+            except OSError as exc:
+                reason = f"cannot make a {version} cgroup: {exc.strerror or exc}"
+                continue
+            try:
+                (group / limit_file).write_text(str(cap))
+            except OSError as exc:
+                group.rmdir()
+                reason = f"cannot set {limit_file}: {exc.strerror or exc}"
+                continue
+            prefix = ("sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs"))
+            return f"a cgroup {version} ({limit_file})", cap, prefix, group
+        if how == "cgroup":
+            raise SystemExit(f"--memory-cap cgroup: {reason}")
+        say(f"memory-cap: {reason}; prlimit instead")
+    cap = CAP_BYTES["prlimit"]
+    return "prlimit --as (address space)", cap, ("prlimit", f"--as={cap}", "--"), None
+
+
+def release_cgroup(group: Path | None) -> int | str:
+    """Remove the cgroup once its processes are gone; the OOM kills it saw (the kernel's count)."""
+    if group is None:
+        return "no cgroup"
+    events = next((group / f for f in ("memory.events", "memory.oom_control") if (group / f).exists()), None)
+    text = events.read_text() if events is not None else ""
+    found = re.search(r"^oom_kill (\d+)", text, re.M)
+    if wait_until(lambda: not (group / "cgroup.procs").read_text().strip(), 30.0) is None:
+        say(f"memory-cap: processes left in {group}; not removed")
+    else:
+        group.rmdir()
+    return int(found.group(1)) if found else "not counted by this kernel"
+
+
 # --- the ledger: what was put into the watch folder ----------------------------------------
 
 
@@ -598,6 +696,7 @@ class Entry:
     group: str
     good: bool
     shas: list[str] = field(default_factory=list)  # each version left to settle, in order
+    arrived: list[float] = field(default_factory=list)  # time.time() each version was in place
 
 
 class Ledger:
@@ -612,6 +711,7 @@ class Ledger:
             entry = self.entries.setdefault(str(path), Entry(str(path), expect, group, good))
             if data is not None:
                 entry.shas.append(sha256(data))
+                entry.arrived.append(time.time())
 
     def expected_versions(self) -> set[tuple[str, str]]:
         """(path, sha256) of every version that must end as a row."""
@@ -629,8 +729,10 @@ class Service:
     """One ``phasewatch serve`` on ``root/watch`` and ``root/data``; restartable; every
     run's log kept as ``root/logs/serve.NN.log``."""
 
-    def __init__(self, root: Path, model: str, token: str) -> None:
-        self.root, self.model, self.token = root, model, token
+    def __init__(self, root: Path, model: str, token: str, limits: str = "", prefix: tuple[str, ...] = ()) -> None:
+        """``limits``: the ``[limits]`` table's lines (default: the suite's); ``prefix``: a
+        command that runs the service (under a memory cap)."""
+        self.root, self.model, self.token, self.prefix = root, model, token, prefix
         self.watch, self.data = root / "watch", root / "data"
         self.logs = root / "logs"
         self.config = root / "phasewatch.toml"
@@ -639,11 +741,12 @@ class Service:
         self.runs = 0
         self.watch.mkdir(parents=True)
         self.logs.mkdir()
+        default_limits = f"max_megapixels = {MAX_MEGAPIXELS}"
         self.config.write_text(
             f"[watch]\nsettle_s = {SETTLE_S}\n\n"
             # DEBUG: the watcher logs files ignored for their names at debug level only.
             "[logging]\nlevel = \"DEBUG\"\n\n"
-            f"[limits]\nmax_megapixels = {MAX_MEGAPIXELS}\ndecode_timeout_s = {DECODE_TIMEOUT_S}\n\n"
+            f"[limits]\n{limits or default_limits}\ndecode_timeout_s = {DECODE_TIMEOUT_S}\n\n"
             f"[web]\ntoken = \"{token}\"\n")
 
     @property
@@ -661,7 +764,7 @@ class Service:
         """Start a run without waiting for it to serve."""
         self.runs += 1
         env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
-        command = [sys.executable, "-m", "phasewatch.app.cli", "serve", "--config", str(self.config),
+        command = [*self.prefix, sys.executable, "-m", "phasewatch.app.cli", "serve", "--config", str(self.config),
                    "--watch", str(self.watch), "--data", str(self.data), "--model", self.model,
                    "--backend", "cpu", "--port", str(self.port)]
         with open(self.log_path(), "wb") as log:
@@ -767,14 +870,14 @@ class Service:
         except OSError:
             return None
         values = dict(re.findall(r"^(VmRSS|Threads):\s+(\d+)", status, re.M))
-        children = sum(_rss_kib(child) for child in child_pids(pid))
+        children = sum(_status_kib(child) for child in child_pids(pid))
         return {"rss_kib": int(values.get("VmRSS", 0)), "children_rss_kib": children, "fds": fds,
                 "threads": int(values.get("Threads", 0))}
 
 
-def _rss_kib(pid: int) -> int:
+def _status_kib(pid: int, key: str = "VmRSS") -> int:
     try:
-        found = re.search(r"^VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)
+        found = re.search(rf"^{key}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)
     except OSError:
         return 0
     return int(found.group(1)) if found else 0
@@ -807,7 +910,9 @@ def gone(pid: int) -> bool:
 
 class Monitor(threading.Thread):
     """Polls ``/healthz`` all along: a stopped or stuck stage is seen whenever it happens,
-    not only when a phase happens to look."""
+    not only when a phase happens to look. Samples the peak RSS (``VmHWM``, which only
+    grows while a process lives) of the service process and of its decoder children, with
+    the phase (``phase``, set by the suite) in which the service's peak was first seen."""
 
     def __init__(self, service: Service) -> None:
         super().__init__(name="health-monitor", daemon=True)
@@ -816,9 +921,21 @@ class Monitor(threading.Thread):
         self.dead: set[tuple[int, str]] = set()  # (run, problem)
         self.stuck: set[tuple[int, str]] = set()
         self.samples = 0
+        self.phase = "start"
+        self.peak_kib, self.peak_phase, self.decoder_peak_kib = 0, "", 0
+
+    def sample_memory(self) -> None:
+        pid = self.service.pid
+        if pid is None:
+            return
+        peak = _status_kib(pid, "VmHWM")
+        if peak > self.peak_kib:
+            self.peak_kib, self.peak_phase = peak, self.phase
+        self.decoder_peak_kib = max([self.decoder_peak_kib, *(_status_kib(c, "VmHWM") for c in child_pids(pid))])
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
+            self.sample_memory()
             problems = self.service.health()
             if problems is None:
                 continue
@@ -1000,6 +1117,13 @@ class Report:
     kills_during_start: int = 0
     kills_with_work: int = 0
     tracebacks_logged: int = 0
+    wedges: int = 0
+    service_deaths: int = 0
+    waits: dict[str, Any] = field(default_factory=dict)
+    peak_service_mib: float = 0.0
+    peak_phase: str = ""
+    decoder_peak_mib: float = 0.0
+    memory_cap: dict[str, Any] = field(default_factory=dict)
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     faults: dict[str, str] = field(default_factory=dict)
     soak: dict[str, Any] = field(default_factory=dict)
@@ -1027,6 +1151,7 @@ class Suite:
         self.feeder = Feeder(self.service, self.ledger, self.good, workdir)
         self.monitor = Monitor(self.service)
         self.results_mount: str | None = None  # why not, when the results tmpfs is not there
+        self.memory_cap: str = args.memory_cap
 
     # -- service life -------------------------------------------------------------------
 
@@ -1035,6 +1160,8 @@ class Suite:
         for _ in range(3):
             if self.service.start():
                 return
+            if self.service.exited():
+                self.count_death(f"while it started ({why})")
             self.need_restart(f"the service did not come up ({why}); log {self.service.log_path()}")
         raise RuntimeError(f"phasewatch serve does not start: see {self.service.log_path()}")
 
@@ -1044,8 +1171,18 @@ class Suite:
         say(f"RESTART NEEDED: {why}")
         self.service.kill()
 
+    def count_death(self, when: str) -> None:
+        """The service exited without the suite's signal: the suite's kills and stops are the
+        only other causes of an exit, so it died of what it was doing: the files in work."""
+        self.report.service_deaths += 1
+        in_work = [Path(r["path"]).name for r in self.service.rows() if r["state"] == "processing"]
+        code = self.service.proc.returncode if self.service.proc is not None else None
+        self.report.details.append(f"service death {when} (status {code}, log {self.service.log_path()}); "
+                                   f"files in work: {in_work}")
+
     def ensure_running(self, phase: str) -> None:
         if self.service.exited():
+            self.count_death(f"during {phase}")
             code = self.service.proc.returncode if self.service.proc is not None else None
             self.need_restart(f"the service exited by itself (status {code}) during {phase}; "
                               f"log {self.service.log_path()}")
@@ -1323,6 +1460,69 @@ class Suite:
                                         self.rng.randrange(2**31))
         say(f"api-fuzz: {self.report.api_fuzz.get('summary')}")
 
+    # -- the memory-capped run ---------------------------------------------------------------
+
+    def phase_memory_cap(self, how: str) -> None:
+        """A second service, under a memory cap (:func:`memory_cap`), gets the corpus's bombs
+        (:func:`capped_inputs`), each followed by a good file: every bomb must fail in the
+        decoder child with one line, the service must live on (a death is counted, and it is
+        started again as systemd would), and the good files must be done. Its rows are
+        accounted as the main run's are, into the same counts."""
+        main = (self.service, self.ledger, self.feeder, self.monitor)
+        method, cap_bytes, prefix, group = memory_cap(how, f"phasewatch-reliability-{os.getpid()}")
+        limits = f"max_megapixels = {CAP_MAX_MEGAPIXELS}\ndecode_memory_mb = {CAP_DECODE_MEMORY_MB}"
+        self.service = Service(self.workdir / "memory-cap", main[0].model, main[0].token, limits, prefix)
+        self.ledger = Ledger()
+        self.feeder = Feeder(self.service, self.ledger, self.good, self.service.root)
+        self.monitor = Monitor(self.service)
+        self.monitor.phase = "memory-cap"
+        capped = Report(self.report.profile, self.report.seed, self.report.model, self.report.good_source)
+        deaths = self.report.service_deaths
+        say(f"memory-cap: a service under {method} ({cap_bytes >> 20} MiB), the corpus's bombs")
+        try:
+            self.start_service("memory-cap")
+            self.monitor.start()
+            for item in capped_inputs(self.good):
+                self.feeder.put(item)
+                self.feeder.good_file("memory-cap-good")
+            deadline = time.monotonic() + 300
+            while not wait_idle(self.service, self.ledger, 10.0) and time.monotonic() < deadline:
+                self.ensure_running("memory-cap")  # a death: counted, started again
+            rows = self.service.rows()
+            tally(capped, self.ledger, rows, Counter(i["id"] for i in self.service.api_images()))
+            count_wedges(capped, self.ledger, rows)
+        finally:
+            service, ledger, monitor = self.service, self.ledger, self.monitor
+            self.service, self.ledger, self.feeder, self.monitor = main
+            monitor.stop.set()
+            if monitor.is_alive():
+                monitor.join()
+            code = service.terminate()[0] if not service.exited() else None
+            oom_kills = release_cgroup(group)
+        text = service.log_text()
+        for name in ("lost", "duplicated", "good_failed", "not_finished", "reasons_not_one_line",
+                     "unexpected_outcomes", "spurious_rows", "wedges"):
+            setattr(self.report, name, getattr(self.report, name) + getattr(capped, name))
+        self.report.details += [f"memory-cap: {line}" for line in capped.details]
+        self.report.inputs_tried += sum(max(1, len(e.shas)) for e in ledger.entries.values())
+        self.report.threads_died += len(monitor.dead) + len(re.findall(r"^Exception in thread", text, re.M))
+        self.report.stages_stuck += len(monitor.stuck)
+        self.report.tracebacks_logged += len(re.findall(r"^Traceback \(most recent call last\)", text, re.M))
+        self.report.unexpected_errors_logged += len(re.findall(r"unexpected error", text))
+        bombs = [r for r in rows if Path(r["path"]).name.startswith("cap-bomb-")]
+        good = capped.outcomes.get("memory-cap-good", {})
+        self.report.memory_cap = {
+            "method": method, "cap_mib": cap_bytes >> 20, "decode_memory_mb": CAP_DECODE_MEMORY_MB,
+            "bombs": len(bombs), "bombs_failed": sum(r["state"] == "failed" for r in bombs),
+            "reasons": dict(Counter(re.sub(r"^\S+: ", "", r["error"] or "") for r in bombs if r["error"])),
+            "good_done": good.get("done", 0), "good_files": sum(good.values()),
+            "service_deaths": self.report.service_deaths - deaths, "oom_kills": oom_kills,
+            "peak_service_mib": round(monitor.peak_kib / 1024, 1),
+            "decoder_peak_mib": round(monitor.decoder_peak_kib / 1024, 1), "stop": code,
+            "longest_good_wait_s": capped.waits.get("longest_s"),
+        }
+        say(f"memory-cap: {self.report.memory_cap}")
+
     # -- the end ------------------------------------------------------------------------------
 
     def finish(self) -> None:
@@ -1330,6 +1530,9 @@ class Suite:
         self.account()
         self.monitor.stop.set()
         self.monitor.join()
+        self.report.peak_service_mib = round(self.monitor.peak_kib / 1024, 1)
+        self.report.peak_phase = self.monitor.peak_phase
+        self.report.decoder_peak_mib = round(self.monitor.decoder_peak_kib / 1024, 1)
         code, seconds = self.service.terminate()
         self.report.stop = (f"SIGTERM: exit {code} after {seconds:.1f} s" if code is not None
                             else f"SIGTERM: still running after {STOP_TIMEOUT_S:.0f} s (killed)")
@@ -1345,6 +1548,7 @@ class Suite:
             self.report.details.append(f"/api/images could not be read at the end: {exc}")
         tally(self.report, self.ledger, rows, api_ids)
         self.report.inputs_tried = sum(max(1, len(e.shas)) for e in self.ledger.entries.values())
+        count_wedges(self.report, self.ledger, rows)
 
     def account_logs(self) -> None:
         text = self.service.log_text()
@@ -1361,6 +1565,29 @@ class Suite:
                 self.report.details.append(f"ignored without a log line: {entry.path!r}")
         planted = [p for p in (Path.cwd(), self.service.watch, PROJECT_ROOT, self.workdir) if (p / "PWNED").exists()]
         self.report.shell_injection = len(planted)
+
+
+def count_wedges(report: Report, ledger: Ledger, rows: list[dict[str, Any]]) -> None:
+    """Each good file's wait, from its arrival (just before it was written or renamed in) to
+    its row's end (``processed``) as ``done``; over :data:`WEDGE_S` it is a wedge, unless
+    it was fed while the suite held the service (:data:`HELD_BY_THE_SUITE`). Good files
+    that did not end done are counted as failed or not finished instead."""
+    done = {(r["path"], r["sha256"]): r["processed"] for r in rows if r["state"] == "done" and r["processed"]}
+    counted: list[tuple[float, str]] = []
+    held: list[tuple[float, str]] = []
+    for entry in ledger.entries.values():
+        for sha, arrived in zip(entry.shas, entry.arrived, strict=True):
+            if entry.good and (entry.path, sha) in done:
+                waited = (done[(entry.path, sha)] - arrived, Path(entry.path).name)
+                (held if entry.group in HELD_BY_THE_SUITE else counted).append(waited)
+    for seconds, name in sorted(counted, reverse=True):
+        if seconds <= WEDGE_S:
+            break
+        report.wedges += 1
+        report.details.append(f"wedge: {name!r} was done {seconds:.0f} s after it arrived")
+    longest, held_longest = max(counted, default=(0.0, "")), max(held, default=(0.0, ""))
+    report.waits = {"good_files": len(counted), "longest_s": round(longest[0], 1), "longest": longest[1],
+                    "held_files": len(held), "held_longest_s": round(held_longest[0], 1)}
 
 
 def tally(report: Report, ledger: Ledger, rows: list[dict[str, Any]], api_ids: Counter[int]) -> None:
@@ -1739,6 +1966,13 @@ def table_rows(report: Report) -> list[tuple[str, str]]:
         ("tracebacks in the service's log", str(report.tracebacks_logged)),
         ("kill -9", f"{report.kills} ({report.kills_during_start} before 'serving', {report.kills_with_work} "
                     "with files queued or in work)"),
+        (f"wedges (a good file done more than {WEDGE_S:.0f} s after it arrived)", wedges_text(report.wedges,
+                                                                                              report.waits)),
+        ("service deaths caused by a file (it exited by itself)", str(report.service_deaths)),
+        ("peak service memory", f"{report.peak_service_mib:.0f} MiB RSS (VmHWM of the service process, sampled "
+                                f"every 0.5 s; first reached during {report.peak_phase or '-'}); decoder children "
+                                f"{report.decoder_peak_mib:.0f} MiB"),
+        ("memory-capped run", memory_cap_text(report.memory_cap)),
     ]
     rows += [(f"fault: {name}", verdict) for name, verdict in report.faults.items()]
     rows += [
@@ -1748,6 +1982,26 @@ def table_rows(report: Report) -> list[tuple[str, str]]:
         ("stop at the end", report.stop),
     ]
     return rows
+
+
+def wedges_text(wedges: int, waits: dict[str, Any]) -> str:
+    if not waits:
+        return f"{wedges}"
+    return (f"{wedges} ({waits['good_files']} good files outside the suite's kills and faults, longest wait "
+            f"{waits['longest_s']:.1f} s ({waits['longest']!r}); {waits['held_files']} fed during kills and "
+            f"faults, longest {waits['held_longest_s']:.1f} s)")
+
+
+def memory_cap_text(cap: dict[str, Any]) -> str:
+    if not cap:
+        return "skipped"
+    reasons = "; ".join(f"{n} x '{r}'" for r, n in cap["reasons"].items())
+    return (f"{cap['method']}, {cap['cap_mib']} MiB, decoder budget {cap['decode_memory_mb']} MiB: "
+            f"{cap['bombs_failed']} of {cap['bombs']} bombs failed ({reasons}); {cap['good_done']} of "
+            f"{cap['good_files']} good files behind them done; service deaths {cap['service_deaths']}, "
+            f"OOM kills in the cgroup {cap['oom_kills']}; longest wait of a good file {cap['longest_good_wait_s']} s; "
+            f"peak service RSS {cap['peak_service_mib']:.0f} MiB, decoder {cap['decoder_peak_mib']:.0f} MiB; "
+            f"stop: exit {cap['stop']}")
 
 
 def markdown(report: Report) -> str:
@@ -1793,6 +2047,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", action="append", default=[], choices=PHASES, metavar="PHASE",
                         help=f"leave a phase out (repeatable): {', '.join(PHASES)}")
     parser.add_argument("--model", default="superalloy", help="bundled model name or bundle folder")
+    parser.add_argument("--memory-cap", choices=("auto", "cgroup", "prlimit"), default="auto",
+                        help="how the memory-capped run caps the service (auto: a cgroup where one can be made, "
+                             "else prlimit --as)")
     parser.add_argument("--fuzz-imageio-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -1818,13 +2075,19 @@ def run_suite(suite: Suite) -> None:
     suite.start_service("the first start")
     suite.monitor.start()
     say(f"service up on port {suite.service.port}; work folder {workdir}")
-    if "corpus" not in skip:
+
+    def phase(name: str) -> bool:
+        """Whether to run ``name``; the peak memory sampled from now on is said to be its."""
+        suite.monitor.phase = name
+        return name not in skip
+
+    if phase("corpus"):
         suite.phase_corpus()
-    if "kills" not in skip:
+    if phase("kills"):
         suite.phase_kills()
-    if "disk-full" not in skip:
+    if phase("disk-full"):
         suite.fault_disk_full()
-    if "read-only" not in skip:
+    if phase("read-only"):
         suite.fault_read_only()
     fuzz: subprocess.Popen[bytes] | str = "skipped: --skip image-fuzz"
 
@@ -1833,19 +2096,22 @@ def run_suite(suite: Suite) -> None:
         if "image-fuzz" not in skip:
             fuzz = start_image_fuzz(workdir / "image-fuzz", profile.image_fuzz_s, suite.rng.randrange(2**31))
 
-    if "db-lock" not in skip:
+    if phase("db-lock"):
         suite.fault_db_lock(during=start_fuzz)
     else:
         start_fuzz()
     suite.report.image_fuzz = finish_image_fuzz(fuzz, workdir / "image-fuzz", profile.image_fuzz_s)
     say(f"image-fuzz: {suite.report.image_fuzz['summary']}")
-    if "watch-folder" not in skip:
+    if phase("watch-folder"):
         suite.fault_watch_folder()
-    if "soak" not in skip:
+    if phase("soak"):
         suite.phase_soak()
-    if "api-fuzz" not in skip:
+    if phase("api-fuzz"):
         suite.phase_api_fuzz()
+    phase("the end")
     suite.finish()
+    if "memory-cap" not in skip:
+        suite.phase_memory_cap(suite.memory_cap)
     suite.report.pip_audit = finish_pip_audit(audit, workdir / "pip-audit", profile.pip_audit_timeout_s)
 
 
