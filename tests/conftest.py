@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from chromium import launched_chromium
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,3 +30,10 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("real micrographs not found: set PHASEWATCH_DATA or provide ../shared/data")
     return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium per test module (each test opens its own pages, so its own cookies)."""
+    with launched_chromium() as launched:
+        yield launched

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium import CHROMIUM
 
 from phasewatch.app.commands.demo import _workspace
 from phasewatch.bundle import resolve_bundle_path
 
-CHROMIUM = Path("/usr/bin/chromium")
 TOLERANCE = 0.03  # measured main-phase fraction against the truth (measured: within 0.3 points)
 
 

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from test_signoff_browser import shots
-from test_webui_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
+from test_webui_browser import WAIT_MS
 
 from phasewatch.bundle import load_bundle
 from phasewatch.core.measure import measure

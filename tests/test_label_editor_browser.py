@@ -28,10 +28,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from test_page_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, serve, url
+from chromium import needs_chromium
+from test_page_browser import WAIT_MS, serve, url
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install -y chromium)")
+pytestmark = needs_chromium
 
 BRUSH_PX = 16  # the editor's default brush: 16 CSS px across
 SECONDARY, TERTIARY = 1, 2  # superalloy's classes: 0 matrix, 1 secondary γ′, 2 tertiary γ′
@@ -50,13 +51,6 @@ def daemon(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         service.stop_if_running()
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def get_png(service, path: str) -> np.ndarray:

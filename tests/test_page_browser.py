@@ -29,15 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium import needs_chromium
 from test_daemon_e2e import ServeProcess
 
 from phasewatch.bundle import load_bundle
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed (it comes with reportlab)")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 WAIT_MS = 30_000
 PIXEL_SIZE_UM = 0.0195  # [calibration] of the watch folder: particle sizes come out in µm
 WIDTHS = (400, 1280, 1440)
@@ -45,7 +43,7 @@ TABS = 10
 MAX_SHOT_BYTES = 300_000  # what docs/images may hold per picture
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install -y chromium)")
+pytestmark = needs_chromium
 
 
 def post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -89,13 +87,6 @@ def daemon(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         service.stop_if_running()
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pypdf
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 
 from phasewatch.bundle import load_bundle
 from phasewatch.core.stats import specimen_statistics
@@ -33,9 +34,6 @@ from phasewatch.webui.report_fonts import FONT_DIRS, pdf_fonts
 from phasewatch.webui.report_pdf import render_pdf
 from phasewatch.webui.server import serve_in_thread
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TOKEN = "report-token-0123456789abcdef"
 UNLIKE = "unlike any of this model's training images (novelty 4.73 > limit 1.00)"
 FLAGGED = {"ok": False, "score": 4.73, "reasons": [UNLIKE]}

@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_webui_browser import CHROMIUM, CHROMIUM_ARGS, SHOT_WIDTHS, WAIT_MS, finish_field
+from chromium import CHROMIUM, CHROMIUM_ARGS
+from test_webui_browser import SHOT_WIDTHS, WAIT_MS, finish_field
 
 from phasewatch.app.cli import main
 from phasewatch.store import Store

@@ -23,7 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from test_page_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, post, save_shot, serve, url
+from chromium import CHROMIUM
+from test_page_browser import WAIT_MS, post, save_shot, serve, url
 
 SHOTS = os.environ.get("PHASEWATCH_TEACH_SHOTS")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -75,13 +76,6 @@ def daemon(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         service.stop_if_running()
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def shoot(page, name: str, show: str) -> None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 import test_daemon
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from test_daemon import drop, finished, wait_for, web_app
 from test_daemon_volume import VOLUME
 from test_segment_volume import write_imagej_stack
-from test_webui_browser import CHROMIUM, CHROMIUM_ARGS, SHOT_WIDTHS, SHOTS, WAIT_MS
+from test_webui_browser import SHOT_WIDTHS, SHOTS, WAIT_MS
 
 from phasewatch.webui.server import serve_in_thread
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium import needs_chromium
 
 from phasewatch.store import Store
 from phasewatch.webui.access import Access
@@ -27,16 +28,11 @@ from phasewatch.webui.events import EventBroker
 from phasewatch.webui.security import COOKIE
 from phasewatch.webui.server import serve_in_thread
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 TOKEN = "browser-test-token-0123456789"
 WAIT_MS = 15_000
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install -y chromium)"
-)
+pytestmark = needs_chromium
 
 # The attacker's page: every way a page can send a POST to another origin without asking.
 EVIL_PAGE = """<!doctype html>
@@ -149,13 +145,6 @@ def evil_site(target: str, image: int) -> Iterator[str]:
         server.shutdown()
         server.server_close()
 
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def sign_in(page: Any, url: str) -> None:

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+from chromium import needs_chromium
 
 from phasewatch.bundle import ClassInfo
 from phasewatch.core.measure import measure
@@ -25,9 +26,6 @@ from phasewatch.webui.app import AppContext, create_app, image_json
 from phasewatch.webui.events import EventBroker
 from phasewatch.webui.server import serve_in_thread
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CLASSES = (
     ClassInfo(0, "gamma", (0, 0, 0), "background"),
     ClassInfo(1, "secondary", (30, 144, 255), "phase"),
@@ -39,9 +37,7 @@ SHOT_WIDTHS = (400, 1280, 2560)
 UNLIKE = "intensity distribution unlike this model's training images (mean 0.91, trained 0.35-0.62)"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install -y chromium)"
-)
+pytestmark = needs_chromium
 
 
 def finish_field(store: Store, out_dir: Path, seed: int, trust: dict | None = None, extra: dict | None = None) -> int:
@@ -81,13 +77,6 @@ def served(tmp_path):
     handle.stop()
     store.close()
 
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def test_a_finished_field_appears_live(served, browser, tmp_path):
