@@ -106,6 +106,7 @@ from phasewatch.errors import PhasewatchError, one_line
 from phasewatch.imageio.formats import ImageReadError
 from phasewatch.imageio.isolated import DecodeAborted, DecoderClosed, DecoderUnavailable, IsolatedReader
 from phasewatch.service.config import Config
+from phasewatch.service.gpu import open_gpus
 from phasewatch.service.logs import fields as log_fields
 from phasewatch.service.prometheus import DaemonMetrics
 from phasewatch.service.stages import POLL_S, Stage, TransientFault
@@ -309,7 +310,8 @@ class Daemon:
         self.publish = publish or (lambda event, data: None)
         self.started = time.time()
         config.data.results_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = DaemonMetrics(self.store.counts_by_state)
+        self.gpus = open_gpus()  # None without NVML: no GPU series, no GPU health component
+        self.metrics = DaemonMetrics(self.store.counts_by_state, self.gpus)
         self._open_model = open_model
         self.model = self._load_model()
         limits = config.limits
@@ -422,6 +424,8 @@ class Daemon:
         else:
             if free < MIN_FREE_DISK_BYTES:
                 problems.setdefault("disk", f"{self.config.data.dir}: only {free // 2**20} MiB free")
+        if self.gpus is not None and (gpu := self.gpus.problem()) is not None:
+            problems["gpu"] = gpu  # gone or erring (service/gpu.py); not a reason to stop the watchdog
         stuck = [p for s in self.stages if (p := s.problem(self.config.workers.stall_timeout_s))]
         if stuck:
             problems["worker"] = "; ".join(stuck)

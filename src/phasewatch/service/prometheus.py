@@ -13,6 +13,9 @@ Metrics (all prefixed ``phasewatch_``):
 - ``inference_seconds``: histogram, backend time per image (all its tiles).
 - ``backend_info{backend, model}``: the backend and model in use; changes on reload.
 - ``process_*``: CPU, memory and open files of the daemon's process.
+- ``gpu_utilisation_ratio{gpu, name}``, ``gpu_memory_used_bytes``, ``gpu_memory_total_bytes``,
+  ``gpu_temperature_celsius``: each GPU as NVML reads it at scrape time (``service/gpu.py``);
+  absent without NVML (a CPU machine, a Jetson).
 
 Throughput is not a gauge of its own: Prometheus derives it from the counter, e.g. images per
 second over the last minute is ``rate(phasewatch_results_total{outcome="done"}[1m])``.
@@ -34,6 +37,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+
+from phasewatch.service.gpu import Gpus
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +71,47 @@ class _FilesByStateCollector:
         yield family
 
 
-class DaemonMetrics:
-    """The daemon's metrics; ``counts`` returns files per state (e.g. ``store.counts_by_state``)."""
+class _GpuCollector:
+    """Reads NVML when scraped; a device NVML cannot read leaves the GPU series out of that
+    scrape (``/healthz`` says why), never the whole page."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, gpus: Gpus) -> None:
+        self._gpus = gpus
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            readings = self._gpus.read()
+        except self._gpus.nvml.NVMLError as exc:
+            log.warning("metrics: cannot read the GPUs through NVML: %s", exc)
+            return
+        labels = ["gpu", "name"]
+        families = [
+            (GaugeMetricFamily(f"{NAMESPACE}_gpu_utilisation_ratio",
+                               "Share of the last sample period a kernel ran on the GPU (NVML).", labels=labels),
+             lambda r: r.utilisation_pct / 100),
+            (GaugeMetricFamily(f"{NAMESPACE}_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=labels),
+             lambda r: r.memory_used_bytes),
+            (GaugeMetricFamily(f"{NAMESPACE}_gpu_memory_total_bytes", "GPU memory in all (NVML).", labels=labels),
+             lambda r: r.memory_total_bytes),
+            (GaugeMetricFamily(f"{NAMESPACE}_gpu_temperature_celsius", "GPU core temperature (NVML).",
+                               labels=labels),
+             lambda r: r.temperature_c),
+        ]
+        for family, value in families:
+            for reading in readings:
+                family.add_metric([str(reading.gpu), reading.name], value(reading))
+            yield family
+
+
+class DaemonMetrics:
+    """The daemon's metrics; ``counts`` returns files per state (e.g. ``store.counts_by_state``);
+    ``gpus``, where NVML is present, adds the GPU series."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]], gpus: Gpus | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_FilesByStateCollector(counts))
+        if gpus is not None:
+            self.registry.register(_GpuCollector(gpus))
         ProcessCollector(registry=self.registry)
         self.queue_depth = Gauge(
             "queue_depth",
