@@ -100,6 +100,13 @@ class Bundle:
         return self.path / str(block["file"]) if isinstance(block, dict) and "file" in block else None
 
     @property
+    def head_path(self) -> Path | None:
+        """``model.head.onnx``, the model with its post-processing in the graph
+        (``export/head.py``), where the manifest names one."""
+        block = self.manifest.get("head")
+        return self.path / str(block["file"]) if isinstance(block, dict) and "file" in block else None
+
+    @property
     def engines_dir(self) -> Path:
         return self.path / "engines"
 

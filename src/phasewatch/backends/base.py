@@ -84,6 +84,13 @@ def max_side(backend: Backend) -> int:
     return _wrapped_attribute(backend, "max_side")
 
 
+def fused_head(backend: Backend) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
+    """``backend``'s ``run_head`` (float32 N x C x H x W -> uint8 classes and margins, N x H x W)
+    where it runs a model with the post-processing in its graph (``export/head.py``), else None.
+    Not asked through a wrapper: test-time augmentation averages logits, which the head never returns."""
+    return backend.run_head if getattr(backend, "has_head", False) else None  # type: ignore[attr-defined]
+
+
 def call_pixels(backend: Backend) -> int:
     """The most pixels one call of ``backend`` should hold for speed (0: as many as memory
     allows); see ``onnxruntime.CPU_CALL_PIXELS``."""

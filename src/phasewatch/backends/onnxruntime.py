@@ -79,6 +79,7 @@ class OrtBackend:
         threads: int | None = None,
         provider_options: dict[str, str] | None = None,
         max_side: int = 0,
+        head_path: Path | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -97,12 +98,9 @@ class OrtBackend:
         if provider != "CPUExecutionProvider":
             preload_gpu_libraries(provider)
             providers.append("CPUExecutionProvider")  # for the odd node a GPU provider lacks
-        try:
-            self.session = ort.InferenceSession(
-                str(onnx_path), sess_options=session_options(threads), providers=providers
-            )
-        except Exception as exc:  # ORT raises its own, mostly multi-line, exception types
-            raise BackendError(f"{onnx_path}: cannot open with {provider}: {one_line(exc)}") from exc
+        self.session = _session(onnx_path, provider, threads, providers)
+        # The model with its post-processing in the graph (export/head.py), for fields run in one pass.
+        self._head: Any = _session(head_path, provider, threads, providers) if head_path is not None else None
         if self.session.get_providers()[0] != provider:
             # ORT falls back to CPU silently when a GPU provider fails to initialise.
             raise BackendError(f"{onnx_path}: {provider} failed to initialise (CUDA libraries?)")
@@ -138,6 +136,25 @@ class OrtBackend:
             raise
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
+    def run_head(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 N x C x H x W -> uint8 class ids and uint8 softmax margins, N x H x W each, from
+        the head model (``tiling``'s argmax and margin of one pass, computed by the runtime)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        try:
+            chunks = [self._head.run(None, {self.input_name: batch[i : i + self.max_batch]})
+                      for i in range(0, len(batch), self.max_batch)]
+        except Exception as exc:  # as in run
+            if sticky_cuda_error(str(exc)):
+                raise BackendFatal(f"{self.name}: {one_line(exc)}") from exc
+            raise
+        if len(chunks) == 1:
+            return chunks[0][0], chunks[0][1]
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+    @property
+    def has_head(self) -> bool:
+        return self._head is not None
+
     def return_free_memory(self, smallest: tuple[int, int, int, int]) -> None:
         """Hand the CPU arena's free memory back to the system (between files, after a large
         one): one call of the ``smallest`` input the model takes, at whose end ONNX Runtime
@@ -147,6 +164,28 @@ class OrtBackend:
 
     def close(self) -> None:
         self.session = None
+        self._head = None
+
+
+def _session(path: Path, provider: str, threads: int | None, providers: list[Any]) -> Any:
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # ORT raises its own, mostly multi-line, exception types
+        raise BackendError(f"{path}: cannot open with {provider}: {one_line(exc)}") from exc
+
+
+def head_path(bundle: Bundle) -> Path | None:
+    """The bundle's head model (``Bundle.head_path``) where it is the file its manifest names;
+    None (today's path, logits stitched in NumPy) for a bundle without one. A head file that is
+    missing or changed is not used: the plain model gives the same maps, only slower."""
+    path = bundle.head_path
+    if path is None or not path.is_file() or sha256_file(path) != bundle.manifest["head"].get("sha256"):
+        if path is not None:
+            log.warning("%s: missing or not the file the manifest's sha256 names; post-processing on the CPU", path)
+        return None
+    return path
 
 
 @functools.cache
@@ -273,7 +312,7 @@ def _open_cuda(bundle: Bundle, batch: int, threads: int | None, options: CudaOpt
 
 
 def _open_cpu(bundle: Bundle, batch: int, threads: int | None, options: None) -> Backend:
-    return OrtBackend(bundle.onnx_path, "cpu", batch, threads)
+    return OrtBackend(bundle.onnx_path, "cpu", batch, threads, head_path=head_path(bundle))
 
 
 def provider_unavailable(provider: str) -> Any:

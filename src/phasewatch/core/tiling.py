@@ -43,7 +43,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from phasewatch.backends.base import Backend
+from phasewatch.backends.base import Backend, fused_head
 
 STAGES = ("prepare_ms", "infer_ms", "stitch_ms")
 
@@ -98,6 +98,12 @@ class Geometry(NamedTuple):
     overlap_h: int
     overlap_w: int
     multiple: int = 0
+
+    @property
+    def one_pass(self) -> bool:
+        """A planned image run as one tile: no overlap, so no blending of logits, and a head
+        in the graph (``backends.base.fused_head``) gives the same maps as stitching."""
+        return bool(self.multiple) and self.overlap_h == 0 and self.overlap_w == 0
 
 
 BAND_FACTOR = 4  # a band holds at most this many memory budgets of pixels (Plan.geometry)
@@ -340,6 +346,9 @@ def _infer_and_stitch(
     stats: dict[str, float],
 ) -> list[ClassMap]:
     """Run one batch (tiles of one geometry) and stitch its tiles; return the images it completed."""
+    head = fused_head(backend)
+    if head is not None and slots[0][0].geometry.one_pass:
+        return _infer_one_pass(batch, [job for job, _, _ in slots], head, stats)
     start = time.perf_counter()
     logits = backend.run(batch)
     stitched = time.perf_counter()
@@ -357,6 +366,26 @@ def _infer_and_stitch(
             job.finish_band(r)
             if r + 1 == len(job.rows):
                 finished.append(ClassMap(job.classes, job.margin))
+    stats["stitch_ms"] += (time.perf_counter() - stitched) * 1000
+    return finished
+
+
+def _infer_one_pass(batch: np.ndarray, jobs: list[_Job], head: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                    stats: dict[str, float]) -> list[ClassMap]:
+    """Each image of ``jobs`` in one pass of a model whose graph ends in the argmax and the margin:
+    its maps are the runtime's, cut to the image (the extension to the stride dropped)."""
+    start = time.perf_counter()
+    classes, margin = head(batch)
+    stitched = time.perf_counter()
+    stats["infer_ms"] += (stitched - start) * 1000
+    if classes.shape != (len(batch), *batch.shape[2:]) or margin.shape != classes.shape:
+        raise ValueError(f"the head model returned maps of shapes {classes.shape} and {margin.shape} for a batch "
+                         f"of shape {batch.shape} (expected N x H x W)")
+    finished = []
+    for job, job_classes, job_margin in zip(jobs, classes, margin, strict=True):
+        h, w = job.classes.shape
+        job.classes[:], job.margin[:] = job_classes[:h, :w], job_margin[:h, :w]
+        finished.append(ClassMap(job.classes, job.margin))
     stats["stitch_ms"] += (time.perf_counter() - stitched) * 1000
     return finished
 
