@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing
+import multiprocessing.queues
+import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,18 +110,31 @@ def analyse(file_id: int, path: str, job: Job) -> Outcome:
     return Outcome(file_id, result.record, result.outputs, model_identity(result.model))
 
 
-def _ignore_interrupts() -> None:
+def _start_worker(devices: multiprocessing.queues.Queue[str] | None) -> None:
     # Ctrl-C reaches the whole process group: the driver decides, the workers finish their file.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if devices is not None:
+        # One GPU each: set before CUDA is loaded (the model opens on the first file), so that
+        # this process's device 0, the one every GPU backend uses, is its own.
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices.get_nowait()
 
 
 @contextlib.contextmanager
-def open_pool(workers: int, cluster: str | None) -> Iterator[tuple[Executor, int]]:
+def open_pool(workers: int, cluster: str | None, devices: Sequence[str] = ()) -> Iterator[tuple[Executor, int]]:
     """An executor and how many files it runs at once: ``workers`` local processes, or the
-    threads of the Dask cluster whose scheduler is at ``cluster`` (e.g. ``tcp://host:8786``)."""
+    threads of the Dask cluster whose scheduler is at ``cluster`` (e.g. ``tcp://host:8786``).
+    ``devices`` (CUDA device ids, one per worker): each local worker sees only its own."""
     if cluster is None:
         # spawn: a fresh interpreter per worker, not a fork of a driver holding SQLite connections
-        with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _ignore_interrupts) as executor:
+        context = multiprocessing.get_context("spawn")
+        queue: multiprocessing.queues.Queue[str] | None = None
+        if devices:
+            if len(devices) != workers:
+                raise PhasewatchError(f"{workers} worker(s) for {len(devices)} GPU(s): one each")
+            queue = context.Queue()
+            for device in devices:
+                queue.put(device)
+        with ProcessPoolExecutor(workers, context, _start_worker, (queue,)) as executor:
             yield executor, workers
         return
     try:
@@ -136,15 +151,17 @@ def open_pool(workers: int, cluster: str | None) -> Iterator[tuple[Executor, int
 
 
 def run_queue(store: Store, workers: int, cluster: str | None, job: Job, recorded: Callable[[Outcome], None],
-              stop: threading.Event, crashed: Callable[[dict[str, int]], None], task: Task = analyse) -> None:
+              stop: threading.Event, crashed: Callable[[dict[str, int]], None], task: Task = analyse,
+              devices: Sequence[str] = ()) -> None:
     """:func:`drain` the queue on a pool (:func:`open_pool`). A local worker that dies (a native
     crash in a decoder, the OOM killer) breaks the pool: the files it had in hand are charged a
     crash as the daemon charges them (``Store.recover_after_crash``: those in hand together run
     alone from then on, a file fails after three crashes), ``crashed`` is told the counts, and
-    a new pool goes on. (Dask retries a lost task on other workers itself, then fails it.)"""
+    a new pool goes on. (Dask retries a lost task on other workers itself, then fails it.)
+    ``devices``: :func:`open_pool`'s, one GPU per local worker."""
     while True:
         try:
-            with open_pool(workers, cluster) as (executor, slots):
+            with open_pool(workers, cluster, devices) as (executor, slots):
                 # two files per worker in flight: a worker never waits for the driver to hand it the next
                 drain(store, executor, 2 * slots, job, recorded, stop, task)
             return

@@ -22,22 +22,56 @@ from types import FrameType
 from tqdm import tqdm
 
 from phasewatch.atomic_files import write_bytes_atomic
-from phasewatch.backends.registry import KINDS
+from phasewatch.backends.registry import BACKENDS, KINDS
 from phasewatch.backends.tta import MODES
-from phasewatch.bundle import load_bundle
+from phasewatch.bundle import Bundle, load_bundle
 from phasewatch.errors import PhasewatchError
 from phasewatch.service.archive import Intake, archive_files, open_books, take_in
 from phasewatch.service.archive_pool import Job, ModelSpec, Outcome, run_queue
 from phasewatch.service.config import PixelSizeConfig, load_config
+from phasewatch.service.gpu import open_gpus, visible_devices
 from phasewatch.store import Store
 from phasewatch.webui.csv_export import store_csv
 
 INTERRUPTED_RC = 130  # the shell's code for a run ended by SIGINT
 MAX_CRASHES = 3  # a file that crashes a worker this often fails (the daemon's [queue] max_attempts default)
+# Kinds that run on this machine's GPU: each worker holds a CUDA context (and a TensorRT one) on
+# its device, so more workers than devices only share a device and its memory (out of memory
+# on a Jetson, no speed-up anywhere).
+GPU_KINDS = ("tensorrt", "tensorrt-ep", "cuda")
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def on_gpu(backend: str, bundle: Bundle) -> bool:
+    """Whether ``backend`` runs on this machine's GPU: a GPU kind, or 'auto' where one of the GPU
+    kinds it may take is available (it may still fall to the CPU, if an engine is missing and
+    ONNX Runtime has no CUDA: the run then has fewer workers than cores, never too many contexts)."""
+    if backend in GPU_KINDS:
+        return True
+    return backend == "auto" and any(not BACKENDS[k].manual and BACKENDS[k].unavailable(bundle) is None
+                                     for k in GPU_KINDS)
+
+
+def gpu_devices() -> list[str]:
+    """The CUDA device ids a worker each: ``CUDA_VISIBLE_DEVICES``'s entries, else NVML's
+    indices; one device where neither says (a Jetson: one integrated GPU, no NVML)."""
+    count = visible_devices(open_gpus())
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [e.strip() for e in listed.split(",") if e.strip()][:count]
+    return [str(i) for i in range(count)] if count is not None else ["0"]
+
+
+def default_workers(backend: str, bundle: Bundle) -> tuple[int, list[str]]:
+    """Workers and their devices when ``--workers`` is not given: one per GPU on a GPU backend
+    (each pinned to its own), else one per core."""
+    if on_gpu(backend, bundle):
+        devices = gpu_devices()
+        return max(1, len(devices)), devices
+    return cores(), []
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="bundle folder or bundled model name")
     parser.add_argument("--out", required=True, type=Path,
                         help="data folder for this model's results (the same folder resumes a run)")
-    parser.add_argument("--workers", type=int, default=cores(),
-                        help="local worker processes (default: one per core); ignored with --cluster")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local worker processes (default: one per core, or with a GPU backend one per "
+                             "visible GPU, each on its own); ignored with --cluster")
     parser.add_argument("--cluster", metavar="ADDRESS",
                         help="Dask scheduler to run on, e.g. tcp://host:8786 (needs the 'cluster' extra; "
                              "workers must see ARCHIVE and OUT at the same paths)")
@@ -78,8 +113,12 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    threads = args.threads or (None if args.cluster else max(1, cores() // max(1, args.workers)))
     try:
+        bundle = load_bundle(args.model)
+        devices: list[str] = []
+        if args.workers is None:
+            args.workers, devices = default_workers(args.backend, bundle)
+        threads = args.threads or (None if args.cluster else max(1, cores() // max(1, args.workers)))
         pixel_sizes = load_config(args.config).pixel_size if args.config else PixelSizeConfig()
         job = Job(ModelSpec(args.model, args.backend, args.batch, threads, args.tta), args.out.resolve(),
                   args.pixel_size, pixel_sizes, args.archive.resolve())
@@ -87,20 +126,21 @@ def run(args: argparse.Namespace) -> int:
             raise PhasewatchError(f"{args.archive}: not a folder")
         if args.workers < 1:
             raise PhasewatchError(f"--workers {args.workers}: needs at least one worker")
-        store = open_books(job.out, load_bundle(args.model), MAX_CRASHES)
+        store = open_books(job.out, bundle, MAX_CRASHES)
     except PhasewatchError as exc:
         print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
-        return _run(store, job.root, job, args, stop)
+        return _run(store, job.root, job, args, stop, devices)
     finally:
         write_bytes_atomic(job.out / "fields.csv", store_csv(store).encode())
         store.close()
 
 
-def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace, stop: threading.Event) -> int:
+def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace, stop: threading.Event,
+         devices: list[str]) -> int:
     files = archive_files(archive)
     failed = 0
 
@@ -126,7 +166,7 @@ def _run(store: Store, archive: Path, job: Job, args: argparse.Namespace, stop: 
         print(f"error: {line}", file=sys.stderr)
     try:
         with tqdm(total=intake.pending, unit="file", desc="analysing", file=sys.stderr) as progress:
-            run_queue(store, args.workers, args.cluster, job, recorded, stop, crashed)
+            run_queue(store, args.workers, args.cluster, job, recorded, stop, crashed, devices=devices)
     except PhasewatchError as exc:
         print(f"phasewatch reanalyse: {exc}", file=sys.stderr)
         return 2
