@@ -144,7 +144,45 @@ def test_export_triton_reports_a_bundle_without_engines_in_one_line(tmp_path, ca
     bundle_dir = make_bundle(tmp_path / "tiny")
     assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--platform", "tensorrt"]) == 2
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and "0 engines" in error and "build-engine" in error
+    assert "\n" not in error and "no engine in" in error and "build-engine" in error
+
+
+def test_export_triton_finds_the_engine_build_engine_kept_in_the_data_folder(tmp_path):
+    bundle_dir = make_bundle(tmp_path / "tiny")
+    engine = gated_engine(bundle_dir)
+    kept = tmp_path / "data" / "engines" / "tiny"
+    kept.mkdir(parents=True)
+    for path in (engine, engine.parent / (engine.name + ".json")):
+        path.replace(kept / path.name)  # where build-engine --data DATA writes them now
+    assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--platform", "tensorrt",
+                 "--data", str(tmp_path / "data")]) == 0
+    assert (tmp_path / "repo" / "tiny" / "1" / "model.plan").read_bytes() == b"engine bytes"
+
+
+def test_export_triton_writes_instance_group_and_preferred_batch_sizes(tmp_path, capsys):
+    bundle_dir = make_bundle(tmp_path / "tiny")
+    assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--max-batch", "8"]) == 0
+    config = read_entry(tmp_path / "repo" / "tiny")
+    assert [(g.count, g.kind) for g in config.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
+    assert list(config.dynamic_batching.preferred_batch_size) == [8]
+    assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--max-batch", "8", "--instances", "2",
+                 "--instance-kind", "gpu", "--preferred-batch", "8", "4"]) == 0
+    config = read_entry(tmp_path / "repo" / "tiny")
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    capsys.readouterr()
+    assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--preferred-batch", "16"]) == 2
+    assert "--preferred-batch 16: must be within 1..8" in capsys.readouterr().err
+
+
+def test_a_tensorrt_plan_runs_on_the_gpu_by_default(tmp_path):
+    bundle_dir = make_bundle(tmp_path / "tiny")
+    gated_engine(bundle_dir)
+    assert main(["export-triton", str(bundle_dir), str(tmp_path / "repo"), "--platform", "tensorrt"]) == 0
+    config = read_entry(tmp_path / "repo" / "tiny")
+    assert [(g.count, g.kind) for g in config.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]
 
 
 def test_a_served_model_must_carry_the_bundles_onnx_hash_and_name():

@@ -101,27 +101,59 @@ def quoted(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def config_text(bundle: Bundle, network: Network, name: str, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> str:
+INSTANCE_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+
+
+class Serving(NamedTuple):
+    """How Triton runs the model: ``instances`` copies of it (per GPU with ``gpu``; ``auto`` is
+    each GPU where there is one, else the CPU), and the batch sizes dynamic batching waits to
+    fill (empty: ``max_batch`` alone). Dynamic batching merges only requests of one shape: fields
+    of one camera and size share one; the client does not pad other sizes (docs/SCALE_OUT.md)."""
+
+    instances: int = 1
+    kind: str = "auto"  # a key of INSTANCE_KINDS
+    preferred_batch: tuple[int, ...] = ()
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+
+    def check(self, max_batch: int) -> None:
+        if self.instances < 1:
+            raise TritonExportError(f"--instances {self.instances}: must be at least 1")
+        if self.kind not in INSTANCE_KINDS:
+            raise TritonExportError(f"--instance-kind {self.kind}: one of {', '.join(INSTANCE_KINDS)}")
+        wrong = [b for b in self.preferred_batch if not 1 <= b <= max_batch]
+        if wrong:
+            raise TritonExportError(f"--preferred-batch {wrong[0]}: must be within 1..{max_batch} (the max batch)")
+
+
+DEFAULT_SERVING = Serving()
+
+
+def config_text(bundle: Bundle, network: Network, name: str, serving: Serving = DEFAULT_SERVING) -> str:
     """``config.pbtxt`` (protobuf text format of Triton's ``ModelConfig``) for ``network``."""
+    serving.check(network.max_batch)
     input_name, output_name = tensor_names(bundle.onnx_path)
     spatial = [network.side, network.side] if network.side else [-1, -1]
     input_dims = ", ".join(map(str, [bundle.input_channels, *spatial]))
     output_dims = ", ".join(map(str, [bundle.num_classes, *spatial]))
     parameters = {**identity(bundle), **network.extra}
+    preferred = ", ".join(map(str, sorted(set(serving.preferred_batch)) or [network.max_batch]))
     lines = [
         f"name: {quoted(name)}",
         f"platform: {quoted(PLATFORMS[network.platform])}",
         f"max_batch_size: {network.max_batch}",
         f"input [ {{ name: {quoted(input_name)} data_type: TYPE_FP32 dims: [ {input_dims} ] }} ]",
         f"output [ {{ name: {quoted(output_name)} data_type: TYPE_FP32 dims: [ {output_dims} ] }} ]",
-        f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
+        f"instance_group [ {{ count: {serving.instances} kind: {INSTANCE_KINDS[serving.kind]} }} ]",
+        f"dynamic_batching {{ preferred_batch_size: [ {preferred} ] "
+        f"max_queue_delay_microseconds: {serving.queue_delay_us} }}",
         *(f"parameters {{ key: {quoted(key)} value {{ string_value: {quoted(value)} }} }}"
           for key, value in parameters.items()),
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_entry(bundle: Bundle, network: Network, repo: Path, name: str = "", version: int = 1) -> Path:
+def write_entry(bundle: Bundle, network: Network, repo: Path, name: str = "", version: int = 1,
+                serving: Serving = DEFAULT_SERVING) -> Path:
     """Write ``repo/NAME/config.pbtxt`` and ``repo/NAME/VERSION/`` (the network and the bundle's
     manifest); NAME defaults to the bundle's. Returns the entry's folder."""
     name = name or bundle.name
@@ -131,7 +163,7 @@ def write_entry(bundle: Bundle, network: Network, repo: Path, name: str = "", ve
         version_dir.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(version_dir / network.file_name, network.source.read_bytes())
         write_json_atomic(version_dir / "manifest.json", bundle.manifest)
-        write_bytes_atomic(entry / "config.pbtxt", config_text(bundle, network, name).encode())
+        write_bytes_atomic(entry / "config.pbtxt", config_text(bundle, network, name, serving).encode())
     except OSError as exc:
         raise TritonExportError(f"{entry}: cannot write the repository entry: {one_line(exc)}") from exc
     return entry
