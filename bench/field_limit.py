@@ -6,6 +6,8 @@ process, with the same thread count throughout, by
 - ``engine``: the runtime's path (``pipeline.segment_images`` with the model's tile plan:
   the whole field in one pass when it fits the memory budget), the time
   ``timing_ms.segment`` records;
+- ``stitched``: the engine without the head in the graph (``export/head.py``): the same model's
+  logits stitched in NumPy, as before issue 25 (only where the bundle has a head);
 - ``floor``: one pass of the same ONNX Runtime session over the field's own model input,
   extended only to a multiple of the network's stride (no tiles, no overlap, no stitching);
 - ``fixed_tiles``: the engine as it was before tiles were planned per field (the bundle's
@@ -41,7 +43,7 @@ if __name__ == "__main__":
             os.environ["OPENBLAS_NUM_THREADS"] = value
 
 import numpy as np  # noqa: E402
-from timing import best_of, matmul_peak  # noqa: E402
+from timing import best_of, best_of_interleaved, matmul_peak  # noqa: E402
 
 # model -> held-out folder whose first image is the field
 FIELDS = {
@@ -114,6 +116,8 @@ def measure(name: str, data: Path, backend_kind: str, threads: int, repeats: int
             monai: bool) -> dict[str, Any]:
     import torch
 
+    from phasewatch.backends.base import fused_head
+    from phasewatch.backends.onnxruntime import OrtBackend
     from phasewatch.core.normalise import prepare
     from phasewatch.core.pipeline import open_model, segment_images
     from phasewatch.imageio.formats import images_in, read_pages
@@ -126,14 +130,22 @@ def measure(name: str, data: Path, backend_kind: str, threads: int, repeats: int
         raise SystemExit(f"{name}: the bundle runs fixed tiles only; re-export it (phasewatch export --bundle)")
     inp = prepare(image, bundle.channels, bundle.normalisation, bundle.scale)
     whole = floor_input(inp, bundle.spatial_multiple)
+    runs = {"engine_s": lambda: list(segment_images([image], bundle, backend, plan=model.plan)),
+            "floor_s": lambda: backend.run(whole)}
+    stitched = None
+    if fused_head(backend) is not None:  # before the head in the graph (issue 25): the same model, stitched in NumPy
+        stitched = OrtBackend(bundle.onnx_path, "cpu", threads=threads)
+        runs["stitched_s"] = lambda: list(segment_images([image], bundle, stitched, plan=model.plan))
     result: dict[str, Any] = {
         "field": f"{path.name} ({image.shape[1]}x{image.shape[0]}, model input {inp.width}x{inp.height})",
         "geometry": model.plan.geometry(inp.height, inp.width)._asdict(),
-        "engine_s": best_of(repeats, lambda: list(segment_images([image], bundle, backend, plan=model.plan))),
-        "floor_s": best_of(repeats, lambda: backend.run(whole)),
+        **best_of_interleaved(repeats, runs),  # taken in turns: the machine's load falls on each alike
         "fixed_tiles_s": best_of(repeats, lambda: list(segment_images([image], bundle, backend))),
     }
     result["engine_over_floor"] = result["engine_s"] / result["floor_s"]
+    if stitched is not None:
+        result["stitched_over_floor"] = result["stitched_s"] / result["floor_s"]
+        stitched.close()
     result["fixed_tiles_over_engine"] = result["fixed_tiles_s"] / result["engine_s"]
     flops = flops_per_pixel(bundle.onnx_path, bundle.spatial_multiple) * whole.shape[2] * whole.shape[3]
     result["floor_fraction_of_peak"] = flops / result["floor_s"] / peak
@@ -169,8 +181,10 @@ def main() -> int:
             r = report["models"][name]
             monai = (f", MONAI {r['monai_s']:.3f} s ({r['monai_over_engine']:.1f}x the engine)"
                      if "monai_s" in r else "")
+            before = (f" (stitched in NumPy, as before the head: {r['stitched_s']:.3f} s = "
+                      f"{r['stitched_over_floor']:.2f}x)" if "stitched_s" in r else "")
             print(f"{name:<22} {r['field']}: engine {r['engine_s']:.3f} s = {r['engine_over_floor']:.2f}x the "
-                  f"floor {r['floor_s']:.3f} s ({r['floor_fraction_of_peak']:.2f} of peak); fixed 256-px tiles "
+                  f"floor {r['floor_s']:.3f} s{before} ({r['floor_fraction_of_peak']:.2f} of peak); fixed 256-px tiles "
                   f"{r['fixed_tiles_s']:.3f} s ({r['fixed_tiles_over_engine']:.1f}x){monai}", flush=True)
     if args.json:
         print(json.dumps(report, indent=2))
