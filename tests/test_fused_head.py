@@ -87,3 +87,20 @@ def test_the_head_is_exact_on_logits_and_refuses_a_model_without_classes(models)
     one_class.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1
     with pytest.raises(ValueError, match="K >= 2"):
         fuse_head(one_class)
+
+
+def test_the_add_head_command_writes_the_head_and_names_it_in_the_manifest(tmp_path, capsys):
+    import json
+    import shutil
+
+    from phasewatch.app.cli import main
+    from phasewatch.bundle import BUNDLED_MODELS_DIR
+
+    bundle = tmp_path / "ebc"
+    shutil.copytree(BUNDLED_MODELS_DIR / "ebc", bundle)
+    (bundle / "model.head.onnx").unlink()
+    assert main(["add-head", str(bundle)]) == 0
+    head = json.loads((bundle / "manifest.json").read_text())["head"]
+    assert (bundle / head["file"]).is_file() and head["parity"]["classes_differ"] == 0
+    assert main(["add-head", str(tmp_path / "missing")]) == 1
+    assert "missing: not a model bundle" in capsys.readouterr().err

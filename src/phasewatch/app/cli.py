@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("phasewatch.app.commands.evaluate", "score a model bundle on labelled micrographs"),
     "export": ("phasewatch.app.commands.export", "checkpoint -> model bundle (ONNX, FP16 ONNX, parity report)"),
     "quantise": ("phasewatch.app.commands.quantise", "add a gated INT8 model for the CPU to a bundle"),
+    "add-head": ("phasewatch.app.commands.add_head",
+                 "add model.head.onnx: the network with its softmax/argmax in the graph (needs onnx)"),
     "build-engine": ("phasewatch.app.commands.build_engine", "build a validated FP16 TensorRT engine for a bundle"),
 }
 

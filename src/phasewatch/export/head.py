@@ -11,14 +11,12 @@ pass, in the same order of float32 operations: ``ArgMax`` (first maximum wins, a
 equivalent. Resizing back to the field (bundles at scale != 1) stays outside the graph: it is a
 nearest-neighbour pick on the uint8 maps (cv2, ``pipeline.segment_images``), about a millisecond.
 
-Written by ``python -m phasewatch.export.head BUNDLE...``, which records ``head`` (file, sha256,
+Written by ``phasewatch add-head BUNDLE...``, which records ``head`` (file, sha256,
 parity on the bundle's reference tiles) in the manifest; a bundle without it runs as before.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,15 +117,3 @@ def write_head(bundle_path: Path) -> dict[str, Any]:
              "parity": head_parity(bundle.onnx_path, head_path, tiles)}
     write_manifest(bundle.path, {**bundle.manifest, "head": block})
     return block
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="write model.head.onnx (the post-processing in the graph)")
-    parser.add_argument("bundles", nargs="+", type=Path)
-    for path in parser.parse_args(argv).bundles:
-        print(f"{path}: {write_head(path)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
