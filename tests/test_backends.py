@@ -200,7 +200,7 @@ def test_no_backend_at_all_is_one_line_error_with_every_reason(bundle, monkeypat
 
 def test_onnxruntime_kinds_open_a_session_named_after_their_entry(bundle, monkeypatch, tmp_path):
     opened = []
-    monkeypatch.setattr(ort_backends, "OrtBackend", lambda path, kind, *args: opened.append(kind))
+    monkeypatch.setattr(ort_backends, "OrtBackend", lambda path, kind, *args, **kwargs: opened.append(kind))
     tables = {"tensorrt-ep": {"engines": str(tmp_path)}}
     for kind, entry in BACKENDS.items():
         if entry.provider is not None:
