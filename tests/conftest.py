@@ -10,6 +10,11 @@ from typing import Any
 import pytest
 from chromium import launched_chromium
 
+from phasewatch.store import Store
+from phasewatch.webui.app import AppContext, create_app
+from phasewatch.webui.events import EventBroker
+from phasewatch.webui.server import serve_in_thread
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +42,20 @@ def browser() -> Iterator[Any]:
     """One Chromium per test module (each test opens its own pages, so its own cookies)."""
     with launched_chromium() as launched:
         yield launched
+
+
+@pytest.fixture
+def served(tmp_path):
+    """The web app alone on a real store and a real waitress server (no daemon): (store, events, data, url)."""
+    data = tmp_path / "data"
+    store = Store(data / "phasewatch.sqlite3")
+    events = EventBroker()
+    ctx = AppContext(store=store, events=events, status=lambda: {"queued": 0, "processing": 0, "done": 0,
+                     "failed": 0, "backend": "cpu", "model": "superalloy", "uptime_s": 1.0},
+                     health=lambda: (True, {"reasons": []}), metrics=lambda: (b"", "text/plain"),
+                     target_ra=0.10, data_dir=data)
+    handle = serve_in_thread(create_app(ctx), "127.0.0.1", 0)
+    yield store, events, data, handle.url
+    events.close()
+    handle.stop()
+    store.close()

@@ -21,9 +21,6 @@ from phasewatch.core.measure import measure
 from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
 from phasewatch.core.synthetic import superalloy_micrograph
 from phasewatch.store import Store
-from phasewatch.webui.app import AppContext, create_app
-from phasewatch.webui.events import EventBroker
-from phasewatch.webui.server import serve_in_thread
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install -y chromium)")
@@ -50,21 +47,6 @@ def finish(store: Store, out_dir: Path, seed: int) -> int:
     return file_id
 
 
-@pytest.fixture
-def served(tmp_path):
-    data = tmp_path / "data"
-    store = Store(data / "phasewatch.sqlite3")
-    events = EventBroker()
-    ctx = AppContext(store=store, events=events, status=lambda: {"queued": 0, "processing": 0, "done": 0,
-                     "failed": 0, "backend": "cpu", "model": "superalloy", "uptime_s": 1.0},
-                     health=lambda: (True, {"reasons": []}), metrics=lambda: (b"", "text/plain"),
-                     target_ra=0.10, data_dir=data)
-    handle = serve_in_thread(create_app(ctx), "127.0.0.1", 0)
-    yield store, data, handle.url
-    events.close()
-    handle.stop()
-    store.close()
-
 
 def broken_words(page) -> list[str]:
     """Words of the page's text that the browser laid out over two lines (each text node's
@@ -88,7 +70,7 @@ def broken_words(page) -> list[str]:
 
 
 def test_field_page_read_only_when_closed_and_tables_fit(served, tmp_path):
-    store, data, url = served
+    store, _events, data, url = served
     folder = Path(os.environ.get("PHASEWATCH_SHOTS", tmp_path / "shots"))
     folder.mkdir(parents=True, exist_ok=True)
     sid = store.current_specimen()["id"]

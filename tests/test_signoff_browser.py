@@ -19,10 +19,7 @@ from chromium import CHROMIUM, CHROMIUM_ARGS
 from test_webui_browser import SHOT_WIDTHS, WAIT_MS, finish_field
 
 from phasewatch.app.cli import main
-from phasewatch.store import Store
-from phasewatch.webui.app import AppContext, create_app, image_json
-from phasewatch.webui.events import EventBroker
-from phasewatch.webui.server import serve_in_thread
+from phasewatch.webui.app import image_json
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 pypdf = pytest.importorskip("pypdf")
@@ -31,21 +28,6 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is a
 
 PROVENANCE = {"pixel_size_source": "imagej", "backend": "cpu"}
 
-
-@pytest.fixture
-def served(tmp_path):
-    data = tmp_path / "data"
-    store = Store(data / "phasewatch.sqlite3")
-    events = EventBroker()
-    ctx = AppContext(store=store, events=events, status=lambda: {"queued": 0, "processing": 0, "done": 0,
-                     "failed": 0, "backend": "cpu", "model": "superalloy", "uptime_s": 1.0},
-                     health=lambda: (True, {"reasons": []}), metrics=lambda: (b"", "text/plain"),
-                     target_ra=0.10, data_dir=data)
-    handle = serve_in_thread(create_app(ctx), "127.0.0.1", 0)
-    yield store, events, data, handle.url
-    events.close()
-    handle.stop()
-    store.close()
 
 
 def shots(page, url: str, folder: Path, name: str) -> None:
