@@ -37,6 +37,7 @@ function specimenTable(specimen, labels) {
   const body = element("tbody");
   if (!Object.keys(specimen.classes).length) {
     const cell = element("td", "The two models share no class name: their fractions cannot be paired class by class.");
+    cell.className = "note";  // a sentence: wraps, unlike the class names of the first column
     cell.colSpan = 4;
     const tr = element("tr");
     tr.append(cell);
