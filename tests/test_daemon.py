@@ -144,9 +144,9 @@ def test_multi_page_tiff_is_one_field_with_area_weighted_fractions(make_daemon) 
     assert image["valid_area_px"] == 3072
     out_dir = daemon.config.data.results_dir / f"{image['id']:06d}"
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["stack.p0000.classes.png", "stack.p0000.json", "stack.p0000.overlay.png",
+    assert names == ["stack.p0000.classes.png", "stack.p0000.json", "stack.p0000.overlay.jpg",
                      "stack.p0000.unsure.png", "stack.p0001.classes.png", "stack.p0001.json",
-                     "stack.p0001.overlay.png", "stack.p0001.unsure.png", "stack.preview.png"]
+                     "stack.p0001.overlay.jpg", "stack.p0001.unsure.png", "stack.preview.jpg"]
 
 
 def test_header_only_tiff_fails_with_a_reason_and_the_workers_live_on(make_daemon) -> None:
@@ -398,7 +398,7 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_shown(make_daemon) -> Non
         assert app.test_client().get(good_json["pictures"][kind]).status_code == 200, kind
 
 
-@pytest.mark.parametrize("url", ["/api/images/1/preview.png", "/export.csv"])
+@pytest.mark.parametrize("url", ["/api/images/1/preview.jpg", "/export.csv"])
 def test_the_preview_and_the_csv_of_a_file_name_that_is_not_utf8(make_daemon, url: str) -> None:
     daemon = make_daemon()
     drop(daemon, os.fsdecode(b"caf\xe9.tif"), lambda p: tifffile.imwrite(p, half_bright(16, 16)))

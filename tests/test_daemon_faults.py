@@ -97,7 +97,7 @@ def unwritable_output(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
 
     def write_field(out_dir: Path, stem: str, image: np.ndarray, *args: Any) -> Any:
         if is_bad(image):  # not a full or read-only disk: an output this file makes
-            raise OutputError(errno.EINVAL, f"{out_dir / stem}.overlay.png: cannot write: Invalid argument")
+            raise OutputError(errno.EINVAL, f"{out_dir / stem}.overlay.jpg: cannot write: Invalid argument")
         return real(out_dir, stem, image, *args)
 
     monkeypatch.setattr(pipeline_module, "write_field", write_field)
@@ -135,7 +135,7 @@ STEPS = {
     "backend": (None, noise, "cannot segment: input rejected: values out of the calibrated range", MAX_ATTEMPTS),
     "measure": (failing_measure, bad_file, "unexpected error while writing: cannot allocate the particle table",
                 MAX_ATTEMPTS),
-    "write": (unwritable_output, bad_file, "/bad.overlay.png: cannot write: Invalid argument", MAX_ATTEMPTS),
+    "write": (unwritable_output, bad_file, "/bad.overlay.jpg: cannot write: Invalid argument", MAX_ATTEMPTS),
 }
 
 

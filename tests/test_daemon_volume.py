@@ -58,8 +58,8 @@ def test_a_z_stack_is_one_result_with_3d_measurements_and_its_slices(make_daemon
 
     middle = len(VOLUME) // 2
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["ball.classes.tif", "ball.volume.json", "ball.preview.tif", "ball.preview.png",
-                            f"ball.z{middle:04d}.classes.png", f"ball.z{middle:04d}.overlay.png",
+    assert names == sorted(["ball.classes.tif", "ball.volume.json", "ball.preview.tif", "ball.preview.jpg",
+                            f"ball.z{middle:04d}.classes.png", f"ball.z{middle:04d}.overlay.jpg",
                             f"ball.z{middle:04d}.json"])
     assert daemon.health() == (True, {})
 

@@ -18,7 +18,7 @@ from test_webui_browser import WAIT_MS
 
 from phasewatch.bundle import load_bundle
 from phasewatch.core.measure import measure
-from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
+from phasewatch.core.outputs import preview, write_jpeg_atomic, write_outputs
 from phasewatch.core.synthetic import superalloy_micrograph
 from phasewatch.store import Store
 
@@ -39,8 +39,8 @@ def finish(store: Store, out_dir: Path, seed: int) -> int:
     record = measure(labels, BUNDLE.classes, pixel_size_um=0.01) | {"backend": "cpu", "pixel_size_source": "imagej"}
     stem = f"field{seed:02d}"
     paths = write_outputs(out_dir, stem, image, labels, [c.colour for c in BUNDLE.classes], record, skip={0})
-    paths["preview"] = out_dir / f"{stem}.preview.png"
-    write_png_atomic(paths["preview"], preview(image, 160))
+    paths["preview"] = out_dir / f"{stem}.preview.jpg"
+    write_jpeg_atomic(paths["preview"], preview(image, 160))
     file_id = store.enqueue(f"/watch/{stem}.tif", 1, seed, f"sha{seed}")["id"]
     store.claim_next()
     store.mark_done(file_id, record, {k: str(v) for k, v in paths.items()}, model=MODEL)

@@ -15,7 +15,7 @@ from phasewatch.core.pipeline import field_stem
 from phasewatch.imageio.formats import Page
 
 PAGE = Page(np.zeros((8, 8), np.uint8), 3, None, "none")
-OUTPUT_SUFFIXES = (".classes.png", ".overlay.png", ".json", ".unsure.png")
+OUTPUT_SUFFIXES = (".classes.png", ".overlay.jpg", ".json", ".unsure.png")
 NAME_MAX = 255
 
 

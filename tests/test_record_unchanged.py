@@ -17,6 +17,10 @@ FIXTURE = Path(__file__).parent / "data" / "daemon_record_f19764f.json"
 # record's, checked for what they must be here and then set aside.
 ADDED_TO_ROW = {"same_pixels_as": None}  # issue 24: the same field re-saved (store/queue.py)
 ADDED_TO_RECORD = ("pixel_sha256",)  # issue 24: core/pixel_hash.py
+# Output files renamed since, on purpose, with the change: (suffix then, suffix now). Only the
+# name changes; what the pictures show is tested in tests/test_outputs.py.
+RENAMED_OUTPUTS = {"overlay": (".overlay.png", ".overlay.jpg"),  # issue 25: pictures for people are JPEGs
+                   "preview": (".preview.png", ".preview.jpg")}  # (core/outputs.py)
 
 
 def test_the_daemon_records_what_it_recorded_before_the_move(shared_data, tmp_path):
@@ -26,4 +30,7 @@ def test_the_daemon_records_what_it_recorded_before_the_move(shared_data, tmp_pa
     assert {key: now.pop(key) for key in ADDED_TO_ROW} == ADDED_TO_ROW
     added = {key: now["measurement"].pop(key) for key in ADDED_TO_RECORD}
     assert re.fullmatch(r"[0-9a-f]{64}", added["pixel_sha256"])
+    for kind, (then, since) in RENAMED_OUTPUTS.items():
+        assert before["outputs"][kind].endswith(then)
+        before["outputs"][kind] = before["outputs"][kind].removesuffix(then) + since
     assert now == before

@@ -52,7 +52,8 @@ def record(carbide: float, area_px: int = 1000, model: str = "superalloy", trust
     }
 
 
-def write_png(path: Path, value: int) -> Path:
+def write_picture(path: Path, value: int) -> Path:
+    """A PNG or JPEG after the suffix (cv2 chooses by it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), np.full((60, 80, 3), value, np.uint8))
     return path
@@ -64,8 +65,10 @@ class Specimen:
         self.store = Store(self.data / "phasewatch.sqlite3")
         self.id = self.store.start_specimen("S-17 γ′", "etched 10 s; 0.5 µm pixels")
         results = self.data / "results"
-        self.counted = [self.finish("a.tif", record(0.20), {"overlay": write_png(results / "a.overlay.png", 90)}),
-                        self.finish("b.tif", record(0.30, 3000), {"preview": write_png(results / "b.preview.png", 60)})]
+        overlay = write_picture(results / "a.overlay.jpg", 90)  # as recorded now
+        old_preview = write_picture(results / "b.preview.png", 60)  # as recorded before previews were JPEGs
+        self.counted = [self.finish("a.tif", record(0.20), {"overlay": overlay}),
+                        self.finish("b.tif", record(0.30, 3000), {"preview": old_preview})]
         self.excluded = self.finish("c.tif", record(0.9))
         self.store.exclude_field(self.excluded, "=scratch across the field")
         self.flagged = self.finish("d.tif", record(0.7, trust=FLAGGED))
@@ -170,8 +173,8 @@ def test_models_carry_version_hash_and_held_out_evaluation_from_the_bundle(speci
 
 
 def test_thumbnails_only_from_inside_the_data_folder(specimen, tmp_path):
-    outside = write_png(tmp_path / "elsewhere.png", 10)
-    inside = write_png(specimen.data / "results" / "x.preview.png", 10)
+    outside = write_picture(tmp_path / "elsewhere.png", 10)
+    inside = write_picture(specimen.data / "results" / "x.preview.png", 10)
     assert picture({"outputs": {"overlay": str(outside), "preview": str(inside)}}, specimen.data) == ("preview", inside)
     assert picture({"outputs": {"overlay": str(specimen.data / "results" / "gone.png")}}, specimen.data) is None
     assert picture({"outputs": None}, specimen.data) is None
@@ -336,9 +339,9 @@ def test_the_page_has_a_print_stylesheet_and_nothing_to_click_on_paper(client, s
 def test_the_pages_thumbnails_and_statistics(client, specimen):
     body = client.get(f"/specimens/{specimen.id}/report").get_data(as_text=True)
     pictures = re.findall(r'<img src="([^"]+)"', body)
-    assert pictures == [f"/api/images/{specimen.counted[0]}/overlay.png",
+    assert pictures == [f"/api/images/{specimen.counted[0]}/overlay.jpg",
                         f"/api/images/{specimen.counted[1]}/preview.png",
-                        f"/api/images/{specimen.duplicate}/overlay.png"]  # its original's
+                        f"/api/images/{specimen.duplicate}/overlay.jpg"]  # its original's
     assert all(client.get(url).status_code == 200 for url in pictures)
     carbide = client.get(f"/api/specimens/{specimen.id}/stats").get_json()["fractions"]["carbide"]
     assert f"<td>{carbide['mean']:.2f}</td><td>{carbide['std']:.2f}</td>" in body

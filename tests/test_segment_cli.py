@@ -47,12 +47,12 @@ def test_good_files_written_bad_file_reported_exit_1(tmp_path, bundle, capsys):
     assert len(error_lines) == 1 and "error:" in error_lines[0]
     expected = {"a": (130, 201), "stack.p0000": (96, 80), "stack.p0001": (96, 80)}
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{stem}.{kind}" for stem in expected for kind in ("classes.png", "overlay.png", "unsure.png", "json")]
-        + ["a.preview.png", "stack.preview.png"])
+        [f"{stem}.{kind}" for stem in expected for kind in ("classes.png", "overlay.jpg", "unsure.png", "json")]
+        + ["a.preview.jpg", "stack.preview.jpg"])
     for stem, (height, width) in expected.items():
         classes = cv2.imread(str(out / f"{stem}.classes.png"), cv2.IMREAD_UNCHANGED)
         assert classes.shape == (height, width) and classes.dtype == np.uint8
-        overlay = cv2.imread(str(out / f"{stem}.overlay.png"))
+        overlay = cv2.imread(str(out / f"{stem}.overlay.jpg"))
         assert overlay.shape == (height, width, 3)
         record = json.loads((out / f"{stem}.json").read_text())
         assert record.keys() >= JSON_KEYS

@@ -46,7 +46,8 @@ def measurement(carbide: float, area_px: int) -> dict:
     }
 
 
-def write_png(path: Path, value: int) -> Path:
+def write_picture(path: Path, value: int) -> Path:
+    """A PNG or JPEG after the suffix (cv2 chooses by it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), np.full((8, 12, 3), value, np.uint8))
     return path
@@ -73,14 +74,15 @@ class Daemon:
         self.healthy = True
         self.metrics = DaemonMetrics(self.store.counts_by_state)
         out = self.data / "results"
+        # The first field as recorded before overlays and previews were JPEGs; the second as now.
         self.outputs = {
-            "overlay": write_png(out / "a.overlay.png", 200),
-            "classes": write_png(out / "a.classes.png", 1),
-            "preview": write_png(out / "a.preview.png", 90),
+            "overlay": write_picture(out / "a.overlay.png", 200),
+            "classes": write_picture(out / "a.classes.png", 1),
+            "preview": write_picture(out / "a.preview.png", 90),
         }
         self.first = finish(self.store, "a.tif", measurement(0.20, 1000), self.outputs)
         self.second = finish(self.store, "b.tif", measurement(0.30, 3000),
-                             {"overlay": write_png(out / "b.overlay.png", 50)})
+                             {"overlay": write_picture(out / "b.overlay.jpg", 50)})
         self.failed = finish(self.store, "c.tif", None, error="c.tif: truncated TIFF")
         self.processing = self.store.enqueue("/watch/d.tif", 100, 1, "sha-d")["id"]
         self.store.claim_next()
@@ -159,7 +161,7 @@ def test_images_newest_first_with_their_fields(client, daemon):
     assert first["phases"] == ["carbide"]
     assert first["created"] <= first["processed"]
     assert first["pictures"] == {k: f"/api/images/{daemon.first}/{k}.png" for k in ("overlay", "classes", "preview")}
-    assert images[-2]["pictures"] == {"overlay": f"/api/images/{daemon.second}/overlay.png"}
+    assert images[-2]["pictures"] == {"overlay": f"/api/images/{daemon.second}/overlay.jpg"}
     failed = images[1]
     assert (failed["state"], failed["error"], failed["fractions"]) == ("failed", "c.tif: truncated TIFF", None)
     assert images[0]["state"] == "processing" and images[0]["processed"] is None
@@ -199,13 +201,31 @@ def test_pictures_are_the_recorded_files(client, daemon, kind):
     assert response.data == daemon.outputs[kind].read_bytes()
 
 
+def test_a_jpeg_picture_is_served_as_one(client, daemon):
+    response = client.get(f"/api/images/{daemon.second}/overlay.jpg")
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    assert response.data.startswith(b"\xff\xd8\xff")
+
+
+@pytest.mark.parametrize(("which", "asked", "recorded"), [("second", "png", "jpg"), ("first", "jpg", "png")])
+def test_a_picture_asked_under_the_other_suffix_is_redirected_to_its_own(client, daemon, which, asked, recorded):
+    file_id = getattr(daemon, which)
+    response = client.get(f"/api/images/{file_id}/overlay.{asked}")
+    assert (response.status_code, response.location) == (302, f"/api/images/{file_id}/overlay.{recorded}")
+    followed = client.get(f"/api/images/{file_id}/overlay.{asked}", follow_redirects=True)
+    assert followed.mimetype == f"image/{'jpeg' if recorded == 'jpg' else 'png'}"
+
+
 def test_missing_pictures_are_404_json(client, daemon):
-    no_preview = client.get(f"/api/images/{daemon.second}/preview.png")
+    no_preview = client.get(f"/api/images/{daemon.second}/preview.jpg")
     assert (no_preview.status_code, no_preview.get_json()) == (
         404, {"error": f"image {daemon.second} has no preview picture"})
     assert client.get(f"/api/images/{daemon.failed}/overlay.png").status_code == 404
     assert client.get("/api/images/999/overlay.png").get_json() == {"error": "no image 999"}
     assert client.get(f"/api/images/{daemon.first}/json.png").status_code == 404
+    not_a_picture = client.get(f"/api/images/{daemon.first}/overlay.gif")
+    assert (not_a_picture.status_code, not_a_picture.get_json()) == (
+        404, {"error": "no picture overlay.gif; kinds: overlay, classes, preview, as png or jpg"})
     daemon.outputs["classes"].unlink()
     gone = client.get(f"/api/images/{daemon.first}/classes.png")
     assert (gone.status_code, gone.get_json()) == (
@@ -213,7 +233,7 @@ def test_missing_pictures_are_404_json(client, daemon):
 
 
 def test_a_recorded_path_outside_the_data_folder_is_never_served(client, daemon, tmp_path):
-    secret = write_png(tmp_path / "elsewhere" / "x.png", 7)
+    secret = write_picture(tmp_path / "elsewhere" / "x.png", 7)
     sneaky = finish(daemon.store, "f.tif", measurement(0.1, 100),
                     {"overlay": str(secret), "classes": str(daemon.data / ".." / "elsewhere" / "x.png")})
     for kind in ("overlay", "classes"):

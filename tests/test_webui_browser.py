@@ -18,7 +18,7 @@ from chromium import needs_chromium
 
 from phasewatch.bundle import ClassInfo
 from phasewatch.core.measure import measure
-from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
+from phasewatch.core.outputs import preview, write_jpeg_atomic, write_outputs
 from phasewatch.core.synthetic import superalloy_micrograph
 from phasewatch.imageio.formats import ImageReadError, read_pages
 from phasewatch.store import Store
@@ -50,8 +50,8 @@ def finish_field(store: Store, out_dir: Path, seed: int, trust: dict | None = No
         record["trust"] = trust
     stem = f"field{seed:02d}"
     paths = write_outputs(out_dir, stem, image, labels, [c.colour for c in CLASSES], record, skip={0})
-    paths["preview"] = out_dir / f"{stem}.preview.png"
-    write_png_atomic(paths["preview"], preview(image, 160))
+    paths["preview"] = out_dir / f"{stem}.preview.jpg"
+    write_jpeg_atomic(paths["preview"], preview(image, 160))
     file_id = store.enqueue(f"/watch/{stem}.tif", 1, seed, f"sha{seed}")["id"]
     store.claim_next()
     store.mark_done(file_id, record, {k: str(v) for k, v in paths.items()})

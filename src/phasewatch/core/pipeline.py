@@ -36,7 +36,7 @@ from phasewatch.backends.tta import TtaBackend
 from phasewatch.bundle import Bundle, load_bundle
 from phasewatch.core.measure import combine_pages, measure
 from phasewatch.core.normalise import ModelInput, StackInput, prepare, sliding_stacks
-from phasewatch.core.outputs import preview, write_outputs, write_png_atomic
+from phasewatch.core.outputs import write_outputs, write_png_atomic, write_preview
 from phasewatch.core.pixel_hash import pixel_sha256
 from phasewatch.core.records import FieldRecord
 from phasewatch.core.tiling import Plan, default_overlap, segment_many
@@ -180,8 +180,8 @@ def segment_files(
 def measure_and_write(segmented: FileSegmentation, out_dir: Path | None) -> FileResult:
     """Measure, record and (when ``out_dir`` is given) write every field of one file.
 
-    Outputs are ``STEM.classes.png``, ``STEM.overlay.png``, ``STEM.json`` per field and
-    ``NAME.preview.png`` (the first field, downscaled) per file; the file's record
+    Outputs are ``STEM.classes.png``, ``STEM.overlay.jpg``, ``STEM.json`` per field and
+    ``NAME.preview.jpg`` (the first field, downscaled) per file; the file's record
     combines the pages (:func:`measure.combine_pages`).
     """
     decoded, model = segmented.decoded, segmented.model
@@ -206,8 +206,7 @@ def measure_and_write(segmented: FileSegmentation, out_dir: Path | None) -> File
             written["unsure"] = unsure_path
             result.outputs = {k: str(v) for k, v in written.items()}
             if not outputs:  # the first page stands for the file on the web page
-                preview_path = out_dir / f"{field_stem(decoded.path, field_, 1)}.preview.png"
-                write_png_atomic(preview_path, preview(field_.image))
+                preview_path = write_preview(out_dir, field_stem(decoded.path, field_, 1), field_.image)
                 outputs = {**result.outputs, "preview": str(preview_path)}
         results.append(result)
     record = combine_pages([r.record for r in results])

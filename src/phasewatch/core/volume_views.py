@@ -9,7 +9,7 @@ sliding window. The page reads slice Z of both stacks on demand (``/api/images/I
 so its slider costs two page reads a slice and no storage beyond the two stacks.
 
 The middle slice is also written as a field's pictures (``NAME.zNNNN.classes.png``,
-``.overlay.png``, ``.json`` and ``NAME.preview.png``), so that lists, thumbnails, the live
+``.overlay.jpg``, ``.json`` and ``NAME.preview.jpg``), so that lists, thumbnails, the live
 view and the report show a volume as they show a field, without knowing about volumes.
 """
 
@@ -26,7 +26,7 @@ import tifffile
 
 from phasewatch.atomic_files import OutputError
 from phasewatch.bundle import Bundle
-from phasewatch.core.outputs import preview, write_png_atomic
+from phasewatch.core.outputs import preview, write_preview
 from phasewatch.core.pipeline import FileResult, Model, write_field
 from phasewatch.core.records import FieldRecord, VolumeRecord
 from phasewatch.core.volume import Volume, field_like_record, segment_volume
@@ -75,8 +75,7 @@ class SliceViews:
         assert self._middle is not None, "finish() before the middle slice came"
         index, image, classes, record = self._middle
         written = write_field(self.out_dir, f"{self.name}.z{index:04d}", image, classes, record, bundle)
-        preview_path = self.out_dir / f"{self.name}.preview.png"
-        write_png_atomic(preview_path, preview(image))
+        preview_path = write_preview(self.out_dir, self.name, image)
         return {**{k: str(v) for k, v in written.items()}, "preview": str(preview_path),
                 "preview_stack": str(self.stack_path)}
 

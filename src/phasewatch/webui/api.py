@@ -13,7 +13,9 @@ store error.
 
 Files. Output pictures are served only from the paths the store recorded for a field
 (``mark_done``'s ``outputs``: ``overlay``, ``classes``, ``preview``), and only when
-they lie inside the data folder; so are thumbnails (:mod:`.thumbs`), which are cached
+they lie inside the data folder, as ``KIND.jpg`` or ``KIND.png`` after the recorded file's
+suffix (a URL with the other suffix, as a client of results recorded before overlays and
+previews were JPEGs would ask, is redirected there); so are thumbnails (:mod:`.thumbs`), which are cached
 for good under a versioned URL, and a volume's slices (``/api/images/ID/slices/Z/KIND.png``,
 KIND ``classes`` or ``preview``), read one page at a time from its recorded stacks
 (``src/phasewatch/core/volume_views.py``).
@@ -30,7 +32,8 @@ import logging
 from pathlib import Path
 
 import cv2
-from flask import Blueprint, Response, jsonify, request, send_file
+from flask import Blueprint, Response, jsonify, redirect, request, send_file
+from werkzeug.wrappers import Response as BaseResponse
 
 from phasewatch.core.volume_views import SLICE_PICTURES
 from phasewatch.imageio.stacks import StackReadError, open_label_stack
@@ -38,7 +41,7 @@ from phasewatch.store import IMAGE_KINDS, STATES, ImageFilter, flagged
 from phasewatch.store.rows import ImageRow
 from phasewatch.webui.context import current_context
 from phasewatch.webui.csv_export import store_csv
-from phasewatch.webui.payloads import PICTURES, image_detail_json, image_json
+from phasewatch.webui.payloads import PICTURE_TYPES, PICTURES, image_detail_json, image_json, picture_url
 from phasewatch.webui.rest import (
     MAX_NAME,
     MAX_TEXT,
@@ -130,14 +133,18 @@ def _recorded_file(file_id: int, kind: str, recorded: str | Path) -> Path:
     return path
 
 
-@blueprint.get("/api/images/<int:file_id>/<kind>.png")
-def picture(file_id: int, kind: str) -> Response:
-    if kind not in PICTURES:
-        raise ApiError(404, f"no picture kind {kind!r}; kinds: {', '.join(PICTURES)}")
+@blueprint.get("/api/images/<int:file_id>/<kind>.<suffix>")
+def picture(file_id: int, kind: str, suffix: str) -> BaseResponse:
+    if kind not in PICTURES or suffix not in PICTURE_TYPES:
+        raise ApiError(404, f"no picture {kind}.{suffix}; kinds: {', '.join(PICTURES)}, "
+                            f"as {' or '.join(PICTURE_TYPES)}")
     recorded = (_image(file_id).get("outputs") or {}).get(kind)
     if recorded is None:
         raise ApiError(404, f"image {file_id} has no {kind} picture")
-    return send_file(_recorded_file(file_id, kind, recorded), mimetype="image/png")
+    if Path(recorded).suffix != f".{suffix}":
+        # 302, not 301: a field measured again may be recorded under the other suffix.
+        return redirect(picture_url(file_id, kind, recorded), 302)
+    return send_file(_recorded_file(file_id, kind, recorded), mimetype=PICTURE_TYPES[suffix])
 
 
 @blueprint.get("/api/images/<int:file_id>/slices/<int:index>/<kind>.png")

@@ -22,7 +22,7 @@ from phasewatch.core.volume_views import SLICE_PICTURES
 from phasewatch.store import MEANINGS
 from phasewatch.webui.api import DEFAULT_LIMIT, IMAGE_STATES, MAX_LIMIT, MAX_QUERY
 from phasewatch.webui.openapi_records import RECORD_SCHEMAS, nullable, ref
-from phasewatch.webui.payloads import PICTURES
+from phasewatch.webui.payloads import PICTURE_TYPES, PICTURES
 from phasewatch.webui.rest import MAX_ID, MAX_NAME, MAX_TEXT
 from phasewatch.webui.security import COOKIE
 
@@ -405,15 +405,21 @@ _PATHS: dict[str, Any] = {
         "summary": "one field with its full record",
         "parameters": [_id_param("file_id", "image")],
         "responses": {"200": _json(ref("ImageDetail"), "the field"), **_IMAGE_ERRORS}}},
-    "/api/images/{file_id}/{kind}.png": {"get": {
-        "summary": "a picture of a field (only from the data folder)",
+    "/api/images/{file_id}/{kind}.{suffix}": {"get": {
+        "summary": "a picture of a field (only from the data folder), under the suffix of its recorded file "
+                   "(the URL in Image.pictures): classes.png; overlay.jpg and preview.jpg, or .png when recorded "
+                   "before they were JPEGs",
         "parameters": [_id_param("file_id", "image"),
                        {"name": "kind", "in": "path", "required": True, "schema": {"type": "string",
-                                                                                   "enum": list(PICTURES)}}],
-        "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {
-            "type": "string", "format": "binary"}}}},
+                                                                                   "enum": list(PICTURES)}},
+                       {"name": "suffix", "in": "path", "required": True, "schema": {"type": "string",
+                                                                                     "enum": list(PICTURE_TYPES)}}],
+        "responses": {"200": {"description": "the recorded picture",
+                              "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                          for t in PICTURE_TYPES.values()}},
+            "302": {"description": "the picture is recorded under the other suffix: Location is its URL"},
             "400": _error("an id out of range"), "403": _error("the recorded file is outside the data folder"),
-            "404": _error("no such image, picture kind or file")}}},
+            "404": _error("no such image, picture kind, suffix or file")}}},
     "/api/images/{file_id}/slices/{index}/{kind}.png": {"get": {
         "summary": "one slice of a volume: its class ids (classes) or its display picture (preview)",
         "parameters": [_id_param("file_id", "image"),

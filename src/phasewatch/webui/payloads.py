@@ -20,6 +20,9 @@ from phasewatch.webui.names import display_name
 from phasewatch.webui.thumbs import thumbnail_url
 
 PICTURES = ("overlay", "classes", "preview")
+# A picture is served under the suffix of the file recorded for it: the class map is a PNG,
+# overlay and preview are JPEGs, or PNGs in results recorded before they were.
+PICTURE_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
 
 
 class TrustJson(TypedDict):
@@ -114,6 +117,11 @@ def slices(image: ImageRow) -> int | None:
     return int(volume["slices"]) if volume else None
 
 
+def picture_url(image_id: int, kind: str, recorded: str) -> str:
+    """The URL of a field's picture, ending in the suffix of the file recorded for it."""
+    return f"/api/images/{image_id}/{kind}{Path(recorded).suffix}"
+
+
 def image_json(image: ImageRow) -> ImageJson:
     """A store image row as the API and the ``field`` event show it; a path whose name is
     not UTF-8 is shown with U+FFFD for each byte that is not (JSON has no other way).
@@ -144,9 +152,7 @@ def image_json(image: ImageRow) -> ImageJson:
         "accepted_by": image["accepted_by"],
         "accept_reason": image["accept_reason"],
         "accepted_at": image["accepted_at"],
-        "pictures": {
-            kind: f"/api/images/{image['id']}/{kind}.png" for kind in PICTURES if kind in outputs
-        },
+        "pictures": {kind: picture_url(image["id"], kind, outputs[kind]) for kind in PICTURES if kind in outputs},
         "thumbnail": thumbnail_url(image),
         "slices": slices(image),
     }

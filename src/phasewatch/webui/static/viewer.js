@@ -1,11 +1,12 @@
 // A field's pictures on a canvas: the original micrograph (the daemon's display preview,
 // drawn at the field's size), the class map in the model's colours, or the overlay of the
 // two with an adjustable opacity (background classes stay untinted, as in the daemon's
-// overlay.png); zoom to full resolution and beyond, and pan.
+// overlay picture); zoom to full resolution and beyond, and pan.
 //
 // The class colours are applied here, from classes.png (class ids) and the legend's
 // palette, so the opacity can change without another picture from the server. A result
-// recorded before its model's classes were (no palette) shows the daemon's overlay.png.
+// recorded before its model's classes were (no palette) shows the daemon's overlay
+// (overlay.jpg, or overlay.png when recorded before overlays were JPEGs).
 // The canvas says what it shows in data-field and data-mode (tests and tools read them).
 //
 // The label editor (label_editor.js) adds a layer of its own over the picture
