@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -99,38 +99,45 @@ def _equal_channels(image: np.ndarray) -> bool:
     return bool(np.array_equal(red, image[:, :, 1]) and np.array_equal(red, image[:, :, 2]))
 
 
-# The overlay and preview are written per field in line with inference on the same cores:
-# PNG costs 20-30x the time of JPEG for them (libpng's filtering, at any compression level).
-# Full chroma (4:4:4): with the usual 4:2:0 the colour of a precipitate a few pixels wide
-# or of a thin crack smears into its neighbours; at quality 95 the overlay of a real field
-# looks like the PNG at 3x zoom.
+# The overlay and preview are written per field on the cores inference runs on: encoding them
+# as PNG takes 3-6x the CPU time of this JPEG (libpng's filtering, at any compression level;
+# bench/picture_writes.py). Full chroma (4:4:4): with the usual 4:2:0 the colour of a
+# precipitate a few pixels wide or of a thin crack bleeds into its neighbours (a class's mean
+# colour moves by 10-22 of 255 on the real test fields, < 1 with 4:4:4); quality 95, not 90:
+# at 90 it moves by up to 3.
 JPEG_QUALITY = 95
-_JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY,
-                cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+_ENCODINGS: dict[str, tuple[str, list[int]]] = {
+    "PNG": (".png", []),
+    "JPEG": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY,
+                      cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]),
+}
 
 
-def _write_picture(path: Path, array: np.ndarray, kind: str, params: list[int]) -> None:
+def encode_picture(array: np.ndarray, kind: Literal["PNG", "JPEG"], name: str | Path = "picture") -> bytes:
+    """The bytes of a 2-D (gray) or H x W x 3 RGB array as a lossless PNG (uint8 or uint16)
+    or a JPEG (uint8, :data:`JPEG_QUALITY`, full chroma; gray stays one channel); ``name``
+    says in errors what it is."""
+    if kind == "JPEG" and array.dtype != np.uint8:
+        raise ValueError(f"{name}: JPEG needs uint8, got {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
     elif array.ndim != 2:
-        raise ValueError(f"{path}: {kind} needs H x W or H x W x 3, got shape {array.shape}")
-    ok, encoded = cv2.imencode(f".{kind.lower()}", array, params)
+        raise ValueError(f"{name}: {kind} needs H x W or H x W x 3, got shape {array.shape}")
+    suffix, params = _ENCODINGS[kind]
+    ok, encoded = cv2.imencode(suffix, array, params)
     if not ok:
-        raise OutputError(f"{path}: {kind} encoding failed for {array.dtype} {array.shape}")
-    write_bytes_atomic(path, encoded.tobytes())
+        raise OutputError(f"{name}: {kind} encoding failed for {array.dtype} {array.shape}")
+    return encoded.tobytes()
 
 
 def write_png_atomic(path: Path, array: np.ndarray) -> None:
-    """Lossless PNG of a 2-D (gray, uint8 or uint16) or H x W x 3 RGB array."""
-    _write_picture(path, array, "PNG", [])
+    """Lossless PNG (:func:`encode_picture`): class maps and other data."""
+    write_bytes_atomic(path, encode_picture(array, "PNG", path))
 
 
 def write_jpeg_atomic(path: Path, array: np.ndarray) -> None:
-    """JPEG (:data:`JPEG_QUALITY`, full chroma) of a uint8 picture for people: gray (H x W)
-    stays a one-channel JPEG, H x W x 3 is RGB."""
-    if array.dtype != np.uint8:
-        raise ValueError(f"{path}: JPEG needs uint8, got {array.dtype}")
-    _write_picture(path, array, "JPEG", _JPEG_PARAMS)
+    """JPEG (:func:`encode_picture`): pictures for people, already 8-bit."""
+    write_bytes_atomic(path, encode_picture(array, "JPEG", path))
 
 
 def write_preview(out_dir: Path, name: str, image: np.ndarray) -> Path:
