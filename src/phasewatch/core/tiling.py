@@ -225,10 +225,15 @@ class _Job:
             self.rows = tile_starts(inp.height, geometry.tile_h, geometry.overlap_h)
             self.cols = tile_starts(inp.width, geometry.tile_w, geometry.overlap_w)
         self.col_map = mirror_indices(int(self.cols[0]), int(self.cols[-1]) + geometry.tile_w, inp.width)
+        # the bands span the image's own columns, none reflected (a width that is a multiple of
+        # the stride): a band is the region itself, not a copy
+        self.cols_in_place = np.array_equal(self.col_map, np.arange(inp.width))
         self.classes = np.empty((inp.height, inp.width), np.uint8)
         self.margin = np.empty((inp.height, inp.width), np.uint8)
-        self.acc: np.ndarray | None = None  # K x tile height x padded width, made once K is known
-        self.weight = np.zeros((geometry.tile_h, len(self.col_map)), np.float32)  # window sum per pixel
+        # made by the first tile's logits: K x tile height x padded width, and the window sum per
+        # pixel (never, for an image run in one pass through a head in the graph)
+        self.acc: np.ndarray | None = None
+        self.weight: np.ndarray | None = None
 
     def band(self, index: int) -> np.ndarray:
         """C x tile height x padded-width input of band ``index``, mirror padded on all sides."""
@@ -238,6 +243,8 @@ class _Job:
         pixels = self.inp.region(lo, hi, 0, self.inp.width)
         if hi - lo != self.tile_h:  # only border bands need rows reflected
             pixels = pixels[:, row_map - lo]
+        if self.cols_in_place:
+            return pixels
         return np.take(pixels, self.col_map, axis=2)
 
     def window(self, row: int, col: int) -> np.ndarray:
@@ -252,8 +259,9 @@ class _Job:
 
     def add(self, row: int, col: int, logits: np.ndarray, scratch: np.ndarray) -> None:
         window = self.window(row, col)
-        if self.acc is None:
+        if self.acc is None or self.weight is None:
             self.acc = np.zeros((len(logits), self.tile_h, len(self.col_map)), np.float32)
+            self.weight = np.zeros((self.tile_h, len(self.col_map)), np.float32)
         x = int(self.cols[col] - self.cols[0])
         np.multiply(logits, window, out=scratch)
         target = self.acc[:, :, x : x + self.tile_w]
@@ -263,7 +271,7 @@ class _Job:
 
     def finish_band(self, index: int) -> None:
         """Reduce the rows no later band touches to classes; shift the rest up."""
-        assert self.acc is not None
+        assert self.acc is not None and self.weight is not None
         y0 = int(self.rows[index])
         last = index + 1 == len(self.rows)
         done = self.tile_h if last else int(self.rows[index + 1]) - y0
@@ -277,7 +285,7 @@ class _Job:
             weight = self.weight[top - y0 : bottom - y0, x0 : x0 + self.inp.width]
             self.margin[top:bottom] = softmax_margin(logits, weight)
         if last:
-            self.acc = None
+            self.acc = self.weight = None
             return
         self.acc[:, : self.tile_h - done] = self.acc[:, done:]
         self.acc[:, self.tile_h - done :] = 0
@@ -439,6 +447,10 @@ def segment_many(
             slots, start = [], time.perf_counter()
         if not slots:
             capacity = size if plan is None else plan.batch(job.geometry, size)
+            if capacity == 1 and pixels.flags.c_contiguous:  # a call of one whole band: it is the batch
+                yield from _flush(pixels[None], [(job, r, c)], backend, stats, start)
+                start = time.perf_counter()
+                continue
             if buffer is None or buffer.shape[1:] != pixels.shape or len(buffer) < capacity:
                 buffer = np.empty((capacity, *pixels.shape), np.float32)
         assert buffer is not None
