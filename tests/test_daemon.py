@@ -32,7 +32,7 @@ from phasewatch.app.cli import main
 from phasewatch.atomic_files import OutputError
 from phasewatch.bundle import load_bundle
 from phasewatch.core.measure import combine_pages
-from phasewatch.core.pipeline import Model, open_model
+from phasewatch.core.pipeline import Model, open_model, tile_plan
 from phasewatch.service import sdnotify
 from phasewatch.service.config import load_config
 from phasewatch.service.daemon import Daemon
@@ -257,6 +257,33 @@ class GatedBackend(ThresholdBackend):
         logits = np.zeros((len(batch), 3, *batch.shape[2:]), np.float32)
         logits[:, self.label] = 1.0
         return logits
+
+
+class HeadBackend(ThresholdBackend):
+    """A backend of any size with the post-processing in its graph (``backends.base.fused_head``):
+    class 1 where the input is above 0, every pixel certain."""
+
+    any_size, has_head = True, True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_calls = 0
+
+    def run_head(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.head_calls += 1
+        above = (batch[:, 0] > 0).astype(np.uint8)
+        return above, np.full_like(above, 255)
+
+
+def test_the_daemon_runs_the_head_in_the_graph_as_the_engine_does(make_daemon) -> None:
+    # issue 25: the stage's progress wrapper hid the head, so the daemon ran the plain model and
+    # NumPy's argmax and margin per field where the bare engine did not
+    bundle, backend = load_bundle("superalloy"), HeadBackend()  # a bundle of any size: fields in one pass
+    daemon = make_daemon(models=lambda: Model(bundle, backend, tile_plan(bundle, backend, 2.0)))
+    drop(daemon, "half.tif", lambda p: tifffile.imwrite(p, half_bright(64, 96)))
+    (image,) = wait_for(lambda: finished(daemon, 1), "the result")
+    assert image["state"] == "done", image["error"]
+    assert (backend.head_calls, backend.calls) == (1, 0)
 
 
 def test_segment_command_and_daemon_record_the_same_for_the_same_file(make_daemon, tmp_path: Path) -> None:

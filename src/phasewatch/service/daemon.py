@@ -86,7 +86,7 @@ from typing import Any
 import numpy as np
 
 from phasewatch.atomic_files import OutputError
-from phasewatch.backends.base import Backend, BackendError, BackendFatal, any_size, return_free_memory
+from phasewatch.backends.base import Backend, BackendError, BackendFatal, any_size, fused_head, return_free_memory
 from phasewatch.bundle import resolve_bundle_path, sha256_file
 from phasewatch.core.pipeline import (
     Decoded,
@@ -221,17 +221,27 @@ class PixelBudget:
 
 class _Beating:
     """A backend that reports progress to its stage after every batch, so a slow image
-    (many batches) is told apart from a hung call (no batch returns)."""
+    (many batches) is told apart from a hung call (no batch returns). The backend's head in
+    the graph (``backends.base.fused_head``) is passed through: without it the daemon ran the
+    plain model and NumPy's argmax and margin where the bare engine does not (issue 25)."""
 
     def __init__(self, backend: Backend, beat: Callable[[], None]) -> None:
         self.inner, self.beat = backend, beat
         self.name, self.max_batch = backend.name, backend.max_batch
         self.any_size = any_size(backend)
+        self._head = fused_head(backend)
+        self.has_head = self._head is not None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         logits = self.inner.run(batch)
         self.beat()
         return logits
+
+    def run_head(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert self._head is not None  # asked only where has_head (fused_head)
+        maps = self._head(batch)
+        self.beat()
+        return maps
 
     def close(self) -> None:
         self.inner.close()
