@@ -14,6 +14,7 @@ from onnx_graphs import make_bundle
 from phasewatch.core.pipeline import open_model, process_file
 from phasewatch.core.pixel_hash import pixel_sha256, stretched
 from phasewatch.core.synthetic import superalloy_micrograph
+from phasewatch.imageio.formats import read_pages
 from phasewatch.store import Store
 
 
@@ -35,6 +36,30 @@ def test_an_8_bit_field_saved_as_16_bit_has_the_same_hash_another_field_not():
     assert pixel_sha256([other]) != pixel_sha256([field])
     assert pixel_sha256([field[:, :64]]) != pixel_sha256([field[:, 64:]])  # shape and content
     assert pixel_sha256([np.full((4, 4), 7, np.uint8)]) == pixel_sha256([np.zeros((4, 4), np.uint16)])  # flat
+
+
+def by_the_formula(image: np.ndarray) -> np.ndarray:
+    """The module doc's stretch, per pixel in int64: what the hash was defined (and first made) with."""
+    values = image.astype(np.int64)
+    low, high = int(values.min()), int(values.max())
+    if high == low:
+        return np.zeros(image.shape, np.uint8)
+    return ((values - low) * 255 // (high - low)).astype(np.uint8)
+
+
+def test_the_stretch_by_table_is_the_formula_on_every_real_field_and_odd_ranges(shared_data):
+    # issue 25: 8- and 16-bit pages are stretched through a table (20 -> 1 ms per EBC field);
+    # a hash already in a store must not change
+    images = [read_pages(p)[0].image for p in sorted(shared_data.glob("*/*/images/*"))]
+    assert len(images) > 50
+    rng = np.random.default_rng(5)
+    for low, high in ((0, 256), (0, 65536), (100, 4196), (7, 9), (65534, 65536)):
+        images.append(rng.integers(low, high, (33, 47), np.uint16))
+        if high <= 256:
+            images.append(rng.integers(low, high, (33, 47, 3), np.uint8))
+    images += [images[0].astype(np.uint16) * 257, images[0][:, ::3], rng.random((9, 5)).astype(np.float32)]
+    for image in images:
+        assert np.array_equal(stretched(image), by_the_formula(image)), (image.dtype, image.shape)
 
 
 def test_a_16_bit_resave_is_flagged_and_counted_only_once_accepted(tmp_path, model):

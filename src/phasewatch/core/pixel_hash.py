@@ -23,15 +23,29 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import cv2
 import numpy as np
 
 
 def stretched(image: np.ndarray) -> np.ndarray:
     """``image`` stretched to uint8 0..255 between its minimum and maximum (all 0 when flat)."""
-    values = image.astype(np.int64)
-    low, high = int(values.min()), int(values.max())
+    low, high = int(image.min()), int(image.max())
     if high == low:
         return np.zeros(image.shape, np.uint8)
+    if image.dtype in (np.uint8, np.uint16):
+        # The formula once per value a table can hold, then looked up: the same bytes as computing
+        # it per pixel in int64 (the general path), in a fraction of the time (20 -> 1 ms for a
+        # 1024 x 1024 RGB field; this runs per field on the cores inference runs on).
+        table = np.zeros(256 if image.dtype == np.uint8 else 65536, np.uint8)
+        table[low : high + 1] = _formula(np.arange(low, high + 1, dtype=np.int64), low, high)
+        if image.dtype == np.uint8:
+            flat = np.ascontiguousarray(image).reshape(-1, 1)  # cv2.LUT takes any size as one column
+            return cv2.LUT(flat, table).reshape(image.shape)
+        return table[image]
+    return _formula(image.astype(np.int64), low, high)
+
+
+def _formula(values: np.ndarray, low: int, high: int) -> np.ndarray:
     return ((values - low) * 255 // (high - low)).astype(np.uint8)
 
 
@@ -40,5 +54,5 @@ def pixel_sha256(pages: Iterable[np.ndarray]) -> str:
     digest = hashlib.sha256()
     for image in pages:
         digest.update(repr(image.shape).encode())
-        digest.update(np.ascontiguousarray(stretched(image)).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(stretched(image))))  # no copy to bytes
     return digest.hexdigest()
