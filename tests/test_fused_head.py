@@ -104,3 +104,32 @@ def test_the_add_head_command_writes_the_head_and_names_it_in_the_manifest(tmp_p
     assert (bundle / head["file"]).is_file() and head["parity"]["classes_differ"] == 0
     assert main(["add-head", str(tmp_path / "missing")]) == 1
     assert "missing: not a model bundle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("classes", [2, 3, 4, 5])
+def test_the_head_picks_as_numpy_does_where_logits_tie(classes):
+    """The head's class-by-class picks (export/head.py) on logits with ties: the first maximum
+    wins, as np.argmax, and a tie for the best is a margin of 0, as ``softmax_margin`` gives."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from phasewatch.core.tiling import argmax_classes, softmax_margin
+
+    shape = ["batch", classes, "height", "width"]
+    identity = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "identity",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(fuse_head(identity).SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(classes)
+    logits = rng.normal(0, 3, (2, classes, 40, 50)).astype(np.float32)
+    logits[0, :, :10] = np.round(logits[0, :, :10])  # whole numbers: many ties, for the best and the second
+    logits[0, :, 10:20] = 1.5  # every class tied
+    logits[1, classes - 1, :5] = logits[1, 0, :5]  # the first and last class tied
+    classes_out, margin = session.run(None, {"input": logits})
+    ones = np.ones(logits.shape[2:], np.float32)
+    for n in range(len(logits)):
+        np.testing.assert_array_equal(classes_out[n], argmax_classes(logits[n]))
+        np.testing.assert_array_equal(margin[n], softmax_margin(logits[n], ones))
+    assert (margin[0, 10:20] == 0).all() and (classes_out[0, 10:20] == 0).all()
