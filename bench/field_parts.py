@@ -6,15 +6,17 @@ head in the graph for these fields), and each part of that path is also run alon
 
 - ``prepare``: ``normalise.prepare`` (resize to the model's scale, the percentile statistics);
 - ``features``: ``trust.input_features`` of the prepared field (the trust record's input measures);
-- ``input``: the tiler's model input of the field, copied into the batch buffer;
+- ``input``: the tiler's model input of the field (its band: converted, stretched, extended);
 - ``head``: the ONNX Runtime call of the model with its post-processing in the graph;
 - ``output``: the maps cut to the field and resized back to the image (scale != 1);
 - ``floor``: the plain model's call on the field's own input (``field_limit.floor_input``);
-- ``engine``: the whole path; ``other`` = engine - the parts (Python glue, allocation).
+- ``engine``: the whole path; ``other`` = engine - the parts (Python glue, copies between them).
 
 Times are ``time.process_time`` (CPU time of this process, so the load of other processes on a
 shared machine does not count as ours; one intra-op thread, so CPU time is the time a core
-spends), the median of ``--repeats`` rounds taken in turns, after a warm-up.
+spends), the best of ``--repeats`` rounds taken in turns, after a warm-up. On a loaded machine
+the same work still varies by 10-30 % (caches, and page faults: a fresh array of a few MB costs
+about 1 ms of faults here), so compare runs taken one after another, several times.
 
 Run: ``python bench/field_parts.py [--models NAME ...] [--repeats 9] [--json]`` (needs the
 shared data; ``$PHASEWATCH_DATA`` or ``../shared/data``).
@@ -76,14 +78,9 @@ def measure(name: str, data: Path, repeats: int) -> dict[str, Any]:
     if not geometry.one_pass:
         raise SystemExit(f"{name}: {path.name} is not run in one pass; this benchmark times that path")
     _, _, _, pixels = next(_tiles([inp], lambda _: geometry, bundle.halo))
-    batch = np.empty((1, *pixels.shape), np.float32)
-    batch[0] = pixels
+    batch = np.ascontiguousarray(pixels[None])
     classes, margin = (maps[0] for maps in head(batch))
     whole = floor_input(inp, bundle.spatial_multiple)
-
-    def tile_input() -> None:
-        _, _, _, tile = next(_tiles([inp], lambda _: geometry, bundle.halo))
-        batch[0] = tile
 
     def output() -> None:
         cut = [np.array(m[: inp.height, : inp.width]) for m in (classes, margin)]
@@ -94,7 +91,7 @@ def measure(name: str, data: Path, repeats: int) -> dict[str, Any]:
     runs: dict[str, Callable[[], Any]] = {
         "prepare": lambda: prepare(image, bundle.channels, bundle.normalisation, bundle.scale, slices=bundle.slices),
         "features": lambda: input_features(inp.centre if hasattr(inp, "centre") else inp),
-        "input": tile_input,
+        "input": lambda: next(_tiles([inp], lambda _: geometry, bundle.halo)),
         "head": lambda: head(batch),
         "output": output,
         "engine": lambda: list(segment_images([image], bundle, backend, plan=plan)),
@@ -107,7 +104,7 @@ def measure(name: str, data: Path, repeats: int) -> dict[str, Any]:
         for part, run in runs.items():
             times[part].append(cpu_ms(run))
     model.close()
-    ms = {part: float(np.median(values)) for part, values in times.items()}
+    ms = {part: min(values) for part, values in times.items()}
     ms["other"] = ms["engine"] - sum(ms[p] for p in ("prepare", "features", "input", "head", "output"))
     return {"field": f"{path.name} ({image.shape[1]}x{image.shape[0]}, model input {inp.width}x{inp.height})",
             "cpu_ms": {k: round(v, 2) for k, v in ms.items()},
@@ -131,7 +128,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"CPU ms per field, one thread, median of {args.repeats}")
+    print(f"CPU ms per field, one thread, best of {args.repeats}")
     print(f"{'model':<22} " + " ".join(f"{p:>8}" for p in (*PARTS, "other")) + "  outside-head  engine/floor")
     for name, r in report.items():
         ms = r["cpu_ms"]
