@@ -286,6 +286,39 @@ def test_the_daemon_runs_the_head_in_the_graph_as_the_engine_does(make_daemon) -
     assert (backend.head_calls, backend.calls) == (1, 0)
 
 
+class CallGates(ThresholdBackend):
+    """Call ``n`` (1-based) waits for ``gates[n]`` where there is one."""
+
+    def __init__(self, gated: tuple[int, ...]) -> None:
+        super().__init__()
+        self.gates = {n: threading.Event() for n in gated}
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        gate = self.gates.get(self.calls + 1)
+        if gate is not None:
+            gate.wait(DEADLINE_S)
+        return super().run(batch)
+
+
+def test_a_file_is_written_while_the_next_of_its_batch_is_segmented(make_daemon) -> None:
+    # issue 25: the infer stage hands each file on when it is segmented; it used to hold every file
+    # of a batch until the last was done, so their writes all came after the burst's inference
+    backend = CallGates(gated=(1, 3))  # one tile per call: 1 = first.tif, 2 = second.tif, 3 = third.tif
+    daemon = make_daemon(backend, "[model]\nbatch = 1\n")
+    drop(daemon, "first.tif", lambda p: tifffile.imwrite(p, half_bright(16, 16)))
+    wait_for(lambda: daemon.infer.busy_since is not None, "first.tif in the infer stage")
+    for name, width in (("second.tif", 17), ("third.tif", 18)):  # other content: not duplicates
+        drop(daemon, name, lambda p, w=width: tifffile.imwrite(p, half_bright(16, w)))
+    wait_for(lambda: daemon._decoded.qsize() == 2, "second and third decoded, waiting for inference together")
+    backend.gates[1].set()
+    state = lambda: {Path(i["path"]).name: i["state"] for i in daemon.store.list_images(10)}  # noqa: E731
+    wait_for(lambda: state()["second.tif"] == "done", "second.tif done while third.tif is in the backend")
+    assert state()["third.tif"] == "processing" and backend.calls == 2
+    backend.gates[3].set()
+    wait_for(lambda: finished(daemon, 3), "all three")
+    assert set(state().values()) == {"done"}
+
+
 def test_segment_command_and_daemon_record_the_same_for_the_same_file(make_daemon, tmp_path: Path) -> None:
     bundle_dir = tmp_path / "bundle"  # the fixture's tiny ONNX bundle, on the real CPU backend
     daemon = make_daemon(models=lambda: open_model(str(bundle_dir), "cpu"))

@@ -163,18 +163,23 @@ def segment_files(
     model: Model,
     overlap: int | None = None,
     batch: int | None = None,
-) -> list[FileSegmentation]:
-    """Class maps for every field of every file; tiles of all of them share batches.
+) -> Iterator[FileSegmentation]:
+    """Class maps for every field of every file; tiles of all of them share batches. Each file
+    is yielded as soon as its last field is done, so that the daemon measures and writes it
+    while the next ones are segmented, not all of them after the last.
 
-    The time is shared out per field, since one batch holds tiles of several fields.
+    A file's time is from the previous file's end to its own (the first's from the start): the
+    times add up to the whole, and a backend call that finishes several files at once is
+    counted in the first of them.
     """
-    started = time.perf_counter()
     maps = segment_images((f.image for d in decoded for f in d.fields), model.bundle, model.backend, overlap, batch,
                           plan=model.plan)
-    per_file = [[next(maps) for _ in d.fields] for d in decoded]
-    fields = sum(len(d.fields) for d in decoded)
-    per_field_ms = (time.perf_counter() - started) * 1000 / max(1, fields)
-    return [FileSegmentation(d, model, m, per_field_ms * len(m)) for d, m in zip(decoded, per_file, strict=True)]
+    started = time.perf_counter()
+    for d in decoded:
+        fields = [next(maps) for _ in d.fields]
+        done = time.perf_counter()
+        yield FileSegmentation(d, model, fields, (done - started) * 1000)
+        started = time.perf_counter()  # not the time the caller took with this file
 
 
 def measure_and_write(segmented: FileSegmentation, out_dir: Path | None) -> FileResult:

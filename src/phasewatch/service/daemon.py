@@ -10,9 +10,10 @@ and writing overlap and the backend sees full batches when a burst arrives:
             memory, or crashes the decoder, fails here with one line, and so does a
             field over ``[limits] max_megapixels``);
 ``infer``   segments the decoded files that are ready, up to ``[limits] max_megapixels``
-            in all, tiles of several files in a batch (``pipeline.segment_files``); a
-            model reload (SIGHUP) happens here, between batches, and each result
-            carries the model that produced it;
+            in all, tiles of several files in a batch (``pipeline.segment_files``), and hands
+            each file on as soon as it is segmented (so that it is written while the next
+            are segmented, not all after the last); a model reload (SIGHUP) happens here,
+            between batches, and each result carries the model that produced it;
 ``write``   measures, writes the outputs atomically (``pipeline.measure_and_write``), marks
             the file done and publishes the event that the web page shows.
 
@@ -173,6 +174,7 @@ class _Work:
     retry: bool = False  # the error may not repeat: charge an attempt (Store.charge), do not fail at once
     pixels: int = 0
     staged: bool = False  # marked as inside inference in the store
+    handed_on: bool = False  # segmented and given to the write stage: no longer the infer stage's
     claimed: float = dataclasses.field(default_factory=time.perf_counter)  # taken from the queue
 
     @property
@@ -601,7 +603,7 @@ class Daemon:
             raise TransientFault("backend", self.lost)
         if self._reload.is_set():
             self._reload_model()
-        self._leave_stage([w for w in batch if w.staged])  # a retry after a store fault
+        self._leave_stage([w for w in batch if w.staged and not w.handed_on])  # a retry after a store fault
         model = self.model  # what segments this batch is what its results record
         try:
             for group in _batches([w for w in batch if w.decoded is not None and w.segmented is None
@@ -616,12 +618,21 @@ class Daemon:
             self.fatal.set()
             raise TransientFault("backend", self.lost) from exc
         for w in batch:
-            self._segmented.put(w)
+            if not w.handed_on:  # failed, or a volume
+                self._hand_on(w)
+
+    def _hand_on(self, work: _Work) -> None:
+        work.handed_on = True
+        self._segmented.put(work)
 
     def _segment(self, group: list[_Work], model: Model) -> None:
         """Segment ``group`` together; when that fails, its halves one after the other (bisect),
         down to the file at fault, whose error is charged to it unless the backend fails on
-        what no file sent (:meth:`_blame`): the others go on."""
+        what no file sent (:meth:`_blame`): the others go on. Files segmented before the
+        failure have been handed on already and are not segmented again."""
+        group = [w for w in group if not w.handed_on]
+        if not group:
+            return
         try:
             self._segment_together(group, model)
         except (TransientFault, BackendFatal):
@@ -637,7 +648,8 @@ class Daemon:
             self._segment(group[half:], model)
 
     def _segment_together(self, group: list[_Work], model: Model) -> None:
-        """Segment ``group`` in shared batches, marked in the store as inside inference meanwhile."""
+        """Segment ``group`` in shared batches, marked in the store as inside inference meanwhile;
+        each file leaves that mark and goes to the write stage as soon as it is segmented."""
         self._enter_stage(group, SEGMENTING)
         try:
             started = time.perf_counter()
@@ -647,9 +659,11 @@ class Daemon:
             for w, s in zip(group, segmented, strict=True):
                 w.segmented = FileSegmentation(s.decoded, model, s.maps, s.segment_ms)
                 self.metrics.observe_inference(s.segment_ms / 1000)
+                self._leave_stage([w])
+                self._hand_on(w)
             log.debug("segmented %d file(s) in %.2f s", len(group), time.perf_counter() - started)
-        finally:
-            self._leave_stage(group)
+        finally:  # a file handed on is marked by the write stage now
+            self._leave_stage([w for w in group if w.staged and not w.handed_on])
 
     def _blame(self, work: _Work, model: Model, what: str, exc: Exception) -> None:
         """A step failed on ``work`` alone: the file's fault, charged an attempt, when the backend
@@ -814,7 +828,8 @@ class Daemon:
 
     def _give_back_all(self, batch: list[_Work]) -> None:
         for work in batch:
-            self._give_back(work)
+            if not work.handed_on:  # those are the write stage's
+                self._give_back(work)
 
     def _release(self, work: _Work, reason: str) -> None:
         """Back to the queue without spending an attempt: the fault was not the file's."""
