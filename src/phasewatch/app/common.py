@@ -64,6 +64,7 @@ def add_recipe_overrides(parser: argparse.ArgumentParser) -> None:
                         help="stop training after this many minutes (replaces [train] time_limit_min)")
     parser.add_argument("--init-from", default=None,
                         help="start from this bundle (name or folder; replaces [model] init_from)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (replaces [train] lr)")
 
 
 def apply_recipe_overrides(config: dict, args: argparse.Namespace) -> dict:
@@ -71,6 +72,8 @@ def apply_recipe_overrides(config: dict, args: argparse.Namespace) -> dict:
         config["train"]["time_limit_min"] = args.time_limit_min
     if args.init_from is not None:
         config["model"]["init_from"] = args.init_from
+    if args.lr is not None:
+        config["train"]["lr"] = args.lr
     return config
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from phasewatch.app.common import add_recipe_overrides, apply_recipe_overrides, check_before_torch
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--cpu-clock", action="store_true",
+                        help="measure the time limit in this process's CPU time, not wall time, so that runs "
+                             "sharing a machine get the same compute (pin each with taskset for one thread)")
     add_recipe_overrides(parser)
 
 
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = apply_recipe_overrides(load_config(args.config), args)
         out = args.out or Path("runs") / config.get("name", args.config.stem)
-        checkpoint = train(config, out, args.data_root, args.device, args.seed, args.epochs, args.max_steps)
+        checkpoint = train(config, out, args.data_root, args.device, args.seed, args.epochs, args.max_steps,
+                           clock=time.process_time if args.cpu_clock else time.time)
     except PhasewatchError as exc:
         print(f"phasewatch train: {exc}", file=sys.stderr)
         return 1
