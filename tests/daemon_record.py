@@ -3,12 +3,12 @@ model on the CPU) on it and return the store's image row, timings and run-specif
 
 Run as a script it prints that row as JSON, under either the import names of this tree
 (``new``) or those of the tree before the src/ layout (``old``, commit f19764f: phasewatch.runtime...),
-which is how ``tests/data/daemon_record_f19764f.json`` was made::
+which is how the first ``tests/data/daemon_record.json`` was made (see tests/test_record_unchanged.py)::
 
     git worktree add --detach /tmp/old f19764f
     mkdir -p /tmp/oldpkg/phasewatch && touch /tmp/oldpkg/phasewatch/__init__.py
     for d in runtime export webui; do ln -s /tmp/old/$d /tmp/oldpkg/phasewatch/$d; done
-    PYTHONPATH=/tmp/oldpkg python tests/daemon_record.py old IMAGE > tests/data/daemon_record_f19764f.json
+    PYTHONPATH=/tmp/oldpkg python tests/daemon_record.py old IMAGE > tests/data/daemon_record.json
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ def without_volatile(value: Any) -> Any:
     return value
 
 
-def daemon_record(image: Path, work: Path, names: str = "new", deadline_s: float = 120.0) -> dict[str, Any]:
+def daemon_record(image: Path, work: Path, names: str = "new", deadline_s: float = 120.0,
+                  model: str = MODEL) -> dict[str, Any]:
+    """``model``: a bundled name, or a bundle folder (an older copy of the bundled model)."""
     config_module, daemon_module, store_module = (importlib.import_module(m) for m in MODULES[names])
     (work / "watch").mkdir(parents=True)
     config_file = work / "phasewatch.toml"
-    config_file.write_text(f'[watch]\nsettle_s = 0.05\n[model]\nname = "{MODEL}"\nbackend = "cpu"\n')
+    which = f'path = "{model}"' if "/" in model else f'name = "{model}"'
+    config_file.write_text(f'[watch]\nsettle_s = 0.05\n[model]\n{which}\nbackend = "cpu"\n')
     config = config_module.load_config(config_file, {"watch": work / "watch", "data": work / "data"})
     store = store_module.Store(config.data.database, max_attempts=config.queue.max_attempts)
     daemon = daemon_module.Daemon(config, store, daemon_module.model_factory(config))
