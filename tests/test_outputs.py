@@ -168,6 +168,19 @@ def test_overlay_blends_every_class_but_the_skipped_ones():
     assert picture[0, 1].tolist() == [178, 50, 50] and picture[0, 2].tolist() == [50, 50, 178]
 
 
+def test_overlay_skips_exactly_the_skipped_ids_among_many():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (40, 60, 3), np.uint8)
+    classes = rng.integers(0, 5, (40, 60), np.uint8)
+    palette = [(10 * i, 255 - 10 * i, 40) for i in range(5)]
+    picture, tinted = overlay(image, classes, palette, skip={1, 3}), overlay(image, classes, palette)
+    skipped = (classes == 1) | (classes == 3)
+    assert np.array_equal(picture[skipped], image[skipped])
+    assert np.array_equal(picture[~skipped], tinted[~skipped]) and not np.array_equal(picture, tinted)
+    wide = classes.astype(np.int32)  # ids wider than uint8 take the other way to the same picture
+    assert np.array_equal(overlay(image, wide, palette, skip={1, 3}), picture)
+
+
 def test_json_round_trip_with_numpy_values(tmp_path):
     record = {"fraction": np.float64(0.25), "count": np.int64(3), "edges": np.arange(3), "x": None}
     path = tmp_path / "r.json"
