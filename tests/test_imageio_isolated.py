@@ -74,6 +74,13 @@ def test_fields_come_back_exactly_as_read_in_process(reader: IsolatedReader, tmp
     assert_same_fields(reader.read_pages(tmp_path / "stack.tif", 0.5), read_pages(tmp_path / "stack.tif", 0.5))
 
 
+def test_real_fields_come_back_exactly_as_read_in_process(reader: IsolatedReader, shared_data: Path) -> None:
+    # the pixels come back raw, read straight into the array (issue 25): megabytes in many socket reads
+    for material in ("ebc", "superalloy", "uhcs", "tomography"):
+        path = sorted((shared_data / material).glob("*/images/*"))[0]
+        assert_same_fields(reader.read_pages(path), read_pages(path))
+
+
 def test_a_bad_file_fails_with_the_same_line_as_in_process(reader: IsolatedReader, tmp_path: Path) -> None:
     bad = tmp_path / "header-only.tif"
     bad.write_bytes(b"II*\x00garbage")

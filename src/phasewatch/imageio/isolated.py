@@ -3,6 +3,11 @@ child process with a bounded address space and a time limit, so that a decoder b
 decompression bomb or a hostile file costs the child its life and the file one line,
 never the service its memory, its time or its process. Every byte of a file is decoded
 there: the pages of a field, and a volume's metadata and slices, streamed one at a time.
+
+The pixels come back raw after a message that gives their shape and type, read straight into
+the array: ``Connection.recv_bytes_into`` reads a message into a BytesIO chunk by chunk and
+copies it out again, 3.5 ms of the service's CPU for a 1024 x 1024 RGB field against 1 ms
+(issue 25: the service's CPU outside the network is taken from the network).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class IsolatedReader:
     the child's Python and libraries hold), takes longer than ``timeout_s``, or crashes the
     decoder fails with one line, and the next file gets a fresh child. The child is kept
     between files, so the common path costs a round trip through a socket, not a start of
-    Python; the pixels come back as raw buffers, copied once. One file at a time.
+    Python; the pixels come back as raw bytes read straight into the array. One file at a time.
     """
 
     def __init__(self, memory_bytes: int, timeout_s: float) -> None:
@@ -98,7 +103,7 @@ class IsolatedReader:
                 while (reply := self._answer(child, path)) is not None:
                     shape, dtype = reply
                     image = np.empty(shape, dtype)
-                    child.conn.recv_bytes_into(image.reshape(-1).view(np.uint8))
+                    _read_into(child.conn, image)
                     yield image
                 finished = True
             except ImageReadError as exc:  # the child's reason is its last word on this file
@@ -215,9 +220,26 @@ def _receive_pages(path: str | Path, conn: Connection, reply: Any) -> list[Page]
     fields = []
     for shape, dtype, page, pixel_size_um, source in reply:
         image = np.empty(shape, dtype)
-        conn.recv_bytes_into(image.reshape(-1).view(np.uint8))
+        _read_into(conn, image)
         fields.append(Page(image, page, pixel_size_um, source))
     return fields
+
+
+def _read_into(conn: Connection, image: np.ndarray) -> None:
+    """The child's raw pixels (:func:`_write_pixels`) into ``image``, which has their shape and type."""
+    view = image.reshape(-1).view(np.uint8).data
+    while view:
+        count = os.readv(conn.fileno(), [view])
+        if count == 0:
+            raise EOFError("the decoder closed its end in the middle of a field's pixels")
+        view = view[count:]
+
+
+def _write_pixels(conn: Connection, image: np.ndarray) -> None:
+    """``image``'s bytes, raw, after the message that gave its shape and type."""
+    view = np.ascontiguousarray(image).data.cast("B")
+    while view:
+        view = view[os.write(conn.fileno(), view):]
 
 
 def serve_reads(fd: int, memory_bytes: int) -> None:
@@ -270,7 +292,7 @@ def _said_while(conn: Connection, memory_bytes: int, read: Callable[[], Any]) ->
 def _send_pages(conn: Connection, fields: list[Page]) -> None:
     conn.send([(f.image.shape, f.image.dtype.str, f.page, f.pixel_size_um, f.pixel_size_source) for f in fields])
     for f in fields:
-        conn.send_bytes(np.ascontiguousarray(f.image).data.cast("B"))
+        _write_pixels(conn, f.image)
 
 
 def _stream_slices(conn: Connection, path: str, memory_bytes: int, max_pixels: int) -> None:
@@ -282,7 +304,7 @@ def _stream_slices(conn: Connection, path: str, memory_bytes: int, max_pixels: i
             conn.send(image)
             return
         conn.send((image.shape, image.dtype.str))
-        conn.send_bytes(np.ascontiguousarray(image).data.cast("B"))
+        _write_pixels(conn, image)
         del image  # before the next slice is read: the limit is for one slice
 
 
