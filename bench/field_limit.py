@@ -51,6 +51,7 @@ FIELDS = {
     "ebc": "ebc/test/images",
     "uhcs-microconstituent": "uhcs/validate/images",
     "uhcs-carbide": "uhcs/validate/images",
+    "tomography": "tomography/validate/images",
 }
 
 
