@@ -47,7 +47,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import phasewatch  # noqa: F401  before NumPy: its BLAS on one thread, as the service runs it
+
+# isort: split
+import numpy as np  # noqa: E402
 import tifffile
 
 from phasewatch.backends.registry import KINDS

@@ -35,13 +35,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__":
-    # OpenBLAS sizes its thread pool once, when numpy is first imported: the matmul peak
-    # must use the threads the models get.
-    for flag, value in zip(sys.argv, sys.argv[1:], strict=False):
-        if flag == "--threads":
-            os.environ["OPENBLAS_NUM_THREADS"] = value
+import phasewatch  # noqa: F401  before NumPy: its BLAS on one thread, as the service runs it
 
+# isort: split
 import numpy as np  # noqa: E402
 from timing import best_of, best_of_interleaved, matmul_peak  # noqa: E402
 
@@ -173,7 +169,7 @@ def main() -> int:
     if not data.is_dir():
         print(f"field_limit: no shared data at {data} (set PHASEWATCH_DATA)", file=sys.stderr)
         return 2
-    peak = matmul_peak()
+    peak = matmul_peak(threads=threads)
     report: dict[str, Any] = {"threads": threads, "backend": args.backend, "matmul_peak_gflops": peak / 1e9,
                               "models": {}}
     for name in args.models:

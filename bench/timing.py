@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,8 +38,16 @@ def best_of_interleaved(repeats: int, runs: dict[str, Callable[[], Any]]) -> dic
     return best
 
 
-def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
-    """Best float32 matmul rate in FLOP/s: the machine's practical peak."""
+def matmul_peak(repeats: int = 5, n: int = 2048, threads: int | None = None) -> float:
+    """Best float32 matmul rate in FLOP/s: the machine's practical peak. With ``threads``,
+    measured in a child process whose NumPy BLAS has that many threads: phasewatch keeps this
+    process's BLAS on one (``phasewatch/__init__.py``), and OpenBLAS sizes its pool at import."""
+    if threads is not None:
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import timing; " \
+               f"print(timing.matmul_peak({repeats}, {n}))"
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads)}
+        return float(subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                                    text=True).stdout)
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     return 2 * n**3 / best_of(repeats, lambda: a @ b)

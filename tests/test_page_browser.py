@@ -328,6 +328,10 @@ def test_starting_a_specimen_and_switching_back(daemon, browser):
     # Signed off on its page (the list links there), it cannot become current until reopened.
     page.goto(url(service, "/specimens"))
     new_row.get_by_role("link", name="Close with a signature…").click()
+    # The specimen's script has run (it fills the form) before its button is pressed: on a
+    # loaded machine a click on the bare HTML button did nothing (seen in CI).
+    sync_api.expect(page.locator("#edit").get_by_label("Operator", exact=True)).to_have_value("B. Ruiz",
+                                                                                        timeout=WAIT_MS)
     page.locator("#close").click()
     page.locator("#sign").locator('input[name="who"]').fill("Q. A. Lead")
     page.locator("#sign").locator('button[type="submit"]').click()

@@ -45,6 +45,7 @@ from phasewatch.store.rows import FileRow
 INTERRUPTED = "the re-analysis was interrupted before this file"
 POLL_S = 0.2  # how late a stop request may be seen while every worker is busy
 IN_WORKER = "analysing"  # the store's stage of a file in a worker's hands (a crash's reason names it)
+QUEUE_WAIT_S = 60.0  # a starting worker waits this long for its device id from the driver
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,10 @@ def _start_worker(devices: multiprocessing.queues.Queue[str] | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if devices is not None:
         # One GPU each: set before CUDA is loaded (the model opens on the first file), so that
-        # this process's device 0, the one every GPU backend uses, is its own.
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices.get_nowait()
+        # this process's device 0, the one every GPU backend uses, is its own. A blocking get:
+        # the driver's puts reach the pipe through a feeder thread, so get_nowait can find it
+        # empty on a loaded machine (seen in CI).
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices.get(timeout=QUEUE_WAIT_S)
 
 
 @contextlib.contextmanager
