@@ -39,16 +39,8 @@ if __name__ == "__main__":
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from field_limit import floor_input  # noqa: E402
+from field_limit import FIELDS, floor_input  # noqa: E402  (FIELDS: the same field per model)
 
-# model -> held-out folder whose first image is the field
-FIELDS = {
-    "superalloy": "superalloy/test/images",
-    "ebc": "ebc/test/images",
-    "uhcs-microconstituent": "uhcs/validate/images",
-    "uhcs-carbide": "uhcs/validate/images",
-    "tomography": "tomography/validate/images",
-}
 PARTS = ("prepare", "features", "input", "head", "output", "engine", "floor")
 
 
